@@ -1,0 +1,198 @@
+"""The point schedule as the rest of Outpost sees it: plain, frozen, already validated.
+
+The CSV loader (``point_schedules.loader``) is the only producer of these objects; drivers,
+the alarm engine and the agent consume them. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+
+class DataType(str, Enum):
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+    @property
+    def registers(self) -> int:
+        """16-bit registers the type occupies on Modbus (bool/bit: 1 register or 1 bit)."""
+        return _REGISTERS[self]
+
+
+_REGISTERS = {
+    DataType.BOOL: 1,
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.FLOAT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT64: 4,
+}
+
+
+class ByteOrder(str, Enum):
+    """Order of the bytes of a multi-register value, A = most significant byte.
+
+    ABCD: big-endian words, big-endian bytes (Modbus default). CDAB: word-swapped.
+    BADC: byte-swapped inside each register. DCBA: fully little-endian.
+    """
+
+    ABCD = "ABCD"
+    CDAB = "CDAB"
+    BADC = "BADC"
+    DCBA = "DCBA"
+
+
+class AlarmPriority(str, Enum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    def one_step_up(self) -> AlarmPriority:
+        order = [AlarmPriority.LOW, AlarmPriority.MEDIUM, AlarmPriority.HIGH, AlarmPriority.CRITICAL]
+        return order[min(order.index(self) + 1, len(order) - 1)]
+
+
+ModbusTable = Literal["hr", "ir", "coil", "di"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusAddress:
+    """``hr:40``, ``ir:0``, ``coil:5``, ``di:3``, ``hr:40.3`` (bit 3 of holding register 40)."""
+
+    table: ModbusTable
+    address: int  # 0-based wire address
+    bit: int | None = None
+
+    @property
+    def is_bit_table(self) -> bool:
+        return self.table in ("coil", "di")
+
+    def __str__(self) -> str:
+        return f"{self.table}:{self.address}" + (f".{self.bit}" if self.bit is not None else "")
+
+
+@dataclass(frozen=True, slots=True)
+class BacnetAddress:
+    """``analog-input:1``, ``analog-value:3/present-value``, ``device:1001/object-list[2]``."""
+
+    object_type: str
+    instance: int
+    property: str = "present-value"
+    index: int | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.object_type}:{self.instance}"
+        if self.property != "present-value" or self.index is not None:
+            text += f"/{self.property}"
+        if self.index is not None:
+            text += f"[{self.index}]"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class SnmpAddress:
+    """A numeric OID, e.g. ``1.3.6.1.2.1.2.2.1.10.1`` (no MIB names: none are bundled offline)."""
+
+    oid: str
+
+    def __str__(self) -> str:
+        return self.oid
+
+
+@dataclass(frozen=True, slots=True)
+class MqttAddress:
+    """``topic/filter#$.json.path`` — a topic filter and an optional JSON path to the value."""
+
+    topic: str
+    json_path: str | None = None
+
+    def __str__(self) -> str:
+        return self.topic + (f"#{self.json_path}" if self.json_path else "")
+
+
+Address = ModbusAddress | BacnetAddress | SnmpAddress | MqttAddress
+
+DEFAULT_HEARTBEAT_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a point was declared, for error messages and `schedule diff`."""
+
+    file: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    point_id: str
+    device: str
+    address: Address
+    data_type: DataType | None = None  # required for Modbus; optional elsewhere (values are numbers)
+    byte_order: ByteOrder = ByteOrder.ABCD
+    scale: float = 1.0
+    offset: float = 0.0
+    units: str = ""
+    description: str = ""
+    poll_interval: float | None = None  # None: the device's default
+    deadband: float = 0.0
+    heartbeat: float = DEFAULT_HEARTBEAT_S
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+    alarm_hh: float | None = None
+    alarm_h: float | None = None
+    alarm_l: float | None = None
+    alarm_ll: float | None = None
+    alarm_state: float | None = None
+    alarm_priority: AlarmPriority = AlarmPriority.MEDIUM
+    alarm_deadband: float = 0.0
+    alarm_delay: float = 0.0
+    alarm_clear_delay: float = 0.0
+    tags: dict[str, str] = field(default_factory=dict)  # marker tags map to ""
+    source: SourceRef | None = field(default=None, compare=False)
+
+    def to_engineering(self, raw: float) -> float:
+        return raw * self.scale + self.offset
+
+    def to_raw(self, engineering: float) -> float:
+        return (engineering - self.offset) / self.scale
+
+    @property
+    def has_alarms(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.alarm_hh, self.alarm_h, self.alarm_l, self.alarm_ll, self.alarm_state)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A validated, fully loaded set of points; ``version`` is a content hash of the files."""
+
+    points: tuple[Point, ...]
+    version: str
+    files: tuple[str, ...] = ()
+
+    def by_id(self) -> dict[str, Point]:
+        return {p.point_id: p for p in self.points}
+
+    def for_device(self, device: str) -> list[Point]:
+        return [p for p in self.points if p.device == device]
+
+    @property
+    def devices(self) -> list[str]:
+        return sorted({p.device for p in self.points})
