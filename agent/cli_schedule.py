@@ -1,0 +1,270 @@
+"""``outpost schedule ...``: validate, diff and template point schedules, offline.
+
+These commands read files and the agent config only; they never talk to a running daemon, so a
+commissioning engineer can use them on a laptop before the gateway exists.
+
+Exit codes: 0 success; 1 the schedule is invalid (validate) or differs (diff, like diff(1));
+2 the command could not do its job (bad config, invalid schedule given to diff, bad option).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agent.config import ConfigError, load_config
+from point_schedules.addresses import PROTOCOLS
+from point_schedules.diff import ScheduleDiff, diff_schedules, format_diff
+from point_schedules.loader import ScheduleIssue, validate_schedule
+from point_schedules.model import Schedule
+from point_schedules.template import template as make_template
+
+schedule_app = typer.Typer(
+    help="Point schedules (CSV): validate, diff against the configured schedule, templates.",
+    no_args_is_help=True,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="agent config (TOML); default $OUTPOST_CONFIG, then ./agent.toml",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+EXIT_INVALID = 1
+EXIT_DIFFERENT = 1
+EXIT_TROUBLE = 2
+_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+def _config_path(ctx: typer.Context, config: Path | None) -> Path | None:
+    """The command's own -c wins; else a global ``outpost --config`` left in ctx.obj."""
+    if config is not None:
+        return config
+    obj = ctx.find_root().obj
+    if isinstance(obj, Mapping):
+        value = obj.get("config")
+    else:
+        value = getattr(obj, "config", None)
+    return Path(value) if isinstance(value, str | Path) else None
+
+
+def _load_devices(ctx: typer.Context, config: Path | None) -> tuple[dict[str, str], list[Path]]:
+    try:
+        cfg = load_config(_config_path(ctx, config), check_files=False)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(line, err=True)
+        raise typer.Exit(EXIT_TROUBLE) from None
+    return cfg.device_protocols(), list(cfg.schedules.files)
+
+
+def _print_issues(issues: Sequence[ScheduleIssue]) -> None:
+    for issue in issues:
+        typer.echo(str(issue), err=True)
+
+
+def _issue_json(issue: ScheduleIssue) -> dict[str, Any]:
+    return {
+        "file": issue.file,
+        "line": issue.line,
+        "column": issue.column,
+        "message": issue.message,
+    }
+
+
+def _device_summary(schedule: Schedule, devices: Mapping[str, str]) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for p in schedule.points:
+        row = rows.get(p.device)
+        if row is None:
+            row = rows[p.device] = {
+                "device": p.device,
+                "protocol": devices.get(p.device, "?"),
+                "points": 0,
+                "writable": 0,
+                "with_alarms": 0,
+            }
+        row["points"] += 1
+        row["writable"] += p.writable
+        row["with_alarms"] += p.has_alarms
+    return list(rows.values())
+
+
+@schedule_app.command("validate")
+def validate_cmd(
+    ctx: typer.Context,
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="schedule CSV files; default: the [schedules] files of the config",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check schedule files against the devices of the agent config.
+
+    Prints one summary line per device and the schedule version when valid (exit 0). When
+    invalid, prints every problem as FILE:LINE: column "NAME": message on stderr (exit 1).
+    """
+    devices, configured = _load_devices(ctx, config)
+    paths = list(files) if files else configured
+    if not paths:
+        typer.echo("no schedule files given and none in the config's [schedules] files", err=True)
+        raise typer.Exit(EXIT_TROUBLE)
+    schedule, issues = validate_schedule(paths, devices)
+
+    if as_json:
+        doc: dict[str, Any] = {
+            "valid": schedule is not None,
+            "version": schedule.version if schedule else None,
+            "files": [str(p) for p in paths],
+            "points": len(schedule.points) if schedule else 0,
+            "devices": _device_summary(schedule, devices) if schedule else [],
+            "issues": [_issue_json(i) for i in issues],
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        if schedule is None:
+            raise typer.Exit(EXIT_INVALID)
+        return
+
+    if schedule is None:
+        _print_issues(issues)
+        n_files = len({i.file for i in issues})
+        typer.echo(
+            f"schedule invalid: {len(issues)} problem{'s' * (len(issues) != 1)} "
+            f"in {n_files} file{'s' * (n_files != 1)}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INVALID)
+
+    summary = _device_summary(schedule, devices)
+    for row in summary:
+        typer.echo(
+            f"{row['device']} ({row['protocol']}): {row['points']} points, "
+            f"{row['writable']} writable, {row['with_alarms']} with alarms"
+        )
+    unused = sorted(set(devices) - {row["device"] for row in summary})
+    if unused:
+        typer.echo(f"configured devices without points: {', '.join(unused)}")
+    typer.echo(
+        f"valid: {len(schedule.points)} points in {len(schedule.files)} "
+        f"file{'s' * (len(schedule.files) != 1)}, version {schedule.version}"
+    )
+
+
+def _diff_json(diff: ScheduleDiff) -> dict[str, Any]:
+    def value(v: object) -> object:
+        if v is None or isinstance(v, bool | int | float | str | dict):
+            return v
+        return str(v.value) if hasattr(v, "value") else str(v)
+
+    return {
+        "old_version": diff.old_version,
+        "new_version": diff.new_version,
+        "added": [p.point_id for p in diff.added],
+        "removed": [p.point_id for p in diff.removed],
+        "changed": [
+            {
+                "point_id": c.point_id,
+                "changes": {
+                    fc.name: {"old": value(fc.old), "new": value(fc.new)} for fc in c.changes
+                },
+            }
+            for c in diff.changed
+        ],
+        "unchanged": diff.unchanged,
+    }
+
+
+@schedule_app.command("diff")
+def diff_cmd(
+    ctx: typer.Context,
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="the new (proposed) schedule CSV files", show_default=False),
+    ],
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--against",
+            "-a",
+            help="the old schedule files to compare with (repeat for several); "
+            "default: the [schedules] files of the config",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show what loading FILE... would change: points added (+), removed (-), changed (~).
+
+    The baseline is the config's [schedules] files (what the gateway is configured to run),
+    or the files given with --against OLD.csv (repeatable). Both sides must be valid.
+    Exit 0 when there is no difference, 1 when there is one, 2 on errors (as diff(1) does).
+    """
+    devices, configured = _load_devices(ctx, config)
+    old_files = list(against) if against else configured
+    if not old_files:
+        typer.echo(
+            "nothing to compare with: give --against OLD.csv or set [schedules] files "
+            "in the config",
+            err=True,
+        )
+        raise typer.Exit(EXIT_TROUBLE)
+    old, old_issues = validate_schedule(old_files, devices)
+    new, new_issues = validate_schedule(list(files), devices)
+    if old is None or new is None:
+        if old is None:
+            typer.echo("the old schedule is invalid:", err=True)
+            _print_issues(old_issues)
+        if new is None:
+            typer.echo("the new schedule is invalid:", err=True)
+            _print_issues(new_issues)
+        raise typer.Exit(EXIT_TROUBLE)
+    diff = diff_schedules(old, new)
+    if as_json:
+        typer.echo(json.dumps(_diff_json(diff), indent=2))
+    else:
+        typer.echo(format_diff(diff))
+    if not diff.is_empty:
+        raise typer.Exit(EXIT_DIFFERENT)
+
+
+@schedule_app.command("template")
+def template_cmd(
+    protocol: Annotated[
+        str,
+        typer.Option("--protocol", "-p", help=f"one of {', '.join(PROTOCOLS)}", show_default=True),
+    ] = "modbus",
+    device: Annotated[
+        str | None,
+        typer.Option("--device", "-d", help="device id to use in the rows", show_default=False),
+    ] = None,
+) -> None:
+    """Print a commented example schedule for one protocol (it validates as it is).
+
+    Example: outpost schedule template -p modbus -d cdu-01 > site.csv
+    """
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(
+            f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}",
+            param_hint="--protocol",
+        )
+    if device is not None and _ID_RE.fullmatch(device) is None:
+        raise typer.BadParameter(
+            "a device id is lower-case letters, digits and _ . - (like cdu-01)",
+            param_hint="--device",
+        )
+    typer.echo(make_template(protocol, device), nl=False)

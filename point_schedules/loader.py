@@ -1,0 +1,738 @@
+"""Point schedule CSV loader and validator.
+
+A schedule is one or more CSV files, one row per point (see DESIGN.md "Point schedule" and
+``point_schedules/examples/README.md``). Loading is all-or-nothing: every problem in every file
+is collected as a ``ScheduleIssue`` (file, physical line, column, message) and reported at
+once; a ``Schedule`` is only built when there are none.
+
+File format details that matter to people writing schedules in a spreadsheet:
+
+- UTF-8 with or without a byte-order mark; anything else is rejected naming the first bad byte.
+- Line 1 is the first physical line of the file, so the numbers match any text editor. A record
+  whose quoted cell spans several lines is reported at the line where it starts.
+- Blank lines, rows whose cells are all empty, and lines starting with ``#`` are comments. The
+  first non-comment line is the header.
+- Cells are stripped of surrounding white space; an empty cell means "use the default".
+
+The version of a schedule (``schedule_version``) is a content hash of the file bytes. It does not
+depend on the order the files are given in nor on their names: the same files make the same
+version wherever they are stored. For a single file it is ``sha256:`` plus the first 16 hex
+digits of ``sha256sum FILE``, so an operator can check it by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import io
+import itertools
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from point_schedules.addresses import AddressError, parse_address
+from point_schedules.model import (
+    AlarmPriority,
+    ByteOrder,
+    DataType,
+    ModbusAddress,
+    Point,
+    Schedule,
+    SourceRef,
+)
+
+__all__ = [
+    "COLUMNS",
+    "REQUIRED_COLUMNS",
+    "ScheduleError",
+    "ScheduleIssue",
+    "load_schedule",
+    "parse_schedule",
+    "schedule_version",
+    "validate_schedule",
+]
+
+COLUMNS: tuple[str, ...] = (
+    "point_id",
+    "device",
+    "address",
+    "data_type",
+    "byte_order",
+    "scale",
+    "offset",
+    "units",
+    "description",
+    "poll_interval",
+    "deadband",
+    "heartbeat",
+    "writable",
+    "min",
+    "max",
+    "alarm_hh",
+    "alarm_h",
+    "alarm_l",
+    "alarm_ll",
+    "alarm_state",
+    "alarm_priority",
+    "alarm_deadband",
+    "alarm_delay",
+    "alarm_clear_delay",
+    "tags",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = ("point_id", "device", "address")
+_COLUMN_SET = frozenset(COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleIssue:
+    """One problem in a schedule. ``line`` 0 means the file as a whole."""
+
+    file: str
+    line: int
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line > 0:
+            where = f"{where}:{self.line}"
+        text = f'column "{self.column}": {self.message}' if self.column else self.message
+        return f"{where}: {text}" if where else text
+
+
+class ScheduleError(Exception):
+    """The schedule is invalid; ``issues`` lists every problem found, in file and line order."""
+
+    def __init__(self, issues: Sequence[ScheduleIssue]) -> None:
+        self.issues: list[ScheduleIssue] = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+    def __str__(self) -> str:
+        return "\n".join(str(i) for i in self.issues)
+
+
+# ----------------------------------------------------------------------------- public functions
+
+
+def load_schedule(files: Sequence[str | Path], devices: Mapping[str, str]) -> Schedule:
+    """Load and validate schedule files. ``devices`` maps device id → protocol.
+
+    Raises ``ScheduleError`` carrying every problem across all files.
+    """
+    schedule, issues = validate_schedule(files, devices)
+    if schedule is None:
+        raise ScheduleError(issues)
+    return schedule
+
+
+def validate_schedule(
+    files: Sequence[str | Path], devices: Mapping[str, str]
+) -> tuple[Schedule | None, list[ScheduleIssue]]:
+    """Like ``load_schedule`` but returns ``(schedule or None, issues)`` instead of raising."""
+    sources: list[tuple[str, bytes]] = []
+    read_issues: list[ScheduleIssue] = []
+    for f in files:
+        name = str(f)
+        try:
+            sources.append((name, Path(f).read_bytes()))
+        except IsADirectoryError:
+            read_issues.append(ScheduleIssue(name, 0, None, "is a directory, not a CSV file"))
+        except OSError as e:
+            reason = e.strerror or str(e)
+            read_issues.append(ScheduleIssue(name, 0, None, f"cannot read file: {reason}"))
+    if not files:
+        read_issues.append(ScheduleIssue("", 0, None, "no schedule files given"))
+    schedule, issues = parse_schedule(sources, devices)
+    if read_issues:
+        return None, read_issues + issues
+    return schedule, issues
+
+
+def parse_schedule(
+    sources: Sequence[tuple[str, bytes]], devices: Mapping[str, str]
+) -> tuple[Schedule | None, list[ScheduleIssue]]:
+    """Validate schedule contents already in memory, e.g. a schedule pushed from the receiver.
+
+    ``sources`` are ``(name, content)`` pairs; the names appear in issues and ``Point.source``.
+    """
+    issues: list[ScheduleIssue] = []
+    points: list[Point] = []
+    seen: dict[str, SourceRef] = {}
+    for name, data in sources:
+        _FileParser(name, devices, issues, seen).parse(data, points)
+    if issues or not sources:
+        return None, issues
+    schedule = Schedule(
+        points=tuple(points),
+        version=schedule_version([data for _, data in sources]),
+        files=tuple(name for name, _ in sources),
+    )
+    return schedule, issues
+
+
+def schedule_version(contents: Sequence[bytes]) -> str:
+    """Content hash of the schedule files, independent of their order and names.
+
+    One file: ``sha256:`` + first 16 hex digits of its SHA-256. Several: the same over the
+    sorted hex digests of the files, one per line.
+    """
+    digests = sorted(hashlib.sha256(c).hexdigest() for c in contents)
+    if len(digests) == 1:
+        return "sha256:" + digests[0][:16]
+    combined = hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
+    return "sha256:" + combined[:16]
+
+
+# ------------------------------------------------------------------------------ cell vocabulary
+
+_POINT_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_BIT_TYPE_RE = re.compile(r"bit([0-9]{1,2})")
+_TAG_NAME_RE = re.compile(r"[^\s=;]+")
+_DATA_TYPES = {t.value: t for t in DataType}
+_BYTE_ORDERS = {b.value: b for b in ByteOrder}
+_PRIORITIES = {p.value: p for p in AlarmPriority}
+_TRUE = frozenset({"true", "yes", "1"})
+_FALSE = frozenset({"false", "no", "0"})
+_TYPE_LIST = ", ".join(_DATA_TYPES) + ", bitN"
+_MULTI_REGISTER_TYPES = ", ".join(t.value for t in DataType if t.registers > 1)
+# Limits from high to low. Within one side equal limits are allowed; across sides they are not.
+_LIMITS = ("alarm_hh", "alarm_h", "alarm_l", "alarm_ll")
+_HIGH_SIDE = frozenset({"alarm_hh", "alarm_h"})
+# column -> (Point field, constraint); constraints: "" any, "nonzero", "positive", "nonneg"
+_NUMERIC: tuple[tuple[str, str], ...] = (
+    ("scale", "nonzero"),
+    ("offset", ""),
+    ("poll_interval", "positive"),
+    ("deadband", "nonneg"),
+    ("heartbeat", "positive"),
+    ("min", ""),
+    ("max", ""),
+    ("alarm_hh", ""),
+    ("alarm_h", ""),
+    ("alarm_l", ""),
+    ("alarm_ll", ""),
+    ("alarm_deadband", "nonneg"),
+    ("alarm_delay", "nonneg"),
+    ("alarm_clear_delay", "nonneg"),
+)
+_CONSTRAINT_TEXT = {
+    "nonzero": "must not be 0",
+    "positive": "must be greater than 0",
+    "nonneg": "must not be negative",
+}
+
+
+def _show(text: str, limit: int = 60) -> str:
+    """A cell quoted for a message, cut short so one huge cell cannot flood the output."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return '"' + text.replace('"', '\\"') + '"'
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+# ------------------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class _FileParser:
+    name: str
+    devices: Mapping[str, str]
+    issues: list[ScheduleIssue]
+    seen: dict[str, SourceRef]
+    index: dict[str, int] = field(default_factory=dict)
+    missing_data_type_lines: list[int] = field(default_factory=list)
+
+    def issue(self, line: int, column: str | None, message: str) -> None:
+        self.issues.append(ScheduleIssue(self.name, line, column, message))
+
+    # -------------------------------------------------------------------------------- file level
+
+    def decode(self, data: bytes) -> str | None:
+        if data.startswith(b"PK\x03\x04"):
+            self.issue(
+                0,
+                None,
+                "is a zip archive (an .xlsx/.ods workbook?), not CSV: "
+                'export the sheet as "CSV UTF-8"',
+            )
+            return None
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            self.issue(0, None, 'is UTF-16 encoded: save it as UTF-8 ("CSV UTF-8")')
+            return None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            self.issue(
+                line,
+                None,
+                f"not valid UTF-8: byte 0x{data[e.start]:02X} at offset {e.start}; "
+                'save the file as UTF-8 ("CSV UTF-8" in a spreadsheet)',
+            )
+            return None
+        nul = text.find("\x00")
+        if nul >= 0:
+            self.issue(
+                text.count("\n", 0, nul) + 1,
+                None,
+                "contains a NUL character; is this really a CSV text file?",
+            )
+            return None
+        return text
+
+    def records(self, text: str) -> Iterator[tuple[int, list[str]]]:
+        """Yield ``(start line, cells)`` for each non-comment record."""
+        state = {"lineno": 0, "start": 0, "at_start": True}
+        raw = io.StringIO(text, newline="")
+
+        def lines() -> Iterator[str]:
+            for physical in raw:
+                state["lineno"] += 1
+                if state["at_start"]:
+                    stripped = physical.strip()
+                    # A comment is only recognised where a record starts, so a "#" at the
+                    # beginning of a continuation line inside a quoted cell stays data.
+                    if not stripped or stripped.startswith("#"):
+                        continue
+                    state["start"] = state["lineno"]
+                    state["at_start"] = False
+                yield physical
+
+        reader = csv.reader(lines(), strict=True)
+        while True:
+            state["at_start"] = True
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                if str(e) == "unexpected end of data":
+                    self.issue(
+                        state["start"],
+                        None,
+                        'a quoted cell that starts on this line is never closed (missing ")',
+                    )
+                    return
+                self.issue(
+                    state["start"],
+                    None,
+                    f"malformed CSV: {e} (a quote inside a "
+                    'cell must be doubled: "" and the cell itself quoted)',
+                )
+                continue
+            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+                continue
+            yield state["start"], cells
+
+    def parse(self, data: bytes, out: list[Point]) -> None:
+        text = self.decode(data)
+        if text is None:
+            return
+        records = self.records(text)
+        first = next(records, None)
+        if first is None:
+            self.issue(
+                0,
+                None,
+                "empty file: expected a header line naming the columns "
+                f"({', '.join(REQUIRED_COLUMNS)}, ...) and one row per point",
+            )
+            return
+        header_line, header = first
+        self.read_header(header_line, header)
+        width = len(header)
+        rows = 0
+        for line, cells in records:
+            rows += 1
+            if len(cells) != width:
+                hint = " (a cell containing a comma must be quoted)" if len(cells) > width else ""
+                self.issue(
+                    line,
+                    None,
+                    f"expected {width} cells (one per header column), found {len(cells)}{hint}",
+                )
+                continue
+            point = self.row(line, cells)
+            if point is not None:
+                out.append(point)
+        if rows == 0:
+            self.issue(0, None, "no points: the file has a header but no rows")
+        if self.missing_data_type_lines:
+            lines = self.missing_data_type_lines
+            shown = ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
+            self.issue(
+                header_line,
+                "data_type",
+                "required column is missing: modbus register "
+                f"points need a data_type (lines {shown})",
+            )
+
+    def read_header(self, line: int, header: list[str]) -> None:
+        if len(header) == 1 and ";" in header[0]:
+            self.issue(
+                line,
+                None,
+                'the header is one single column: the file seems to use ";" '
+                'as separator; export it with "," (CSV UTF-8)',
+            )
+        for i, raw in enumerate(header):
+            name = raw.strip()
+            if not name:
+                self.issue(
+                    line,
+                    None,
+                    f"header cell {i + 1} is empty: every column needs a name "
+                    "(remove trailing separators)",
+                )
+            elif name in self.index:
+                self.issue(
+                    line, name, f"column given twice (cells {self.index[name] + 1} and {i + 1})"
+                )
+            elif name not in _COLUMN_SET:
+                close = difflib.get_close_matches(name.lower(), COLUMNS, n=1, cutoff=0.6)
+                hint = (
+                    f'did you mean "{close[0]}"?'
+                    if close
+                    else "known columns: " + ", ".join(COLUMNS)
+                )
+                self.issue(line, name, f"unknown column ({hint})")
+            else:
+                self.index[name] = i
+        for name in REQUIRED_COLUMNS:
+            if name not in self.index:
+                self.issue(line, name, "required column is missing")
+
+    # --------------------------------------------------------------------------------- row level
+
+    def row(self, line: int, cells: list[str]) -> Point | None:
+        index = self.index
+        values = {name: cells[i].strip() for name, i in index.items()}
+        n_issues = len(self.issues)
+        get = values.get
+
+        point_id = get("point_id", "")
+        if "point_id" in index:
+            if not point_id:
+                self.issue(line, "point_id", "required, the cell is empty")
+            elif _POINT_ID_RE.fullmatch(point_id) is None:
+                self.issue(
+                    line,
+                    "point_id",
+                    f"{_show(point_id)} is not a valid point id: use "
+                    "lower-case letters, digits and _ . - (starting with a letter or digit)",
+                )
+            else:
+                first = self.seen.get(point_id)
+                if first is not None:
+                    self.issue(
+                        line,
+                        "point_id",
+                        f'duplicate point_id "{point_id}": first '
+                        f"defined at {first.file}:{first.line}",
+                    )
+                else:
+                    self.seen[point_id] = SourceRef(self.name, line)
+
+        device = get("device", "")
+        protocol: str | None = None
+        if "device" in index:
+            if not device:
+                self.issue(line, "device", "required, the cell is empty")
+            else:
+                protocol = self.devices.get(device)
+                if protocol is None:
+                    known = ", ".join(sorted(self.devices)) or "none"
+                    close = difflib.get_close_matches(device, list(self.devices), n=1)
+                    hint = f'did you mean "{close[0]}"? ' if close else ""
+                    self.issue(
+                        line,
+                        "device",
+                        f'unknown device "{device}": {hint}devices in the agent config: {known}',
+                    )
+
+        address = None
+        address_text = get("address", "")
+        if "address" in index:
+            if not address_text:
+                self.issue(line, "address", "required, the cell is empty")
+            elif protocol is not None:
+                try:
+                    address = parse_address(protocol, address_text)
+                except AddressError as e:
+                    self.issue(line, "address", f"{protocol} address {_show(address_text)}: {e}")
+
+        kw: dict[str, object] = {}
+
+        # data_type: a name of DataType, or "bitN" which is bool at bit N of a register
+        data_type: DataType | None = None
+        type_bit: int | None = None
+        type_text = get("data_type", "")
+        type_ok = True
+        if type_text:
+            lowered = type_text.lower()
+            data_type = _DATA_TYPES.get(lowered)
+            if data_type is None:
+                m = _BIT_TYPE_RE.fullmatch(lowered)
+                if m is not None and int(m.group(1)) <= 15:
+                    data_type, type_bit = DataType.BOOL, int(m.group(1))
+                else:
+                    type_ok = False
+                    close = difflib.get_close_matches(lowered, list(_DATA_TYPES), n=1)
+                    hint = f' (did you mean "{close[0]}"?)' if close else ""
+                    if m is not None:
+                        msg = f"bit {m.group(1)} out of range 0..15"
+                    else:
+                        msg = f"unknown data_type {_show(type_text)}{hint}: expected one of "
+                        msg += _TYPE_LIST
+                    self.issue(line, "data_type", msg)
+
+        byte_order_text = get("byte_order", "")
+        if byte_order_text:
+            bo = _BYTE_ORDERS.get(byte_order_text.upper())
+            if bo is None:
+                self.issue(
+                    line,
+                    "byte_order",
+                    f"unknown byte_order {_show(byte_order_text)}: "
+                    "expected one of ABCD, CDAB, BADC, DCBA",
+                )
+            else:
+                kw["byte_order"] = bo
+
+        if protocol == "modbus" and isinstance(address, ModbusAddress):
+            address, data_type = self.modbus_checks(
+                line, address, data_type, type_bit, type_ok, bool(byte_order_text)
+            )
+        elif protocol is not None and protocol != "modbus":
+            if type_bit is not None:
+                self.issue(
+                    line,
+                    "data_type",
+                    f"bitN data types exist only for modbus registers, not for {protocol}",
+                )
+            if byte_order_text:
+                self.issue(
+                    line,
+                    "byte_order",
+                    f"byte_order applies only to modbus multi-register values, not to {protocol}",
+                )
+
+        for column, constraint in _NUMERIC:
+            text = get(column)
+            if text:
+                v = self.number(line, column, text, constraint)
+                if v is not None:
+                    kw[column] = v
+
+        text = get("alarm_state")
+        if text:
+            lowered = text.lower()
+            if lowered in ("true", "false"):
+                kw["alarm_state"] = 1.0 if lowered == "true" else 0.0
+            else:
+                v = self.number(line, "alarm_state", text, "")
+                if v is not None:
+                    kw["alarm_state"] = v
+
+        lo, hi = kw.get("min"), kw.get("max")
+        if isinstance(lo, float) and isinstance(hi, float) and lo > hi:
+            self.issue(line, "max", f"max ({_fmt(hi)}) is less than min ({_fmt(lo)})")
+        self.check_limits(line, kw)
+
+        writable_text = get("writable", "")
+        if writable_text:
+            lowered = writable_text.lower()
+            if lowered in _TRUE:
+                kw["writable"] = True
+            elif lowered not in _FALSE:
+                self.issue(
+                    line,
+                    "writable",
+                    f"expected true or false (also yes/no, 1/0), got {_show(writable_text)}",
+                )
+        if (
+            kw.get("writable")
+            and isinstance(address, ModbusAddress)
+            and address.table in ("ir", "di")
+        ):
+            kind = "input registers" if address.table == "ir" else "discrete inputs"
+            self.issue(
+                line,
+                "writable",
+                f"{address.table} ({kind}) are read-only in Modbus; "
+                "use hr or coil for a writable point",
+            )
+
+        priority_text = get("alarm_priority", "")
+        if priority_text:
+            p = _PRIORITIES.get(priority_text.lower())
+            if p is None:
+                self.issue(
+                    line,
+                    "alarm_priority",
+                    f"unknown priority {_show(priority_text)}: "
+                    "expected one of critical, high, medium, low",
+                )
+            else:
+                kw["alarm_priority"] = p
+
+        tags_text = get("tags", "")
+        if tags_text:
+            tags = self.tags(line, tags_text)
+            if tags:
+                kw["tags"] = tags
+
+        units = get("units", "")
+        if units:
+            kw["units"] = units
+        description = get("description", "")
+        if description:
+            kw["description"] = description
+
+        if len(self.issues) != n_issues or address is None or not point_id or not device:
+            return None
+        return Point(
+            point_id=point_id,
+            device=device,
+            address=address,
+            data_type=data_type,
+            source=SourceRef(self.name, line),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def modbus_checks(
+        self,
+        line: int,
+        address: ModbusAddress,
+        data_type: DataType | None,
+        type_bit: int | None,
+        type_ok: bool,
+        has_byte_order: bool,
+    ) -> tuple[ModbusAddress | None, DataType | None]:
+        if type_bit is not None:
+            if address.table not in ("hr", "ir"):
+                self.issue(
+                    line,
+                    "data_type",
+                    f"bit{type_bit} needs a register address (hr or ir), not {address.table}",
+                )
+                return None, data_type
+            if address.bit is not None and address.bit != type_bit:
+                self.issue(
+                    line,
+                    "data_type",
+                    f"bit{type_bit} contradicts the address {address} (bit {address.bit})",
+                )
+                return None, data_type
+            address = ModbusAddress(address.table, address.address, type_bit)
+        if address.is_bit_table or address.bit is not None:
+            what = (
+                f"{address.table} addresses are single bits"
+                if address.is_bit_table
+                else f"{address} is a bit of a register"
+            )
+            if data_type is None and type_ok:
+                data_type = DataType.BOOL
+            elif data_type is not None and data_type is not DataType.BOOL:
+                self.issue(
+                    line,
+                    "data_type",
+                    f"{what}: data_type must be bool (or empty), got {data_type.value}",
+                )
+                return address, data_type
+        elif data_type is None:
+            if type_ok:
+                if "data_type" in self.index:
+                    self.issue(
+                        line,
+                        "data_type",
+                        f"required for modbus register points: one of {_TYPE_LIST}",
+                    )
+                else:
+                    self.missing_data_type_lines.append(line)
+            return address, None
+        registers = data_type.registers if address.bit is None else 1
+        if address.address + registers - 1 > 65535:
+            self.issue(
+                line,
+                "address",
+                f"{data_type.value} at {address} needs {registers} "
+                "registers and runs past the last address 65535",
+            )
+        if has_byte_order and (registers == 1 or address.is_bit_table):
+            self.issue(
+                line,
+                "byte_order",
+                "byte_order applies only to multi-register types "
+                f"({_MULTI_REGISTER_TYPES}), not to {data_type.value}"
+                + (" bits" if address.bit is not None or address.is_bit_table else ""),
+            )
+        return address, data_type
+
+    def number(self, line: int, column: str, text: str, constraint: str) -> float | None:
+        if _NUMBER_RE.fullmatch(text) is None:
+            self.issue(line, column, f"expected a number, got {_show(text)}")
+            return None
+        value = float(text)
+        if not math.isfinite(value):
+            self.issue(line, column, f"{_show(text)} is out of the range of a number")
+            return None
+        if (
+            (constraint == "nonzero" and value == 0)
+            or (constraint == "positive" and value <= 0)
+            or (constraint == "nonneg" and value < 0)
+        ):
+            self.issue(line, column, f"{_CONSTRAINT_TEXT[constraint]}, got {text}")
+            return None
+        return value
+
+    def check_limits(self, line: int, kw: dict[str, object]) -> None:
+        given = [(name, float(kw[name])) for name in _LIMITS if name in kw]  # type: ignore[arg-type]
+        for (upper, uv), (lower, lv) in itertools.pairwise(given):
+            crosses = (upper in _HIGH_SIDE) != (lower in _HIGH_SIDE)
+            if crosses and uv <= lv:
+                self.issue(
+                    line,
+                    lower,
+                    f"{lower} ({_fmt(lv)}) must be less than {upper} "
+                    f"({_fmt(uv)}); expected alarm_hh >= alarm_h > alarm_l >= alarm_ll",
+                )
+            elif not crosses and uv < lv:
+                self.issue(
+                    line,
+                    lower,
+                    f"{lower} ({_fmt(lv)}) must not be greater than {upper} "
+                    f"({_fmt(uv)}); expected alarm_hh >= alarm_h > alarm_l >= alarm_ll",
+                )
+
+    def tags(self, line: int, text: str) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        for part in text.split(";"):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            name, value = name.strip(), value.strip()
+            if not name:
+                self.issue(
+                    line,
+                    "tags",
+                    f"tag {_show(part)} has no name: expected "
+                    "name=value or a bare marker name, separated by ;",
+                )
+                continue
+            if _TAG_NAME_RE.fullmatch(name) is None:
+                self.issue(line, "tags", f"tag name {_show(name)} must not contain spaces")
+                continue
+            if name in tags:
+                self.issue(line, "tags", f'tag "{name}" is given twice')
+                continue
+            tags[name] = value if sep else ""
+        return tags
