@@ -1,0 +1,529 @@
+"""Modbus TCP driver (pymodbus async client).
+
+One TCP connection per host:port, shared by every unit id behind it (a gateway) through the
+``DriverContext``; one request in flight per connection (pymodbus serialises requests per
+client, our link lock keeps connects and read-modify-writes atomic); different devices poll
+concurrently because the agent calls ``read`` for each device in its own task.
+
+Failure handling, by what the device did:
+
+- exception response → only that request's points go bad (``device_error``). Illegal data
+  address / illegal value (codes 2, 3) split the request at once, recursively, until the bad
+  point stands alone; it is then ``config_error`` and logged once (not every poll). Other
+  codes split a request after it failed ``SPLIT_AFTER`` polls in a row.
+- no answer (timeout after ``retries``) → ``timeout`` for that request and the rest of the
+  poll: a device that ignores one request rarely answers the next, and waiting
+  ``timeout * (retries+1)`` per request would stall the device's poll loop.
+- connection refused or lost → ``comm_failure`` for everything; reconnects back off
+  exponentially from ``reconnect_min`` to ``reconnect_max``; while down, ``read`` returns at
+  once (one bad reading per point per poll, no request, no log spam).
+- a float register holding NaN/±inf → ``device_error`` with value NaN for that point (devices
+  use NaN for "no valid measurement"; an infinite value is not a reading either).
+- a value outside the point's min/max → ``uncertain:out_of_range``, value kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from typing import Any, Literal
+
+import structlog
+from pydantic import Field, model_validator
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult, WriteError
+from drivers.modbus_codec import EncodeError, encode_registers
+from drivers.modbus_planner import (
+    TABLE_NAME,
+    ModbusPlan,
+    PlanError,
+    Request,
+    build_plan,
+    build_request,
+    compile_point,
+    decode_into,
+    fail_into,
+    split_request,
+)
+from point_schedules.model import DataType, ModbusAddress, Point
+from point_schedules.quality import QUALITY_LABEL, Quality
+
+log = structlog.get_logger(__name__)
+
+SPLIT_AFTER = 3  # polls a request may fail with a non-address exception before it is split
+
+EXCEPTION_NAMES: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+_ADDRESS_CODES = frozenset({2, 3})
+
+_COMM = int(Quality.BAD_COMM_FAILURE)
+_TIMEOUT = int(Quality.BAD_TIMEOUT)
+_CONFIG = int(Quality.BAD_CONFIG_ERROR)
+_DEVICE = int(Quality.BAD_DEVICE_ERROR)
+
+
+class ModbusDeviceConfig(DeviceConfig):
+    """``[devices.<id>]`` keys of a Modbus TCP device."""
+
+    protocol: Literal["modbus"]
+    host: str = Field(min_length=1)
+    port: int = Field(502, ge=0, le=65535)
+    unit_id: int = Field(1, ge=0, le=255)
+    timeout: float = Field(1.0, gt=0, description="seconds to wait for one response")
+    retries: int = Field(1, ge=0, le=10)
+    poll_interval: float = Field(5.0, gt=0)
+    max_registers_per_request: int = Field(125, ge=1, le=125)
+    max_bits_per_request: int = Field(2000, ge=1, le=2000)
+    max_gap: int = Field(16, ge=0, le=125, description="unused registers a request may span")
+    reconnect_min: float = Field(0.5, gt=0, description="first reconnect delay, seconds")
+    reconnect_max: float = Field(30.0, gt=0, description="cap of the doubling reconnect delay")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> ModbusDeviceConfig:
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError(
+                f"reconnect_max ({self.reconnect_max}) must be >= reconnect_min "
+                f"({self.reconnect_min})"
+            )
+        return self
+
+
+def exception_text(code: int) -> str:
+    return f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+
+
+class ModbusLink:
+    """One TCP connection to host:port with capped exponential reconnect backoff.
+
+    Shared by every unit id at that host:port (kept in ``DriverContext.resources``); the
+    first device's timeout/retries/backoff settings apply to the connection.
+    """
+
+    def __init__(self, host: str, port: int, config: ModbusDeviceConfig) -> None:
+        self.host = host
+        self.port = port
+        self.backoff_min = config.reconnect_min
+        self.backoff_max = config.reconnect_max
+        self.client = AsyncModbusTcpClient(
+            host,
+            port=port,
+            timeout=config.timeout,
+            retries=config.retries,
+            reconnect_delay=0,  # reconnecting is ours: pymodbus' own would bypass the backoff
+            name=f"{host}:{port}",
+            trace_connect=self._on_connect_change,
+        )
+        self.lock = asyncio.Lock()
+        self.delay = 0.0  # current reconnect delay; 0 while connected / never failed
+        self.next_attempt = 0.0  # monotonic time before which we do not try again
+        self.connect_attempts = 0
+        self.down = False  # a failure has been logged and not yet followed by a recovery
+        self.users = 0
+        self.in_flight = 0  # requests awaiting an answer on this connection
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.connected)
+
+    def _on_connect_change(self, connected: bool) -> None:
+        if connected:
+            return
+        # Fail the request in flight now instead of letting it run into its timeout: a lost
+        # connection will not answer it.
+        future = getattr(self.client.ctx, "response_future", None)
+        if self.in_flight and future is not None and not future.done():
+            future.set_exception(ConnectionException(f"connection to {self.endpoint} lost"))
+
+    async def ensure(self) -> bool:
+        """Connected, or try once if the backoff allows. Never raises."""
+        if self.client.connected:
+            return True
+        if time.monotonic() < self.next_attempt:
+            return False
+        async with self.lock:
+            if self.client.connected:
+                return True
+            if time.monotonic() < self.next_attempt:
+                return False
+            self.connect_attempts += 1
+            try:
+                ok = await self.client.connect()
+            except (OSError, ModbusException) as exc:
+                ok = False
+                reason = str(exc)
+            else:
+                reason = "connection refused or timed out"
+            if ok:
+                if self.down:
+                    log.info("modbus.reconnected", endpoint=self.endpoint)
+                self.down = False
+                self.delay = 0.0
+                self.next_attempt = 0.0
+                return True
+            self.delay = (
+                self.backoff_min if self.delay == 0.0 else min(self.delay * 2, self.backoff_max)
+            )
+            self.next_attempt = time.monotonic() + self.delay
+            if not self.down:
+                log.warning(
+                    "modbus.connect_failed",
+                    endpoint=self.endpoint,
+                    reason=reason,
+                    retry_in=self.delay,
+                )
+                self.down = True
+            else:
+                log.debug(
+                    "modbus.connect_retry_failed", endpoint=self.endpoint, retry_in=self.delay
+                )
+            return False
+
+    def lost(self, reason: str) -> None:
+        """The connection broke during a request: close it; the next poll reconnects."""
+        self.client.close()
+        if not self.down:
+            log.warning("modbus.connection_lost", endpoint=self.endpoint, reason=reason)
+            self.down = True
+        self.delay = 0.0
+        self.next_attempt = 0.0
+
+    async def aclose(self) -> None:
+        self.client.close()
+
+
+class _Outcome:
+    __slots__ = ("quality", "stop")
+
+    def __init__(self, quality: int | None, stop: bool) -> None:
+        self.quality = quality
+        self.stop = stop
+
+
+class ModbusDriver(Driver):
+    config_model = ModbusDeviceConfig
+    config: ModbusDeviceConfig
+
+    def __init__(
+        self, device_id: str, config: DeviceConfig, context: DriverContext | None = None
+    ) -> None:
+        if not isinstance(config, ModbusDeviceConfig):
+            config = ModbusDeviceConfig.model_validate(config.model_dump())
+        super().__init__(device_id, config, context)
+        key = f"modbus.link:{config.host}:{config.port}"
+        link = self.context.resources.get(key)
+        if link is None:
+            link = ModbusLink(config.host, config.port, config)
+            self.context.resources[key] = link
+        link.users += 1
+        self._link: ModbusLink = link
+        self._key = key
+        self._closed = False
+        self._last_ok = False
+        self._readers: dict[int, Any] = {
+            1: link.client.read_coils,
+            2: link.client.read_discrete_inputs,
+            3: link.client.read_holding_registers,
+            4: link.client.read_input_registers,
+        }
+
+    # ------------------------------------------------------------------ state
+    @property
+    def connected(self) -> bool:
+        return self._link.connected and self._last_ok
+
+    @property
+    def link(self) -> ModbusLink:
+        return self._link
+
+    @property
+    def reconnect_delay(self) -> float:
+        """Current reconnect backoff in seconds (0 while connected)."""
+        return self._link.delay
+
+    # ------------------------------------------------------------------ planning
+    def prepare(self, group: PointGroup) -> None:
+        plan = build_plan(
+            group.points,
+            max_registers=self.config.max_registers_per_request,
+            max_bits=self.config.max_bits_per_request,
+            max_gap=self.config.max_gap,
+        )
+        for pos, reason in plan.config_errors:
+            log.error(
+                "modbus.point_unreadable",
+                device=self.device_id,
+                point=group.points[pos].point_id,
+                reason=reason,
+            )
+        group.plan = plan
+        log.debug(
+            "modbus.plan",
+            device=self.device_id,
+            points=len(group.points),
+            requests=plan.request_count,
+        )
+
+    # ------------------------------------------------------------------ reading
+    async def read(self, group: PointGroup) -> PollResult:
+        plan: ModbusPlan = group.plan
+        if plan is None:
+            self.prepare(group)
+            plan = group.plan
+        result = PollResult.empty(plan.n)
+        value, tsa, quality = result.value, result.ts, result.quality
+        for pos, _reason in plan.config_errors:
+            value[pos] = math.nan
+            tsa[pos] = time.time()
+            quality[pos] = _CONFIG
+        if not plan.requests:
+            return result
+        if not await self._link.ensure():
+            self._last_ok = False
+            now = time.time()
+            for req in plan.requests:
+                fail_into(req, value, tsa, quality, _COMM, now)
+            return result
+
+        work: deque[Request] = deque(plan.requests)
+        done: list[Request] = []
+        stop_quality: int | None = None
+        changed = False
+        while work:
+            req = work.popleft()
+            if stop_quality is not None:
+                fail_into(req, value, tsa, quality, stop_quality, time.time())
+                done.append(req)
+                continue
+            outcome = await self._execute(req, value, tsa, quality)
+            if outcome is None:  # split: run the halves next, in this same poll
+                changed = True
+                work.extendleft(reversed(split_request(req)))
+                continue
+            done.append(req)
+            if outcome.stop:
+                stop_quality = outcome.quality
+        if changed:
+            plan.requests = done
+        self._last_ok = stop_quality is None
+        return result
+
+    async def _execute(self, req: Request, value: Any, tsa: Any, quality: Any) -> _Outcome | None:
+        """Run one request into the result arrays. None means: split it and retry the halves."""
+        link = self._link
+        if not link.connected:
+            fail_into(req, value, tsa, quality, _COMM, time.time())
+            return _Outcome(_COMM, True)
+        link.in_flight += 1
+        try:
+            response = await self._readers[req.fc](
+                req.start, count=req.count, device_id=self.config.unit_id
+            )
+        except ConnectionException as exc:
+            link.lost(str(exc))
+            fail_into(req, value, tsa, quality, _COMM, time.time())
+            return _Outcome(_COMM, True)
+        except ModbusIOException as exc:
+            if not link.connected:
+                link.lost(str(exc))
+                fail_into(req, value, tsa, quality, _COMM, time.time())
+                return _Outcome(_COMM, True)
+            fail_into(req, value, tsa, quality, _TIMEOUT, time.time())
+            self._note_failure(req, "timeout", str(exc))
+            return _Outcome(_TIMEOUT, True)
+        except ModbusException as exc:
+            fail_into(req, value, tsa, quality, _DEVICE, time.time())
+            self._note_failure(req, "protocol_error", str(exc))
+            return _Outcome(_DEVICE, False)
+        finally:
+            link.in_flight -= 1
+        ts = time.time()
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0) or 0)
+            if req.splittable() and (code in _ADDRESS_CODES or req.failures + 1 >= SPLIT_AFTER):
+                log.debug(
+                    "modbus.request_split",
+                    device=self.device_id,
+                    request=req.address_text,
+                    exception=exception_text(code),
+                )
+                return None
+            if code in _ADDRESS_CODES:
+                fail_into(req, value, tsa, quality, _CONFIG, ts)
+                if not req.reported:
+                    log.warning(
+                        "modbus.bad_address",
+                        device=self.device_id,
+                        points=[s.point_id for s in req.specs],
+                        address=req.specs[0].address_text,
+                        exception=exception_text(code),
+                    )
+                req.reported = True
+                req.failures += 1
+                return _Outcome(_CONFIG, False)
+            fail_into(req, value, tsa, quality, _DEVICE, ts)
+            self._note_failure(req, "exception", exception_text(code))
+            return _Outcome(_DEVICE, False)
+        payload = response.bits if req.bits else response.registers
+        if len(payload) < req.count:
+            fail_into(req, value, tsa, quality, _DEVICE, ts)
+            self._note_failure(req, "short_response", f"{len(payload)} of {req.count}")
+            return _Outcome(_DEVICE, False)
+        decode_into(req, payload, value, tsa, quality, ts)
+        if req.reported:
+            log.info("modbus.request_recovered", device=self.device_id, request=req.address_text)
+        req.failures = 0
+        req.reported = False
+        return _Outcome(None, False)
+
+    def _note_failure(self, req: Request, kind: str, detail: str) -> None:
+        req.failures += 1
+        if not req.reported:
+            log.warning(
+                "modbus.request_failed",
+                device=self.device_id,
+                request=req.address_text,
+                kind=kind,
+                detail=detail,
+                points=len(req.specs),
+            )
+            req.reported = True
+
+    # ------------------------------------------------------------------ writing
+    def _address(self, point: Point) -> ModbusAddress:
+        address = point.address
+        if not isinstance(address, ModbusAddress):
+            raise WriteError(f"{point.point_id}: {address} is not a Modbus address")
+        return address
+
+    async def _connected_for(self, point: Point) -> None:
+        if not await self._link.ensure():
+            raise WriteError(
+                f"{point.point_id}: device {self.device_id} at {self._link.endpoint} is not "
+                f"connected (next attempt in {max(0.0, self._link.next_attempt - time.monotonic()):.1f} s)"
+            )
+
+    async def _call(self, point: Point, what: str, coro: Any) -> Any:
+        self._link.in_flight += 1
+        try:
+            response = await coro
+        except ConnectionException as exc:
+            self._link.lost(str(exc))
+            raise WriteError(f"{point.point_id}: connection lost during {what}: {exc}") from None
+        except ModbusIOException as exc:
+            if not self._link.connected:
+                self._link.lost(str(exc))
+            raise WriteError(
+                f"{point.point_id}: no answer from {self.device_id} to {what} "
+                f"within {self.config.timeout} s x {self.config.retries + 1} attempts"
+            ) from None
+        except ModbusException as exc:
+            raise WriteError(f"{point.point_id}: {what} failed: {exc}") from None
+        finally:
+            self._link.in_flight -= 1
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0) or 0)
+            raise WriteError(
+                f"{point.point_id}: device {self.device_id} refused {what}: {exception_text(code)}"
+            )
+        return response
+
+    async def write(self, point: Point, value: float, priority: int | None = None) -> None:
+        """Write an engineering value. Holding registers: multi-register types go in one
+        write-multiple request, bitN is a read-modify-write of its register; coils: one
+        write-single-coil. ``priority`` is a BACnet notion and ignored here."""
+        address = self._address(point)
+        unit = self.config.unit_id
+        client = self._link.client
+        if address.table not in ("hr", "coil"):
+            raise WriteError(
+                f"{point.point_id}: {address} is in the {TABLE_NAME[address.table]}, which are "
+                "read-only in Modbus"
+            )
+        if value != value:
+            raise WriteError(f"{point.point_id}: cannot write NaN")
+        await self._connected_for(point)
+        async with self._link.lock:
+            if address.table == "coil":
+                await self._call(
+                    point,
+                    f"write of coil {address.address}",
+                    client.write_coil(address.address, bool(value), device_id=unit),
+                )
+            elif address.bit is not None:
+                what = f"read-modify-write of {address}"
+                current = await self._call(
+                    point,
+                    what,
+                    client.read_holding_registers(address.address, count=1, device_id=unit),
+                )
+                word = int(current.registers[0])
+                raw = point.to_raw(value)
+                mask = 1 << address.bit
+                word = word | mask if raw else word & ~mask
+                await self._call(
+                    point, what, client.write_register(address.address, word, device_id=unit)
+                )
+            else:
+                data_type = point.data_type or DataType.UINT16
+                try:
+                    registers = encode_registers(data_type, point.byte_order, point.to_raw(value))
+                except EncodeError as exc:
+                    raise WriteError(f"{point.point_id}: cannot write {value}: {exc}") from None
+                what = f"write of {address} ({data_type.value})"
+                if len(registers) == 1:
+                    call = client.write_register(address.address, registers[0], device_id=unit)
+                else:
+                    call = client.write_registers(address.address, registers, device_id=unit)
+                await self._call(point, what, call)
+        log.info(
+            "modbus.write",
+            device=self.device_id,
+            point=point.point_id,
+            value=value,
+            address=str(address),
+        )
+
+    async def read_back(self, point: Point) -> float:
+        """Read just ``point`` now and return its engineering value (to verify a write).
+        Raises WriteError when the read fails or the value is bad."""
+        try:
+            spec = compile_point(0, point)
+        except PlanError as exc:
+            raise WriteError(f"{point.point_id}: {exc}") from None
+        req = build_request(spec.table, [spec])
+        result = PollResult.empty(1)
+        await self._connected_for(point)
+        outcome = await self._execute(req, result.value, result.ts, result.quality)
+        if outcome is None:  # a one-point request is never split; keep the type checker honest
+            raise WriteError(f"{point.point_id}: read-back failed")
+        code = result.quality[0]
+        if code >= Quality.BAD:
+            raise WriteError(f"{point.point_id}: read-back failed: {QUALITY_LABEL[code]}")
+        return float(result.value[0])
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._link.users -= 1
+        if self._link.users <= 0:
+            await self._link.aclose()
+            if self.context.resources.get(self._key) is self._link:
+                del self.context.resources[self._key]

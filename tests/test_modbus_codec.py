@@ -1,0 +1,116 @@
+"""Codec and planner units: byte orders against known vectors and an independent encoder,
+request planning (pure functions: no device involved)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from drivers.modbus_codec import EncodeError, decode_registers, encode_registers
+from drivers.modbus_planner import build_plan, split_request
+from point_schedules.model import ByteOrder, DataType
+from tests.modbus_server import point as mkpoint
+from tests.modbus_server import registers_for
+
+ORDERS = list(ByteOrder)
+NUMBERS = {
+    DataType.INT16: -12345,
+    DataType.UINT16: 54321,
+    DataType.INT32: -123456789,
+    DataType.UINT32: 3_000_000_001,
+    DataType.INT64: -1_234_567_890_123_456,
+    DataType.UINT64: 12_345_678_901_234_567_890,
+    DataType.FLOAT32: 21.5,
+    DataType.FLOAT64: -1234.0009765625,
+}
+
+
+def test_float32_known_vectors() -> None:
+    # 1.0f = 0x3F800000
+    assert encode_registers(DataType.FLOAT32, ByteOrder.ABCD, 1.0) == [0x3F80, 0x0000]
+    assert encode_registers(DataType.FLOAT32, ByteOrder.CDAB, 1.0) == [0x0000, 0x3F80]
+    assert encode_registers(DataType.FLOAT32, ByteOrder.BADC, 1.0) == [0x803F, 0x0000]
+    assert encode_registers(DataType.FLOAT32, ByteOrder.DCBA, 1.0) == [0x0000, 0x803F]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("data_type", list(NUMBERS))
+def test_encode_decode_match_independent_permutation(data_type: DataType, order: ByteOrder) -> None:
+    value = NUMBERS[data_type]
+    expected = registers_for(data_type, order, value)
+    assert encode_registers(data_type, order, value) == expected
+    assert decode_registers(data_type, order, expected) == pytest.approx(float(value))
+
+
+@pytest.mark.parametrize(
+    "data_type", [DataType.INT32, DataType.FLOAT32, DataType.FLOAT64, DataType.INT64]
+)
+def test_cdab_matches_pymodbus_little_word_order(data_type: DataType) -> None:
+    value = NUMBERS[data_type]
+    ptype = getattr(AsyncModbusTcpClient.DATATYPE, data_type.name)
+    regs = AsyncModbusTcpClient.convert_to_registers(value, ptype, word_order="little")
+    assert encode_registers(data_type, ByteOrder.CDAB, value) == regs
+
+
+def test_encode_rejects_out_of_range_integers() -> None:
+    with pytest.raises(EncodeError, match="int16 range"):
+        encode_registers(DataType.INT16, ByteOrder.ABCD, 40000)
+    with pytest.raises(EncodeError, match="uint32"):
+        encode_registers(DataType.UINT32, ByteOrder.ABCD, -1)
+    with pytest.raises(EncodeError, match="not a number"):
+        encode_registers(DataType.INT32, ByteOrder.ABCD, math.nan)
+
+
+def test_planner_merges_within_gap_and_limit() -> None:
+    pts = [
+        mkpoint("a", "hr:0", DataType.FLOAT32),
+        mkpoint("b", "hr:10"),  # gap 8 <= 16: same request
+        mkpoint("c", "hr:40"),  # gap 29 > 16: new request
+        mkpoint("d", "hr:41.3", DataType.BOOL),
+        mkpoint("e", "hr:41.4", DataType.BOOL),
+        mkpoint("f", "ir:0", DataType.INT64),
+        mkpoint("g", "coil:0"),
+        mkpoint("h", "coil:300"),  # bit gap 299 > 16*16: separate
+        mkpoint("i", "di:5"),
+    ]
+    plan = build_plan(pts, max_registers=125, max_bits=2000, max_gap=16)
+    spans = sorted((r.table, r.start, r.count) for r in plan.requests)
+    assert spans == [
+        ("coil", 0, 1),
+        ("coil", 300, 1),
+        ("di", 5, 1),
+        ("hr", 0, 11),
+        ("hr", 40, 2),
+        ("ir", 0, 4),
+    ]
+    assert plan.config_errors == []
+
+
+def test_planner_respects_max_registers() -> None:
+    pts = [mkpoint(f"p{i}", f"hr:{i * 2}", DataType.FLOAT32) for i in range(100)]  # 200 registers
+    plan = build_plan(pts, max_registers=50, max_bits=2000, max_gap=16)
+    assert [r.count for r in plan.requests] == [50, 50, 50, 50]
+    # a value never straddles two requests
+    assert sum(len(r.specs) for r in plan.requests) == 100
+
+
+def test_split_separates_distinct_addresses() -> None:
+    pts = [mkpoint(f"p{i}", f"hr:{i}") for i in range(5)] + [mkpoint("x", "hr:2", DataType.INT16)]
+    plan = build_plan(pts, max_registers=125, max_bits=2000, max_gap=16)
+    (req,) = plan.requests
+    low, high = split_request(req)
+    assert {s.start for s in low.specs} == {0, 1}
+    assert {s.start for s in high.specs} == {2, 3, 4}
+    assert len(high.specs) == 4  # both views of hr:2 stay together
+
+
+def test_unsupported_points_become_config_errors() -> None:
+    pts = [
+        mkpoint("ok", "hr:0"),
+        mkpoint("notype", "hr:1", None),
+        mkpoint("toolong", "hr:2", DataType.FLOAT64),
+    ]
+    plan = build_plan(pts, max_registers=2, max_bits=2000, max_gap=16)
+    assert sorted(pos for pos, _ in plan.config_errors) == [1, 2]
