@@ -1,0 +1,52 @@
+# Outpost — the two commands: `make demo` and `make test`. Both set everything up themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# Debian packages the test suite talks to as real peers.
+TEST_APT_PACKAGES := snmpd snmp mosquitto
+
+.PHONY: all venv system-deps test test-fast demo lint bench clean
+
+all: venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Install missing Debian packages (root, as on the edge box and in CI). policy-rc.d keeps the
+# packages from starting their system services: tests start their own instances.
+system-deps:
+	@missing=""; \
+	for pkg in $(TEST_APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; $$SUDO chmod +x /usr/sbin/policy-rc.d; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  rc=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -x -m "not slow"
+
+demo: venv
+	$(BIN)/outpost demo -c agent.example.toml
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: venv
+	$(BIN)/python bench/buffer.py
+	$(BIN)/python bench/poll_modbus.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,240 @@
+"""`outpost` — the command line of the edge agent, its simulator and the receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.cli_common import (
+    ConfigOption,
+    JsonOption,
+    call_agent,
+    config_or_exit,
+    fail,
+    print_json,
+)
+
+app = typer.Typer(
+    name="outpost",
+    help="Outpost edge gateway: run the agent, inspect it, manage schedules, buffer and cloud.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Agent configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@app.callback()
+def _root(
+    config: ConfigOption = None,
+) -> None:
+    """Global options apply to every command (they can also be given after the command)."""
+    if config is not None:
+        import os
+
+        # Sub-commands read OUTPOST_CONFIG as their default; click runs this callback before it
+        # parses the sub-command, so `outpost -c X status` and `outpost status -c X` agree.
+        os.environ["OUTPOST_CONFIG"] = str(config)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run the agent in the foreground (systemd: Type=notify). Ctrl-C / SIGTERM stop it cleanly."""
+    from agent.logs import configure_logging
+    from agent.runtime import EX_CONFIG, Runtime, StartupError
+
+    cfg = config_or_exit(config)
+    configure_logging(cfg.logging.level, cfg.logging.format)
+    try:
+        asyncio.run(Runtime(cfg).run())
+    except StartupError as exc:
+        fail(str(exc), EX_CONFIG)
+    except KeyboardInterrupt:
+        pass
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the config (and that its schedule files load); print every problem at once."""
+    from point_schedules.loader import ScheduleError, load_schedule
+
+    cfg = config_or_exit(config)
+    try:
+        schedule = load_schedule(cfg.schedules.files, cfg.device_protocols())
+    except ScheduleError as exc:
+        for issue in exc.issues:
+            typer.echo(str(issue), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"{cfg.config_path}: ok — gateway {cfg.agent.id}, {len(cfg.devices)} device(s), "
+        f"{len(schedule.points)} point(s), schedule {schedule.version}"
+    )
+
+
+# ---------------------------------------------------------------------------- daemon views
+
+
+def _fmt_value(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+@app.command()
+def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
+    """Show the running agent: mode, devices, schedule, buffer, uplink."""
+    body = call_agent(config, "GET", "/status")
+    if json_out:
+        print_json(body)
+        return
+    console = Console()
+    mode = body.get("mode") or {}
+    console.print(
+        f"[bold]{body['gateway_id']}[/bold] {body.get('site', '')} — mode [bold]{mode.get('mode', '?')}[/bold]"
+        f"{' since ' + str(mode['since']) if mode.get('since') else ''}"
+        f" — up {body['uptime_s']:.0f}s, {'ready' if body['ready'] else 'starting'}"
+    )
+    sched = body["schedule"]
+    console.print(f"schedule {sched['version']} ({sched['points']} points)")
+    table = Table("device", "protocol", "state", "points", "last ok", "error")
+    for name, dev in body["devices"].items():
+        state = "up" if dev.get("connected") else ("disabled" if not dev.get("enabled", True) else "DOWN")
+        table.add_row(
+            name,
+            dev.get("protocol", ""),
+            state,
+            str(dev.get("points", 0)),
+            _age(dev.get("last_ok_ts"), body),
+            dev.get("last_error") or "",
+        )
+    console.print(table)
+    buf = body.get("buffer") or {}
+    if buf:
+        console.print(
+            f"buffer: {buf.get('rows', 0)} rows, {buf.get('unsynced_rows', 0)} unsynced, "
+            f"oldest unsynced {_secs(buf.get('oldest_unsynced_age_s'))}, "
+            f"{(buf.get('size_bytes') or 0) / 1e6:.1f} MB"
+        )
+    up = body.get("uplink")
+    if up is None:
+        console.print("uplink: none (edge-only)")
+    else:
+        console.print(
+            f"uplink: {'connected' if up.get('connected') else 'NOT connected'}, "
+            f"last success {_age(up.get('last_success_ts'), body)}, backlog {up.get('backlog_rows', '?')} rows, "
+            f"oldest unsynced {_secs(up.get('oldest_unsynced_age_s'))}, rejected {up.get('rejected_batches', 0)}"
+            + (f", last error: {up['last_error']}" if up.get("last_error") else "")
+        )
+    alarms = body.get("alarms")
+    if alarms is not None:
+        console.print("alarms: " + (", ".join(f"{k} {v}" for k, v in alarms.items()) or "none active"))
+
+
+def _secs(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}s"
+
+
+def _age(ts: float | None, body: dict) -> str:
+    if not ts:
+        return "never"
+    import time
+
+    return f"{max(0.0, time.time() - ts):.0f}s ago"
+
+
+@app.command()
+def points(
+    config: ConfigOption = None,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Only this device.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Live value of every point (or one device's points)."""
+    rows = call_agent(config, "GET", "/points", params={"device": device} if device else None)
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("point_id", "device", "value", "units", "quality", "ts")
+    for r in rows:
+        table.add_row(r["point_id"], r["device"], _fmt_value(r["value"]), r["units"], r["quality"], r["ts"] or "—")
+    Console().print(table)
+
+
+@app.command()
+def read(
+    point_id: Annotated[str, typer.Argument(help="Point id, e.g. cdu-01.supply_temp")],
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Current value of one point."""
+    row = call_agent(config, "GET", f"/points/{point_id}")
+    if json_out:
+        print_json(row)
+        return
+    typer.echo(
+        f"{row['point_id']} = {_fmt_value(row['value'])} {row['units']}".rstrip()
+        + f"  [{row['quality']}] at {row['ts'] or '—'}"
+    )
+
+
+@app.command()
+def reload(config: ConfigOption = None) -> None:
+    """Ask the running agent to reload its schedule files (same as SIGHUP)."""
+    call_agent(config, "POST", "/reload")
+    typer.echo("reload requested; see `outpost status` for the schedule version")
+
+
+# ---------------------------------------------------------------------------- sub-apps
+
+
+def _mount() -> None:
+    for module, attr, name in (
+        ("agent.cli_schedule", "schedule_app", "schedule"),
+        ("agent.cli_buffer", "buffer_app", "buffer"),
+        ("agent.cli_sim", "sim_app", "sim"),
+        ("agent.cli_cloud", "cloud_app", "cloud"),
+        ("agent.cli_discover", "discover_app", "discover"),
+    ):
+        try:  # INTEGRATION-GUARD: remove when every sub-app has landed
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(getattr(mod, attr), name=name)
+    for module in ("agent.cli_control", "agent.cli_demo"):
+        try:  # INTEGRATION-GUARD
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+def main() -> None:
+    _mount()
+    app()
+
+
+def get_app() -> typer.Typer:
+    """The fully mounted app (for tests with typer's CliRunner)."""
+    if not getattr(get_app, "_mounted", False):
+        _mount()
+        get_app._mounted = True  # type: ignore[attr-defined]
+    return app
+

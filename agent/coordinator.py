@@ -1,0 +1,94 @@
+"""One coordinator per device, in the manner of Home Assistant's DataUpdateCoordinator: it
+owns the driver, polls its point groups and fans the results out through the pipeline.
+Nothing else talks to the device for reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from agent.pipeline import Pipeline
+from drivers.base import Driver, PointGroup, PollResult
+from point_schedules.quality import Quality
+
+log = structlog.get_logger(__name__)
+
+_COMMS = (Quality.BAD_COMM_FAILURE, Quality.BAD_TIMEOUT)
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    connected: bool = False
+    last_ok_ts: float | None = None
+    last_poll_ts: float | None = None
+    down_since: float | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "connected": self.connected,
+            "last_ok_ts": self.last_ok_ts,
+            "down_since": self.down_since,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+        }
+
+
+class DeviceCoordinator:
+    def __init__(self, device_id: str, driver: Driver, pipeline: Pipeline) -> None:
+        self.device_id = device_id
+        self.driver = driver
+        self.pipeline = pipeline
+        self.groups: list[PointGroup] = []
+        self.health = DeviceHealth()
+        self._alarm_positions: dict[int, list[tuple[int, str]]] = {}
+
+    def set_groups(self, groups: Sequence[PointGroup]) -> None:
+        self.groups = list(groups)
+        for g in self.groups:
+            self.driver.prepare(g)
+        self.refresh_alarm_positions()
+
+    def refresh_alarm_positions(self) -> None:
+        self._alarm_positions = {id(g): self.pipeline.alarm_positions(g.index) for g in self.groups}
+
+    async def poll(self, group: PointGroup) -> None:
+        result = await self.driver.read(group)
+        self._account(result)
+        self.pipeline.ingest(group.index, result, self._alarm_positions.get(id(group), ()))
+
+    def push(self, group: PointGroup, positions: Sequence[int], result: PollResult) -> None:
+        """Sink for push drivers: ``positions`` index ``group.points``."""
+        index = group.index
+        self._account(result)
+        global_index = [index[p] for p in positions]
+        self.pipeline.ingest(global_index, result, self.pipeline.alarm_positions(global_index))
+
+    def _account(self, result: PollResult) -> None:
+        now = time.time()
+        h = self.health
+        h.last_poll_ts = now
+        n = len(result)
+        if n == 0:
+            return
+        comms_failed = sum(1 for q in result.quality if q in _COMMS)
+        if comms_failed == n:
+            h.consecutive_failures += 1
+            if h.down_since is None:
+                h.down_since = now
+            if h.connected:
+                log.warning("device.down", device=self.device_id, reason=Quality(result.quality[0]).label)
+            h.connected = False
+            h.last_error = Quality(result.quality[0]).label
+        else:
+            if not h.connected and h.consecutive_failures:
+                log.info("device.up", device=self.device_id, after_failures=h.consecutive_failures)
+            h.connected = True
+            h.consecutive_failures = 0
+            h.down_since = None
+            h.last_ok_ts = now
+            h.last_error = None

@@ -1,0 +1,607 @@
+"""The daemon: one asyncio process that wires schedule, drivers, pipeline, buffer, local
+control, uplink and local API together, and answers to systemd.
+
+Lifecycle: start → first poll cycle → READY=1 → run until SIGTERM/SIGINT → stop polling,
+flush the buffer, close drivers → exit. SIGHUP reloads the schedule files: the new schedule
+is validated first; on error the running one stays and the error is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.coordinator import DeviceCoordinator
+from agent.pipeline import Pipeline
+from agent.points import PointTable
+from agent.scheduler import Job, Scheduler, stagger_offset
+from agent.systemd import SystemdNotifier
+from buffer.store import Buffer
+from drivers.base import Driver, DriverContext, PointGroup
+from drivers.registry import driver_class
+from point_schedules.loader import ScheduleError, load_schedule
+from point_schedules.model import Schedule
+
+log = structlog.get_logger(__name__)
+
+EX_CONFIG = 78  # sysexits: configuration error (systemd: RestartPreventExitStatus=78)
+
+
+class StartupError(Exception):
+    """The agent cannot start with this configuration/schedule (exit code 78)."""
+
+
+class _Stop(Exception):
+    pass
+
+
+def _actor_system() -> str:
+    return "system"
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        notifier: SystemdNotifier | None = None,
+        clock: Callable[[], float] = time.time,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.config = config
+        self.notifier = notifier or SystemdNotifier()
+        self.clock = clock
+        self.install_signal_handlers = install_signal_handlers
+        self.started_at = clock()
+        self.context = DriverContext()
+        self.drivers: dict[str, Driver] = {}
+        self.coordinators: dict[str, DeviceCoordinator] = {}
+        self.schedule: Schedule | None = None
+        self.table: PointTable | None = None
+        self.pipeline: Pipeline | None = None
+        self.scheduler: Scheduler | None = None
+        self.buffer: Buffer | None = None
+        self.uplink: Any = None
+        self.alarms: Any = None
+        self.modes: Any = None
+        self.writes: Any = None
+        self.ready = asyncio.Event()
+        self.reloads = 0
+        self.reload_errors = 0
+        self.last_reload_error: list[str] | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._api_server: Any = None
+
+    # ------------------------------------------------------------------ control
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def emit(
+        self, ts: float, kind: str, source: str, actor: str | None, detail: Mapping[str, Any]
+    ) -> None:
+        """Record an event (alarm/mode/operator/system) in the buffer; never dropped silently."""
+        if self.buffer is not None:
+            self.buffer.append_event(ts, kind, source, actor, dict(detail))
+        log.info("event", kind=kind, source=source, actor=actor, **{k: v for k, v in detail.items() if k != "kind"})
+
+    # ------------------------------------------------------------------ set-up
+
+    def _load_schedule(self) -> Schedule:
+        files = self.config.schedules.files
+        return load_schedule(files, self.config.device_protocols())
+
+    def _make_drivers(self) -> None:
+        for device_id, dev in self.config.devices.items():
+            if not dev.enabled:
+                continue
+            cls = driver_class(dev.protocol)
+            self.drivers[device_id] = cls(device_id, dev, self.context)
+
+    def _install_schedule(self, schedule: Schedule) -> None:
+        """Build point table, pipeline groups and coordinators for ``schedule``."""
+        assert self.buffer is not None
+        keys = self.buffer.point_keys([p.point_id for p in schedule.points])
+        table = PointTable(schedule, keys)
+        if self.table is not None:
+            table.carry_over(self.table)
+        pipeline = Pipeline(table, self.buffer, alarm_hook=self._alarm_hook())
+        if self.alarms is not None:
+            pipeline.set_alarm_points(frozenset(self.alarms.alarm_point_ids))
+        coordinators: dict[str, DeviceCoordinator] = {}
+        by_device: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for i, p in enumerate(table.points):
+            driver = self.drivers.get(p.device)
+            if driver is None:
+                continue  # device disabled in the config
+            interval = p.poll_interval or self.config.devices[p.device].poll_interval
+            by_device[p.device][interval].append(i)
+        for device_id, intervals in by_device.items():
+            coord = self.coordinators.get(device_id)
+            health = coord.health if coord is not None else None
+            coord = DeviceCoordinator(device_id, self.drivers[device_id], pipeline)
+            if health is not None:
+                coord.health = health
+            groups = [
+                PointGroup(
+                    device=device_id,
+                    points=[table.points[i] for i in idx],
+                    interval=interval,
+                    index=idx,
+                )
+                for interval, idx in sorted(intervals.items())
+            ]
+            coord.set_groups(groups)
+            coordinators[device_id] = coord
+        self.schedule, self.table, self.pipeline, self.coordinators = schedule, table, pipeline, coordinators
+
+    def _alarm_hook(self) -> Callable[[str, float, float, int], None] | None:
+        if self.alarms is None:
+            return None
+        return self.alarms.update  # type: ignore[no-any-return]
+
+    def _build_scheduler(self) -> tuple[Scheduler, list[tuple[DeviceCoordinator, PointGroup]]]:
+        scheduler = Scheduler(clock=self.clock)
+        push: list[tuple[DeviceCoordinator, PointGroup]] = []
+        stagger = self.config.scheduler.stagger_s
+        for device_id, coord in self.coordinators.items():
+            for group in coord.groups:
+                if not coord.driver.polled:
+                    push.append((coord, group))
+                    continue
+                key = f"{device_id}@{group.interval:g}s"
+
+                async def action(coord: DeviceCoordinator = coord, group: PointGroup = group) -> None:
+                    await coord.poll(group)
+
+                scheduler.add(
+                    Job(
+                        key=key,
+                        interval=group.interval,
+                        action=action,
+                        offset=stagger_offset(device_id, group.interval, stagger),
+                    )
+                )
+        return scheduler, push
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        cfg = self.config
+        cfg.agent.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            schedule = self._load_schedule()
+        except ScheduleError as exc:
+            for issue in exc.issues:
+                log.error("schedule.invalid", issue=str(issue))
+            raise StartupError(f"schedule invalid: {len(exc.issues)} problem(s)") from None
+
+        self.buffer = Buffer(
+            cfg.buffer.path,
+            max_size_mb=cfg.buffer.max_size_mb,
+            retention_days=cfg.buffer.retention_days,
+            commit_interval=cfg.buffer.commit_interval_s,
+            commit_rows=cfg.buffer.commit_rows,
+            on_unsynced_evicted=self._on_unsynced_evicted,
+        )
+        self.buffer.open()
+        try:
+            self._make_drivers()
+            self._setup_control(schedule)
+            self._install_schedule(schedule)
+            self.emit(
+                self.clock(),
+                "schedule.load",
+                schedule.version,
+                _actor_system(),
+                {"points": len(schedule.points), "files": [str(f) for f in schedule.files], "reason": "start"},
+            )
+            self._setup_uplink()
+            log.info(
+                "agent.start",
+                gateway=cfg.agent.id,
+                points=len(schedule.points),
+                devices=len(self.coordinators),
+                schedule_version=schedule.version,
+                socket=str(cfg.api.socket),
+                uplink=cfg.cloud is not None,
+            )
+            await self._main()
+        finally:
+            await self._shutdown()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.install_signal_handlers:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._polling(), name="polling")
+                tg.create_task(self._serve_api(), name="api")
+                tg.create_task(self._health_loop(), name="health")
+                if self.alarms is not None or self.modes is not None:
+                    tg.create_task(self._control_loop(), name="control")
+                if self.uplink is not None:
+                    tg.create_task(self._supervised("uplink", self.uplink.run), name="uplink")
+                tg.create_task(self._wait_stop(), name="stop")
+        except* _Stop:
+            pass
+        finally:
+            if self.install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+
+    async def _wait_stop(self) -> None:
+        await self._stop.wait()
+        log.info("agent.stopping")
+        self.notifier.stopping()
+        raise _Stop
+
+    async def _supervised(self, name: str, fn: Callable[[], Any]) -> None:
+        """Run a long-lived task; a crash is logged, counted and restarted with backoff."""
+        backoff = 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("task.crashed", task=name, restart_in_s=backoff)
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
+
+    async def _polling(self) -> None:
+        """Run the scheduler for the current schedule; rebuild it when a reload succeeds."""
+        while True:
+            scheduler, push = self._build_scheduler()
+            self.scheduler = scheduler
+            async with asyncio.TaskGroup() as tg:
+                sched_task = tg.create_task(scheduler.run(), name="scheduler")
+                push_tasks = [
+                    tg.create_task(
+                        self._supervised(
+                            f"stream:{coord.device_id}",
+                            lambda coord=coord, group=group: coord.driver.stream(
+                                lambda pos, res, coord=coord, group=group: coord.push(group, pos, res)
+                            ),
+                        ),
+                        name=f"stream:{coord.device_id}",
+                    )
+                    for coord, group in push
+                ]
+                if not self.ready.is_set():
+                    tg.create_task(self._announce_ready(scheduler), name="ready")
+                await self._reload.wait()
+                self._reload.clear()
+                reloaded = await self._reload_schedule()
+                if not reloaded:
+                    # keep polling the old schedule; wait for the next SIGHUP
+                    while True:
+                        await self._reload.wait()
+                        self._reload.clear()
+                        if await self._reload_schedule():
+                            break
+                sched_task.cancel()
+                for t in push_tasks:
+                    t.cancel()
+
+    async def _reload_schedule(self) -> bool:
+        self.notifier.reloading()
+        try:
+            schedule = await asyncio.to_thread(self._load_schedule)
+        except ScheduleError as exc:
+            self.reload_errors += 1
+            self.last_reload_error = [str(i) for i in exc.issues]
+            for issue in exc.issues:
+                log.error("schedule.reload_rejected", issue=str(issue))
+            self.notifier.notify("READY=1")
+            return False
+        old_version = self.schedule.version if self.schedule else None
+        if self.alarms is not None:
+            self.alarms.reload(schedule.points)
+        self._install_schedule(schedule)
+        self.reloads += 1
+        self.last_reload_error = None
+        self.emit(
+            self.clock(),
+            "schedule.load",
+            schedule.version,
+            _actor_system(),
+            {"points": len(schedule.points), "previous": old_version, "reason": "reload"},
+        )
+        log.info("schedule.reloaded", version=schedule.version, previous=old_version, points=len(schedule.points))
+        self.notifier.notify("READY=1")
+        return True
+
+    async def _announce_ready(self, scheduler: Scheduler) -> None:
+        await scheduler.first_cycle_done.wait()
+        self.ready.set()
+        self.notifier.ready(self.status_line())
+        log.info("agent.ready", status=self.status_line())
+
+    async def _health_loop(self) -> None:
+        """Pet the systemd watchdog only while polling and the buffer writer make progress."""
+        interval = self.notifier.watchdog_interval_s
+        period = min(interval / 2, 5.0) if interval else 5.0
+        stall = self.config.scheduler.watchdog_stall_s
+        while True:
+            await asyncio.sleep(period)
+            healthy, why = self.healthy(stall)
+            if healthy:
+                self.notifier.watchdog()
+            else:
+                log.error("agent.unhealthy", reason=why)
+            self.notifier.status(self.status_line())
+
+    def healthy(self, stall_s: float) -> tuple[bool, str]:
+        now = time.monotonic()
+        if self.buffer is None or not self.buffer.writer_alive:
+            return False, "buffer writer not running"
+        if now - self.buffer.last_commit_monotonic > stall_s:
+            return False, f"buffer writer made no progress for {now - self.buffer.last_commit_monotonic:.0f}s"
+        if self.scheduler is not None and self.scheduler.jobs and now - self.scheduler.last_progress > stall_s:
+            return False, f"no poll completed for {now - self.scheduler.last_progress:.0f}s"
+        return True, "ok"
+
+    def status_line(self) -> str:
+        devices = len(self.coordinators)
+        up = sum(1 for c in self.coordinators.values() if c.health.connected)
+        points = len(self.table) if self.table is not None else 0
+        mode = self.modes.state()["mode"] if self.modes is not None else "normal"
+        return f"mode={mode} devices={up}/{devices} up points={points}"
+
+    # ------------------------------------------------------------------ control (alarms, modes)
+
+    def _setup_control(self, schedule: Schedule) -> None:
+        """Alarm engine, mode machine and guarded writes, when the fsm package provides them."""
+        from agent import control_wiring
+
+        control_wiring.setup(self, schedule)
+
+    async def _control_loop(self) -> None:
+        from agent import control_wiring
+
+        await self._supervised("control", lambda: control_wiring.run(self))
+
+    def _on_unsynced_evicted(self, count: int) -> None:
+        # Called from the buffer writer thread: log now, record the event via the loop-safe path.
+        log.error("buffer.evicted_unsynced", rows=count)
+        if self.buffer is not None:
+            self.buffer.append_event(
+                time.time(), "system", "buffer", _actor_system(), {"event": "evicted_unsynced", "rows": count}
+            )
+
+    # ------------------------------------------------------------------ uplink
+
+    def _setup_uplink(self) -> None:
+        if self.config.cloud is None:
+            return
+        from cloud.uplink import Uplink
+
+        assert self.buffer is not None
+        self.uplink = Uplink(
+            self.config.cloud,
+            gateway_id=self.config.agent.id,
+            data_dir=self.config.agent.data_dir,
+            buffer=self.buffer,
+            heartbeat_source=self.heartbeat,
+            point_metadata=self.point_metadata,
+        )
+
+    def heartbeat(self) -> dict[str, Any]:
+        return {
+            "mode": self.modes.state()["mode"] if self.modes is not None else "normal",
+            "agent_version": _version(),
+            "schedule_version": self.schedule.version if self.schedule else None,
+            "devices": {
+                d: {
+                    "connected": c.health.connected,
+                    "last_ok_ts": c.health.last_ok_ts,
+                    "error": c.health.last_error,
+                }
+                for d, c in self.coordinators.items()
+            },
+        }
+
+    def point_metadata(self) -> list[dict[str, Any]]:
+        if self.schedule is None:
+            return []
+        out = []
+        for p in self.schedule.points:
+            out.append(
+                {
+                    "point_id": p.point_id,
+                    "device": p.device,
+                    "units": p.units,
+                    "description": p.description,
+                    "data_type": p.data_type.value if p.data_type else None,
+                    "tags": p.tags,
+                    "min": p.min,
+                    "max": p.max,
+                    "alarm_hh": p.alarm_hh,
+                    "alarm_h": p.alarm_h,
+                    "alarm_l": p.alarm_l,
+                    "alarm_ll": p.alarm_ll,
+                    "writable": p.writable,
+                    "schedule_version": self.schedule.version,
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ API
+
+    async def _serve_api(self) -> None:
+        import uvicorn
+
+        from agent.api import create_app
+
+        sock = self.config.api.socket
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        if sock.exists():
+            sock.unlink()  # stale socket of a previous (killed) run
+        server = _QuietServer(
+            uvicorn.Config(
+                create_app(self), uds=str(sock), log_config=None, access_log=False, lifespan="off"
+            )
+        )
+        self._api_server = server
+        try:
+            await server.serve()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+
+    # ------------------------------------------------------------------ views
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        devices = {}
+        for device_id, dev in self.config.devices.items():
+            coord = self.coordinators.get(device_id)
+            entry: dict[str, Any] = {"protocol": dev.protocol, "enabled": dev.enabled}
+            if coord is not None:
+                entry.update(coord.health.as_dict())
+                entry["points"] = sum(len(g.points) for g in coord.groups)
+            devices[device_id] = entry
+        return {
+            "gateway_id": self.config.agent.id,
+            "site": self.config.agent.site,
+            "agent_version": _version(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_s": round(now - self.started_at, 1),
+            "ready": self.ready.is_set(),
+            "mode": self.modes.state() if self.modes is not None else {"mode": "normal"},
+            "schedule": {
+                "version": self.schedule.version if self.schedule else None,
+                "points": len(self.schedule.points) if self.schedule else 0,
+                "files": [str(f) for f in self.config.schedules.files],
+                "reloads": self.reloads,
+                "reload_errors": self.reload_errors,
+                "last_reload_error": self.last_reload_error,
+            },
+            "devices": devices,
+            "scheduler": self.scheduler.summary() if self.scheduler else None,
+            "pipeline": {
+                "readings": self.pipeline.stats.readings if self.pipeline else 0,
+                "stored": self.pipeline.stats.stored if self.pipeline else 0,
+            },
+            "alarms": self._alarm_counts(),
+            "uplink": self.uplink.status() if self.uplink is not None else None,
+        }
+
+    def _alarm_counts(self) -> dict[str, int] | None:
+        if self.alarms is None:
+            return None
+        counts: dict[str, int] = defaultdict(int)
+        for a in self.alarms.active_alarms():
+            counts[str(getattr(a, "priority", "unknown"))] += 1
+        return dict(counts)
+
+    def live_points(self, device: str | None = None) -> list[dict[str, Any]]:
+        if self.table is None:
+            return []
+        out = []
+        for i, p in enumerate(self.table.points):
+            if device is not None and p.device != device:
+                continue
+            out.append(_live_dict(self.table, i))
+        return out
+
+    def live_point(self, point_id: str) -> dict[str, Any] | None:
+        if self.table is None:
+            return None
+        i = self.table.index.get(point_id)
+        return None if i is None else _live_dict(self.table, i)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def _shutdown(self) -> None:
+        t0 = time.monotonic()
+        for driver in self.drivers.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(driver.close(), timeout=1.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.context.aclose(), timeout=1.0)
+        if self.alarms is not None and hasattr(self.alarms, "save"):
+            with contextlib.suppress(Exception):
+                self.alarms.save()
+        if self.buffer is not None:
+            await asyncio.to_thread(self.buffer.close)
+        self.notifier.close()
+        log.info("agent.stopped", shutdown_ms=round((time.monotonic() - t0) * 1e3, 1))
+
+
+def _live_dict(table: PointTable, i: int) -> dict[str, Any]:
+    lv = table.live(i)
+    return {
+        "point_id": lv.point_id,
+        "device": lv.device,
+        "value": lv.value,
+        "quality": lv.quality,
+        "ts": _iso(lv.ts),
+        "units": lv.units,
+    }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None or math.isnan(ts):
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("outpost")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class _QuietServer:
+    """uvicorn.Server without its own signal handling (the runtime owns SIGTERM/SIGINT/SIGHUP)."""
+
+    def __init__(self, config: Any) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # type: ignore[no-untyped-def,override]
+                yield
+
+        self._server = _Server(config)
+
+    async def serve(self) -> None:
+        try:
+            await self._server.serve()
+        except asyncio.CancelledError:
+            self._server.should_exit = True
+            raise
+
+
+def socket_path_for(config: AgentConfig) -> Path:
+    return config.api.socket

@@ -1,0 +1,169 @@
+"""Wall-clock aligned polling.
+
+A job with interval 10 s fires at :00, :10, :20 … plus a small per-device offset so that fifty
+devices do not all send their request in the same millisecond. Due times are computed from
+the wall clock every cycle (``k × interval + offset``), never by adding sleeps, so polls do not
+drift over hours. A poll still running when its next slot comes is not stacked: the slot is
+skipped and counted as an overrun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def stagger_offset(key: str, interval: float, max_stagger: float) -> float:
+    """Deterministic offset in [0, min(max_stagger, interval/4)) derived from the job key."""
+    span = min(max_stagger, interval / 4)
+    if span <= 0:
+        return 0.0
+    return (zlib.crc32(key.encode()) % 10_000) / 10_000 * span
+
+
+def next_due(now: float, interval: float, offset: float) -> float:
+    """The first ``k × interval + offset`` strictly after ``now``."""
+    k = math.floor((now - offset) / interval) + 1
+    return k * interval + offset
+
+
+@dataclass(slots=True)
+class JobStats:
+    polls: int = 0
+    overruns: int = 0
+    skipped_late: int = 0
+    errors: int = 0
+    last_start: float | None = None
+    last_done: float | None = None
+    last_duration_s: float | None = None
+    jitter_s: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+
+    def as_dict(self) -> dict[str, object]:
+        jit = sorted(self.jitter_s)
+        return {
+            "polls": self.polls,
+            "overruns": self.overruns,
+            "skipped_late": self.skipped_late,
+            "errors": self.errors,
+            "last_start": self.last_start,
+            "last_duration_ms": None if self.last_duration_s is None else round(self.last_duration_s * 1e3, 2),
+            "jitter_p50_ms": round(jit[len(jit) // 2] * 1e3, 2) if jit else None,
+            "jitter_p99_ms": round(jit[min(len(jit) - 1, int(len(jit) * 0.99))] * 1e3, 2) if jit else None,
+        }
+
+
+@dataclass(slots=True)
+class Job:
+    key: str
+    interval: float
+    action: Callable[[], Awaitable[None]]
+    offset: float = 0.0
+    stats: JobStats = field(default_factory=JobStats)
+
+
+class Scheduler:
+    """Runs jobs at aligned wall-clock slots. ``clock`` is injectable for tests."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.jobs: dict[str, Job] = {}
+        self.last_progress = time.monotonic()
+        self.first_cycle_done = asyncio.Event()
+        self._pending_first: set[str] = set()
+
+    def add(self, job: Job) -> None:
+        self.jobs[job.key] = job
+        self._pending_first.add(job.key)
+
+    async def run(self) -> None:
+        """Run every job until cancelled. A crashing job is logged and restarted with backoff."""
+        if not self.jobs:
+            self.first_cycle_done.set()
+        async with asyncio.TaskGroup() as tg:
+            for job in self.jobs.values():
+                tg.create_task(self._supervise(job), name=f"poll:{job.key}")
+
+    async def _supervise(self, job: Job) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self._loop(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                job.stats.errors += 1
+                log.exception("scheduler.job_crashed", job=job.key, restart_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    async def _loop(self, job: Job) -> None:
+        running: asyncio.Task[None] | None = None
+        try:
+            due = next_due(self._clock(), job.interval, job.offset)
+            while True:
+                delay = due - self._clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = self._clock()
+                if now - due > job.interval:
+                    # The loop itself was held up (suspend, clock step): realign, count it.
+                    job.stats.skipped_late += 1
+                    due = next_due(now, job.interval, job.offset)
+                    continue
+                if running is not None and not running.done():
+                    job.stats.overruns += 1
+                    log.warning("poll.overrun", job=job.key, interval_s=job.interval, overruns=job.stats.overruns)
+                else:
+                    job.stats.jitter_s.append(now - due)
+                    running = asyncio.create_task(self._run_once(job, now), name=f"poll-once:{job.key}")
+                due = next_due(max(now, due), job.interval, job.offset)
+        finally:
+            if running is not None and not running.done():
+                running.cancel()
+                with _suppress_cancel():
+                    await running
+
+    async def _run_once(self, job: Job, started: float) -> None:
+        job.stats.last_start = started
+        t0 = time.perf_counter()
+        try:
+            await job.action()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            job.stats.errors += 1
+            log.exception("poll.error", job=job.key)
+        finally:
+            job.stats.polls += 1
+            job.stats.last_duration_s = time.perf_counter() - t0
+            job.stats.last_done = self._clock()
+            self.last_progress = time.monotonic()
+            if job.key in self._pending_first:
+                self._pending_first.discard(job.key)
+                if not self._pending_first:
+                    self.first_cycle_done.set()
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "jobs": len(self.jobs),
+            "polls": sum(j.stats.polls for j in self.jobs.values()),
+            "overruns": sum(j.stats.overruns for j in self.jobs.values()),
+            "errors": sum(j.stats.errors for j in self.jobs.values()),
+        }
+
+
+class _suppress_cancel:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        return exc_type is asyncio.CancelledError
