@@ -298,8 +298,6 @@ def load_config(path: Path | str | None = None, *, check_files: bool = True) -> 
         for i, f in enumerate(cfg.schedules.files):
             if not f.is_file():
                 problems.append(f'key "schedules.files[{i}]": file not found: {f}')
-    if cfg.cloud is not None and not cfg.devices and not cfg.schedules.files:
-        problems.append('key "devices": no devices configured')
     if problems:
         raise ConfigError(source, problems)
     return cfg

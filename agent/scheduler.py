@@ -33,7 +33,12 @@ def stagger_offset(key: str, interval: float, max_stagger: float) -> float:
 def next_due(now: float, interval: float, offset: float) -> float:
     """The first ``k × interval + offset`` strictly after ``now``."""
     k = math.floor((now - offset) / interval) + 1
-    return k * interval + offset
+    due = k * interval + offset
+    # float division can land one slot short (k × 0.1 / 0.1 < k): never return a past slot
+    while due <= now:
+        k += 1
+        due = k * interval + offset
+    return due
 
 
 @dataclass(slots=True)

@@ -1,0 +1,100 @@
+"""Agent configuration: TOML + environment, every problem named by key, paths resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config
+
+GOOD = """
+[agent]
+id = "gw-1"
+site = "Test"
+data_dir = "state"
+
+[schedules]
+files = ["site.csv"]
+
+[buffer]
+max_size_mb = 64
+
+[devices.cdu-01]
+protocol = "modbus"
+host = "127.0.0.1"
+port = 1502
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "site.csv").write_text("point_id,device,address,data_type\ncdu-01.t,cdu-01,hr:0,int16\n")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(text)
+    return cfg
+
+
+def test_good_config_resolves_paths_relative_to_file_and_data_dir(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.agent.id == "gw-1"
+    assert cfg.agent.data_dir == (tmp_path / "state").resolve()
+    assert cfg.buffer.path == (tmp_path / "state" / "buffer.db").resolve()
+    assert cfg.api.socket == (tmp_path / "state" / "outpost.sock").resolve()
+    assert cfg.schedules.files == [(tmp_path / "site.csv").resolve()]
+    dev = cfg.devices["cdu-01"]
+    assert dev.protocol == "modbus" and dev.port == 1502  # type: ignore[attr-defined]
+    assert dev.max_registers_per_request == 125 and dev.max_gap == 16  # type: ignore[attr-defined]
+    assert cfg.device_protocols() == {"cdu-01": "modbus"}
+    assert cfg.cloud is None  # edge-only
+
+
+def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTPOST_BUFFER__MAX_SIZE_MB", "12")
+    monkeypatch.setenv("OUTPOST_AGENT__SITE", "From env")
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.buffer.max_size_mb == 12
+    assert cfg.agent.site == "From env"
+    assert cfg.agent.id == "gw-1"  # untouched keys keep the file's value
+
+
+def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
+    bad = GOOD.replace('id = "gw-1"', 'id = "GW 1"').replace("max_size_mb = 64", "max_size_mb = -1\nfoo = 1")
+    bad += '\n[devices.ups-01]\nprotocol = "modbus"\nport = "x"\n[devices.x-1]\nprotocol = "canbus"\n'
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, bad))
+    text = str(err.value)
+    assert 'key "agent.id"' in text
+    assert 'key "buffer.max_size_mb"' in text and "greater than 0" in text
+    assert 'key "buffer.foo": unknown key' in text
+    assert 'key "devices.ups-01.host": required key is missing' in text
+    assert 'key "devices.ups-01.port"' in text
+    assert 'key "devices.x-1.protocol": unknown protocol' in text
+    assert len(err.value.problems) >= 6
+
+
+def test_unknown_device_key_and_missing_schedule_file(tmp_path: Path) -> None:
+    bad = GOOD.replace('port = 1502', 'port = 1502\nspeed = 9600').replace('"site.csv"', '"nope.csv"')
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, bad))
+    text = str(err.value)
+    assert 'key "devices.cdu-01.speed": unknown key' in text
+    assert 'key "schedules.files[0]": file not found' in text
+
+
+def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, "[agent\nid='x'\n"))
+    assert "TOML syntax" in str(err.value) and "line 1" in str(err.value)
+
+
+def test_missing_file_is_one_clear_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "absent.toml")
+    assert err.value.problems == ["config file not found (use -c FILE or OUTPOST_CONFIG)"]
+
+
+def test_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "agent.example.toml")
+    assert cfg.agent.id == "site-01-gw-1"
+    assert set(cfg.devices) >= {"cdu-01", "ups-01", "pdu-01"}
