@@ -1,0 +1,690 @@
+"""SNMP driver (v1, v2c, v3) on pysnmp 7's asyncio engine.
+
+Work is per request: the points of a group are cut into GET requests of at most
+``max_varbinds`` OIDs each, sent a few at a time, and each response is decoded in one pass.
+The high-level ``get_cmd`` helper resolves every varbind through a MIB view on the way in and
+out; with no MIBs bundled that is pure overhead, so requests go through pysnmp's command
+generator directly with pre-built ``(ObjectName, Null)`` pairs.
+
+UDP gives no connection state: a device that is down, a wrong community and wrong v3
+credentials (with some agents) all look the same, namely no answer. The driver says so in
+one log line when a device stops answering, not once per poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+from pyasn1.type import univ
+from pydantic import Field, field_validator, model_validator
+from pysnmp.entity import config as snmp_config
+from pysnmp.entity.engine import SnmpEngine
+from pysnmp.entity.rfc3413 import cmdgen
+from pysnmp.hlapi.v3arch.asyncio import CommunityData, UdpTransportTarget, UsmUserData
+from pysnmp.hlapi.v3arch.asyncio.lcd import CommandGeneratorLcdConfigurator
+from pysnmp.proto import errind, rfc1902, rfc1905
+
+from drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult, WriteError
+from point_schedules.model import Point, SnmpAddress
+from point_schedules.quality import Quality
+
+log = structlog.get_logger(__name__)
+
+__all__ = [
+    "SnmpConfigError",
+    "SnmpDeviceConfig",
+    "SnmpDriver",
+    "decode_value",
+    "shared_engine",
+]
+
+AUTH_PROTOCOLS: dict[str, tuple[int, ...]] = {
+    "MD5": snmp_config.USM_AUTH_HMAC96_MD5,
+    "SHA": snmp_config.USM_AUTH_HMAC96_SHA,
+    "SHA224": snmp_config.USM_AUTH_HMAC128_SHA224,
+    "SHA256": snmp_config.USM_AUTH_HMAC192_SHA256,
+    "SHA384": snmp_config.USM_AUTH_HMAC256_SHA384,
+    "SHA512": snmp_config.USM_AUTH_HMAC384_SHA512,
+}
+PRIV_PROTOCOLS: dict[str, tuple[int, ...]] = {
+    "DES": snmp_config.USM_PRIV_CBC56_DES,
+    "3DES": snmp_config.USM_PRIV_CBC168_3DES,
+    "AES": snmp_config.USM_PRIV_CFB128_AES,
+    "AES128": snmp_config.USM_PRIV_CFB128_AES,
+    "AES192": snmp_config.USM_PRIV_CFB192_AES,
+    "AES256": snmp_config.USM_PRIV_CFB256_AES,
+}
+AuthProtocol = Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"]
+PrivProtocol = Literal["DES", "3DES", "AES", "AES128", "AES192", "AES256"]
+
+_ENGINE_KEY = "snmp.engine"
+_NAN = float("nan")
+# Error-status values of a response PDU (RFC 3416 / RFC 1157).
+_TOO_BIG = 1
+_NO_SUCH_NAME = 2  # v1 only: the errorIndex names the OID the agent does not have
+_MISSING = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView)
+_CREDENTIAL_ERRORS = (
+    errind.UnknownUserName,
+    errind.WrongDigest,
+    errind.AuthenticationFailure,
+    errind.AuthenticationError,
+    errind.DecryptionError,
+    errind.UnknownSecurityName,
+    errind.UnsupportedSecurityLevel,
+    errind.UnsupportedAuthProtocol,
+    errind.UnsupportedPrivProtocol,
+)
+
+
+class SnmpConfigError(Exception):
+    """A device's SNMP settings cannot be used (e.g. a secret's variable is unset)."""
+
+
+class SnmpDeviceConfig(DeviceConfig):
+    """``[devices.<id>]`` with ``protocol = "snmp"``. Secrets come only from the environment
+    or a file; they are read when the driver first talks to the device."""
+
+    protocol: Literal["snmp"] = "snmp"
+    host: str
+    port: int = Field(161, ge=1, le=65535)
+    version: Literal["1", "2c", "3"] = "2c"
+    community_env: str | None = Field(
+        None, description="environment variable holding the community"
+    )
+    community_file: Path | None = Field(None, description="file holding the community")
+    user: str | None = Field(None, description="v3 user name")
+    auth_protocol: AuthProtocol | None = None
+    auth_key_env: str | None = None
+    auth_key_file: Path | None = None
+    priv_protocol: PrivProtocol | None = None
+    priv_key_env: str | None = None
+    priv_key_file: Path | None = None
+    context_name: str = ""
+    max_varbinds: int = Field(20, ge=1, le=500, description="OIDs per GET request")
+    max_in_flight: int = Field(2, ge=1, le=32, description="requests outstanding at once")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        # TOML users write version = 2 or 3 as often as "2c"; accept the obvious meaning.
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {1: "1", 2: "2c", 3: "3"}.get(v, str(v))
+        if v == "2":
+            return "2c"
+        return v
+
+    @field_validator("auth_protocol", "priv_protocol", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper().replace("-", "") if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> SnmpDeviceConfig:
+        if self.version in ("1", "2c"):
+            if (self.community_env is None) == (self.community_file is None):
+                raise ValueError(
+                    f"version {self.version} needs exactly one of community_env or community_file"
+                )
+            v3_keys = [
+                k
+                for k in ("user", "auth_protocol", "auth_key_env", "auth_key_file", "priv_protocol")
+                if getattr(self, k) is not None
+            ]
+            if v3_keys:
+                raise ValueError(f"{', '.join(v3_keys)} only apply to version 3")
+            return self
+        if not self.user:
+            raise ValueError("version 3 needs user")
+        if self.community_env or self.community_file:
+            raise ValueError("community_env/community_file do not apply to version 3")
+        if (
+            self.auth_protocol is not None
+            and self.auth_key_env is None
+            and self.auth_key_file is None
+        ):
+            raise ValueError("auth_protocol needs auth_key_env or auth_key_file")
+        if self.auth_key_env is not None and self.auth_key_file is not None:
+            raise ValueError("give only one of auth_key_env or auth_key_file")
+        if self.priv_protocol is not None:
+            if self.auth_protocol is None:
+                raise ValueError("priv_protocol needs auth_protocol (SNMPv3 has no privNoAuth)")
+            if self.priv_key_env is None and self.priv_key_file is None:
+                raise ValueError("priv_protocol needs priv_key_env or priv_key_file")
+        if self.priv_key_env is not None and self.priv_key_file is not None:
+            raise ValueError("give only one of priv_key_env or priv_key_file")
+        return self
+
+    def auth_data(self) -> CommunityData | UsmUserData:
+        """Build pysnmp credentials, reading secrets now. Raises ``SnmpConfigError`` naming
+        the key whose variable or file is missing."""
+        if self.version in ("1", "2c"):
+            community = _secret("community", self.community_env, self.community_file)
+            mp_model = 0 if self.version == "1" else 1
+            # A distinct index per (community, version) keeps two devices that share a
+            # community but not a version from overwriting each other's engine entry.
+            index = f"c{mp_model}-{abs(hash(community)) % 10**12}"
+            return CommunityData(index, community, mpModel=mp_model)
+        auth_key = priv_key = None
+        auth_proto = snmp_config.USM_AUTH_NONE
+        priv_proto = snmp_config.USM_PRIV_NONE
+        if self.auth_protocol is not None:
+            auth_key = _secret("auth_key", self.auth_key_env, self.auth_key_file)
+            auth_proto = AUTH_PROTOCOLS[self.auth_protocol]
+        if self.priv_protocol is not None:
+            priv_key = _secret("priv_key", self.priv_key_env, self.priv_key_file)
+            priv_proto = PRIV_PROTOCOLS[self.priv_protocol]
+        for name, key in (("auth_key", auth_key), ("priv_key", priv_key)):
+            if key is not None and len(key) < 8:
+                raise SnmpConfigError(f"{name}: SNMPv3 keys must be at least 8 characters")
+        return UsmUserData(
+            self.user or "",
+            authKey=auth_key,
+            privKey=priv_key,
+            authProtocol=auth_proto,
+            privProtocol=priv_proto,
+        )
+
+
+def _secret(key: str, env: str | None, path: Path | None) -> str:
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise SnmpConfigError(f"{key}_env: environment variable {env} is not set")
+        if not value:
+            raise SnmpConfigError(f"{key}_env: environment variable {env} is empty")
+        return value
+    if path is not None:
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SnmpConfigError(f"{key}_file: cannot read {path}: {exc.strerror}") from None
+        if not value:
+            raise SnmpConfigError(f"{key}_file: {path} is empty")
+        return value
+    raise SnmpConfigError(f"{key}: neither {key}_env nor {key}_file is set")
+
+
+class _SharedEngine:
+    """The one SnmpEngine of a runtime; ``DriverContext.aclose`` calls ``close``."""
+
+    def __init__(self) -> None:
+        self.engine = SnmpEngine()
+        self.lcd = CommandGeneratorLcdConfigurator()
+        self.get = cmdgen.GetCommandGenerator()
+        self.set = cmdgen.SetCommandGenerator()
+
+    def close(self) -> None:
+        self.engine.close_dispatcher()
+
+
+def shared_engine(context: DriverContext) -> _SharedEngine:
+    """The runtime's SNMP engine, created on first use."""
+    shared = context.resources.get(_ENGINE_KEY)
+    if shared is None:
+        shared = context.resources[_ENGINE_KEY] = _SharedEngine()
+    return shared  # type: ignore[no-any-return]
+
+
+def decode_value(value: Any) -> float | None:
+    """An SNMP value as a number, or None when it is not one (missing, text, address)."""
+    if isinstance(value, univ.Integer):  # Integer32, Counter32/64, Gauge32, TimeTicks, Unsigned32
+        return float(int(value))
+    if isinstance(value, univ.OctetString) and not isinstance(value, rfc1902.IpAddress):
+        try:
+            return float(bytes(value).decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            return None
+    return None
+
+
+@dataclass(slots=True)
+class _Plan:
+    oids: list[univ.ObjectIdentifier]
+    scale: array
+    offset: array
+    lo: array
+    hi: array
+    batch: int  # OIDs per request; shrinks for good when the device answers tooBig
+    batches: list[tuple[int, int]] = field(default_factory=list)
+
+    def rebatch(self, size: int) -> None:
+        self.batch = max(1, size)
+        n = len(self.oids)
+        self.batches = [(i, min(i + self.batch, n)) for i in range(0, n, self.batch)]
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one GET request produced, before it is written into the result arrays."""
+
+    error: Any = None  # errorIndication (timeout, credentials) or None
+    status: int = 0
+    index: int = 0
+    varbinds: list[tuple[Any, Any]] = field(default_factory=list)
+
+
+class SnmpDriver(Driver):
+    config_model = SnmpDeviceConfig
+    config: SnmpDeviceConfig
+
+    def __init__(
+        self, device_id: str, config: SnmpDeviceConfig, context: DriverContext | None = None
+    ) -> None:
+        super().__init__(device_id, config, context)
+        self._target: str | None = None
+        self._setup_lock = asyncio.Lock()
+        self._config_error: str | None = None
+        self._connected = False
+        self._silent_logged = False
+        self._credentials_logged = False
+        self._types: dict[str, type] = {}  # OID → SNMP type last read, for SET
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # -------------------------------------------------------------------------------- setup
+
+    def prepare(self, group: PointGroup) -> None:
+        points = group.points
+        oids = []
+        for p in points:
+            if not isinstance(p.address, SnmpAddress):
+                raise ValueError(f"point {p.point_id}: not an SNMP address: {p.address}")
+            oids.append(univ.ObjectIdentifier(p.address.oid))
+        plan = _Plan(
+            oids=oids,
+            scale=array("d", (p.scale for p in points)),
+            offset=array("d", (p.offset for p in points)),
+            lo=array("d", (-float("inf") if p.min is None else p.min for p in points)),
+            hi=array("d", (float("inf") if p.max is None else p.max for p in points)),
+            batch=self.config.max_varbinds,
+        )
+        plan.rebatch(self.config.max_varbinds)
+        group.plan = plan
+
+    async def _ensure_target(self) -> str | None:
+        """The engine's target name for this device, configured once; None on a config error
+        (logged once, the points read ``bad:config_error``)."""
+        if self._target is not None or self._config_error is not None:
+            return self._target
+        async with self._setup_lock:
+            if self._target is not None or self._config_error is not None:
+                return self._target
+            shared = shared_engine(self.context)
+            try:
+                auth = self.config.auth_data()
+                transport = await UdpTransportTarget.create(
+                    (self.config.host, self.config.port),
+                    timeout=self.config.timeout,
+                    retries=self.config.retries,
+                )
+            except SnmpConfigError as exc:
+                self._config_error = str(exc)
+                log.error("snmp.config_error", device=self.device_id, error=self._config_error)
+                return None
+            except Exception as exc:  # name resolution: retried at the next poll
+                log.warning(
+                    "snmp.resolve_failed",
+                    device=self.device_id,
+                    host=self.config.host,
+                    error=str(exc),
+                )
+                return None
+            addr_name, _params = shared.lcd.configure(
+                shared.engine, auth, transport, self.config.context_name.encode()
+            )
+            self._target = addr_name
+            return addr_name
+
+    # --------------------------------------------------------------------------------- read
+
+    async def read(self, group: PointGroup) -> PollResult:
+        plan: _Plan = group.plan
+        n = len(plan.oids)
+        result = PollResult.empty(n)
+        target = await self._ensure_target()
+        if target is None:
+            q = Quality.BAD_CONFIG_ERROR if self._config_error else Quality.BAD_COMM_FAILURE
+            _fill_indexes(result, range(n), time.time(), q)
+            return result
+        started = time.monotonic()
+        batches = list(plan.batches)
+        sem = asyncio.Semaphore(self.config.max_in_flight)
+
+        async def one(lo: int, hi: int) -> tuple[bool, list[int]]:
+            async with sem:
+                return await self._read_range(plan, target, lo, hi, result)
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(lo, hi)) for lo, hi in batches]
+        answered = False
+        timed_out: list[int] = []
+        for task in tasks:
+            got_answer, lost = task.result()
+            answered = answered or got_answer
+            timed_out.extend(lost)
+        if timed_out and not answered:
+            # No answer to any request: the device is unreachable (or ignores our credentials).
+            for i in timed_out:
+                result.quality[i] = Quality.BAD_COMM_FAILURE
+        self._note_contact(answered, bool(timed_out), group)
+        log.debug(
+            "poll.done",
+            device=self.device_id,
+            points=n,
+            requests=len(batches),
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return result
+
+    def _note_contact(self, answered: bool, silent: bool, group: PointGroup) -> None:
+        if answered:
+            if not self._connected and self._silent_logged:
+                log.info("snmp.device_answering", device=self.device_id, host=self.config.host)
+            self._connected = True
+            self._silent_logged = False
+            return
+        self._connected = False
+        if silent and not self._silent_logged:
+            self._silent_logged = True
+            who = (
+                f"community from {self.config.community_env or self.config.community_file}"
+                if self.config.version != "3"
+                else f"v3 user {self.config.user!r} and its keys"
+            )
+            log.warning(
+                "snmp.no_response",
+                device=self.device_id,
+                host=f"{self.config.host}:{self.config.port}",
+                version=self.config.version,
+                points=len(group.points),
+                hint=(
+                    "no answer within timeout x (retries+1): the device is down or unreachable, "
+                    f"OR it silently drops our requests because the credentials are wrong "
+                    f"(check the {who} and the agent's access list)"
+                ),
+            )
+
+    async def _read_range(
+        self, plan: _Plan, target: str, lo: int, hi: int, result: PollResult
+    ) -> tuple[bool, list[int]]:
+        """GET points [lo, hi) into ``result``; split on tooBig, drop v1 noSuchName OIDs.
+
+        Returns whether the device answered at all and the indexes that timed out.
+        """
+        answered = False
+        timed_out: list[int] = []
+        pending = [(lo, hi)]
+        while pending:
+            a, b = pending.pop()
+            indexes = list(range(a, b))
+            while indexes:
+                out = await self._get(target, [plan.oids[i] for i in indexes])
+                now = time.time()
+                if out.error is not None:
+                    if isinstance(out.error, errind.RequestTimedOut):
+                        _fill_indexes(result, indexes, now, Quality.BAD_TIMEOUT)
+                        timed_out.extend(indexes)
+                    elif isinstance(out.error, errind.TooBig) and len(indexes) > 1:
+                        self._split(plan, indexes, pending)
+                    elif isinstance(out.error, _CREDENTIAL_ERRORS):
+                        answered = True
+                        self._log_credentials(out.error)
+                        _fill_indexes(result, indexes, now, Quality.BAD_CONFIG_ERROR)
+                    else:
+                        log.warning(
+                            "snmp.request_failed", device=self.device_id, error=str(out.error)
+                        )
+                        _fill_indexes(result, indexes, now, Quality.BAD_COMM_FAILURE)
+                    break
+                answered = True
+                if out.status == _TOO_BIG and len(indexes) > 1:
+                    self._split(plan, indexes, pending)
+                    break
+                if out.status == _NO_SUCH_NAME and 1 <= out.index <= len(indexes):
+                    missing = indexes.pop(out.index - 1)
+                    _fill_indexes(result, [missing], now, Quality.BAD_CONFIG_ERROR)
+                    continue
+                if out.status != 0:
+                    log.warning(
+                        "snmp.error_status",
+                        device=self.device_id,
+                        status=_status_name(out.status),
+                        index=out.index,
+                    )
+                    _fill_indexes(result, indexes, now, Quality.BAD_DEVICE_ERROR)
+                    break
+                self._decode(plan, indexes, out.varbinds, result, now)
+                break
+        return answered, timed_out
+
+    def _log_credentials(self, error: Any) -> None:
+        if self._credentials_logged:
+            return
+        self._credentials_logged = True
+        log.error(
+            "snmp.credentials_rejected",
+            device=self.device_id,
+            error=str(error),
+            user=self.config.user,
+            hint="the device answered but refused our v3 user or keys",
+        )
+
+    def _split(self, plan: _Plan, indexes: list[int], pending: list[tuple[int, int]]) -> None:
+        # Indexes of one request are contiguous unless v1 noSuchName removed some; splitting
+        # the original range again is harmless (the removed OIDs fail again, cheaply).
+        a, b = indexes[0], indexes[-1] + 1
+        half = max(1, len(indexes) // 2)
+        if half < plan.batch:
+            log.info(
+                "snmp.too_big",
+                device=self.device_id,
+                varbinds=len(indexes),
+                now_per_request=half,
+                hint="the device's response buffer is small; remembering the smaller size",
+            )
+            plan.rebatch(half)
+        mid = a + (b - a) // 2
+        pending.append((mid, b))
+        pending.append((a, mid))
+
+    def _decode(
+        self,
+        plan: _Plan,
+        indexes: list[int],
+        varbinds: list[tuple[Any, Any]],
+        result: PollResult,
+        now: float,
+    ) -> None:
+        ts, value, quality = result.ts, result.value, result.quality
+        scale, offset, lo, hi = plan.scale, plan.offset, plan.lo, plan.hi
+        types = self._types
+        if len(varbinds) != len(indexes):
+            _fill_indexes(result, indexes, now, Quality.BAD_DEVICE_ERROR)
+            return
+        for i, (name, raw) in zip(indexes, varbinds, strict=True):
+            ts[i] = now
+            number = decode_value(raw)
+            if number is None:
+                value[i] = _NAN
+                quality[i] = Quality.BAD_CONFIG_ERROR
+                if not isinstance(raw, _MISSING):
+                    self._log_not_numeric(name, raw)
+                continue
+            types[str(name)] = type(raw)
+            v = number * scale[i] + offset[i]
+            value[i] = v
+            quality[i] = Quality.GOOD if lo[i] <= v <= hi[i] else Quality.UNCERTAIN_OUT_OF_RANGE
+
+    def _log_not_numeric(self, name: Any, raw: Any) -> None:
+        key = str(name)
+        if self._types.get(key) is type(None):
+            return
+        self._types[key] = type(None)
+        log.warning(
+            "snmp.not_numeric",
+            device=self.device_id,
+            oid=key,
+            type=type(raw).__name__,
+            value=str(raw)[:40],
+        )
+
+    async def _get(self, target: str, oids: list[univ.ObjectIdentifier]) -> _Outcome:
+        shared = shared_engine(self.context)
+        null = univ.Null("")
+        return await _send(
+            shared, shared.get, target, self.config.context_name, [(o, null) for o in oids]
+        )
+
+    # -------------------------------------------------------------------------------- write
+
+    async def write(self, point: Point, value: float, priority: int | None = None) -> None:
+        """SET the point to an engineering value; the SNMP type is the one the device
+        reported when the point was last read (read now if never read). ``priority`` has no
+        meaning in SNMP and is ignored."""
+        if not isinstance(point.address, SnmpAddress):
+            raise WriteError(f"{point.point_id}: not an SNMP address")
+        if not point.writable:
+            raise WriteError(f"{point.point_id} is not writable (schedule column writable)")
+        target = await self._ensure_target()
+        if target is None:
+            raise WriteError(
+                f"{self.device_id}: {self._config_error or 'device address cannot be resolved'}"
+            )
+        oid = point.address.oid
+        kind = self._types.get(oid)
+        if kind is None or kind is type(None):
+            await self.read_back(point)
+            kind = self._types.get(oid)
+        raw = point.to_raw(value)
+        syntax = _syntax_for(kind, raw, point.point_id)
+        shared = shared_engine(self.context)
+        out = await _send(
+            shared,
+            shared.set,
+            target,
+            self.config.context_name,
+            [(univ.ObjectIdentifier(oid), syntax)],
+        )
+        if out.error is not None:
+            raise WriteError(f"{point.point_id}: SET failed: {out.error}")
+        if out.status != 0:
+            raise WriteError(
+                f"{point.point_id}: device refused SET of {syntax.prettyPrint()}: "
+                f"{_status_name(out.status)}"
+            )
+        log.info("snmp.write", device=self.device_id, point=point.point_id, value=value)
+
+    async def read_back(self, point: Point) -> float:
+        """GET one point now and return its engineering value (after a write, to confirm)."""
+        if not isinstance(point.address, SnmpAddress):
+            raise WriteError(f"{point.point_id}: not an SNMP address")
+        target = await self._ensure_target()
+        if target is None:
+            raise WriteError(f"{self.device_id}: {self._config_error or 'device not reachable'}")
+        out = await self._get(target, [univ.ObjectIdentifier(point.address.oid)])
+        if out.error is not None or out.status != 0 or not out.varbinds:
+            why = out.error or _status_name(out.status)
+            raise WriteError(f"{point.point_id}: read-back failed: {why}")
+        name, raw = out.varbinds[0]
+        number = decode_value(raw)
+        if number is None:
+            raise WriteError(f"{point.point_id}: read-back value is not a number: {raw!r}")
+        self._types[str(name)] = type(raw)
+        return point.to_engineering(number)
+
+    async def close(self) -> None:
+        # The engine is shared by every SNMP device: DriverContext.aclose closes it.
+        self._target = None
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _send(
+    shared: _SharedEngine,
+    generator: Any,
+    target: str,
+    context_name: str,
+    varbinds: list[tuple[Any, Any]],
+) -> asyncio.Future[_Outcome]:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_Outcome] = loop.create_future()
+
+    def done(
+        _engine: Any, _handle: Any, error: Any, status: Any, index: Any, vbs: Any, _ctx: Any
+    ) -> None:
+        if future.done():
+            return
+        if error:
+            future.set_result(_Outcome(error=error))
+        else:
+            future.set_result(_Outcome(None, int(status), int(index), list(vbs or ())))
+
+    try:
+        generator.send_varbinds(shared.engine, target, None, context_name.encode(), varbinds, done)
+    except Exception as exc:  # e.g. the request does not fit a message: pysnmp raises here
+        future.set_result(_Outcome(error=_as_indication(exc)))
+    return future
+
+
+def _as_indication(exc: Exception) -> Any:
+    info = getattr(exc, "get", None)
+    if info is not None:
+        indication = exc.get("errorIndication")  # type: ignore[attr-defined]
+        if indication is not None:
+            return indication
+    return exc
+
+
+_SET_TYPES = (
+    rfc1902.Integer32,
+    rfc1902.Unsigned32,
+    rfc1902.Gauge32,
+    rfc1902.Counter32,
+    rfc1902.TimeTicks,
+    rfc1902.Counter64,
+)
+
+
+def _syntax_for(kind: type | None, raw: float, point_id: str) -> Any:
+    if kind is not None and issubclass(kind, univ.OctetString):
+        text = repr(raw) if raw != int(raw) else str(int(raw))
+        return rfc1902.OctetString(text)
+    as_int = round(raw)
+    if abs(raw - as_int) > 1e-9:
+        raise WriteError(f"{point_id}: SNMP integer types cannot hold {raw} (raw, before scale)")
+    cls = kind if kind is not None and issubclass(kind, _SET_TYPES) else rfc1902.Integer32
+    if issubclass(cls, (rfc1902.Counter32, rfc1902.Counter64)):
+        raise WriteError(f"{point_id}: a counter cannot be written")
+    try:
+        return cls(as_int)
+    except Exception as exc:
+        raise WriteError(f"{point_id}: {as_int} does not fit {cls.__name__}: {exc}") from None
+
+
+_STATUS_NAMES = (
+    "noError tooBig noSuchName badValue readOnly genErr noAccess wrongType wrongLength "
+    "wrongEncoding wrongValue noCreation inconsistentValue resourceUnavailable commitFailed "
+    "undoFailed authorizationError notWritable inconsistentName"
+).split()
+
+
+def _status_name(status: int) -> str:
+    return _STATUS_NAMES[status] if 0 <= status < len(_STATUS_NAMES) else f"error {status}"
+
+
+def _fill_indexes(result: PollResult, indexes: Iterable[int], ts: float, q: Quality) -> None:
+    for i in indexes:
+        result.ts[i] = ts
+        result.value[i] = _NAN
+        result.quality[i] = q
