@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.config import ConfigError, load_config
+from agent.cli_common import ConfigOption, JsonOption, config_or_exit
 from point_schedules.addresses import PROTOCOLS
 from point_schedules.diff import ScheduleDiff, diff_schedules, format_diff
 from point_schedules.loader import ScheduleIssue, validate_schedule
@@ -29,42 +29,16 @@ schedule_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="agent config (TOML); default $OUTPOST_CONFIG, then ./agent.toml",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
 EXIT_INVALID = 1
 EXIT_DIFFERENT = 1
 EXIT_TROUBLE = 2
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
-def _config_path(ctx: typer.Context, config: Path | None) -> Path | None:
-    """The command's own -c wins; else a global ``outpost --config`` left in ctx.obj."""
-    if config is not None:
-        return config
-    obj = ctx.find_root().obj
-    if isinstance(obj, Mapping):
-        value = obj.get("config")
-    else:
-        value = getattr(obj, "config", None)
-    return Path(value) if isinstance(value, str | Path) else None
-
-
-def _load_devices(ctx: typer.Context, config: Path | None) -> tuple[dict[str, str], list[Path]]:
-    try:
-        cfg = load_config(_config_path(ctx, config), check_files=False)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            typer.echo(line, err=True)
-        raise typer.Exit(EXIT_TROUBLE) from None
+def _load_devices(config: Path | None) -> tuple[dict[str, str], list[Path]]:
+    # The schedule files named in the config may not exist yet on a commissioning laptop;
+    # they are checked (as schedules) only when a command actually uses them.
+    cfg = config_or_exit(config, check_files=False)
     return cfg.device_protocols(), list(cfg.schedules.files)
 
 
@@ -102,7 +76,6 @@ def _device_summary(schedule: Schedule, devices: Mapping[str, str]) -> list[dict
 
 @schedule_app.command("validate")
 def validate_cmd(
-    ctx: typer.Context,
     files: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -118,7 +91,7 @@ def validate_cmd(
     Prints one summary line per device and the schedule version when valid (exit 0). When
     invalid, prints every problem as FILE:LINE: column "NAME": message on stderr (exit 1).
     """
-    devices, configured = _load_devices(ctx, config)
+    devices, configured = _load_devices(config)
     paths = list(files) if files else configured
     if not paths:
         typer.echo("no schedule files given and none in the config's [schedules] files", err=True)
@@ -190,7 +163,6 @@ def _diff_json(diff: ScheduleDiff) -> dict[str, Any]:
 
 @schedule_app.command("diff")
 def diff_cmd(
-    ctx: typer.Context,
     files: Annotated[
         list[Path],
         typer.Argument(help="the new (proposed) schedule CSV files", show_default=False),
@@ -214,7 +186,7 @@ def diff_cmd(
     or the files given with --against OLD.csv (repeatable). Both sides must be valid.
     Exit 0 when there is no difference, 1 when there is one, 2 on errors (as diff(1) does).
     """
-    devices, configured = _load_devices(ctx, config)
+    devices, configured = _load_devices(config)
     old_files = list(against) if against else configured
     if not old_files:
         typer.echo(

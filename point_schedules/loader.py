@@ -28,8 +28,9 @@ import hashlib
 import io
 import itertools
 import math
+import operator
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,6 +198,24 @@ _BYTE_ORDERS = {b.value: b for b in ByteOrder}
 _PRIORITIES = {p.value: p for p in AlarmPriority}
 _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0"})
+# Names other tools use, for the "did you mean" hint only: guessing the width silently is
+# exactly the kind of error that shows up as a plausible but wrong value months later.
+_TYPE_ALIASES = {
+    "float": "float32",
+    "real": "float32",
+    "single": "float32",
+    "double": "float64",
+    "int": "int16",
+    "short": "int16",
+    "word": "uint16",
+    "long": "int32",
+    "dint": "int32",
+    "dword": "uint32",
+    "udint": "uint32",
+    "boolean": "bool",
+    "bit": "bool",
+    "coil": "bool",
+}
 _TYPE_LIST = ", ".join(_DATA_TYPES) + ", bitN"
 _MULTI_REGISTER_TYPES = ", ".join(t.value for t in DataType if t.registers > 1)
 # Limits from high to low. Within one side equal limits are allowed; across sides they are not.
@@ -248,6 +267,9 @@ class _FileParser:
     seen: dict[str, SourceRef]
     index: dict[str, int] = field(default_factory=dict)
     missing_data_type_lines: list[int] = field(default_factory=list)
+    names: tuple[str, ...] = ()
+    pick: Callable[[list[str]], Sequence[str]] = lambda cells: ()
+    numeric: list[tuple[str, str]] = field(default_factory=list)
 
     def issue(self, line: int, column: str | None, message: str) -> None:
         self.issues.append(ScheduleIssue(self.name, line, column, message))
@@ -405,6 +427,14 @@ class _FileParser:
                 self.issue(line, name, f"unknown column ({hint})")
             else:
                 self.index[name] = i
+        self.names = tuple(self.index)
+        positions = list(self.index.values())
+        # itemgetter returns a bare item for one index and fails for none: keep rows uniform.
+        if len(positions) > 1:
+            self.pick = operator.itemgetter(*positions)
+        else:
+            self.pick = lambda cells: [cells[i] for i in positions]
+        self.numeric = [(c, k) for c, k in _NUMERIC if c in self.index]
         for name in REQUIRED_COLUMNS:
             if name not in self.index:
                 self.issue(line, name, "required column is missing")
@@ -413,7 +443,7 @@ class _FileParser:
 
     def row(self, line: int, cells: list[str]) -> Point | None:
         index = self.index
-        values = {name: cells[i].strip() for name, i in index.items()}
+        values = dict(zip(self.names, map(str.strip, self.pick(cells)), strict=True))
         n_issues = len(self.issues)
         get = values.get
 
@@ -484,7 +514,11 @@ class _FileParser:
                     data_type, type_bit = DataType.BOOL, int(m.group(1))
                 else:
                     type_ok = False
-                    close = difflib.get_close_matches(lowered, list(_DATA_TYPES), n=1)
+                    close = (
+                        [_TYPE_ALIASES[lowered]]
+                        if lowered in _TYPE_ALIASES
+                        else (difflib.get_close_matches(lowered, list(_DATA_TYPES), n=1))
+                    )
                     hint = f' (did you mean "{close[0]}"?)' if close else ""
                     if m is not None:
                         msg = f"bit {m.group(1)} out of range 0..15"
@@ -524,7 +558,7 @@ class _FileParser:
                     f"byte_order applies only to modbus multi-register values, not to {protocol}",
                 )
 
-        for column, constraint in _NUMERIC:
+        for column, constraint in self.numeric:
             text = get(column)
             if text:
                 v = self.number(line, column, text, constraint)
@@ -677,13 +711,19 @@ class _FileParser:
         return address, data_type
 
     def number(self, line: int, column: str, text: str, constraint: str) -> float | None:
-        if _NUMBER_RE.fullmatch(text) is None:
-            self.issue(line, column, f"expected a number, got {_show(text)}")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        # float() also takes "nan", "inf", "1_000" and non-ASCII digits; a schedule may not.
+        if not math.isfinite(value) or not text.isascii() or "_" in text:
+            if _NUMBER_RE.fullmatch(text) is None:
+                self.issue(line, column, f"expected a number, got {_show(text)}")
+            else:
+                self.issue(line, column, f"{_show(text)} is out of the range of a number")
             return None
-        value = float(text)
-        if not math.isfinite(value):
-            self.issue(line, column, f"{_show(text)} is out of the range of a number")
-            return None
+        if not constraint:
+            return value
         if (
             (constraint == "nonzero" and value == 0)
             or (constraint == "positive" and value <= 0)

@@ -1,0 +1,252 @@
+"""Property tests: whatever bytes, rows or cells a schedule holds, the loader answers with a
+Schedule or with located issues, never with any other exception; valid points round-trip."""
+
+from __future__ import annotations
+
+import csv
+import io
+import string
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from point_schedules.addresses import AddressError, parse_address
+from point_schedules.loader import COLUMNS, ScheduleError, parse_schedule
+from point_schedules.model import (
+    AlarmPriority,
+    BacnetAddress,
+    ByteOrder,
+    DataType,
+    ModbusAddress,
+    MqttAddress,
+    SnmpAddress,
+)
+
+DEVICES = {"cdu-01": "modbus", "ahu-1": "bacnet", "pdu-a": "snmp", "rack": "mqtt"}
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def check(data: bytes) -> None:
+    """The loader's contract for any input: a Schedule xor located issues; nothing else."""
+    schedule, issues = parse_schedule([("f.csv", data)], DEVICES)
+    assert (schedule is None) == bool(issues)
+    physical_lines = data.count(b"\n") + data.count(b"\r") + 1
+    for issue in issues:
+        assert issue.file == "f.csv"
+        assert 0 <= issue.line <= physical_lines
+        assert issue.message
+        assert str(issue).startswith("f.csv")
+    if schedule is not None:
+        assert schedule.points
+        ids = [p.point_id for p in schedule.points]
+        assert len(ids) == len(set(ids))
+        assert all(p.device in DEVICES for p in schedule.points)
+
+
+@SETTINGS
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes(data: bytes) -> None:
+    check(data)
+
+
+@SETTINGS
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_after_a_valid_header(data: bytes) -> None:
+    check(b"point_id,device,address,data_type\n" + data)
+
+
+CELL_CHARS = string.ascii_letters + string.digits + ",;=.:#$[]/\"' -_+\n\r\t\x00é"
+junk = st.text(alphabet=CELL_CHARS, max_size=12)
+cells_by_column = {
+    "point_id": st.one_of(st.sampled_from(["a.1", "a.2", "cdu-01.t", "B", ""]), junk),
+    "device": st.one_of(st.sampled_from([*DEVICES, "nope", ""]), junk),
+    "address": st.one_of(
+        st.sampled_from(
+            [
+                "hr:1",
+                "hr:65535",
+                "hr:1.15",
+                "coil:3",
+                "di:70000",
+                "ai:1",
+                "analog-input:1/x[2]",
+                "1.3.6.1",
+                ".1.3",
+                "a/b#$.c",
+                "a/#",
+                "a/#/b",
+                "40001",
+                "",
+            ]
+        ),
+        junk,
+    ),
+    "data_type": st.sampled_from(
+        ["", "bool", "int16", "float32", "float64", "bit3", "bit99", "FLOAT32", "x"]
+    ),
+    "byte_order": st.sampled_from(["", "ABCD", "cdab", "ZZZZ"]),
+    "writable": st.sampled_from(["", "true", "no", "1", "maybe"]),
+    "alarm_priority": st.sampled_from(["", "critical", "LOW", "urgent"]),
+    "tags": st.one_of(st.sampled_from(["", "a=b;c", "=x", "a;a", "a b=c"]), junk),
+}
+number_cell = st.one_of(
+    st.sampled_from(["", "0", "-1", "1e999", "nan", "1_0", "1.5", ".5", "5."]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    junk,
+)
+
+
+def cell_for(column: str) -> st.SearchStrategy[str]:
+    return cells_by_column.get(column, number_cell)
+
+
+@st.composite
+def csv_documents(draw: st.DrawFn) -> bytes:
+    columns = draw(
+        st.lists(st.sampled_from([*COLUMNS, "bogus"]), min_size=1, max_size=10, unique=True)
+    )
+    if draw(st.booleans()):
+        columns = [
+            "point_id",
+            "device",
+            "address",
+            *(c for c in columns if c not in ("point_id", "device", "address")),
+        ]
+    rows = []
+    for _ in range(draw(st.integers(0, 6))):
+        row = [draw(cell_for(c)) for c in columns]
+        if draw(st.integers(0, 9)) == 0:
+            row = row[:-1] if draw(st.booleans()) else [*row, "extra"]
+        rows.append(row)
+    out = io.StringIO()
+    if draw(st.booleans()):
+        out.write("# comment line\n")
+    writer = csv.writer(out, lineterminator=draw(st.sampled_from(["\n", "\r\n"])))
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(row)
+    data = out.getvalue().encode("utf-8")
+    if draw(st.booleans()):
+        data = b"\xef\xbb\xbf" + data
+    return data
+
+
+@SETTINGS
+@given(csv_documents())
+def test_malformed_rows_and_cells(data: bytes) -> None:
+    check(data)
+
+
+@SETTINGS
+@given(csv_documents(), st.integers(0, 10_000), st.integers(0, 255))
+def test_corrupted_bytes(data: bytes, position: int, byte: int) -> None:
+    if data:
+        i = position % len(data)
+        data = data[:i] + bytes([byte]) + data[i + 1 :]
+    check(data)
+
+
+@SETTINGS
+@given(st.sampled_from(["modbus", "bacnet", "snmp", "mqtt", "x"]), st.text(max_size=40))
+def test_parse_address_raises_only_address_error(protocol: str, text: str) -> None:
+    try:
+        address = parse_address(protocol, text)
+    except AddressError as exc:
+        assert str(exc)
+        return
+    assert isinstance(address, ModbusAddress | BacnetAddress | SnmpAddress | MqttAddress)
+    # The canonical form parses back to the same address.
+    assert parse_address(protocol, str(address)) == address
+
+
+# ------------------------------------------------------------------------------- round trip
+
+finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False).map(lambda v: round(v, 3))
+
+
+@st.composite
+def valid_points(draw: st.DrawFn) -> dict[str, str]:
+    kind = draw(st.sampled_from(["register", "bit", "coil", "bacnet", "snmp", "mqtt"]))
+    row: dict[str, str] = {}
+    if kind == "register":
+        dtype = draw(st.sampled_from([t for t in DataType]))
+        reg = draw(st.integers(0, 65536 - dtype.registers))
+        row.update(
+            device="cdu-01",
+            address=f"{draw(st.sampled_from(['hr', 'ir']))}:{reg}",
+            data_type=dtype.value,
+        )
+        if dtype.registers > 1:
+            row["byte_order"] = draw(st.sampled_from(["", *(b.value for b in ByteOrder)]))
+    elif kind == "bit":
+        row.update(
+            device="cdu-01",
+            address=f"hr:{draw(st.integers(0, 65535))}.{draw(st.integers(0, 15))}",
+            data_type=draw(st.sampled_from(["", "bool"])),
+        )
+    elif kind == "coil":
+        row.update(device="cdu-01", address=f"coil:{draw(st.integers(0, 65535))}")
+        row["writable"] = draw(st.sampled_from(["", "true", "false"]))
+    elif kind == "bacnet":
+        row.update(device="ahu-1", address=f"analog-value:{draw(st.integers(0, 4194302))}")
+        row["writable"] = draw(st.sampled_from(["", "yes", "no"]))
+    elif kind == "snmp":
+        arcs = draw(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=8))
+        row.update(device="pdu-a", address="1.3." + ".".join(map(str, arcs)))
+    else:
+        row.update(device="rack", address=f"site/r{draw(st.integers(0, 99))}#$.v")
+    lo, hi = sorted([draw(finite), draw(finite)])
+    if draw(st.booleans()):
+        row.update(min=repr(lo), max=repr(hi))
+    limits = sorted({draw(finite) for _ in range(4)}, reverse=True)
+    for name, value in zip(("alarm_hh", "alarm_h", "alarm_l", "alarm_ll"), limits, strict=False):
+        if draw(st.booleans()):
+            row[name] = repr(value)
+    row["scale"] = draw(st.sampled_from(["", "0.1", "-2", "1e3"]))
+    row["alarm_priority"] = draw(st.sampled_from(["", *(p.value for p in AlarmPriority)]))
+    row["description"] = draw(st.text(max_size=20).map(str.strip))
+    row["tags"] = draw(st.sampled_from(["", "equip=cdu;temp", "a=1;b=2;marker"]))
+    return row
+
+
+@SETTINGS
+@given(st.lists(valid_points(), min_size=1, max_size=8))
+def test_valid_points_round_trip(rows: list[dict[str, str]]) -> None:
+    for i, row in enumerate(rows):
+        row["point_id"] = f"p.{i}"
+    columns = sorted({c for row in rows for c in row}, key=COLUMNS.index)
+    out = io.StringIO()
+    # "\r\n" makes csv.writer quote cells holding a bare "\r" too, as spreadsheets do.
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(c, "") for c in columns])
+    data = out.getvalue().encode()
+    # Only a NUL inside a description may be refused; anything else rejected here is a bug.
+    schedule, issues = parse_schedule([("f.csv", data)], DEVICES)
+    assert issues == [] or "NUL" in str(issues[0]), [str(i) for i in issues]
+    if schedule is None:
+        return
+    assert [p.point_id for p in schedule.points] == [r["point_id"] for r in rows]
+    for p, row in zip(schedule.points, rows, strict=True):
+        assert p.device == row["device"]
+        assert str(p.address) == parse_address(DEVICES[p.device], row["address"]).__str__()
+        for name in ("min", "max", "alarm_hh", "alarm_h", "alarm_l", "alarm_ll"):
+            expected = float(row[name]) if row.get(name) else None
+            assert getattr(p, name) == expected
+        assert p.description == row["description"]
+        assert p.writable is (row.get("writable", "") in ("true", "yes"))
+
+
+def test_load_schedule_raises_schedule_error_only(tmp_path) -> None:
+    """One concrete pass of the file-based entry point over a corrupted document."""
+    path = tmp_path / "f.csv"
+    path.write_bytes(b'point_id,device\n"a,\xff\n')
+    from point_schedules.loader import load_schedule
+
+    try:
+        load_schedule([path], DEVICES)
+    except ScheduleError as exc:
+        assert exc.issues and exc.issues[0].line >= 1
+    else:
+        raise AssertionError("a corrupted file must not load")
