@@ -44,6 +44,10 @@ class AgentClient:
             raise AgentNotRunning(
                 f"no agent running: socket {self.socket_path} does not answer ({exc.__class__.__name__})"
             ) from None
+        except httpx.TimeoutException:
+            raise AgentNotRunning(
+                f"agent did not answer within {self._timeout:.0f}s on {self.socket_path} (busy or hung?)"
+            ) from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

@@ -16,6 +16,7 @@ class SystemdNotifier:
         usec = env.get("WATCHDOG_USEC", "")
         self.watchdog_interval_s: float | None = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 else None
         self._sock: socket.socket | None = None
+        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -28,12 +29,17 @@ class SystemdNotifier:
         if address.startswith("@"):  # abstract namespace
             address = "\0" + address[1:]
         if self._sock is None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a datagram socket whose reader is slow blocks the sender once its
+            # queue (net.unix.max_dgram_qlen, 10 by default) is full — that must never stall
+            # the event loop. A dropped STATUS/WATCHDOG is resent on the next tick.
+            self._sock = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            )
         try:
             self._sock.sendto(message.encode(), address)
         except OSError:
-            # systemd gone or socket closed: notification is best-effort by design.
-            pass
+            # systemd gone, socket closed or queue full: notification is best-effort by design.
+            self.dropped += 1
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
