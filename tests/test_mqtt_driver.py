@@ -1,0 +1,315 @@
+"""MQTT driver against a real Mosquitto broker started by the test."""
+
+# ruff: noqa: F811  (fixtures imported from mqtt_broker are redefined as parameters)
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import structlog
+from mqtt_broker import Mosquitto, free_tcp_port, mosquitto  # noqa: F401
+from pydantic import ValidationError
+
+from drivers.base import PointGroup, PollResult
+from drivers.mqtt import MqttDeviceConfig, MqttDriver, topic_matches
+from drivers.registry import driver_class
+from drivers.sim.mqtt_sensors import RackSensorsModel, run_mqtt_sensors
+from point_schedules.addresses import parse_mqtt
+from point_schedules.model import Point
+from point_schedules.quality import Quality
+
+
+@dataclass
+class Reading:
+    pos: int
+    ts: float
+    value: float
+    quality: Quality
+
+
+@dataclass
+class Collector:
+    """The sink: keeps every reading and lets a test wait for one it expects."""
+
+    readings: list[Reading] = field(default_factory=list)
+    calls: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, positions: Sequence[int], result: PollResult) -> None:
+        assert len(positions) == len(result)
+        self.calls += 1
+        for i, pos in enumerate(positions):
+            self.readings.append(
+                Reading(pos, result.ts[i], result.value[i], Quality(result.quality[i]))
+            )
+        self.changed.set()
+
+    async def wait_for(self, pred: Callable[[Reading], bool], within: float = 8.0) -> Reading:
+        deadline = time.monotonic() + within
+        seen = 0
+        while True:
+            for r in self.readings[seen:]:
+                if pred(r):
+                    return r
+            seen = len(self.readings)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching reading; got {self.readings[-10:]}")
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+
+    def of(self, pos: int) -> list[Reading]:
+        return [r for r in self.readings if r.pos == pos]
+
+
+def point(pid: str, address: str, **kw: Any) -> Point:
+    return Point(pid, "sensors", parse_mqtt(address), **kw)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    broker: Mosquitto, points: list[Point], **cfg: Any
+) -> AsyncIterator[tuple[MqttDriver, Collector]]:
+    cfg.setdefault("reconnect_min", 0.1)
+    cfg.setdefault("reconnect_max", 0.5)
+    config = MqttDeviceConfig(host=broker.host, port=broker.port, **cfg)
+    driver = MqttDriver("sensors", config)
+    group = PointGroup("sensors", points, config.poll_interval)
+    driver.prepare(group)
+    sink = Collector()
+    task = asyncio.create_task(driver.stream(sink))
+    try:
+        await until(lambda: driver.connected)
+        yield driver, sink
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await driver.close()
+
+
+async def until(cond: Callable[[], bool], within: float = 8.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+async def publish(broker: Mosquitto, *messages: tuple[str, str | bytes]) -> None:
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1)
+
+
+def test_registry_and_push_flag() -> None:
+    assert driver_class("mqtt") is MqttDriver
+    assert MqttDriver.polled is False
+
+
+def test_topic_matching() -> None:
+    def m(f: str, t: str) -> bool:
+        return topic_matches(f.split("/"), t.split("/"))
+
+    assert m("a/+/c", "a/b/c") and not m("a/+/c", "a/b/x/c")
+    assert m("a/#", "a/b/c") and m("a/#", "a") and m("#", "a/b")
+    assert not m("a/b", "a/b/c") and not m("a/b/c", "a/b")
+    assert not m("+/x", "$SYS/x") and not m("#", "$SYS/broker")
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValidationError, match="ca_file needs tls"):
+        MqttDeviceConfig(host="h", ca_file=Path("/x"))
+    with pytest.raises(ValidationError, match="extra"):
+        MqttDeviceConfig(host="h", password="inline")  # type: ignore[call-arg]
+    assert MqttDeviceConfig(host="h").qos == 0
+
+
+async def test_json_path_plain_bool_and_wildcards(mosquitto: Mosquitto) -> None:
+    points = [
+        point("temp", "t/rack1/temperature#$.value", scale=1.0, offset=0.5),
+        point("power", "t/rack1/power"),
+        point("door", "t/rack1/door"),
+        point("hum", "t/+/env#$.sensors[1].hum"),
+        point("deep", "t/rack1/nested#$['a b'].c"),
+        point("hot", "t/rack1/temperature#$.value", max=20.0),  # same topic, second point
+    ]
+    async with running(mosquitto, points) as (driver, sink):
+        await publish(
+            mosquitto,
+            ("t/rack1/temperature", '{"value": 23.4}'),
+            ("t/rack1/power", "3.25"),
+            ("t/rack1/door", "true"),
+            ("t/rack9/env", '{"sensors": [{"hum": 1}, {"hum": 44.5}]}'),
+            ("t/rack1/nested", '{"a b": {"c": "7.5"}}'),
+            ("t/other", "99"),  # not subscribed: ignored
+        )
+        await until(lambda: {r.pos for r in sink.readings} == set(range(6)))
+        latest = {r.pos: r for r in sink.readings}
+        assert latest[0].value == pytest.approx(23.9) and latest[0].quality == Quality.GOOD
+        assert latest[1].value == 3.25
+        assert latest[2].value == 1.0
+        assert latest[3].value == 44.5
+        assert latest[4].value == 7.5
+        assert latest[5].quality == Quality.UNCERTAIN_OUT_OF_RANGE
+        assert driver.messages == 5
+        assert driver.malformed == 0
+
+
+async def test_payload_timestamp_used_when_valid(mosquitto: Mosquitto) -> None:
+    now = time.time()
+    iso = datetime.fromtimestamp(now - 30, UTC).isoformat().replace("+00:00", "Z")
+    points = [point(f"p{i}", f"ts/{i}#$.value") for i in range(5)]
+    async with running(mosquitto, points) as (_driver, sink):
+        before = time.time()
+        await publish(
+            mosquitto,
+            ("ts/0", f'{{"value": 1, "ts": "{iso}"}}'),
+            ("ts/1", f'{{"value": 1, "timestamp": {now - 60:.3f}}}'),
+            ("ts/2", f'{{"value": 1, "ts": {int((now - 90) * 1000)}}}'),
+            ("ts/3", f'{{"value": 1, "ts": {now + 86400}}}'),  # a day ahead: not believed
+            ("ts/4", '{"value": 1, "ts": "yesterday-ish"}'),
+        )
+        await until(lambda: len({r.pos for r in sink.readings}) == 5)
+        ts = {r.pos: r.ts for r in sink.readings}
+        assert ts[0] == pytest.approx(now - 30, abs=0.01)
+        assert ts[1] == pytest.approx(now - 60, abs=0.01)
+        assert ts[2] == pytest.approx(now - 90, abs=0.01)
+        assert before <= ts[3] <= time.time()
+        assert before <= ts[4] <= time.time()
+
+
+async def test_malformed_payload_is_counted_logged_once_and_survived(mosquitto: Mosquitto) -> None:
+    points = [point("temp", "m/temp#$.value"), point("plain", "m/plain")]
+    async with running(mosquitto, points) as (driver, sink):
+        with structlog.testing.capture_logs() as logs:
+            await publish(
+                mosquitto,
+                ("m/temp", "{not json"),
+                ("m/temp", '{"val": 1}'),  # path missing
+                ("m/temp", '{"value": "warm"}'),  # not a number
+                ("m/plain", "twenty"),
+                ("m/temp", '{"value": 21.5}'),
+            )
+            good = await sink.wait_for(lambda r: r.pos == 0 and r.quality == Quality.GOOD)
+        assert good.value == 21.5
+        assert driver.malformed == 4
+        temp = sink.of(0)
+        assert [r.quality for r in temp] == [
+            Quality.BAD_DEVICE_ERROR,
+            Quality.BAD_CONFIG_ERROR,
+            Quality.BAD_CONFIG_ERROR,
+            Quality.GOOD,
+        ]
+        assert all(math.isnan(r.value) for r in temp[:3])
+        warned = [e for e in logs if e["event"] == "mqtt.malformed_payload"]
+        assert sorted(e["topic"] for e in warned) == ["m/plain", "m/temp"]  # once per topic
+        assert driver.connected
+
+
+async def test_broker_restart_reconnects_and_resumes(mosquitto: Mosquitto) -> None:
+    points = [point("temp", "r/temp#$.value"), point("hum", "r/hum#$.value")]
+    async with running(mosquitto, points) as (driver, sink):
+        await publish(mosquitto, ("r/temp", '{"value": 20}'))
+        await sink.wait_for(lambda r: r.pos == 0 and r.value == 20)
+        with structlog.testing.capture_logs() as logs:
+            mosquitto.stop()
+            await sink.wait_for(lambda r: r.quality == Quality.BAD_COMM_FAILURE)
+            assert not driver.connected
+            down = [r for r in sink.readings if r.quality == Quality.BAD_COMM_FAILURE]
+            assert {r.pos for r in down} == {0, 1}  # every point shows the outage
+            await asyncio.sleep(0.6)  # a few failed reconnect attempts
+            mosquitto.start()
+            await until(lambda: driver.connected)
+        assert [e["event"] for e in logs].count("mqtt.broker_lost") == 1
+        assert any(e["event"] == "mqtt.reconnected" for e in logs)
+        await publish(mosquitto, ("r/temp", '{"value": 22}'))
+        back = await sink.wait_for(lambda r: r.pos == 0 and r.value == 22)
+        assert back.quality == Quality.GOOD
+
+
+async def test_broker_absent_at_start_then_available(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path, port=free_tcp_port())
+    config = MqttDeviceConfig(
+        host=broker.host, port=broker.port, reconnect_min=0.1, reconnect_max=0.3
+    )
+    driver = MqttDriver("sensors", config)
+    driver.prepare(PointGroup("sensors", [point("x", "a/x")], 5.0))
+    sink = Collector()
+    task = asyncio.create_task(driver.stream(sink))
+    try:
+        failed = await sink.wait_for(lambda r: r.quality == Quality.BAD_COMM_FAILURE)
+        assert failed.pos == 0
+        broker.start()
+        await until(lambda: driver.connected)
+        await publish(broker, ("a/x", "5"))
+        assert (await sink.wait_for(lambda r: r.quality == Quality.GOOD)).value == 5.0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        broker.stop()
+
+
+async def test_stale_after_three_intervals_once(mosquitto: Mosquitto) -> None:
+    points = [point("fast", "s/fast", poll_interval=0.2), point("slow", "s/slow")]
+    async with running(mosquitto, points, poll_interval=60.0) as (_driver, sink):
+        await publish(mosquitto, ("s/fast", "1"), ("s/slow", "2"))
+        await sink.wait_for(lambda r: r.pos == 0 and r.quality == Quality.GOOD)
+        stale = await sink.wait_for(lambda r: r.pos == 0 and r.quality == Quality.BAD_STALE)
+        assert math.isnan(stale.value)
+        await asyncio.sleep(0.8)  # several more intervals: still only one stale reading
+        assert [r.quality for r in sink.of(0)].count(Quality.BAD_STALE) == 1
+        assert all(r.quality != Quality.BAD_STALE for r in sink.of(1))
+        await publish(mosquitto, ("s/fast", "3"))
+        fresh = await sink.wait_for(lambda r: r.pos == 0 and r.value == 3)
+        assert fresh.quality == Quality.GOOD
+
+
+async def test_reprepare_resubscribes_while_streaming(mosquitto: Mosquitto) -> None:
+    async with running(mosquitto, [point("a", "re/a")]) as (driver, sink):
+        group = PointGroup("sensors", [point("b", "re/b"), point("a", "re/a")], 5.0)
+        driver.prepare(group)
+        await asyncio.sleep(0.3)  # the driver swaps subscriptions on the live connection
+        await publish(mosquitto, ("re/b", "4"), ("re/a", "6"))
+        await until(lambda: {r.pos for r in sink.readings} >= {0, 1})
+        assert {r.pos: r.value for r in sink.readings} == {0: 4.0, 1: 6.0}
+
+
+async def test_simulated_rack_sensors_feed_the_driver(mosquitto: Mosquitto) -> None:
+    points = [
+        point("a01_temp", "dc/site1/room1/rack-a01/temperature#$.value", units="degC"),
+        point("a02_hum", "dc/site1/room1/rack-a02/humidity#$.value", units="%RH"),
+        point("a02_power", "dc/site1/room1/rack-a02/power", units="kW"),
+    ]
+    stop = asyncio.Event()
+    model = RackSensorsModel(racks=2)
+    sim = asyncio.create_task(
+        run_mqtt_sensors(mosquitto.host, mosquitto.port, interval=0.1, stop=stop, model=model)
+    )
+    try:
+        async with running(mosquitto, points) as (_driver, sink):
+            await until(lambda: {r.pos for r in sink.readings} == {0, 1, 2})
+            latest = {r.pos: r for r in sink.readings}
+            assert 18 < latest[0].value < 30
+            assert 20 < latest[1].value < 70
+            assert 1 < latest[2].value < 8
+            assert all(r.quality == Quality.GOOD for r in sink.readings)
+            assert abs(latest[0].ts - time.time()) < 5  # payload ts (ms precision) is used
+            model.scenario = "COOLING_FAILURE"
+            first = latest[0].value
+            await sink.wait_for(lambda r: r.pos == 0 and r.value > first + 2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(sim, 5)
