@@ -427,7 +427,13 @@ class AlarmEngine:
                     p.alarm_priority.one_step_up() if kind in ("hihi", "lolo") else p.alarm_priority
                 )
                 limits.append(
-                    Alarm(id=f"{p.point_id}:{kind}", kind=kind, priority=priority, limit=limit, **common)
+                    Alarm(
+                        id=f"{p.point_id}:{kind}",
+                        kind=kind,
+                        priority=priority,
+                        limit=limit,
+                        **common,
+                    )
                 )
             if p.alarm_state is not None:
                 limits.append(
@@ -612,7 +618,13 @@ class AlarmEngine:
             self._detail(alarm, before_display, before_state, note=None)
             | {"cause": "condition_active" if raw else "condition_cleared"},
         )
-        if raw and after is UA and before_state is not UA and not overlaid and alarm is not self._flood:
+        if (
+            raw
+            and after is UA
+            and before_state is not UA
+            and not overlaid
+            and alarm is not self._flood
+        ):
             self._activations.append(ts)
             self._check_flood(ts)
         if not raw and alarm.shelved and alarm.shelved_until is None:
@@ -651,7 +663,13 @@ class AlarmEngine:
         alarm.state = after
         alarm.acked_at, alarm.acked_by, alarm.ack_note = now, actor, note
         alarm.last_change = now
-        self._send(now, "operator.ack", alarm.id, actor, self._detail(alarm, before_display, before_state, note))
+        self._send(
+            now,
+            "operator.ack",
+            alarm.id,
+            actor,
+            self._detail(alarm, before_display, before_state, note),
+        )
         self._dirty = True
         self._flush()
         return AlarmView.of(alarm)
@@ -709,7 +727,11 @@ class AlarmEngine:
         self._shelved.discard(alarm)
         kind = "operator.unshelve" if actor is not None else "alarm"
         self._send(
-            now, kind, alarm.id, actor, self._detail(alarm, before_display, before_state, note) | {"cause": cause}
+            now,
+            kind,
+            alarm.id,
+            actor,
+            self._detail(alarm, before_display, before_state, note) | {"cause": cause},
         )
         self._dirty = True
 
@@ -933,4 +955,10 @@ class AlarmEngine:
             self._emit(ts, kind, source, actor, detail)
         except Exception as exc:
             # The alarm state stays right even if the event sink fails; the log keeps the event.
-            log.error("alarms.event_failed", kind=kind, source=source, error=str(exc), **{"detail": dict(detail)})
+            log.error(
+                "alarms.event_failed",
+                kind=kind,
+                source=source,
+                error=str(exc),
+                **{"detail": dict(detail)},
+            )

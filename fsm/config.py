@@ -187,7 +187,11 @@ class ModesConfig(_Model):
             raise ValueError(f"modes.custom: duplicate mode name(s) {', '.join(duplicates)}")
         known = set(BUILTIN_MODES) | set(names)
         for mode in self.custom:
-            if mode.exit_to not in known or mode.exit_to in ("starting", "maintenance", "emergency"):
+            if mode.exit_to not in known or mode.exit_to in (
+                "starting",
+                "maintenance",
+                "emergency",
+            ):
                 raise ValueError(
                     f"modes.custom[{mode.name}].exit_to: {mode.exit_to!r} is not a mode to exit"
                     " to; expected normal, degraded or a custom mode"

@@ -67,7 +67,9 @@ class Events:
         self.rows.append((ts, kind, source, actor, dict(detail)))
 
     def of(self, source: str) -> list[tuple[str, str, str]]:
-        return [(k, d.get("from", ""), d.get("to", "")) for _, k, s, _, d in self.rows if s == source]
+        return [
+            (k, d.get("from", ""), d.get("to", "")) for _, k, s, _, d in self.rows if s == source
+        ]
 
 
 @dataclass
