@@ -148,7 +148,10 @@ def validate_schedule(
         read_issues.append(ScheduleIssue("", 0, None, "no schedule files given"))
     schedule, issues = parse_schedule(sources, devices)
     if read_issues:
-        return None, read_issues + issues
+        # Keep the report in the order the files were given; sort is stable within a file.
+        order = {str(f): i for i, f in reversed(list(enumerate(files)))}
+        merged = sorted(read_issues + issues, key=lambda i: order.get(i.file, -1))
+        return None, merged
     return schedule, issues
 
 
@@ -270,6 +273,7 @@ class _FileParser:
     names: tuple[str, ...] = ()
     pick: Callable[[list[str]], Sequence[str]] = lambda cells: ()
     numeric: list[tuple[str, str]] = field(default_factory=list)
+    numbers: dict[str, float] = field(default_factory=dict)
 
     def issue(self, line: int, column: str | None, message: str) -> None:
         self.issues.append(ScheduleIssue(self.name, line, column, message))
@@ -558,10 +562,15 @@ class _FileParser:
                     f"byte_order applies only to modbus multi-register values, not to {protocol}",
                 )
 
+        numbers = self.numbers
         for column, constraint in self.numeric:
             text = get(column)
             if text:
-                v = self.number(line, column, text, constraint)
+                # Spreadsheets repeat the same few numbers down a column; the cache makes the
+                # common case one dict lookup. Only valid numbers are cached.
+                v = numbers.get(text)
+                if v is None or constraint:
+                    v = self.number(line, column, text, constraint)
                 if v is not None:
                     kw[column] = v
 
@@ -723,6 +732,7 @@ class _FileParser:
                 self.issue(line, column, f"{_show(text)} is out of the range of a number")
             return None
         if not constraint:
+            self.numbers[text] = value
             return value
         if (
             (constraint == "nonzero" and value == 0)

@@ -356,10 +356,14 @@ def test_stray_quote_after_quoted_cell(tmp_path: Path) -> None:
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     good = write(tmp_path, HEADER + "\ncdu-01.a,cdu-01,hr:1,int16\n", "good.csv")
-    schedule, issues = validate_schedule([good, tmp_path / "nope.csv", tmp_path], DEVICES)
+    bad = write(tmp_path, HEADER + "\ncdu-01.b,cdu-01,hr:1,int99\n", "bad.csv")
+    files = [good, tmp_path / "nope.csv", bad, tmp_path]
+    schedule, issues = validate_schedule(files, DEVICES)
     assert schedule is None
     assert [str(i) for i in issues] == [
         f"{tmp_path / 'nope.csv'}: cannot read file: No such file or directory",
+        f'{bad}:2: column "data_type": unknown data_type "int99" (did you mean "int64"?): '
+        "expected one of bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, bitN",
         f"{tmp_path}: is a directory, not a CSV file",
     ]
     schedule, issues = validate_schedule([], DEVICES)

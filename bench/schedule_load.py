@@ -1,0 +1,64 @@
+"""Schedule loader speed: parse + validate a generated N-row schedule using every column.
+
+    .venv/bin/python bench/schedule_load.py [--rows 10000] [--repeat 5]
+
+Prints the best and median wall time of ``parse_schedule`` (bytes in memory: decoding, CSV,
+every cell validated, Point objects built) and rows per second. Figures only; no pass/fail.
+Target: 10,000 rows well under one second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from point_schedules.loader import COLUMNS, parse_schedule
+
+DEVICES = {"cdu-01": "modbus", "ahu-1": "bacnet", "pdu-a": "snmp", "rack": "mqtt"}
+
+
+def make_schedule(rows: int) -> bytes:
+    lines = [",".join(COLUMNS)]
+    for i in range(rows):
+        kind = i % 4
+        if kind == 0:
+            device, address, dtype, order = "cdu-01", f"hr:{(2 * i) % 65000}", "float32", "CDAB"
+        elif kind == 1:
+            device, address, dtype, order = "ahu-1", f"analog-input:{i}", "", ""
+        elif kind == 2:
+            device, address, dtype, order = "pdu-a", f"1.3.6.1.2.1.2.2.1.10.{i}", "", ""
+        else:
+            device, address, dtype, order = "rack", f"site/r{i}/env#$.temp", "", ""
+        lines.append(
+            f"p.{i},{device},{address},{dtype},{order},0.1,0,degC,point {i},5,0.5,300,"
+            f"{'true' if i % 5 == 0 else ''},0,100,90,80,10,5,,high,1,5,0,equip=x;n={i}"
+        )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    data = make_schedule(args.rows)
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        schedule, issues = parse_schedule([("bench.csv", data)], DEVICES)
+        times.append(time.perf_counter() - t0)
+        assert schedule is not None and not issues, issues[:3]
+    best, median = min(times), statistics.median(times)
+    print(
+        f"schedule load: {args.rows} rows ({len(data) / 1e6:.1f} MB), best {best * 1000:.0f} ms, "
+        f"median {median * 1000:.0f} ms, {args.rows / best:,.0f} rows/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
