@@ -158,11 +158,20 @@ class Scheduler:
                     self.first_cycle_done.set()
 
     def summary(self) -> dict[str, object]:
+        jitter = sorted(x for j in self.jobs.values() for x in j.stats.jitter_s)
+
+        def pct(p: float) -> float | None:
+            return round(jitter[min(len(jitter) - 1, int(len(jitter) * p))] * 1e3, 2) if jitter else None
+
         return {
             "jobs": len(self.jobs),
             "polls": sum(j.stats.polls for j in self.jobs.values()),
             "overruns": sum(j.stats.overruns for j in self.jobs.values()),
+            "skipped_late": sum(j.stats.skipped_late for j in self.jobs.values()),
             "errors": sum(j.stats.errors for j in self.jobs.values()),
+            "jitter_p50_ms": pct(0.5),
+            "jitter_p99_ms": pct(0.99),
+            "jitter_max_ms": round(jitter[-1] * 1e3, 2) if jitter else None,
         }
 
 

@@ -1,0 +1,154 @@
+"""`outpost demo`: the simulated site, the receiver and the agent, wired together.
+
+Each part runs as its own process, exactly as on a real deployment (the simulator stands in
+for the plant, the receiver for the central server). Ctrl-C stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.cli_common import ConfigOption, config_or_exit, fail
+
+RECEIVER_BIND = "127.0.0.1:8720"
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def _outpost(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agent", *args]
+
+
+def _wait_tcp(host: str, port: int, timeout: float, child: _Child) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            fail(f"{child.name} exited ({child.proc.returncode}); see {child.log}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    fail(f"{child.name} did not open {host}:{port} within {timeout:.0f}s; see {child.log}")
+
+
+def _start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> _Child:
+    log = log_dir / f"{name}.log"
+    out = log.open("ab")
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+    return _Child(name, proc, log)
+
+
+def _stop(children: list[_Child]) -> None:
+    for child in reversed(children):
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    for child in reversed(children):
+        try:
+            child.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
+
+
+def demo(
+    config: ConfigOption = None,
+    no_cloud: Annotated[bool, typer.Option("--no-cloud", help="Edge-only: do not start the receiver.")] = False,
+) -> None:
+    """Start the simulated site, the receiver and the agent; print where to look."""
+    cfg_path = config or Path("agent.example.toml")
+    cfg = config_or_exit(cfg_path)
+    data_dir = cfg.agent.data_dir
+    log_dir = data_dir / "demo-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    children: list[_Child] = []
+    env: dict[str, str] = {}
+    try:
+        sim = _start("sim", _outpost("sim"), log_dir)
+        children.append(sim)
+        for dev in cfg.devices.values():
+            if dev.protocol == "modbus":
+                _wait_tcp(dev.host, dev.port, 30, sim)  # type: ignore[attr-defined]
+
+        receiver_url = None
+        if not no_cloud:
+            receiver_url, token = _start_receiver(children, data_dir, log_dir, cfg.agent.id)
+            env = {
+                "OUTPOST_CLOUD__URL": receiver_url,
+                "OUTPOST_CLOUD__ENROLLMENT_TOKEN": token,
+            }
+        agent = _start("agent", _outpost("run", "-c", str(cfg.config_path)), log_dir, env)
+        children.append(agent)
+        deadline = time.monotonic() + 30
+        while not cfg.api.socket.exists():
+            if agent.proc.poll() is not None or time.monotonic() > deadline:
+                fail(f"agent did not start; see {agent.log}")
+            time.sleep(0.2)
+
+        c = f"-c {cfg.config_path}"
+        typer.echo(
+            "\nOutpost demo is running.\n"
+            f"  simulated site : Modbus devices {', '.join(cfg.devices)}  (log {sim.log})\n"
+            f"  agent          : gateway {cfg.agent.id}, data in {data_dir}  (log {agent.log})\n"
+            + (
+                f"  receiver       : {receiver_url}  (API docs {receiver_url}/docs; admin token in "
+                f"{data_dir / 'receiver' / 'admin.token'})\n"
+                if receiver_url
+                else ""
+            )
+            + "\nLook at it from another terminal:\n"
+            f"  .venv/bin/outpost status {c}\n"
+            f"  .venv/bin/outpost points {c}\n"
+            f"  .venv/bin/outpost read cdu-01.supply_temp {c}\n"
+            f"  .venv/bin/outpost buffer stats {c}\n"
+            "\nPress Ctrl-C to stop everything.\n"
+        )
+        while all(ch.proc.poll() is None for ch in children):
+            time.sleep(0.5)
+        dead = [ch for ch in children if ch.proc.poll() is not None]
+        fail(f"{dead[0].name} stopped unexpectedly; see {dead[0].log}")
+    except KeyboardInterrupt:
+        typer.echo("\nstopping…")
+    finally:
+        _stop(children)
+
+
+def _start_receiver(children: list[_Child], data_dir: Path, log_dir: Path, gateway_id: str) -> tuple[str, str]:
+    rdir = data_dir / "receiver"
+    host, port = RECEIVER_BIND.rsplit(":", 1)
+    receiver = _start("receiver", _outpost("cloud", "serve", "--data-dir", str(rdir), "--bind", RECEIVER_BIND), log_dir)
+    children.append(receiver)
+    _wait_tcp(host, int(port), 120, receiver)
+    token_file = data_dir / "gateway.token"
+    if token_file.exists():
+        token = ""  # already enrolled in an earlier demo run
+    else:
+        r = subprocess.run(
+            _outpost("cloud", "enroll", gateway_id, "--data-dir", str(rdir), "--url", f"http://{RECEIVER_BIND}"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if r.returncode != 0:
+            fail(f"enrollment failed: {r.stderr.strip()}")
+        token = r.stdout.strip()
+    return f"http://{RECEIVER_BIND}", token
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
