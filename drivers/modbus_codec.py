@@ -92,6 +92,16 @@ def block_views(registers: list[int], need_raw: bool, need_swapped: bool) -> tup
     return raw, swapped
 
 
+def views_of_raw(raw: bytes, need_swapped: bool) -> tuple[bytes, bytes]:
+    """The RAW and SWAPPED views when the wire bytes are at hand (no register list needed)."""
+    if not need_swapped:
+        return raw, b""
+    words = array("H")
+    words.frombytes(raw)
+    words.byteswap()  # swaps within each register whatever the host order
+    return raw, words.tobytes()
+
+
 def swap_register_bytes(data: bytes) -> bytes:
     words = array("H", data)
     words.byteswap()

@@ -18,7 +18,15 @@ import struct
 from array import array
 from dataclasses import dataclass, field
 
-from drivers.modbus_codec import FLOAT_TYPES, LAYOUT, NATURAL_LAYOUTS, RAW, STRUCT_CODE, block_views
+from drivers.modbus_codec import (
+    FLOAT_TYPES,
+    LAYOUT,
+    NATURAL_LAYOUTS,
+    RAW,
+    STRUCT_CODE,
+    block_views,
+    views_of_raw,
+)
 from point_schedules.model import DataType, ModbusAddress, Point
 from point_schedules.quality import Quality
 
@@ -308,12 +316,16 @@ def build_plan(
 def decode_into(
     req: Request,
     payload: list[int] | list[bool],
+    raw_bytes: bytes | None,
     value: array,
     tsa: array,
     quality: array,
     ts: float,
 ) -> None:
-    """Write one response's values into the result arrays (``array('d')``/``array('B')``)."""
+    """Write one response's values into the result arrays (``array('d')``/``array('B')``).
+
+    ``payload`` is the response's bits or registers; ``raw_bytes`` the register block as it
+    came off the wire when the response kept it (then ``payload`` is not touched)."""
     v_arr = value  # local names: attribute-free inner loops
     t_arr = tsa
     q_arr = quality
@@ -321,7 +333,10 @@ def decode_into(
         for offset, pos in req.bits:
             v_arr[pos] = 1.0 if payload[offset] else 0.0
     else:
-        raw, swapped = block_views(payload, req.need_raw, req.need_swapped)  # type: ignore[arg-type]
+        if raw_bytes is not None:
+            raw, swapped = views_of_raw(raw_bytes, req.need_swapped)
+        else:
+            raw, swapped = block_views(payload, req.need_raw, req.need_swapped)  # type: ignore[arg-type]
         for layer in req.layers:
             values = layer.st.unpack_from(raw if layer.view == RAW else swapped)
             if layer.masks is None:
