@@ -146,7 +146,8 @@ def header_problem(path: Path) -> str | None:
 def check_database(conn: sqlite3.Connection, *, quick_check: bool) -> str | None:
     """Why an opened file is not a healthy Outpost buffer, or None.
 
-    Raises nothing: every sqlite3 error is itself the answer.
+    Errors that say the file is corrupt are the answer; other errors (locked, I/O, permissions)
+    propagate.
     """
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -161,8 +162,19 @@ def check_database(conn: sqlite3.Connection, *, quick_check: bool) -> str | None
             conn.execute("SELECT count(*) FROM meta").fetchone()
             conn.execute("SELECT max(seq) FROM readings").fetchone()
     except sqlite3.DatabaseError as exc:
+        if not is_corruption(exc):
+            raise
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT / SQLITE_NOTADB mean the file is bad. Locked, busy, I/O errors, a full
+    disk or a permission problem do not: moving a healthy file aside for those would be wrong."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (11, 26)
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
 def init_schema(conn: sqlite3.Connection, *, seq_base: int = 0, corrupt_recoveries: int = 0) -> None:
@@ -216,7 +228,7 @@ def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
     conn.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
 
 
-def _sibling(path: Path, suffix: str) -> Path:
+def sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
@@ -238,17 +250,17 @@ def move_aside(path: Path, reason: str) -> tuple[Path, int]:
             finally:
                 conn.close()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = _sibling(path, f".corrupt-{stamp}")
+    target = sibling(path, f".corrupt-{stamp}")
     n = 1
     while target.exists():
-        target = _sibling(path, f".corrupt-{stamp}-{n}")
+        target = sibling(path, f".corrupt-{stamp}-{n}")
         n += 1
     os.replace(path, target)
-    wal = _sibling(path, "-wal")
+    wal = sibling(path, "-wal")
     if wal.exists():
-        os.replace(wal, _sibling(target, "-wal"))
+        os.replace(wal, sibling(target, "-wal"))
     with contextlib.suppress(FileNotFoundError):
-        _sibling(path, "-shm").unlink()
+        sibling(path, "-shm").unlink()
     moved = sum(
         1
         for p in path.parent.glob(path.name + ".corrupt-*")
@@ -317,7 +329,7 @@ def collect_stats(conn: sqlite3.Connection, path: Path, now: float | None = None
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         page_count = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    wal = file_size(_sibling(path, "-wal"))
+    wal = file_size(sibling(path, "-wal"))
     return BufferStats(
         path=str(path),
         rows=int(rows),

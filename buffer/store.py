@@ -141,6 +141,7 @@ class Buffer:
         self._last_seq = 0
         self._last_drop_log = 0.0
         self._maint_request: threading.Event | None = None
+        self._wal_limit = 8 * 1024 * 1024
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -169,18 +170,25 @@ class Buffer:
         """Open the file; a corrupt or foreign one is moved aside and a fresh one created."""
         reason = schema.header_problem(self.path)
         if reason is None:
-            conn = schema.connect(self.path, cache_mb=32)
-            reason = schema.check_database(conn, quick_check=self.quick_check)
-            if reason is None:
-                try:
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = schema.connect(self.path, cache_mb=32)
+                reason = schema.check_database(conn, quick_check=self.quick_check)
+                if reason is None:
                     schema.init_schema(conn)
                     return conn
-                except schema.BufferFileError:
+            except sqlite3.DatabaseError as exc:
+                if conn is not None:
                     conn.close()
+                if not schema.is_corruption(exc):
                     raise
-                except sqlite3.DatabaseError as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
-            conn.close()
+                reason = f"{type(exc).__name__}: {exc}"
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            else:
+                conn.close()
         old_seq = schema.read_old_last_seq(self.path)
         _, count = schema.move_aside(self.path, reason)
         # Seq must never repeat: continue after the old file's last seq when it is readable,
@@ -195,6 +203,7 @@ class Buffer:
         # Keep the WAL small relative to the bound (it counts against it), at most 8 MB
         # (SQLite's default checkpoint point is 4 MB; a bigger WAL slows every read a little).
         wal_limit = max(64 * 1024, min(8 * 1024 * 1024, self.max_bytes // 16))
+        self._wal_limit = wal_limit
         conn.execute(f"PRAGMA journal_size_limit = {wal_limit}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, wal_limit // page)}")
 
@@ -491,18 +500,19 @@ class Buffer:
         except sqlite3.Error as exc:
             log.error("buffer.maintenance_failed", error=str(exc))
 
-    def used_bytes(self, conn: sqlite3.Connection | None = None) -> int:
-        """Bytes counted against the bound: live pages (free pages are reused) + the WAL."""
-        conn = conn or self._wconn
-        assert conn is not None
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        """Bytes counted against the bound: live pages (free pages are reused by new rows) plus
+        the WAL up to its size limit. A WAL above the limit is transient (one big transaction;
+        it is cut back at the next checkpoint) and evicting rows would not shrink it."""
         page = conn.execute("PRAGMA page_size").fetchone()[0]
         count = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((count - free) * page + schema.file_size(schema._sibling(self.path, "-wal")))
+        wal = schema.file_size(schema.sibling(self.path, "-wal"))
+        return int((count - free) * page + min(wal, self._wal_limit))
 
     def _enforce_size(self, conn: sqlite3.Connection,
                       inflight: list[_ReadingBatch | _EventItem]) -> None:
-        used = self.used_bytes(conn)
+        used = self._used_bytes(conn)
         if used <= self.max_bytes:
             return
         target = int(self.max_bytes * _LOW_WATER)
@@ -520,7 +530,7 @@ class Buffer:
                 # Appends that queued meanwhile go in before the next chunk.
                 if not self._commit_queue(conn, inflight):
                     return
-            new_used = self.used_bytes(conn)
+            new_used = self._used_bytes(conn)
             if new_used >= used:
                 # Deleting rows freed no whole page yet (or the WAL dominates): stop, try later.
                 break

@@ -1,0 +1,556 @@
+"""The SQLite store-and-forward buffer, on real files: sync cursor and range acks, size bound
+eviction order, retention, corrupt-file recovery, events, exports, concurrency."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import threading
+import time
+from array import array
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from buffer.inspect import export_events, export_readings, file_stats
+from buffer.schema import BufferFileError
+from buffer.store import Buffer, BufferClosedError
+from point_schedules.quality import Quality
+
+POINTS = ["ahu-1.supply_temp", "cdu-01.flow", "pdu-a.kw"]
+
+
+def _open(path: Path, **kw: object) -> Buffer:
+    kw.setdefault("commit_interval", 0.05)
+    kw.setdefault("maintenance_interval", 3600.0)  # tests trigger maintenance explicitly
+    buf = Buffer(path, **kw)  # type: ignore[arg-type]
+    buf.open()
+    return buf
+
+
+@pytest.fixture
+def buf(tmp_path: Path) -> Iterator[Buffer]:
+    b = _open(tmp_path / "buffer.db")
+    yield b
+    b.close()
+
+
+def _fill(buf: Buffer, n: int, *, t0: float | None = None, keys: list[int] | None = None,
+          step: float = 0.001, value0: float = 0.0) -> tuple[int, int]:
+    """Append n readings (value = value0 + i), flush; returns the (first, last) seq."""
+    keys = keys or buf.point_keys(POINTS)
+    t0 = time.time() if t0 is None else t0
+    first = buf.last_seq + 1
+    buf.append(
+        array("d", [t0 + i * step for i in range(n)]),
+        array("q", [keys[i % len(keys)] for i in range(n)]),
+        array("d", [value0 + i for i in range(n)]),
+        array("B", [int(Quality.GOOD)] * n),
+    )
+    buf.flush_sync(30)
+    assert buf.last_seq == first + n - 1
+    return first, buf.last_seq
+
+
+def _seqs(path: Path) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT seq FROM readings ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- append, flush, read
+
+
+def test_append_assigns_seq_in_order_and_reads_back_exactly(buf: Buffer) -> None:
+    keys = buf.point_keys(POINTS)
+    assert buf.point_keys(list(reversed(POINTS))) == list(reversed(keys))  # idempotent
+    t = 1_795_000_000.123
+    buf.append([t, t + 1], [keys[0], keys[1]], [21.5, float("nan")],
+               [Quality.GOOD, Quality.BAD_COMM_FAILURE])
+    buf.append(array("d", [t + 2]), array("q", [keys[2]]), array("d", [0.1 + 0.2]),
+               array("B", [Quality.UNCERTAIN_OUT_OF_RANGE]))
+    buf.flush_sync(10)
+    rows = buf.read_unsynced(10)
+    assert rows.seq == [1, 2, 3]
+    assert rows.point_id == POINTS
+    assert rows.value == [21.5, None, 0.1 + 0.2]  # bit-exact float; NaN comes back as None
+    assert rows.quality == [0, 129, 65]
+    assert rows.ts == [1_795_000_000.123, 1_795_000_001.123, 1_795_000_002.123]
+    st = buf.stats()
+    assert (st.rows, st.unsynced_rows, st.last_seq, st.synced_through) == (3, 3, 3, 0)
+    assert st.oldest_unsynced_age_s is not None and st.oldest_unsynced_age_s > 1000
+
+
+def test_append_copies_columns_and_rejects_ragged_input(buf: Buffer) -> None:
+    keys = buf.point_keys(POINTS)
+    values = array("d", [1.0, 2.0])
+    buf.append(array("d", [1.0, 2.0]), keys[:2], values, array("B", [0, 0]))
+    values[0] = 99.0  # the caller reuses its array right away
+    buf.flush_sync(10)
+    assert buf.read_unsynced(10).value == [1.0, 2.0]
+    with pytest.raises(ValueError, match="columns differ"):
+        buf.append([1.0], keys[:2], [1.0, 2.0], [0, 0])
+
+
+async def test_async_flush_waits_for_the_commit(tmp_path: Path) -> None:
+    b = _open(tmp_path / "b.db", commit_interval=30.0)  # only flush can make it commit soon
+    try:
+        keys = b.point_keys(POINTS)
+        b.append([time.time()], keys[:1], [1.0], [0])
+        b.append_event(time.time(), "mode", "fsm", None, {"to": "normal"})
+        assert b.pending_rows == 1
+        await b.flush()
+        assert b.pending_rows == 0
+        assert b.last_seq == 1
+        conn = sqlite3.connect(tmp_path / "b.db")
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+        conn.close()
+    finally:
+        b.close()
+
+
+def test_group_commit_by_rows_without_waiting_for_the_interval(tmp_path: Path) -> None:
+    b = _open(tmp_path / "b.db", commit_interval=60.0, commit_rows=100)
+    try:
+        keys = b.point_keys(POINTS)
+        b.append([1.0] * 150, [keys[0]] * 150, [1.0] * 150, [0] * 150)
+        deadline = time.monotonic() + 10
+        while b.last_seq < 150 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.last_seq == 150
+    finally:
+        b.close()
+
+
+def test_writer_heartbeat_advances_while_idle(buf: Buffer) -> None:
+    assert buf.writer_alive
+    before = buf.last_commit_monotonic
+    time.sleep(0.3)
+    assert buf.last_commit_monotonic > before
+
+
+def test_concurrent_appenders_keep_each_threads_order(buf: Buffer) -> None:
+    keys = buf.point_keys(POINTS)
+
+    def work(k: int) -> None:
+        for i in range(200):
+            buf.append([float(i)] * 5, [keys[k]] * 5, [float(i)] * 5, [0] * 5)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    buf.flush_sync(10)
+    rows = buf.read_unsynced(10_000)
+    assert rows.seq == list(range(1, 3001))
+    for pid in POINTS:
+        vals = [v for p, v in zip(rows.point_id, rows.value, strict=True) if p == pid]
+        assert vals == [float(i) for i in range(200) for _ in range(5)]
+
+
+def test_close_commits_queue_and_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = _open(path, commit_interval=60.0)
+    keys = b.point_keys(POINTS)
+    b.append([1.0, 2.0], keys[:2], [1.0, 2.0], [0, 0])
+    b.close()
+    b.close()
+    assert not b.writer_alive
+    with pytest.raises(BufferClosedError):
+        b.append([1.0], keys[:1], [1.0], [0])
+    assert _seqs(path) == [1, 2]
+    assert file_stats(path).last_seq == 2
+
+
+# ---------------------------------------------------------------- cursor and range acks
+
+
+def test_mark_synced_never_moves_backwards_nor_past_the_last_seq(buf: Buffer) -> None:
+    _fill(buf, 100)
+    buf.mark_synced(40)
+    buf.mark_synced(10)
+    assert buf.synced_through() == 40
+    buf.mark_synced(10_000)
+    assert buf.synced_through() == 100  # clamped: no future seq can be "already synced"
+    assert buf.stats().unsynced_rows == 0
+    assert len(buf.read_unsynced(10)) == 0
+
+
+def test_range_acks_out_of_order_fold_into_the_cursor(buf: Buffer) -> None:
+    _fill(buf, 100)
+    # live-first: the newest batch is acknowledged before the backlog
+    buf.mark_range_synced(81, 100)
+    assert buf.synced_through() == 0
+    st = buf.stats()
+    assert st.unsynced_rows == 80
+    assert buf.read_latest(5).seq == [76, 77, 78, 79, 80]
+    assert buf.read_unsynced(200).seq == list(range(1, 81))
+    assert buf.read_unsynced(5, after_seq=78).seq == [79, 80]
+    # islands merge when they touch each other...
+    buf.mark_range_synced(41, 50)
+    buf.mark_range_synced(51, 60)
+    buf.mark_range_synced(55, 70)
+    assert buf.read_unsynced(200).seq == [*range(1, 41), *range(71, 81)]
+    assert buf.read_latest(3).seq == [78, 79, 80]
+    assert buf.stats().unsynced_rows == 50
+    # ...and fold into the cursor once the backlog below them is acknowledged
+    buf.mark_range_synced(1, 40)
+    assert buf.synced_through() == 70
+    buf.mark_synced(80)
+    assert buf.synced_through() == 100
+    assert buf.stats().unsynced_rows == 0
+    conn = sqlite3.connect(buf.path)
+    assert conn.execute("SELECT count(*) FROM synced_ranges").fetchone()[0] == 0
+    conn.close()
+    with pytest.raises(ValueError):
+        buf.mark_range_synced(5, 4)
+
+
+def test_rejected_batch_is_dead_lettered_counted_and_handled(buf: Buffer) -> None:
+    _fill(buf, 30)
+    buf.add_rejected(1, 10, 422, "point_id unknown", b"\x28\xb5payload")
+    assert buf.synced_through() == 10
+    st = buf.stats()
+    assert st.rejected_batches == 1
+    assert st.unsynced_rows == 20
+    (rej,) = buf.read_rejected()
+    assert (rej["first_seq"], rej["last_seq"], rej["status"], rej["payload_bytes"]) == (
+        1, 10, 422, 9)
+
+
+# ---------------------------------------------------------------- size bound and retention
+
+
+def _fill_many(buf: Buffer, n: int, chunk: int = 2000) -> None:
+    keys = buf.point_keys(POINTS)
+    t0 = time.time()
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        buf.append(array("d", [t0 + (start + i) * 1e-3 for i in range(m)]),
+                   array("q", [keys[(start + i) % 3] for i in range(m)]),
+                   array("d", [float(start + i) for i in range(m)]), array("B", bytes(m)))
+    buf.flush_sync(30)
+
+
+def _disk_bytes(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        count = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    finally:
+        conn.close()
+    return (count - free) * page
+
+
+def test_size_bound_evicts_synced_rows_first(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    lost: list[int] = []
+    b = _open(path, max_size_mb=1, commit_rows=2000, on_unsynced_evicted=lost.append)
+    try:
+        _fill_many(b, 60_000)
+        assert _disk_bytes(path) > 1024 * 1024
+        b.mark_synced(50_000)
+        b.run_maintenance()
+        st = b.stats()
+        seqs = _seqs(path)
+        assert st.evicted_synced > 0
+        assert st.evicted_unsynced == 0 and lost == []
+        # Oldest synced rows went, contiguous from the start; every unsynced row is still there.
+        assert seqs == list(range(st.evicted_synced + 1, 60_001))
+        assert st.unsynced_rows == 10_000
+        assert _disk_bytes(path) <= 1024 * 1024
+    finally:
+        b.close()
+
+
+def test_size_bound_then_evicts_unsynced_oldest_first_counted(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    lost: list[int] = []
+    b = _open(path, max_size_mb=1, commit_rows=2000, on_unsynced_evicted=lost.append)
+    try:
+        _fill_many(b, 60_000)
+        b.mark_synced(5_000)
+        b.mark_range_synced(30_001, 35_000)  # an island acked out of order: synced, goes first
+        b.run_maintenance()
+        st = b.stats()
+        seqs = set(_seqs(path))
+        assert st.evicted_synced == 10_000
+        assert st.evicted_unsynced > 0
+        assert sum(lost) == st.evicted_unsynced
+        lowest = min(seqs)
+        # The unsynced rows lost are exactly the oldest ones, right after the synced ones.
+        assert lowest == 5_000 + st.evicted_unsynced + 1
+        assert seqs == set(range(lowest, 30_001)) | set(range(35_001, 60_001))
+        # The cursor moved past the lost rows so the uplink does not wait for them.
+        assert st.synced_through == lowest - 1
+        assert st.unsynced_rows == len(seqs)
+        assert _disk_bytes(path) <= 1024 * 1024
+        # seq stays monotonic after the eviction
+        first, _ = _fill(b, 10)
+        assert first == 60_001
+    finally:
+        b.close()
+    assert file_stats(path).evicted_unsynced == st.evicted_unsynced  # persisted
+
+
+def test_retention_drops_only_old_synced_rows_and_events(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = _open(path, retention_days=7)
+    try:
+        old = time.time() - 10 * 86400
+        _fill(b, 1000, t0=old)  # seq 1..1000, old, will be synced
+        _fill(b, 1000, t0=old)  # seq 1001..2000, old, stays unsynced
+        _fill(b, 1000)  # seq 2001..3000, recent
+        b.append_event(old, "alarm", "fsm", None, {"n": 1})
+        b.append_event(old, "alarm", "fsm", None, {"n": 2})
+        b.flush_sync(10)
+        b.mark_events_synced(1)
+        b.mark_synced(1000)
+        b.mark_range_synced(2001, 2500)
+        b.run_maintenance()
+        st = b.stats()
+        assert st.expired_rows == 1000
+        assert _seqs(path) == list(range(1001, 3001))
+        assert [e.id for e in b.read_unsynced_events(10)] == [2]
+        assert st.events == 1  # the synced old event expired, the unsynced one did not
+        b.mark_synced(3000)
+        b.run_maintenance()
+        assert _seqs(path) == list(range(2001, 3001))  # recent synced rows are local history
+        assert b.stats().expired_rows == 2000
+        assert b.stats().evicted_synced == 0  # retention is not eviction
+    finally:
+        b.close()
+
+
+def test_seq_stays_monotonic_after_every_row_is_gone(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = _open(path, retention_days=1)
+    _fill(b, 500, t0=time.time() - 5 * 86400)
+    b.mark_synced(500)
+    b.run_maintenance()
+    assert _seqs(path) == []
+    b.close()
+    b = _open(path)
+    try:
+        assert b.stats().rows == 0
+        first, last = _fill(b, 3)
+        assert (first, last) == (501, 503)
+    finally:
+        b.close()
+
+
+# ---------------------------------------------------------------- corrupt files
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated", "text", "foreign_sqlite"])
+def test_corrupt_file_is_moved_aside_and_a_fresh_one_starts(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "buffer.db"
+    if kind == "random":
+        path.write_bytes(os.urandom(64 * 1024))
+    elif kind == "text":
+        path.write_text("this is not a database\n" * 100)
+    elif kind == "foreign_sqlite":
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT)")
+        conn.commit()
+        conn.close()
+    else:
+        b = _open(path)
+        _fill_many(b, 20_000)
+        b.close()
+        with path.open("r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+    original = path.read_bytes()
+    with capture_logs() as logs:
+        b = _open(path)
+    try:
+        errors = [e for e in logs if e["event"] == "buffer.corrupt"]
+        assert len(errors) == 1 and errors[0]["log_level"] == "error"
+        moved = Path(errors[0]["moved_to"])
+        assert errors[0]["path"] == str(path)
+        assert moved.name.startswith("buffer.db.corrupt-")
+        assert moved.read_bytes() == original  # kept for forensics, never deleted
+        st = b.stats()
+        assert st.corrupt_recoveries == 1
+        assert st.rows == 0
+        first, _ = _fill(b, 5)
+        if kind == "truncated":
+            assert first > 1  # seq continues above anything the old file can have held
+        assert b.read_unsynced(10).seq[0] == first
+    finally:
+        b.close()
+    # A second corruption: the counter is carried into the next fresh file.
+    path.write_bytes(b"garbage" * 1000)
+    b = _open(path)
+    try:
+        assert b.stats().corrupt_recoveries == 2
+        assert len([p for p in tmp_path.glob("buffer.db.corrupt-*")
+                    if not p.name.endswith("-wal")]) == 2
+    finally:
+        b.close()
+
+
+def test_healthy_file_is_never_moved_aside_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    for _ in range(3):
+        b = _open(path)
+        _fill(b, 100)
+        b.close()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    assert _seqs(path) == list(range(1, 301))
+
+
+# ---------------------------------------------------------------- events and history
+
+
+def test_events_have_monotonic_ids_and_a_cursor(buf: Buffer) -> None:
+    t = time.time()
+    for i in range(5):
+        buf.append_event(t + i, "alarm", "fsm", "alice" if i % 2 else None,
+                         {"point_id": "cdu-01.flow", "n": i, "when": datetime.now(UTC)})
+    buf.flush_sync(10)
+    ev = buf.read_unsynced_events(3)
+    assert [e.id for e in ev] == [1, 2, 3]
+    assert ev[1].actor == "alice" and ev[0].actor is None
+    assert ev[2].detail["n"] == 2 and isinstance(ev[2].detail["when"], str)
+    buf.mark_events_synced(3)
+    buf.mark_events_synced(1)  # never backwards
+    buf.mark_events_synced(99)  # never past the last id
+    assert buf.read_unsynced_events(10) == []
+    buf.append_event(t, "mode", "operator", "bob", {})
+    buf.flush_sync(10)
+    assert [e.id for e in buf.read_unsynced_events(10)] == [6]
+    st = buf.stats()
+    assert (st.events, st.unsynced_events, st.last_event_id) == (6, 1, 6)
+
+
+def test_history_of_one_point_by_time(buf: Buffer) -> None:
+    keys = buf.point_keys(POINTS)
+    t0 = 1_795_000_000.0
+    for block in range(5):  # five commits = five blocks, 100 s apart
+        ts = [t0 + block * 100 + i for i in range(30)]
+        buf.append(ts, [keys[i % 3] for i in range(30)], [block * 1000.0 + i for i in range(30)],
+                   [0] * 30)
+        buf.flush_sync(10)
+    h = buf.history("cdu-01.flow", t0 + 100, t0 + 215)
+    assert h.point_id == ["cdu-01.flow"] * len(h)
+    assert h.value == [1000.0 + i for i in range(1, 30, 3)] + [2000.0 + i for i in range(1, 16, 3)]
+    assert h.seq == sorted(h.seq)
+    newest = buf.history("cdu-01.flow", t0, None, limit=4)
+    assert newest.value == [4000.0 + i for i in (19, 22, 25, 28)]
+    assert len(buf.history("no.such.point", t0)) == 0
+
+
+# ---------------------------------------------------------------- files: stats and export
+
+
+def _export(path: Path, fmt: str, **kw: object) -> str:
+    out = io.StringIO()
+    kw.setdefault("since", None)
+    kw.setdefault("until", None)
+    kw.setdefault("point", None)
+    export_readings(path, out, fmt, **kw)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def test_export_csv_and_jsonl_exact_columns(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = _open(path)
+    keys = b.point_keys(POINTS)
+    t = datetime(2026, 11, 24, 13, 5, 7, 250000, tzinfo=UTC).timestamp()
+    b.append([t, t + 0.001, t + 60], keys, [21.5, float("nan"), -3.0],
+             [Quality.GOOD, Quality.BAD_COMM_FAILURE, Quality.UNCERTAIN_STALE])
+    b.close()
+    text = _export(path, "csv")
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows == [
+        ["seq", "ts", "point_id", "value", "quality"],
+        ["1", "2026-11-24T13:05:07.250Z", "ahu-1.supply_temp", "21.5", "good"],
+        ["2", "2026-11-24T13:05:07.251Z", "cdu-01.flow", "", "bad:comm_failure"],
+        ["3", "2026-11-24T13:06:07.250Z", "pdu-a.kw", "-3.0", "uncertain:stale"],
+    ]
+    lines = [json.loads(x) for x in _export(path, "jsonl").splitlines()]
+    assert [list(x) for x in lines] == [["seq", "ts", "point_id", "value", "quality"]] * 3
+    assert lines[1] == {"seq": 2, "ts": "2026-11-24T13:05:07.251Z", "point_id": "cdu-01.flow",
+                        "value": None, "quality": "bad:comm_failure"}
+    only = _export(path, "jsonl", point="pdu-a.kw")
+    assert [json.loads(x)["seq"] for x in only.splitlines()] == [3]
+    window = _export(path, "csv", since=datetime(2026, 11, 24, 13, 5, 7, 251000, tzinfo=UTC),
+                     until=datetime(2026, 11, 24, 13, 6))  # naive = UTC, until is exclusive
+    assert [r[0] for r in csv.reader(io.StringIO(window))] == ["seq", "2"]
+    assert _export(path, "csv", point="nope") == "seq,ts,point_id,value,quality\n"
+
+
+def test_export_events(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = _open(path)
+    t = datetime(2026, 11, 24, 13, 0, tzinfo=UTC).timestamp()
+    b.append_event(t, "alarm.activated", "alarms", None, {"point_id": "cdu-01.flow"})
+    b.append_event(t + 1, "alarm.acked", "operator", "alice", {"id": 7})
+    b.close()
+    out = io.StringIO()
+    assert export_events(path, out, "jsonl", None, None) == 2
+    first, second = (json.loads(x) for x in out.getvalue().splitlines())
+    assert first == {"id": 1, "ts": "2026-11-24T13:00:00.000Z", "kind": "alarm.activated",
+                     "source": "alarms", "actor": None, "detail": {"point_id": "cdu-01.flow"}}
+    assert second["actor"] == "alice"
+    out = io.StringIO()
+    export_events(path, out, "csv", datetime(2026, 11, 24, 13, 0, 1, tzinfo=UTC), None)
+    assert list(csv.reader(io.StringIO(out.getvalue()))) == [
+        ["id", "ts", "kind", "source", "actor", "detail"],
+        ["2", "2026-11-24T13:00:01.000Z", "alarm.acked", "operator", "alice", '{"id":7}'],
+    ]
+
+
+def test_file_stats_and_export_while_the_agent_writes(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = _open(path, commit_interval=0.01, commit_rows=500)
+    keys = b.point_keys(POINTS)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            b.append([time.time()] * 50, [keys[0]] * 50, [float(i + j) for j in range(50)],
+                     [0] * 50)
+            i += 50
+            time.sleep(0.001)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        time.sleep(0.2)
+        for _ in range(5):
+            st = file_stats(path)
+            assert st.rows == st.last_seq and st.rows > 0
+            text = _export(path, "csv")
+            seqs = [int(r[0]) for r in list(csv.reader(io.StringIO(text)))[1:]]
+            # a consistent snapshot: contiguous from 1, whatever was committed at that moment
+            assert seqs == list(range(1, len(seqs) + 1))
+    finally:
+        stop.set()
+        t.join()
+        b.close()
+    live_free = file_stats(path)
+    assert live_free.rows == live_free.last_seq == len(_seqs(path))
+
+
+def test_file_tools_refuse_missing_and_non_buffer_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        file_stats(tmp_path / "absent.db")
+    bad = tmp_path / "bad.db"
+    bad.write_text("hello")
+    with pytest.raises(BufferFileError, match="not a SQLite database"):
+        file_stats(bad)
+    assert bad.read_text() == "hello"  # the tools never move or repair anything
