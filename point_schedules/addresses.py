@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 
 from point_schedules.model import (
     Address,
@@ -289,7 +290,7 @@ def parse_mqtt(text: str) -> MqttAddress:
 
 # ------------------------------------------------------------------------------------- dispatch
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[str], Address]] = {
     "modbus": parse_modbus,
     "bacnet": parse_bacnet,
     "snmp": parse_snmp,

@@ -701,6 +701,8 @@ class _FileParser:
                 else:
                     self.missing_data_type_lines.append(line)
             return address, None
+        if data_type is None:  # an unknown data_type, already reported
+            return address, None
         registers = data_type.registers if address.bit is None else 1
         if address.address + registers - 1 > 65535:
             self.issue(

@@ -137,6 +137,50 @@ def test_malformed_rows_and_cells(data: bytes) -> None:
     check(data)
 
 
+MODBUS_COLUMNS = ("point_id", "device", "address", "data_type", "byte_order", "writable")
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a.1", "a.2", "a.3"]),
+            st.sampled_from(["cdu-01", "ahu-1", "x"]),
+            st.sampled_from(
+                [
+                    "hr:1",
+                    "hr:65535",
+                    "hr:65534",
+                    "ir:2.15",
+                    "coil:3",
+                    "di:4",
+                    "coil:1.1",
+                    "hr:1.16",
+                    "ai:1",
+                    "1.3.6",
+                    "a/b",
+                    "hr:x",
+                ]
+            ),
+            st.sampled_from(
+                ["", "bool", "int16", "uint32", "float64", "bit3", "bit15", "bit16", "x", "FLOAT32"]
+            ),
+            st.sampled_from(["", "ABCD", "dcba", "Q"]),
+            st.sampled_from(["", "true", "no", "x"]),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.permutations(range(len(MODBUS_COLUMNS))),
+)
+def test_modbus_cell_combinations(rows: list[tuple[str, ...]], order: list[int]) -> None:
+    """Dense combinations of the cells that interact (address, data_type, byte_order,
+    writable), in any column order."""
+    lines = [",".join(MODBUS_COLUMNS[i] for i in order)]
+    lines += [",".join(row[i] for i in order) for row in rows]
+    check(("\n".join(lines) + "\n").encode())
+
+
 @SETTINGS
 @given(csv_documents(), st.integers(0, 10_000), st.integers(0, 255))
 def test_corrupted_bytes(data: bytes, position: int, byte: int) -> None:

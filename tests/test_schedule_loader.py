@@ -521,6 +521,16 @@ def test_bit_addresses_need_bool(tmp_path: Path, address: str, dtype: str, messa
     )
 
 
+@pytest.mark.parametrize("address", ["coil:1", "di:2", "hr:3.4", "hr:5"])
+def test_unknown_data_type_on_any_modbus_address_is_one_problem(
+    tmp_path: Path, address: str
+) -> None:
+    text = f"{HEADER},byte_order\nx.a,cdu-01,{address},float,CDAB\n"
+    line, column, message = one_problem(tmp_path, text)
+    assert (line, column) == (2, "data_type")
+    assert message.startswith('unknown data_type "float" (did you mean "float32"?)')
+
+
 def test_bit_types_only_for_modbus(tmp_path: Path) -> None:
     assert one_problem(tmp_path, f"{HEADER}\nb.a,ahu-1,ai:1,bit3\n") == (
         2,
