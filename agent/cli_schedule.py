@@ -79,7 +79,8 @@ def validate_cmd(
     files: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="schedule CSV files; default: the [schedules] files of the config",
+            help="schedule CSV files; default: schedules.files of the config",
+            metavar="FILE",
             show_default=False,
         ),
     ] = None,
@@ -88,8 +89,9 @@ def validate_cmd(
 ) -> None:
     """Check schedule files against the devices of the agent config.
 
-    Prints one summary line per device and the schedule version when valid (exit 0). When
-    invalid, prints every problem as FILE:LINE: column "NAME": message on stderr (exit 1).
+    Valid: one summary line per device and the schedule version (exit 0).
+
+    Invalid: every problem on stderr as FILE:LINE: column "NAME": message (exit 1).
     """
     devices, configured = _load_devices(config)
     paths = list(files) if files else configured
@@ -165,7 +167,9 @@ def _diff_json(diff: ScheduleDiff) -> dict[str, Any]:
 def diff_cmd(
     files: Annotated[
         list[Path],
-        typer.Argument(help="the new (proposed) schedule CSV files", show_default=False),
+        typer.Argument(
+            help="the new (proposed) schedule CSV files", show_default=False, metavar="FILE"
+        ),
     ],
     against: Annotated[
         list[Path] | None,
@@ -173,7 +177,8 @@ def diff_cmd(
             "--against",
             "-a",
             help="the old schedule files to compare with (repeat for several); "
-            "default: the [schedules] files of the config",
+            "default: schedules.files of the config",
+            metavar="OLD.csv",
             show_default=False,
         ),
     ] = None,
@@ -182,8 +187,10 @@ def diff_cmd(
 ) -> None:
     """Show what loading FILE... would change: points added (+), removed (-), changed (~).
 
-    The baseline is the config's [schedules] files (what the gateway is configured to run),
-    or the files given with --against OLD.csv (repeatable). Both sides must be valid.
+    Baseline: the config's schedules.files (what the gateway is configured to run).
+
+    With --against OLD.csv (repeatable) the baseline is those files. Both sides must be valid.
+
     Exit 0 when there is no difference, 1 when there is one, 2 on errors (as diff(1) does).
     """
     devices, configured = _load_devices(config)
