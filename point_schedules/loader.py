@@ -401,13 +401,16 @@ class _FileParser:
             )
 
     def read_header(self, line: int, header: list[str]) -> None:
-        if len(header) == 1 and ";" in header[0]:
-            self.issue(
-                line,
-                None,
-                'the header is one single column: the file seems to use ";" '
-                'as separator; export it with "," (CSV UTF-8)',
-            )
+        if len(header) == 1:
+            for sep, label in ((";", '";"'), ("\t", "tabs")):
+                if sep in header[0]:
+                    self.issue(
+                        line,
+                        None,
+                        f"the header is one single column: the file seems to use {label} "
+                        'as separator; export it with "," (CSV UTF-8)',
+                    )
+                    break
         for i, raw in enumerate(header):
             name = raw.strip()
             if not name:

@@ -290,6 +290,8 @@ def test_empty_header_cell(tmp_path: Path) -> None:
 def test_semicolon_separated_file_gets_a_hint(tmp_path: Path) -> None:
     found = problems(tmp_path, "point_id;device;address\nb.x;ahu-1;ai:1\n")
     assert any(f[0] == 1 and 'seems to use ";" as separator' in f[2] for f in found)
+    found = problems(tmp_path, "point_id\tdevice\taddress\nb.x\tahu-1\tai:1\n", "tabs.csv")
+    assert any(f[0] == 1 and "seems to use tabs as separator" in f[2] for f in found)
 
 
 def test_wrong_number_of_cells(tmp_path: Path) -> None:
