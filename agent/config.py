@@ -234,10 +234,7 @@ def _validate_sections(cfg: AgentConfig) -> list[str]:
         raw = getattr(cfg, name)
         if raw is None:
             continue
-        try:
-            model = getattr(importlib.import_module(module_name), class_name)
-        except (ModuleNotFoundError, AttributeError):  # INTEGRATION-GUARD: remove once fsm/cloud land
-            continue
+        model = getattr(importlib.import_module(module_name), class_name)
         try:
             setattr(cfg, name, model.model_validate(raw))
         except ValidationError as exc:

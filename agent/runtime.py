@@ -236,7 +236,7 @@ class Runtime:
                 tg.create_task(self._polling(), name="polling")
                 tg.create_task(self._serve_api(), name="api")
                 tg.create_task(self._health_loop(), name="health")
-                if self.alarms is not None or self.modes is not None:
+                if self.alarms is not None:
                     tg.create_task(self._control_loop(), name="control")
                 if self.uplink is not None:
                     tg.create_task(self._supervised("uplink", self.uplink.run), name="uplink")
@@ -318,8 +318,9 @@ class Runtime:
             self.notifier.notify("READY=1")
             return False
         old_version = self.schedule.version if self.schedule else None
-        if self.alarms is not None:
-            self.alarms.reload(schedule.points)
+        from agent import control_wiring
+
+        control_wiring.on_schedule(self, schedule)
         self._install_schedule(schedule)
         self.reloads += 1
         self.last_reload_error = None
@@ -414,6 +415,7 @@ class Runtime:
             "mode": self.modes.state()["mode"] if self.modes is not None else "normal",
             "agent_version": _version(),
             "schedule_version": self.schedule.version if self.schedule else None,
+            "alarms": self._alarm_counts(),
             "devices": {
                 d: {
                     "connected": c.health.connected,
@@ -512,12 +514,7 @@ class Runtime:
         }
 
     def _alarm_counts(self) -> dict[str, int] | None:
-        if self.alarms is None:
-            return None
-        counts: dict[str, int] = defaultdict(int)
-        for a in self.alarms.active_alarms():
-            counts[str(getattr(a, "priority", "unknown"))] += 1
-        return dict(counts)
+        return None if self.alarms is None else self.alarms.counts()
 
     def live_points(self, device: str | None = None) -> list[dict[str, Any]]:
         if self.table is None:
@@ -544,9 +541,9 @@ class Runtime:
                 await asyncio.wait_for(driver.close(), timeout=1.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.context.aclose(), timeout=1.0)
-        if self.alarms is not None and hasattr(self.alarms, "save"):
+        if self.alarms is not None:
             with contextlib.suppress(Exception):
-                self.alarms.save()
+                self.alarms.flush()
         if self.buffer is not None:
             await asyncio.to_thread(self.buffer.close)
         self.notifier.close()
