@@ -177,8 +177,10 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
-def init_schema(conn: sqlite3.Connection, *, seq_base: int = 0, corrupt_recoveries: int = 0) -> None:
-    """Create or upgrade the schema. ``seq_base``/``corrupt_recoveries`` seed a fresh file only."""
+def init_schema(conn: sqlite3.Connection, *, seq_base: int = 0, event_base: int = 0,
+                corrupt_recoveries: int = 0) -> None:
+    """Create or upgrade the schema. The keyword arguments seed a fresh file only (a
+    replacement for a corrupt one continues its seq and event ids and its recovery count)."""
     fresh = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
     if fresh:
         # Must precede the first table; the page size as well.
@@ -204,9 +206,11 @@ def init_schema(conn: sqlite3.Connection, *, seq_base: int = 0, corrupt_recoveri
             seeds["last_seq"] = seq_base
             seeds["synced_through"] = seq_base
             seeds["corrupt_recoveries"] = corrupt_recoveries
-            if seq_base:
-                conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('events', ?)", (seq_base,))
-                seeds["events_synced_through"] = seq_base
+            if event_base:
+                conn.execute(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES ('events', ?)", (event_base,)
+                )
+                seeds["events_synced_through"] = event_base
         conn.executemany(
             "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", list(seeds.items())
         )
@@ -274,8 +278,9 @@ def move_aside(path: Path, reason: str) -> tuple[Path, int]:
     return target, count
 
 
-def read_old_last_seq(path: Path) -> int | None:
-    """Best effort: the last seq of a file being moved aside, so seq stays monotonic."""
+def read_old_ids(path: Path) -> tuple[int, int] | None:
+    """Best effort: (last seq, last event id) of a file being moved aside, so both continue
+    monotonically in its replacement. None if the file cannot tell."""
     if header_problem(path) is not None or not path.exists():
         return None
     try:
@@ -283,11 +288,13 @@ def read_old_last_seq(path: Path) -> int | None:
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
             top = conn.execute("SELECT max(seq) FROM readings").fetchone()
+            ev = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         finally:
             conn.close()
     except Exception:
         return None
-    return max(int(row[0]) if row else 0, int(top[0] or 0) if top else 0)
+    seq = max(int(row[0]) if row else 0, int(top[0] or 0) if top else 0)
+    return seq, int(ev[0]) if ev else 0
 
 
 def unsynced_count(conn: sqlite3.Connection, cursor: int) -> int:

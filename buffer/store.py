@@ -142,6 +142,10 @@ class Buffer:
         self._last_drop_log = 0.0
         self._maint_request: threading.Event | None = None
         self._wal_limit = 8 * 1024 * 1024
+        self._last_event_id = 0
+        self._last_runtime_recovery = -1e9
+        #: Where a corrupt file was moved by the last recovery (for the agent's alarm), or None.
+        self.corrupt_moved_to: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -155,6 +159,8 @@ class Buffer:
         meta = schema.read_meta(conn)
         top = conn.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
         self._last_seq = max(meta["last_seq"], int(top))
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        self._last_event_id = int(row[0]) if row else 0
         self._sconn = schema.connect(self.path, cache_mb=16)
         self._qconn = schema.connect(self.path, cache_mb=8)
         with self._names_lock:
@@ -189,13 +195,14 @@ class Buffer:
                 raise
             else:
                 conn.close()
-        old_seq = schema.read_old_last_seq(self.path)
-        _, count = schema.move_aside(self.path, reason)
-        # Seq must never repeat: continue after the old file's last seq when it is readable,
+        old = schema.read_old_ids(self.path)
+        self.corrupt_moved_to, count = schema.move_aside(self.path, reason)
+        # Seq and event ids must never repeat: continue after the old file's when readable,
         # otherwise start above anything it can have held (wall-clock microseconds).
-        base = old_seq if old_seq is not None else int(time.time() * 1_000_000)
+        seq_base, event_base = old if old is not None else (int(time.time() * 1_000_000),) * 2
         conn = schema.connect(self.path, cache_mb=32)
-        schema.init_schema(conn, seq_base=base, corrupt_recoveries=count)
+        schema.init_schema(conn, seq_base=seq_base, event_base=event_base,
+                           corrupt_recoveries=count)
         return conn
 
     def _tune_writer(self, conn: sqlite3.Connection) -> None:
@@ -341,8 +348,6 @@ class Buffer:
     # ------------------------------------------------------------------ writer thread
 
     def _run(self) -> None:
-        conn = self._wconn
-        assert conn is not None
         next_maint = time.monotonic() + self.maintenance_interval
         inflight: list[_ReadingBatch | _EventItem] = []
         retry_at = 0.0
@@ -357,7 +362,7 @@ class Buffer:
                 with self._lock:
                     stopping = self._stopping
                 if time.monotonic() >= retry_at:
-                    ok = self._commit_queue(conn, inflight)
+                    ok = self._commit_queue(inflight)
                     if not ok:
                         retry_at = time.monotonic() + 1.0
                         if stopping:
@@ -371,7 +376,7 @@ class Buffer:
                 with self._lock:
                     request, self._maint_request = self._maint_request, None
                 if request is not None or time.monotonic() >= next_maint:
-                    self._maintain(conn, inflight)
+                    self._maintain(inflight)
                     next_maint = time.monotonic() + self.maintenance_interval
                     if request is not None:
                         request.set()
@@ -392,17 +397,21 @@ class Buffer:
                 if isinstance(it, _ReadingBatch):
                     rows += it.n
 
-    def _commit_queue(self, conn: sqlite3.Connection,
-                      inflight: list[_ReadingBatch | _EventItem]) -> bool:
-        """Commit everything queued in transactions of ~commit_rows. False on a write error
-        (``inflight`` keeps the uncommitted items, in order, for the retry)."""
-        while True:
+    def _commit_queue(self, inflight: list[_ReadingBatch | _EventItem]) -> bool:
+        """Commit what is queued in transactions of ~commit_rows (a bounded number of them, so
+        maintenance and the heartbeat still get their turn under overload). False on a write
+        error: ``inflight`` keeps the uncommitted items, in order, for the retry."""
+        for _ in range(20):
             self._take(inflight)
             if not inflight:
                 return True
+            conn = self._wconn
+            assert conn is not None
             try:
                 self._commit_items(conn, inflight)
             except sqlite3.Error as exc:
+                if schema.is_corruption(exc) and self._recover_runtime(str(exc)):
+                    continue  # the same items go into the fresh file
                 log.error("buffer.commit_failed", error=str(exc), items=len(inflight),
                           pending_rows=self._pending_rows)
                 return False
@@ -425,11 +434,13 @@ class Buffer:
             for fut in ready:
                 if not fut.done():
                     fut.set_result(None)
+        return True
 
     def _commit_items(self, conn: sqlite3.Connection,
                       items: list[_ReadingBatch | _EventItem]) -> None:
         seq = self._last_seq
         first = seq + 1
+        last_event = self._last_event_id
         with transaction(conn):
             batches = [it for it in items if isinstance(it, _ReadingBatch)]
             if len(batches) == len(items):
@@ -443,11 +454,13 @@ class Buffer:
                         continue
                     seq = self._insert_readings(conn, run, seq)
                     run = []
-                    conn.execute(_INSERT_EVENT, (round(it.ts * 1000.0), it.kind, it.source,
-                                                 it.actor, it.detail))
+                    cur = conn.execute(_INSERT_EVENT, (round(it.ts * 1000.0), it.kind,
+                                                       it.source, it.actor, it.detail))
+                    last_event = cur.lastrowid or last_event
                 seq = self._insert_readings(conn, run, seq)
             if seq != self._last_seq:
                 set_meta(conn, "last_seq", seq)
+        self._last_event_id = last_event
         if seq != self._last_seq:
             self._last_seq = seq
             log.debug("buffer.commit", first_seq=first, last_seq=seq)
@@ -491,14 +504,55 @@ class Buffer:
 
     # ------------------------------------------------------------------ maintenance
 
-    def _maintain(self, conn: sqlite3.Connection,
-                  inflight: list[_ReadingBatch | _EventItem]) -> None:
+    def _maintain(self, inflight: list[_ReadingBatch | _EventItem]) -> None:
+        conn = self._wconn
+        assert conn is not None
         try:
             self._enforce_size(conn, inflight)
-            self._expire(conn, inflight)
-            self._give_back_pages(conn)
+            if conn is self._wconn:
+                self._expire(conn, inflight)
+            if conn is self._wconn:
+                self._give_back_pages(conn)
         except sqlite3.Error as exc:
+            if schema.is_corruption(exc) and self._recover_runtime(str(exc)):
+                return
             log.error("buffer.maintenance_failed", error=str(exc))
+
+    def _recover_runtime(self, reason: str) -> bool:
+        """The file went bad under the running agent: move it aside, continue in a fresh one.
+
+        The fresh file continues the seq and event ids and keeps the point keys (queued
+        readings carry them). Returns False (retry later) if it happened moments ago already
+        or the fresh file cannot be made; the writer then keeps its queue and retries.
+        """
+        now = time.monotonic()
+        if now - self._last_runtime_recovery < 10.0:
+            return False
+        self._last_runtime_recovery = now
+        try:
+            with self._sync_lock, self._query_lock:
+                for c in (self._sconn, self._qconn, self._wconn):
+                    if c is not None:
+                        with contextlib.suppress(sqlite3.Error):
+                            c.close()
+                moved, count = schema.move_aside(self.path, reason)
+                conn = schema.connect(self.path, cache_mb=32)
+                schema.init_schema(conn, seq_base=self._last_seq,
+                                   event_base=self._last_event_id, corrupt_recoveries=count)
+                with transaction(conn):
+                    conn.executemany(
+                        "INSERT INTO points(key, point_id) VALUES (?, ?)",
+                        [(k, n) for k, n in enumerate(self._names) if n is not None],
+                    )
+                self._tune_writer(conn)
+                self._wconn = conn
+                self._sconn = schema.connect(self.path, cache_mb=16)
+                self._qconn = schema.connect(self.path, cache_mb=8)
+        except Exception:
+            log.exception("buffer.recovery_failed", path=str(self.path))
+            return False
+        self.corrupt_moved_to = moved
+        return True
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         """Bytes counted against the bound: live pages (free pages are reused by new rows) plus
@@ -528,7 +582,7 @@ class Buffer:
                     break
                 need -= n
                 # Appends that queued meanwhile go in before the next chunk.
-                if not self._commit_queue(conn, inflight):
+                if not self._commit_queue(inflight) or conn is not self._wconn:
                     return
             new_used = self._used_bytes(conn)
             if new_used >= used:
@@ -611,7 +665,7 @@ class Buffer:
                 conn.executemany("DELETE FROM blocks WHERE first_seq = ?", taken)
                 bump_meta(conn, "expired_rows", n)
             total += n
-            if not self._commit_queue(conn, inflight):
+            if not self._commit_queue(inflight) or conn is not self._wconn:
                 return
         with transaction(conn):
             ev_cursor = conn.execute(

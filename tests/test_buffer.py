@@ -554,3 +554,55 @@ def test_file_tools_refuse_missing_and_non_buffer_files(tmp_path: Path) -> None:
     with pytest.raises(BufferFileError, match="not a SQLite database"):
         file_stats(bad)
     assert bad.read_text() == "hello"  # the tools never move or repair anything
+
+
+def test_corruption_under_the_running_writer_moves_on_to_a_fresh_file(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    b = _open(path)
+    try:
+        keys = b.point_keys(POINTS)
+        _fill(b, 100, keys=keys)
+        b.append_event(time.time(), "mode", "fsm", None, {})
+        b.flush_sync(10)
+        # Break the file behind the agent's back the way SQLite's own tests do: point the
+        # readings table at another table's b-tree.
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA writable_schema = ON")
+        meta_root = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
+        conn.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = 'readings'",
+                     (meta_root,))
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        conn.execute(f"PRAGMA schema_version = {version + 1}")
+        conn.commit()
+        conn.close()
+        with capture_logs() as logs:
+            b.append([time.time()], [keys[2]], [7.0], [0])
+            b.append_event(time.time(), "mode", "fsm", None, {"after": "corruption"})
+            b.flush_sync(10)
+        assert [e["event"] for e in logs if e["event"] == "buffer.corrupt"] == ["buffer.corrupt"]
+        assert b.corrupt_moved_to is not None and b.corrupt_moved_to.exists()
+        assert b.writer_alive
+        rows = b.read_unsynced(10)
+        assert rows.seq == [101]  # seq continues, the queued reading was not lost
+        assert rows.point_id == ["pdu-a.kw"] and rows.value == [7.0]
+        assert [e.id for e in b.read_unsynced_events(10)] == [2]
+        st = b.stats()
+        assert st.corrupt_recoveries == 1 and st.last_seq == 101
+    finally:
+        b.close()
+
+
+def test_queue_bound_drops_and_counts_instead_of_growing_without_limit(tmp_path: Path) -> None:
+    b = _open(tmp_path / "b.db", commit_interval=60.0, max_pending_rows=10)
+    try:
+        keys = b.point_keys(POINTS)
+        b.append([1.0] * 8, [keys[0]] * 8, [1.0] * 8, [0] * 8)
+        with capture_logs() as logs:
+            b.append([2.0] * 5, [keys[0]] * 5, [2.0] * 5, [0] * 5)
+        assert b.dropped_rows == 5
+        assert any(e["event"] == "buffer.queue_full" for e in logs)
+        b.flush_sync(10)
+        assert b.stats().rows == 8 and b.stats().dropped_rows == 5
+    finally:
+        b.close()
