@@ -8,13 +8,13 @@ import math
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from agent.cli_common import (
     ConfigOption,
     JsonOption,
     call_agent,
+    console,
     config_or_exit,
     fail,
     print_json,
@@ -102,15 +102,15 @@ def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
     if json_out:
         print_json(body)
         return
-    console = Console()
+    con = console()
     mode = body.get("mode") or {}
-    console.print(
+    con.print(
         f"[bold]{body['gateway_id']}[/bold] {body.get('site', '')} — mode [bold]{mode.get('mode', '?')}[/bold]"
         f"{' since ' + str(mode['since']) if mode.get('since') else ''}"
         f" — up {body['uptime_s']:.0f}s, {'ready' if body['ready'] else 'starting'}"
     )
     sched = body["schedule"]
-    console.print(f"schedule {sched['version']} ({sched['points']} points)")
+    con.print(f"schedule {sched['version']} ({sched['points']} points)")
     table = Table("device", "protocol", "state", "points", "last ok", "error")
     for name, dev in body["devices"].items():
         state = "up" if dev.get("connected") else ("disabled" if not dev.get("enabled", True) else "DOWN")
@@ -122,19 +122,19 @@ def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
             _age(dev.get("last_ok_ts"), body),
             dev.get("last_error") or "",
         )
-    console.print(table)
+    con.print(table)
     buf = body.get("buffer") or {}
     if buf:
-        console.print(
+        con.print(
             f"buffer: {buf.get('rows', 0)} rows, {buf.get('unsynced_rows', 0)} unsynced, "
             f"oldest unsynced {_secs(buf.get('oldest_unsynced_age_s'))}, "
             f"{(buf.get('size_bytes') or 0) / 1e6:.1f} MB"
         )
     up = body.get("uplink")
     if up is None:
-        console.print("uplink: none (edge-only)")
+        con.print("uplink: none (edge-only)")
     else:
-        console.print(
+        con.print(
             f"uplink: {'connected' if up.get('connected') else 'NOT connected'}, "
             f"last success {_age(up.get('last_success_ts'), body)}, backlog {up.get('backlog_rows', '?')} rows, "
             f"oldest unsynced {_secs(up.get('oldest_unsynced_age_s'))}, rejected {up.get('rejected_batches', 0)}"
@@ -142,7 +142,7 @@ def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
         )
     alarms = body.get("alarms")
     if alarms is not None:
-        console.print("alarms: " + (", ".join(f"{k} {v}" for k, v in alarms.items()) or "none active"))
+        con.print("alarms: " + (", ".join(f"{k} {v}" for k, v in alarms.items()) or "none active"))
 
 
 def _secs(value: float | None) -> str:
@@ -171,7 +171,7 @@ def points(
     table = Table("point_id", "device", "value", "units", "quality", "ts")
     for r in rows:
         table.add_row(r["point_id"], r["device"], _fmt_value(r["value"]), r["units"], r["quality"], r["ts"] or "—")
-    Console().print(table)
+    console().print(table)
 
 
 @app.command()

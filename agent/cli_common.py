@@ -55,6 +55,16 @@ def call_agent(path: Path | None, method: str, route: str, **kwargs: Any) -> Any
         fail(exc.message)
 
 
+def console() -> Any:
+    """A rich console that never truncates ids when piped (scripts, `| grep`, CI logs)."""
+    from rich.console import Console
+
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=max(con.width, 200))
+    return con
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -4,7 +4,8 @@ A job with interval 10 s fires at :00, :10, :20 … plus a small per-device offs
 devices do not all send their request in the same millisecond. Due times are computed from
 the wall clock every cycle (``k × interval + offset``), never by adding sleeps, so polls do not
 drift over hours. A poll still running when its next slot comes is not stacked: the slot is
-skipped and counted as an overrun.
+skipped and counted as an overrun. The very first poll of a job runs at start-up, unaligned,
+so a 60 s group does not leave its points unknown for up to a minute.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ class Scheduler:
     async def _loop(self, job: Job) -> None:
         running: asyncio.Task[None] | None = None
         try:
-            due = next_due(self._clock(), job.interval, job.offset)
+            # The first poll runs at once (after the job's small stagger) so values and READY do
+            # not wait for a slow group's first aligned slot; from then on slots are aligned.
+            due = self._clock() + min(job.offset, 0.25)
             while True:
                 delay = due - self._clock()
                 if delay > 0:

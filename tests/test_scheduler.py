@@ -37,16 +37,18 @@ async def test_polls_fire_on_wall_clock_multiples() -> None:
 
     sched = Scheduler()
     sched.add(Job("a", 0.2, action, offset=0.05))
+    t_start = time.time()
     task = asyncio.create_task(sched.run())
     await asyncio.sleep(1.3)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(starts) >= 5
-    for t in starts:
+    assert starts[0] - t_start < 0.1  # the first poll runs at once, unaligned
+    for t in starts[1:]:
         phase = (t - 0.05) % 0.2
         # start lands just after its slot (generous bound for a loaded CI machine)
         assert phase < 0.08, phase
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in zip(starts[1:], starts[2:], strict=False)]
     assert all(0.1 < g < 0.3 for g in gaps), gaps
     assert sched.first_cycle_done.is_set()
 
@@ -89,8 +91,9 @@ async def test_crashing_poll_is_counted_and_polling_continues() -> None:
     job = Job("flaky", 0.1, flaky)
     sched.add(job)
     task = asyncio.create_task(sched.run())
-    await asyncio.sleep(0.75)
+    await asyncio.sleep(1.0)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert calls >= 4
-    assert job.stats.errors >= 2
+    # the job survives its own exceptions: it keeps being called after failing
+    assert calls >= 3
+    assert job.stats.errors >= 1 and job.stats.errors == (calls + 1) // 2
