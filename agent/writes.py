@@ -25,7 +25,14 @@ from fsm.actions import WriteOutcome, WriteRefused, WriteResult
 from fsm.clock import Clock, Emit
 from point_schedules.model import DataType, ModbusAddress, Point
 
-__all__ = ["WriteOutcome", "WriteRefused", "WriteService", "check_value", "read_back_tolerance"]
+__all__ = [
+    "UnknownPoint",
+    "WriteOutcome",
+    "WriteRefused",
+    "WriteService",
+    "check_value",
+    "read_back_tolerance",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +46,10 @@ _INT_RANGE: dict[DataType, tuple[int, int]] = {
 }
 _FLOAT32_MAX = 3.4028234663852886e38
 AUTOMATIC_ACTORS = ("mode:", "system")
+
+
+class UnknownPoint(WriteRefused):
+    """No point of that id in the loaded schedule."""
 
 
 def _is_bit(point: Point) -> bool:
@@ -131,7 +142,7 @@ class WriteService:
         """Every refusal rule; returns the point when the write may go ahead."""
         point = self._points.get(point_id)
         if point is None:
-            raise WriteRefused(f"unknown point {point_id!r}")
+            raise UnknownPoint(f"unknown point {point_id!r}")
         if not point.writable:
             raise WriteRefused(
                 f"{point_id} is not writable (the schedule's writable column is false)"

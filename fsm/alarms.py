@@ -408,16 +408,25 @@ class AlarmEngine:
             if not p.has_alarms:
                 continue
             limits: list[Alarm] = []
-            common = dict(
-                point_id=p.point_id,
-                device=p.device,
-                deadband=p.alarm_deadband,
-                delay=p.alarm_delay,
-                clear_delay=p.alarm_clear_delay,
-                tags=dict(p.tags),
-                units=p.units,
-                description=p.description,
-            )
+
+            def limit_alarm(
+                kind: str, priority: AlarmPriority, limit: float, p: Point = p
+            ) -> Alarm:
+                return Alarm(
+                    id=f"{p.point_id}:{kind}",
+                    kind=kind,
+                    priority=priority,
+                    limit=limit,
+                    point_id=p.point_id,
+                    device=p.device,
+                    deadband=p.alarm_deadband,
+                    delay=p.alarm_delay,
+                    clear_delay=p.alarm_clear_delay,
+                    tags=dict(p.tags),
+                    units=p.units,
+                    description=p.description,
+                )
+
             for kind, limit in zip(
                 LIMIT_KINDS, (p.alarm_hh, p.alarm_h, p.alarm_l, p.alarm_ll), strict=True
             ):
@@ -426,25 +435,9 @@ class AlarmEngine:
                 priority = (
                     p.alarm_priority.one_step_up() if kind in ("hihi", "lolo") else p.alarm_priority
                 )
-                limits.append(
-                    Alarm(
-                        id=f"{p.point_id}:{kind}",
-                        kind=kind,
-                        priority=priority,
-                        limit=limit,
-                        **common,
-                    )
-                )
+                limits.append(limit_alarm(kind, priority, limit))
             if p.alarm_state is not None:
-                limits.append(
-                    Alarm(
-                        id=f"{p.point_id}:state",
-                        kind="state",
-                        priority=p.alarm_priority,
-                        limit=p.alarm_state,
-                        **common,
-                    )
-                )
+                limits.append(limit_alarm("state", p.alarm_priority, p.alarm_state))
             stale = None
             interval = p.poll_interval or self._poll.get(p.device) or cfg.stale_default_interval_s
             if cfg.stale_alarms:
@@ -525,7 +518,7 @@ class AlarmEngine:
         for alarm in entry.limits:
             alarm.value = value
             kind = alarm.kind
-            limit = alarm.limit
+            limit: float = alarm.limit  # type: ignore[assignment]  # always set on limit alarms
             if kind == "hi" or kind == "hihi":
                 raw = value > (limit - alarm.deadband if alarm.condition else limit)
             elif kind == "lo" or kind == "lolo":
@@ -927,6 +920,8 @@ class AlarmEngine:
     def flush(self) -> None:
         """Persist now if anything changed (the agent calls this on shutdown)."""
         self._flush()
+
+    save = flush
 
     # ------------------------------------------------------------------------------ events
 

@@ -96,7 +96,7 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size or (unit == "s" and not parts):
             count, seconds = divmod(seconds, size)

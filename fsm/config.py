@@ -93,7 +93,7 @@ class Scope(_Model):
 
 
 class MaintenanceConfig(_Model):
-    default_scope: Scope = Scope()
+    default_scope: Scope = Field(default_factory=Scope)
     max_duration_s: float = Field(7 * 86400.0, gt=0, description="longest maintenance period")
 
     @field_validator("default_scope", mode="before")
@@ -175,8 +175,10 @@ class ModesConfig(_Model):
     )
     degraded_on_comms_loss: bool = True
     state_file: str = Field("mode.json", description="persisted mode, in data_dir")
-    maintenance: MaintenanceConfig = MaintenanceConfig()
-    emergency: EmergencyConfig = EmergencyConfig()
+    maintenance: MaintenanceConfig = Field(
+        default_factory=lambda: MaintenanceConfig.model_validate({})
+    )
+    emergency: EmergencyConfig = Field(default_factory=lambda: EmergencyConfig.model_validate({}))
     custom: tuple[CustomMode, ...] = ()
 
     @model_validator(mode="after")

@@ -1,0 +1,429 @@
+"""``outpost alarms | ack | shelve | unshelve | mode … | write | events``: local control.
+
+``register(app)`` adds the commands to the root app (``agent.cli`` calls it). They talk to the
+running daemon over its Unix socket (``agent.client.AgentClient`` via ``call_agent``); the actor
+recorded with every action is the OS user running the command. ``events`` asks the daemon
+(``GET /events``) and, when no agent is running, reads the buffer file directly, so the history
+is there after a crash too.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agent.cli_common import (
+    ConfigOption,
+    JsonOption,
+    call_agent,
+    client_for,
+    config_or_exit,
+    fail,
+    print_json,
+)
+from agent.client import AgentNotRunning, ApiError
+from fsm.clock import format_duration, parse_duration
+
+mode_app = typer.Typer(
+    help="Show or change the site's operating mode (`outpost mode` shows it).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers): still name something
+        return f"uid:{_uid()}"
+
+
+def _uid() -> str:
+    import os
+
+    return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def _duration(text: str, option: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        fail(f"{option}: {exc}", 2)
+
+
+def _local(iso_text: str | None) -> str:
+    """ISO UTC → short local time for tables (machine output keeps ISO UTC)."""
+    if not iso_text:
+        return ""
+    try:
+        ts = datetime.fromisoformat(iso_text.replace("Z", "+00:00"))
+    except ValueError:
+        return iso_text
+    local = ts.astimezone()
+    today = datetime.now(UTC).astimezone().date()
+    return local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M")
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _alarm_line(a: dict[str, Any]) -> str:
+    return f"{a['id']}: {a['state']}" + (
+        f" (shelved until {_local(a['shelved_until'])})" if a.get("shelved_until") else ""
+    )
+
+
+# ------------------------------------------------------------------------------ alarms
+
+
+def alarms(
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Also alarms that are normal.")] = False,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """List alarms: active, unacknowledged, shelved and out-of-service ones (--all: every one)."""
+    rows = call_agent(config, "GET", "/alarms", params={"all": str(all_).lower()})
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no alarms" if all_ else "no active or unacknowledged alarms")
+        return
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    table = Table("state", "priority", "value", "limit", "since", "acked by", "note")
+    # ids and states are what people copy into `outpost ack`: never wrap them
+    table.columns.insert(0, Column("alarm", no_wrap=True))
+    table.columns[1].no_wrap = True
+    styles = {"unack_active": "bold red", "rtn_unack": "yellow", "ack_active": "red"}
+    for a in rows:
+        value = _num(a.get("value"))
+        if value and a.get("units"):
+            value += f" {a['units']}"
+        note = a.get("shelve_note") or a.get("ack_note") or ""
+        if a.get("shelved_until"):
+            note = f"until {_local(a['shelved_until'])} {note}".strip()
+        elif a.get("one_shot"):
+            note = f"one-shot {note}".strip()
+        table.add_row(
+            a["id"],
+            a["state"],
+            a["priority"],
+            value,
+            _num(a.get("limit")),
+            _local(a.get("activated_at")),
+            a.get("acked_by") or "",
+            note,
+            style=styles.get(a["state"], ""),
+        )
+    Console().print(table)
+
+
+def ack(
+    alarm_id: Annotated[str, typer.Argument(help="e.g. cdu-01.supply_temp:hi")],
+    note: Annotated[str | None, typer.Option("--note", "-n", help="Why / what was done.")] = None,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Acknowledge an alarm (recorded with your user name)."""
+    body = call_agent(
+        config, "POST", f"/alarms/{alarm_id}/ack", json={"actor": actor(), "note": note}
+    )
+    if json_out:
+        print_json(body)
+    else:
+        typer.echo(f"acknowledged {_alarm_line(body)}")
+
+
+def shelve(
+    alarm_id: Annotated[str, typer.Argument(help="e.g. cdu-01.supply_temp:hi")],
+    for_: Annotated[
+        str | None,
+        typer.Option("--for", help="How long: 90s, 30m, 2h, 1h30m (max: alarms.shelve_max_s)."),
+    ] = None,
+    one_shot: Annotated[
+        bool, typer.Option("--one-shot", help="Until the alarm next returns to normal.")
+    ] = False,
+    note: Annotated[str | None, typer.Option("--note", "-n", help="Why.")] = None,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Shelve an alarm: hidden from the active list for a time, still evaluated underneath."""
+    if (for_ is None) == (not one_shot):
+        fail("give either --for DURATION (e.g. --for 30m) or --one-shot", 2)
+    duration = None if one_shot else _duration(for_ or "", "--for")
+    body = call_agent(
+        config,
+        "POST",
+        f"/alarms/{alarm_id}/shelve",
+        json={"actor": actor(), "duration_s": duration, "note": note},
+    )
+    if json_out:
+        print_json(body)
+    elif duration is None:
+        typer.echo(f"shelved {alarm_id} until it next returns to normal (one-shot)")
+    else:
+        typer.echo(
+            f"shelved {alarm_id} for {format_duration(duration)} "
+            f"(until {_local(body['shelved_until'])})"
+        )
+
+
+def unshelve(
+    alarm_id: Annotated[str, typer.Argument(help="e.g. cdu-01.supply_temp:hi")],
+    note: Annotated[str | None, typer.Option("--note", "-n")] = None,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """End a shelve now; the alarm shows its true state at once."""
+    body = call_agent(
+        config, "POST", f"/alarms/{alarm_id}/unshelve", json={"actor": actor(), "note": note}
+    )
+    if json_out:
+        print_json(body)
+    else:
+        typer.echo(f"unshelved {_alarm_line(body)}")
+
+
+# ------------------------------------------------------------------------------- modes
+
+
+def _print_mode(state: dict[str, Any]) -> None:
+    line = f"mode {state['mode']}"
+    if state.get("since"):
+        line += f" since {_local(state['since'])}"
+    if state.get("until"):
+        line += f", until {_local(state['until'])}"
+    typer.echo(line)
+    if state.get("cause"):
+        typer.echo(f"  cause:  {state['cause']}")
+    if state.get("reason"):
+        typer.echo(f"  reason: {state['reason']}")
+    if state.get("actor"):
+        typer.echo(f"  by:     {state['actor']}")
+    if state.get("scope"):
+        typer.echo(f"  scope:  {state['scope']}")
+    for w in state.get("failsafe_writes") or []:
+        typer.echo(
+            f"  failsafe {w['point']} = {_num(w['value'])}: {w['result']} {w.get('message') or ''}"
+        )
+
+
+@mode_app.callback()
+def mode(
+    ctx: typer.Context,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show the current mode, since when and why."""
+    if ctx.invoked_subcommand is not None:
+        return
+    state = call_agent(config, "GET", "/mode")
+    if json_out:
+        print_json(state)
+    else:
+        _print_mode(state)
+
+
+@mode_app.command("set")
+def mode_set(
+    name: Annotated[str, typer.Argument(help="The mode to set: maintenance.")],
+    for_: Annotated[str, typer.Option("--for", help="How long: 30m, 2h, 1h30m.")],
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (recorded, shown).")],
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope",
+            help="Suppress only these: devices and tag:NAME, comma-separated (default: config).",
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Put the site into maintenance: alarms in scope are suppressed until it expires."""
+    if name != "maintenance":
+        fail(f"only maintenance can be set by hand (got {name!r}); see `outpost mode graph`", 2)
+    duration = _duration(for_, "--for")
+    state = call_agent(
+        config,
+        "POST",
+        "/mode",
+        json={
+            "mode": name,
+            "duration_s": duration,
+            "reason": reason,
+            "actor": actor(),
+            "scope": scope,
+        },
+    )
+    if json_out:
+        print_json(state)
+    else:
+        _print_mode(state)
+
+
+@mode_app.command("clear")
+def mode_clear(
+    reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why.")] = None,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Leave maintenance, or emergency once its condition is gone."""
+    state = call_agent(config, "POST", "/mode/clear", json={"actor": actor(), "reason": reason})
+    if json_out:
+        print_json(state)
+    else:
+        _print_mode(state)
+
+
+@mode_app.command("graph")
+def mode_graph(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or mermaid.")] = "text",
+    config: ConfigOption = None,
+) -> None:
+    """Print the mode state machine (text, or a Mermaid diagram)."""
+    if fmt not in ("text", "mermaid"):
+        fail(f"--format: expected text or mermaid, got {fmt!r}", 2)
+    body = call_agent(config, "GET", "/mode/graph", params={"format": fmt})
+    sys.stdout.write(body["graph"])
+
+
+# ------------------------------------------------------------------------------ writes
+
+
+def write(
+    point_id: Annotated[str, typer.Argument(metavar="POINT")],
+    value: Annotated[float, typer.Argument(metavar="VALUE")],
+    priority: Annotated[
+        int | None, typer.Option("--priority", "-p", help="BACnet priority 1..16.")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Read back and compare.")
+    ] = True,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write an engineering value to a writable point; it is range-checked, read back and
+    recorded with your user name. Exit 1 unless the device holds the value afterwards."""
+    if not yes:
+        live = call_agent(config, "GET", f"/points/{point_id}")
+        units = f" {live.get('units')}" if live.get("units") else ""
+        now = _num(live.get("value"))
+        prompt = f"write {_num(value)}{units} to {point_id} (now {now or 'unknown'}{units})?"
+        if not typer.confirm(prompt, default=False):
+            fail("not written", 1)
+    outcome = call_agent(
+        config,
+        "POST",
+        f"/points/{point_id}/write",
+        json={"value": value, "actor": actor(), "priority": priority, "verify": verify},
+    )
+    if json_out:
+        print_json(outcome)
+    else:
+        units = f" {outcome['units']}" if outcome.get("units") else ""
+        if outcome["result"] == "ok":
+            typer.echo(
+                f"{point_id} = {_num(outcome['value'])}{units} (read back {_num(outcome['read_back'])})"
+            )
+        elif outcome["ok"]:
+            typer.echo(f"{point_id} = {_num(outcome['value'])}{units} ({outcome['result']})")
+        else:
+            typer.echo(f"outpost: write {outcome['result']}: {outcome['message']}", err=True)
+    if not outcome["ok"]:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------ events
+
+
+def _event_summary(e: dict[str, Any]) -> str:
+    d = e.get("detail") or {}
+    parts = []
+    if "from" in d and "to" in d and d["from"] != d["to"]:
+        parts.append(f"{d['from']} → {d['to']}")
+    if d.get("result"):
+        parts.append(f"{_num(d.get('value'))} {d['result']}".strip())
+    for key in ("cause", "reason", "note", "message"):
+        if d.get(key):
+            parts.append(f"{key}: {d[key]}")
+    return "; ".join(parts)
+
+
+def events(
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="ISO 8601 time or a duration back (30m, 2h, 1d)."),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="alarm, mode, operator, write, system, ...")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Most recent N; 0 = all.")] = 200,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Recorded events: alarm transitions, mode changes, operator actions, writes."""
+    from agent.api_control import parse_since, read_events
+
+    try:
+        parse_since(since)
+    except ValueError as exc:
+        fail(f"--since: {exc}", 2)
+    params = {"since": since, "kind": kind, "limit": limit}
+    try:
+        rows = client_for(config).get("/events", **params)
+    except AgentNotRunning:
+        path: Path = config_or_exit(config, check_files=False).buffer.path
+        if not path.is_file():
+            fail(f"no agent running and no buffer file at {path}")
+        from buffer.schema import BufferFileError
+
+        try:
+            rows = read_events(path, since=parse_since(since), kind=kind, limit=limit)
+        except (BufferFileError, OSError) as exc:
+            fail(str(exc))
+        typer.echo(f"(no agent running: read {path})", err=True)
+    except ApiError as exc:
+        fail(exc.message)
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no events")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("time", "kind", "source", "actor", "detail")
+    for e in rows:
+        table.add_row(
+            _local(e["ts"]), e["kind"], e["source"], e.get("actor") or "", _event_summary(e)
+        )
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------------- register
+
+
+def register(app: typer.Typer) -> None:
+    """Add the local-control commands to the root ``outpost`` app."""
+    app.command("alarms")(alarms)
+    app.command("ack")(ack)
+    app.command("shelve")(shelve)
+    app.command("unshelve")(unshelve)
+    app.add_typer(mode_app, name="mode")
+    app.command("write")(write)
+    app.command("events")(events)

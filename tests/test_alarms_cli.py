@@ -1,0 +1,338 @@
+"""Local-control API and CLI end to end over a real Unix socket: uvicorn serves the control
+router on a host built from the real alarm engine, mode machine, write service (real
+ModbusDriver → real pymodbus server) and a real SQLite buffer; the typer commands talk to it
+through ``AgentClient`` exactly as `outpost …` does.
+
+The one stand-in: ``GET /points/{id}`` (the live value shown before a write is confirmed)
+belongs to the lead's runtime API; a two-line route of our own plays it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import typer
+import uvicorn
+from fastapi import FastAPI
+from structlog.testing import capture_logs
+from typer.testing import CliRunner
+
+from agent.api_control import control_router, parse_since
+from agent.cli_control import register
+from agent.client import AgentClient, ApiError
+from agent.writes import WriteService
+from buffer.store import Buffer
+from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from fsm.alarms import AlarmEngine
+from fsm.clock import ManualClock
+from fsm.config import AlarmsConfig, ModesConfig
+from fsm.modes import ModeMachine
+from fsm.persist import JsonFileStore
+from point_schedules.model import DataType
+from point_schedules.quality import Quality
+from tests.modbus_server import ModbusTestServer, start_server
+from tests.modbus_server import point as mkpoint
+
+TEMP = "cdu-01.supply_temp"
+USER = getpass.getuser()
+
+
+@dataclass
+class Site:
+    clock: ManualClock
+    alarms: AlarmEngine
+    modes: ModeMachine
+    server: ModbusTestServer
+    buffer: Buffer
+    config_path: Path
+    socket: Path
+    uvicorn: uvicorn.Server
+    task: asyncio.Task[None]
+    app: typer.Typer
+
+    async def cli(self, *args: str, input: str | None = None) -> Any:
+        runner = CliRunner()
+        # the CLI is synchronous (httpx over the socket): run it off the loop serving the API
+        return await asyncio.to_thread(
+            runner.invoke, self.app, [*args, "-c", str(self.config_path)], input=input
+        )
+
+    async def evaluate(self) -> None:
+        await self.modes.evaluate(
+            devices_in_comms_loss=set(),
+            uplink_ok_age_s=None,
+            active_alarms=self.alarms.active_alarms(),
+        )
+
+    async def stop_api(self) -> None:
+        self.uvicorn.should_exit = True
+        await self.task
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    sock_dir = Path(tempfile.mkdtemp(prefix="op-", dir="/tmp"))  # AF_UNIX paths are short
+    socket = sock_dir / "o.sock"
+    data = tmp_path / "var"
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(
+        f'[agent]\nid = "site-01-gw-1"\ndata_dir = "{data}"\n'
+        f'[api]\nsocket = "{socket}"\n[buffer]\npath = "buffer.db"\n'
+    )
+    server = await start_server()
+    driver = ModbusDriver(
+        "cdu-01", ModbusDeviceConfig(protocol="modbus", host="127.0.0.1", port=server.port)
+    )
+    points = [
+        mkpoint(
+            TEMP,
+            "hr:0",
+            DataType.INT16,
+            device="cdu-01",
+            scale=0.1,
+            units="degC",
+            alarm_h=30.0,
+            alarm_deadband=1.0,
+        ),
+        mkpoint(
+            "cdu-01.setpoint",
+            "hr:10",
+            DataType.INT16,
+            device="cdu-01",
+            scale=0.1,
+            units="degC",
+            writable=True,
+            min=15.0,
+            max=30.0,
+        ),
+    ]
+    buffer = Buffer(data / "buffer.db")
+    buffer.open()
+    clock = ManualClock()
+    alarms = AlarmEngine(
+        points,
+        AlarmsConfig(stale_alarms=False),
+        clock=clock,
+        emit=buffer.append_event,
+        state_store=JsonFileStore(data / "alarms.json"),
+    )
+    modes = ModeMachine(
+        ModesConfig(),
+        clock=clock,
+        emit=buffer.append_event,
+        state_store=JsonFileStore(data / "mode.json"),
+        on_suppression=alarms.set_suppression,
+    )
+    writes = WriteService(
+        {p.point_id: p for p in points},
+        {"cdu-01": driver},
+        emit=buffer.append_event,
+        device_up=lambda d: True,
+        clock=clock,
+    )
+    host = SimpleNamespace(alarms=alarms, modes=modes, writes=writes, buffer=buffer)
+    api = FastAPI()
+    api.include_router(control_router(host))
+
+    @api.get("/points/{point_id}")
+    async def live(point_id: str) -> dict[str, Any]:
+        return {"point_id": point_id, "value": 20.0, "units": "degC"}
+
+    uv = uvicorn.Server(
+        uvicorn.Config(api, uds=str(socket), log_config=None, access_log=False, lifespan="off")
+    )
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)
+    app = typer.Typer()
+
+    @app.callback()
+    def root() -> None:
+        """outpost (test root)"""
+
+    register(app)
+    s = Site(clock, alarms, modes, server, buffer, config_path, socket, uv, task, app)
+    await s.evaluate()
+    # the daemon side logs to stdout in this same process: keep it out of the CLI's output
+    with capture_logs():
+        yield s
+    if not task.done():
+        await s.stop_api()
+    await driver.close()
+    await server.stop()
+    await asyncio.to_thread(buffer.close)
+    shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+async def test_alarm_story_through_the_cli(site: Site) -> None:
+    r = await site.cli("alarms")
+    assert (r.exit_code, r.output.strip()) == (0, "no active or unacknowledged alarms")
+    site.alarms.update(TEMP, site.clock.now(), 35.0, Quality.GOOD)
+
+    r = await site.cli("alarms", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [(a["id"], a["state"], a["value"], a["limit"]) for a in rows] == [
+        (f"{TEMP}:hi", "unack_active", 35.0, 30.0)
+    ]
+    r = await site.cli("alarms")
+    assert f"{TEMP}:hi" in r.output and "unack_active" in r.output
+
+    r = await site.cli("ack", f"{TEMP}:hi", "--note", "fan checked")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == f"acknowledged {TEMP}:hi: ack_active"
+    assert site.alarms.get(f"{TEMP}:hi").acked_by == USER
+
+    r = await site.cli("ack", f"{TEMP}:hi")
+    assert r.exit_code == 1
+    assert "nothing to acknowledge" in r.output and "Traceback" not in r.output
+    r = await site.cli("ack", "nope:hi")
+    assert r.exit_code == 1 and "unknown alarm 'nope:hi'" in r.output
+
+    r = await site.cli("shelve", f"{TEMP}:hi", "--for", "30m", "--note", "sensor swap")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"shelved {TEMP}:hi for 30m")
+    assert site.alarms.get(f"{TEMP}:hi").shelved_until == site.clock.now() + 1800
+    r = await site.cli("shelve", f"{TEMP}:hi", "--for", "9h")
+    assert r.exit_code == 1 and "exceeds the maximum" in r.output
+    r = await site.cli("shelve", f"{TEMP}:hi", "--for", "soon")
+    assert r.exit_code == 2 and "invalid duration 'soon'" in r.output
+    r = await site.cli("shelve", f"{TEMP}:hi")
+    assert r.exit_code == 2 and "--for DURATION" in r.output
+    r = await site.cli("unshelve", f"{TEMP}:hi")
+    assert (r.exit_code, r.output.strip()) == (0, f"unshelved {TEMP}:hi: ack_active")
+    r = await site.cli("shelve", f"{TEMP}:hi", "--one-shot")
+    assert r.exit_code == 0 and "one-shot" in r.output
+
+    site.alarms.update(TEMP, site.clock.now(), 25.0, Quality.GOOD)
+    r = await site.cli("alarms", "--json")
+    assert json.loads(r.output) == []  # returned → normal, one-shot shelve over
+    r = await site.cli("alarms", "--all", "--json")
+    assert {a["id"] for a in json.loads(r.output)} >= {f"{TEMP}:hi", "cdu-01:comms_loss"}
+
+    r = await site.cli("events", "--json", "--kind", "operator")
+    assert r.exit_code == 0, r.output
+    ops = json.loads(r.output)
+    assert [(e["kind"], e["actor"]) for e in ops] == [
+        ("operator.ack", USER),
+        ("operator.shelve", USER),
+        ("operator.unshelve", USER),
+        ("operator.shelve", USER),
+    ]
+    assert ops[0]["detail"]["note"] == "fan checked"
+    r = await site.cli("events")
+    assert r.exit_code == 0 and "operator.ack" in r.output and "unack_active" in r.output
+
+
+async def test_mode_commands(site: Site) -> None:
+    r = await site.cli("mode")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("mode normal since")
+    site.alarms.update(TEMP, site.clock.now(), 35.0, Quality.GOOD)
+    r = await site.cli("mode", "set", "maintenance", "--for", "2h", "--reason", "CDU filter change")
+    assert r.exit_code == 0, r.output
+    assert "mode maintenance" in r.output and "reason: CDU filter change" in r.output
+    assert site.alarms.get(f"{TEMP}:hi").state == "suppressed"
+    r = await site.cli("mode", "--json")
+    state = json.loads(r.output)
+    assert (state["mode"], state["actor"], state["scope"]) == ("maintenance", USER, "all")
+    r = await site.cli("mode", "set", "emergency", "--for", "1h", "--reason", "x")
+    assert r.exit_code == 2 and "only maintenance" in r.output
+    r = await site.cli("mode", "graph", "--format", "mermaid")
+    assert r.exit_code == 0 and r.output.startswith("stateDiagram-v2")
+    r = await site.cli("mode", "graph")
+    assert "--end_maintenance--> normal" in r.output
+    r = await site.cli("mode", "clear", "--reason", "done")
+    assert r.exit_code == 0 and r.output.startswith("mode normal")
+    assert site.alarms.get(f"{TEMP}:hi").state == "unack_active"
+    r = await site.cli("mode", "clear")
+    assert r.exit_code == 1 and "nothing to clear: the mode is normal" in r.output
+    r = await site.cli("events", "--json", "--kind", "operator.mode")
+    assert [e["detail"]["to"] for e in json.loads(r.output)] == ["maintenance", "normal"]
+
+
+async def test_write_commands(site: Site) -> None:
+    r = await site.cli("write", "cdu-01.setpoint", "21.5", "--yes")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "cdu-01.setpoint = 21.5 degC (read back 21.5)"
+    assert await site.server.get("hr", 10, 1) == [215]
+    r = await site.cli("write", "cdu-01.setpoint", "22", input="n\n")
+    assert r.exit_code == 1 and "write 22 degC to cdu-01.setpoint (now 20 degC)?" in r.output
+    assert await site.server.get("hr", 10, 1) == [215]  # declined: nothing written
+    r = await site.cli("write", "cdu-01.setpoint", "22", input="y\n")
+    assert r.exit_code == 0 and await site.server.get("hr", 10, 1) == [220]
+    r = await site.cli("write", "cdu-01.setpoint", "99", "--yes")
+    assert r.exit_code == 1 and "above the point's max 30 degC" in r.output
+    r = await site.cli("write", "cdu-01.supply_temp", "1", "--yes")
+    assert r.exit_code == 1 and "not writable" in r.output
+    r = await site.cli("write", "cdu-01.setpoint", "23", "--yes", "--json")
+    assert json.loads(r.output)["result"] == "ok"
+    r = await site.cli("events", "--json", "--kind", "operator.write")
+    results = [(e["actor"], e["detail"]["result"]) for e in json.loads(r.output)]
+    assert results == [
+        (USER, "ok"),
+        (USER, "ok"),
+        (USER, "refused"),
+        (USER, "refused"),
+        (USER, "ok"),
+    ]
+
+
+async def test_http_status_codes(site: Site) -> None:
+    client = AgentClient(site.socket)
+
+    async def call(method: str, path: str, body: Any = None) -> int:
+        try:
+            await asyncio.to_thread(client.request, method, path, body)
+        except ApiError as exc:
+            return exc.status
+        return 200
+
+    assert await call("POST", "/alarms/nope:hi/ack", {"actor": "a"}) == 404
+    assert await call("POST", f"/alarms/{TEMP}:hi/ack", {"actor": "a"}) == 409
+    assert await call("POST", f"/alarms/{TEMP}:hi/ack", {}) == 422  # actor required
+    assert await call("POST", "/points/nope/write", {"value": 1, "actor": "a"}) == 404
+    assert await call("POST", f"/points/{TEMP}/write", {"value": 1, "actor": "a"}) == 409
+    body = {"mode": "maintenance", "duration_s": 60, "reason": "", "actor": "a"}
+    assert await call("POST", "/mode", body) == 422
+    assert await call("POST", "/mode/clear", {"actor": "a"}) == 409
+    assert await call("GET", "/mode/graph?format=dot") == 422
+    assert await call("GET", "/events?since=yesterday-ish") == 422
+    body = {"actor": "a", "on": True, "note": "sensor removed"}
+    assert await call("POST", f"/alarms/{TEMP}:hi/out_of_service", body) == 200
+    assert site.alarms.get(f"{TEMP}:hi").state == "out_of_service"
+
+
+async def test_without_a_running_agent(site: Site) -> None:
+    site.alarms.update(TEMP, site.clock.now(), 35.0, Quality.GOOD)
+    await site.buffer.flush()
+    await site.stop_api()
+    r = await site.cli("alarms")
+    assert r.exit_code == 1 and r.output.startswith("outpost: no agent running")
+    # the event history is still there: read from the buffer file
+    r = await site.cli("events", "--json", "--kind", "alarm")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output.split("\n", 1)[1] if r.output.startswith("(") else r.output)
+    assert [(e["source"], e["detail"]["to"]) for e in rows] == [(f"{TEMP}:hi", "unack_active")]
+
+
+def test_parse_since() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
+    assert parse_since("2h", now) == datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    assert parse_since("2026-11-24T10:00:00Z") == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    assert parse_since("2026-11-24") == datetime(2026, 11, 24, tzinfo=UTC)
+    assert parse_since(None) is None
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_since("last tuesday")
