@@ -66,13 +66,13 @@ async def test_directed_discovery_writes_a_loadable_skeleton(tmp_path: Path) -> 
 
 
 async def test_unsegmented_device_without_rpm_reads_object_list_by_index() -> None:
-    """300 objects do not fit one unsegmented answer, and there is no RPM: the object list is
-    read element by element with ReadProperty."""
+    """A small controller (480-byte APDUs, no segmentation, no RPM): its 102-entry object list
+    does not fit one answer, so it is read element by element with ReadProperty."""
     port = free_udp_port()
-    objects = build_bulk_objects(300)
+    objects = build_bulk_objects(100)
     list_reads: list[int | None] = []
     async with RunningDevice(
-        objects, 2001, port, rpm=False, segmentation=False, name="Plant 7"
+        objects, 2001, port, rpm=False, segmentation=False, max_apdu=480, name="Plant 7"
     ) as device:
         serve = device.app.do_ReadPropertyRequest
 
@@ -85,13 +85,13 @@ async def test_unsegmented_device_without_rpm_reads_object_list_by_index() -> No
         devices = await discover_bacnet_devices(
             local_address=f"127.0.0.1:{free_udp_port()}", target=f"127.0.0.1:{port}", timeout=2.0
         )
-    # the whole list (refused: too big), its length, then elements 1..302 (device,
-    # network-port and the 300 values)
-    assert list_reads == [None, 0, *range(1, 303)]
+    # the whole list (refused: too big), its length, then elements 1..102 (device,
+    # network-port and the 100 values)
+    assert list_reads == [None, 0, *range(1, 103)]
     assert len(devices) == 1
     dev = devices[0]
     assert (dev.device_id, dev.instance, dev.uses_rpm, dev.error) == ("plant-7", 2001, False, None)
-    assert [p.address for p in dev.points] == [f"analog-value:{i}" for i in range(1, 301)]
+    assert [p.address for p in dev.points] == [f"analog-value:{i}" for i in range(1, 101)]
     assert dev.points[41].name == "bulk-42"
     assert not dev.points[0].writable  # a plain analog-value without priority array
     snippet = config_snippet(devices, "127.0.0.1:47900")

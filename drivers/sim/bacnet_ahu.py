@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bacpypes3.apdu import AbortPDU, APCISequence, ComplexAckPDU
 from bacpypes3.app import Application
 from bacpypes3.errors import UnrecognizedService
 from bacpypes3.local.analog import AnalogInputObject, AnalogValueObject, AnalogValueObjectCmd
@@ -63,20 +64,48 @@ AHU_OBJECTS: tuple[tuple[str, int, str], ...] = (
 _FLAGS = [0, 0, 0, 0]
 
 
-class _NoRpmApplication(Application):
-    """A device without ReadPropertyMultiple: the request is rejected as unrecognized."""
+class _SimApplication(Application):
+    """A device application with the limits of real controllers: optionally no
+    ReadPropertyMultiple (rejected as unrecognized, as small controllers do), and a maximum
+    answer size it cannot exceed without segmentation (bacpypes3 itself would size answers by
+    the client's limit)."""
+
+    rpm: bool = True
+    max_answer: int | None = None  # bytes of service data an unsegmented answer can carry
 
     async def do_ReadPropertyMultipleRequest(self, apdu: Any) -> None:
-        raise UnrecognizedService("ReadPropertyMultiple not supported")
+        if not self.rpm:
+            raise UnrecognizedService("ReadPropertyMultiple not supported")
+        await super().do_ReadPropertyMultipleRequest(apdu)
 
     def get_services_supported(self) -> Any:
         services = super().get_services_supported()
-        services["read-property-multiple"] = 0
+        if not self.rpm:
+            services["read-property-multiple"] = 0
         return services
+
+    async def response(self, apdu: Any) -> None:
+        if self.max_answer is not None and isinstance(apdu, ComplexAckPDU):
+            encoded = apdu.encode() if isinstance(apdu, APCISequence) else apdu
+            if len(encoded.pduData) > self.max_answer:
+                # A server abort must carry the SRV flag, or the client ignores it (an abort
+                # raised in a handler goes out without it).
+                abort = AbortPDU(
+                    srv=True, invoke_id=apdu.apduInvokeID, reason="segmentation-not-supported"
+                )
+                abort.pduDestination = apdu.pduDestination
+                apdu = abort
+        await super().response(apdu)
 
 
 def _device_objects(
-    address: str, device_instance: int, name: str, *, segmentation: bool, description: str
+    address: str,
+    device_instance: int,
+    name: str,
+    *,
+    segmentation: bool,
+    description: str,
+    max_apdu: int = 1476,
 ) -> list[Any]:
     return [
         DeviceObject(
@@ -87,7 +116,7 @@ def _device_objects(
             vendorName="Outpost simulator",
             modelName="sim-ahu",
             segmentationSupported="segmented-both" if segmentation else "no-segmentation",
-            maxApduLengthAccepted=1476,
+            maxApduLengthAccepted=max_apdu,
         ),
         NetworkPortObject(
             address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
@@ -187,17 +216,27 @@ def build_device_app(
     rpm: bool = True,
     segmentation: bool = True,
     description: str = "Outpost simulated BACnet device",
+    max_apdu: int = 1476,
 ) -> Application:
-    """A serving bacpypes3 application; must be called inside a running event loop."""
-    cls = Application if rpm else _NoRpmApplication
-    return cls.from_object_list(
+    """A serving bacpypes3 application; must be called inside a running event loop.
+    ``max_apdu`` 480 makes a small controller (MS/TP-class) whose answers overflow early."""
+    app = _SimApplication.from_object_list(
         [
             *_device_objects(
-                address, device_instance, name, segmentation=segmentation, description=description
+                address,
+                device_instance,
+                name,
+                segmentation=segmentation,
+                description=description,
+                max_apdu=max_apdu,
             ),
             *objects,
         ]
     )
+    app.rpm = rpm
+    if not segmentation and max_apdu < 1476:
+        app.max_answer = max_apdu - 4  # the complex-ack header takes 3..4 bytes
+    return app
 
 
 async def wait_bound(app: Application, limit: float = 5.0) -> None:
