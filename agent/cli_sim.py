@@ -14,6 +14,8 @@ file, or ``--control HOST:PORT``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,6 +99,9 @@ async def _serve(config: Any) -> None:
     site = SimSite(config)
     ready = asyncio.Event()
     runner = asyncio.create_task(site.run(ready), name="sim-site")
+    # SIGTERM (systemd, `outpost demo`) stops as cleanly as Ctrl-C
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, runner.cancel)
     waiter = asyncio.create_task(ready.wait())
     try:
         await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -104,7 +109,8 @@ async def _serve(config: Any) -> None:
             runner.result()  # start-up failed: raise it
             return
         _print_served(site)
-        await runner
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
     finally:
         waiter.cancel()
         runner.cancel()

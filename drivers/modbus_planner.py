@@ -84,6 +84,8 @@ class Layer:
     st: struct.Struct
     positions: list[int]
     masks: list[tuple[int, int, int]] | None = None
+    run: int = -1  # positions are run, run+1, ...: one slice assignment instead of a loop
+    has_float: bool = False
 
 
 @dataclass(slots=True)
@@ -100,6 +102,10 @@ class Request:
     scaled: list[tuple[int, float, float]] = field(default_factory=list)
     floats: list[int] = field(default_factory=list)
     ranged: list[tuple[int, float, float]] = field(default_factory=list)
+    ts_runs: list[tuple[int, int]] = field(default_factory=list)  # contiguous position runs
+    # ranged points at contiguous positions: (start, stop, tightest low, tightest high) lets one
+    # min()/max() over the slice clear them all in the common all-in-range case
+    range_run: tuple[int, int, float, float] | None = None
     # failure bookkeeping, so a persistent fault is logged once rather than every poll
     failures: int = 0
     reported: bool = False
@@ -195,6 +201,22 @@ def compile_point(pos: int, point: Point) -> PointSpec:
     )
 
 
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for pos in sorted(positions):
+        if runs and runs[-1][1] == pos:
+            runs[-1] = (runs[-1][0], pos + 1)
+        else:
+            runs.append((pos, pos + 1))
+    return runs
+
+
+def _run_start(positions: list[int]) -> int:
+    if positions and positions == list(range(positions[0], positions[0] + len(positions))):
+        return positions[0]
+    return -1
+
+
 def _struct_over(start: int, fields: list[tuple[int, int, str]], prefix: str) -> struct.Struct:
     """A struct reading ``fields`` (start, registers, code) of a block beginning at ``start``."""
     parts = [prefix]
@@ -219,6 +241,17 @@ def build_request(table: str, specs: list[PointSpec]) -> Request:
             req.floats.append(s.pos)
         if s.lo != -INF or s.hi != INF:
             req.ranged.append((s.pos, s.lo, s.hi))
+    req.ts_runs = _runs(req.positions)
+    if req.ranged:
+        ranged_runs = _runs([pos for pos, _, _ in req.ranged])
+        if len(ranged_runs) == 1:
+            start_pos, stop_pos = ranged_runs[0]
+            req.range_run = (
+                start_pos,
+                stop_pos,
+                max(lo for _, lo, _ in req.ranged),
+                min(hi for _, _, hi in req.ranged),
+            )
     if req.is_bits:
         req.bits = [(s.start - start, s.pos) for s in specs]
         return req
@@ -241,7 +274,9 @@ def build_request(table: str, specs: list[PointSpec]) -> Request:
             st = _struct_over(
                 start, [(s.start, s.size, STRUCT_CODE[s.data_type]) for s in stack], prefix
             )
-            req.layers.append(Layer(view, st, [s.pos for s in stack]))
+            positions = [s.pos for s in stack]
+            has_float = any(s.data_type in FLOAT_TYPES for s in stack)
+            req.layers.append(Layer(view, st, positions, None, _run_start(positions), has_float))
 
     mask_specs = [s for s in specs if s.mask is not None]
     if mask_specs:
@@ -327,8 +362,8 @@ def decode_into(
     ``payload`` is the response's bits or registers; ``raw_bytes`` the register block as it
     came off the wire when the response kept it (then ``payload`` is not touched)."""
     v_arr = value  # local names: attribute-free inner loops
-    t_arr = tsa
     q_arr = quality
+    suspect = False  # a float layer summed to NaN/inf: look at its points one by one
     if req.bits:
         for offset, pos in req.bits:
             v_arr[pos] = 1.0 if payload[offset] else 0.0
@@ -339,21 +374,34 @@ def decode_into(
             raw, swapped = block_views(payload, req.need_raw, req.need_swapped)  # type: ignore[arg-type]
         for layer in req.layers:
             values = layer.st.unpack_from(raw if layer.view == RAW else swapped)
-            if layer.masks is None:
-                for pos, v in zip(layer.positions, values, strict=True):
-                    v_arr[pos] = v
-            else:
+            if layer.masks is not None:
                 for i, mask, pos in layer.masks:
                     v_arr[pos] = 1.0 if values[i] & mask else 0.0
-    for pos in req.positions:
-        t_arr[pos] = ts
+                continue
+            if layer.has_float and not suspect:
+                total = sum(values)
+                suspect = total - total != 0.0
+            if layer.run >= 0:
+                v_arr[layer.run : layer.run + len(values)] = array("d", values)
+            else:
+                for pos, v in zip(layer.positions, values, strict=True):
+                    v_arr[pos] = v
+    stamp = array("d", (ts,))
+    for a, b in req.ts_runs:
+        tsa[a:b] = stamp * (b - a)
     for pos, scale, offset in req.scaled:
         v_arr[pos] = v_arr[pos] * scale + offset
-    for pos in req.floats:
-        v = v_arr[pos]
-        if v - v != 0.0:  # NaN or ±inf: the device says "no valid value"
-            v_arr[pos] = NAN
-            q_arr[pos] = _DEVICE_ERROR
+    if suspect:
+        for pos in req.floats:
+            v = v_arr[pos]
+            if v - v != 0.0:  # NaN or +-inf: the device says "no valid value"
+                v_arr[pos] = NAN
+                q_arr[pos] = _DEVICE_ERROR
+    run = req.range_run
+    if run is not None and not suspect:
+        segment = v_arr[run[0] : run[1]]
+        if min(segment) >= run[2] and max(segment) <= run[3]:
+            return
     for pos, lo, hi in req.ranged:
         v = v_arr[pos]
         if not lo <= v <= hi and q_arr[pos] == _GOOD:

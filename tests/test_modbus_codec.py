@@ -114,3 +114,43 @@ def test_unsupported_points_become_config_errors() -> None:
     ]
     plan = build_plan(pts, max_registers=2, max_bits=2000, max_gap=16)
     assert sorted(pos for pos, _ in plan.config_errors) == [1, 2]
+
+
+def test_decode_fast_paths_still_flag_nan_inf_and_out_of_range() -> None:
+    """Contiguous points decode by slice; a NaN/inf or out-of-range value inside must still be
+    found (the per-request checks are shortcuts, not filters)."""
+    from drivers.base import PollResult
+    from drivers.modbus_planner import decode_into
+    from point_schedules.quality import Quality
+
+    values = [1.5, math.nan, 3.0, math.inf, 250.0, 4.0]
+    pts = [
+        mkpoint(f"f{i}", f"hr:{2 * i}", DataType.FLOAT32, min=0.0, max=100.0)
+        for i in range(len(values))
+    ]
+    plan = build_plan(pts, max_registers=125, max_bits=2000, max_gap=16)
+    (req,) = plan.requests
+    assert req.layers[0].run == 0 and req.range_run is not None
+    regs = [r for v in values for r in registers_for(DataType.FLOAT32, ByteOrder.ABCD, v)]
+    result = PollResult.empty(len(values))
+    decode_into(req, regs, None, result.value, result.ts, result.quality, 42.0)
+    assert list(result.quality) == [
+        Quality.GOOD,
+        Quality.BAD_DEVICE_ERROR,
+        Quality.GOOD,
+        Quality.BAD_DEVICE_ERROR,
+        Quality.UNCERTAIN_OUT_OF_RANGE,
+        Quality.GOOD,
+    ]
+    assert result.value[4] == 250.0 and math.isnan(result.value[3])
+    assert list(result.ts) == [42.0] * 6
+    # all fine: the shortcut path leaves every quality good
+    regs = [
+        r
+        for v in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+        for r in registers_for(DataType.FLOAT32, ByteOrder.ABCD, v)
+    ]
+    result = PollResult.empty(len(values))
+    decode_into(req, regs, None, result.value, result.ts, result.quality, 1.0)
+    assert list(result.value) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert not any(result.quality)

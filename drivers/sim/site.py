@@ -67,8 +67,19 @@ class SnmpSimConfig(_SimBase):
     community: str = "public"
 
 
+class MqttSimConfig(_SimBase):
+    """Rack sensors publishing to a broker (the broker is not part of the sim)."""
+
+    kind: Literal["mqtt-sensors"]
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    racks: int = Field(8, ge=1, le=99)
+    interval: float = Field(1.0, gt=0)
+
+
 SimDeviceConfig = Annotated[
-    ModbusSimConfig | BacnetSimConfig | SnmpSimConfig, Field(discriminator="kind")
+    ModbusSimConfig | BacnetSimConfig | SnmpSimConfig | MqttSimConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -194,12 +205,36 @@ def _snmp_sim(name: str, cfg: SnmpSimConfig, physics: SitePhysics, site: SimSite
     return serve
 
 
+def _mqtt_sim(name: str, cfg: MqttSimConfig, physics: SitePhysics, site: SimSite) -> Serve:
+    from drivers.sim.mqtt_sensors import RackSensorsModel, run_mqtt_sensors
+
+    model = RackSensorsModel(racks=cfg.racks)
+
+    def on_scenario(scenario: str, active: bool, target: str | None) -> None:
+        if scenario in ("COOLING_FAILURE", "LEAK_DETECTED"):
+            model.scenario = scenario if active else None
+
+    async def serve(started: Started) -> None:
+        physics.scenario_listeners.append(on_scenario)
+        try:
+            # a publisher has nothing to listen on: it counts as started once launched
+            started(f"mqtt://{cfg.host}:{cfg.port}")
+            await run_mqtt_sensors(
+                cfg.host, cfg.port, racks=cfg.racks, interval=cfg.interval, model=model
+            )
+        finally:
+            physics.scenario_listeners.remove(on_scenario)
+
+    return serve
+
+
 _FACTORIES: dict[str, Callable[[str, Any, SitePhysics, SimSite], Serve]] = {
     "modbus-cdu": _modbus_sim,
     "modbus-ups": _modbus_sim,
     "modbus-pdu": _modbus_sim,
     "bacnet-ahu": _bacnet_sim,
     "snmp-pdu": _snmp_sim,
+    "mqtt-sensors": _mqtt_sim,
 }
 
 
@@ -385,6 +420,7 @@ async def sim_request(control: str, request: dict[str, Any], wait: float = 5.0) 
 __all__ = [
     "BacnetSimConfig",
     "ModbusSimConfig",
+    "MqttSimConfig",
     "SimConfig",
     "SimConfigError",
     "SimControlError",
