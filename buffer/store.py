@@ -371,7 +371,12 @@ class Buffer:
                         continue
                 retry_at = 0.0
                 if stopping:
-                    break
+                    with self._lock:
+                        drained = not self._queue
+                    if drained:
+                        break
+                    self._wake.set()  # more than one round of transactions was queued
+                    continue
                 self._last_commit = time.monotonic()  # idle heartbeat for the watchdog
                 with self._lock:
                     request, self._maint_request = self._maint_request, None
@@ -647,11 +652,15 @@ class Buffer:
             with transaction(conn):
                 cursor = conn.execute(
                     "SELECT value FROM meta WHERE key='synced_through'").fetchone()[0]
-                blocks = conn.execute(
-                    "SELECT first_seq, last_seq FROM blocks WHERE max_ts < ? AND last_seq <= ? "
-                    "ORDER BY first_seq LIMIT 64",
-                    (cutoff, cursor),
-                ).fetchall()
+                # The oldest blocks only, up to the first one still needed: a bounded read per
+                # tick instead of scanning every block for a match.
+                blocks = []
+                for first, last, max_ts in conn.execute(
+                    "SELECT first_seq, last_seq, max_ts FROM blocks ORDER BY first_seq LIMIT 64"
+                ):
+                    if max_ts >= cutoff or last > cursor:
+                        break
+                    blocks.append((first, last))
                 if not blocks:
                     break
                 n = 0

@@ -606,3 +606,13 @@ def test_queue_bound_drops_and_counts_instead_of_growing_without_limit(tmp_path:
         assert b.stats().rows == 8 and b.stats().dropped_rows == 5
     finally:
         b.close()
+
+
+def test_close_commits_a_queue_longer_than_one_writer_round(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = _open(path, commit_interval=60.0, commit_rows=10)
+    keys = b.point_keys(POINTS)
+    for i in range(60):  # 60 transactions' worth; the writer does at most 20 per round
+        b.append([float(i)] * 10, [keys[0]] * 10, [float(i)] * 10, [0] * 10)
+    b.close()
+    assert _seqs(path) == list(range(1, 601))

@@ -22,7 +22,7 @@ from pathlib import Path
 from buffer.store import Buffer
 
 WRITER = Path(__file__).with_name("buffer_crash_writer.py")
-KILLS = 22
+KILLS = 21
 
 
 def _run_and_kill(path: Path, seed: int, rng: random.Random) -> tuple[list[str], str]:
@@ -47,7 +47,7 @@ def _run_and_kill(path: Path, seed: int, rng: random.Random) -> tuple[list[str],
         time.sleep(rng.uniform(0.0, 0.5))
     else:
         assert started.wait(20), f"writer did not start: {proc.stderr.read() if proc.stderr else ''}"
-        time.sleep(rng.uniform(0.01, 0.3))
+        time.sleep(rng.uniform(0.01, 0.25))
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     reader.join(10)
