@@ -1,0 +1,168 @@
+"""`outpost cloud serve|enroll|revoke` as real processes.
+
+One test runs the whole embedded path (no DSN: `serve` starts PostgreSQL in its data dir,
+`enroll` joins the running server, SIGTERM stops both, `revoke` works with the receiver down);
+the other runs the CLI against a DSN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from cloud.wire import IngestBatch, columnar_readings, encode_body
+from tests.receiver_fixtures import REPO, free_port
+
+if TYPE_CHECKING:
+    from tests.receiver_fixtures import ReceiverHandle
+
+pytest_plugins = ("tests.receiver_fixtures",)
+
+OUTPOST = [sys.executable, "-m", "agent"]
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{40,}$")
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*OUTPOST, *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def batch(n: int = 10) -> IngestBatch:
+    return IngestBatch(
+        gateway_id="gw-1", first_seq=1, last_seq=n,
+        readings=columnar_readings(["p.a"] * n, [1_763_900_000.0 + i for i in range(n)],
+                                   [float(i) for i in range(n)], [0] * n),
+    )
+
+
+def exchange(url: str, token: str) -> str:
+    r = httpx.post(f"{url}/api/v1/enroll", json={"gateway_id": "gw-1", "enrollment_token": token})
+    assert r.status_code == 200, r.text
+    return r.json()["gateway_token"]
+
+
+def ingest(url: str, gateway_token: str) -> int:
+    body, headers = encode_body(batch())
+    headers["Authorization"] = f"Bearer {gateway_token}"
+    return httpx.post(f"{url}/api/v1/ingest", content=body, headers=headers).status_code
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"receiver exited during start-up: {err[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("receiver not ready")
+
+
+def postgres_running(pgdata: Path) -> bool:
+    pidfile = pgdata / "postmaster.pid"
+    if not pidfile.exists():
+        return False
+    try:
+        os.kill(int(pidfile.read_text().split()[0]), 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_embedded_serve_enroll_revoke() -> None:
+    # outside pytest's 0700 basetemp: the embedded server runs as an unprivileged user
+    import tempfile
+
+    data = Path(tempfile.mkdtemp(prefix="outpost-test-rcv-")) / "receiver"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OUTPOST_RECEIVER_ADMIN_TOKEN", "OUTPOST_RECEIVER_DSN")}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [*OUTPOST, "cloud", "serve", "--data-dir", str(data), "--bind", f"127.0.0.1:{port}"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        wait_ready(url, proc)
+        return proc
+
+    serve = start()
+    try:
+        admin_file = data / "admin.token"
+        assert stat.S_IMODE(admin_file.stat().st_mode) == 0o600
+        admin = admin_file.read_text().strip()
+        enrolled = subprocess.run(
+            [*OUTPOST, "cloud", "enroll", "gw-1", "--data-dir", str(data), "--ttl", "1h"],
+            capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
+        )
+        assert enrolled.returncode == 0, enrolled.stderr
+        token = enrolled.stdout.strip()
+        assert enrolled.stdout == token + "\n" and TOKEN_RE.match(token)
+        assert "usable once" in enrolled.stderr
+        gateway_token = exchange(url, token)
+        assert ingest(url, gateway_token) == 200
+        r = httpx.get(f"{url}/api/v1/gateways", headers={"Authorization": f"Bearer {admin}"})
+        assert [g["gateway_id"] for g in r.json()] == ["gw-1"]
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        rc = serve.wait(60)
+    assert rc == 0, serve.stderr.read().decode() if serve.stderr else rc
+    assert not postgres_running(data / "pg")
+
+    # the receiver is down: revoke starts the embedded server just for itself
+    revoked = subprocess.run([*OUTPOST, "cloud", "revoke", "gw-1", "--data-dir", str(data)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout == "" and "revoked" in revoked.stderr
+    assert not postgres_running(data / "pg")
+
+    serve = start()
+    try:
+        assert ingest(url, gateway_token) == 401
+        # the admin token file is reused across restarts
+        r = httpx.get(f"{url}/api/v1/gateways/gw-1", headers={"Authorization": f"Bearer {admin}"})
+        assert r.json()["status"] == "revoked"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    assert not postgres_running(data / "pg")
+    import shutil
+
+    shutil.rmtree(data.parent, ignore_errors=True)
+
+
+async def test_cli_against_dsn(receiver: ReceiverHandle) -> None:
+    import asyncio
+
+    out = await asyncio.to_thread(cli, "cloud", "enroll", "gw-1", "--dsn", receiver.dsn,
+                                  "--ttl", "15m")
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    assert TOKEN_RE.match(token) and out.stdout.count("\n") == 1
+    rows = await receiver.fetch(
+        "SELECT expires_at - created_at AS ttl FROM enrollment_tokens WHERE gateway_id = 'gw-1'"
+    )
+    assert abs(rows[0]["ttl"].total_seconds() - 900) < 5
+    gateway_token = await asyncio.to_thread(exchange, receiver.url, token)
+    assert await asyncio.to_thread(ingest, receiver.url, gateway_token) == 200
+    bad = await asyncio.to_thread(cli, "cloud", "enroll", "Not Valid", "--dsn", receiver.dsn)
+    assert bad.returncode == 2 and bad.stdout == ""
+    out = await asyncio.to_thread(cli, "cloud", "revoke", "gw-1", "--dsn", receiver.dsn)
+    assert out.returncode == 0, out.stderr
+    assert await asyncio.to_thread(ingest, receiver.url, gateway_token) == 401
+    out = await asyncio.to_thread(cli, "cloud", "revoke", "nope", "--dsn", receiver.dsn)
+    assert out.returncode == 1 and "unknown gateway" in out.stderr
