@@ -1,4 +1,5 @@
-"""`outpost discover bacnet` end to end: the simulated AHU in another process, the CLI here."""
+"""`outpost discover bacnet|snmp` end to end: the simulated AHU in another process (and a real
+snmpd for the SNMP command), the CLI here."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from agent.cli_discover import discover_app
 from point_schedules.loader import load_schedule
 from tests.bacnet_device import free_udp_port
+from tests.snmp_peer import COMMUNITY, Snmpd
 
 
 @pytest.fixture(autouse=True)
@@ -109,3 +111,33 @@ def test_discover_snmp_cli_needs_the_community_variable(monkeypatch: pytest.Monk
     )
     assert result.exit_code == 2
     assert "OUTPOST_TEST_NO_SUCH_VAR is not set" in result.stderr
+
+
+def test_discover_snmp_cli_writes_skeleton(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    peer = Snmpd(tmp_path / "snmpd")
+    peer.workdir.mkdir()
+    peer.start()
+    try:
+        monkeypatch.setenv("OUTPOST_TEST_COMMUNITY", COMMUNITY)
+        out = tmp_path / "pdu.csv"
+        result = CliRunner().invoke(
+            discover_app,
+            [
+                "snmp",
+                "127.0.0.1",
+                "--port",
+                str(peer.port),
+                "--community-env",
+                "OUTPOST_TEST_COMMUNITY",
+                "--out",
+                str(out),
+            ],
+        )
+    finally:
+        peer.stop()
+    assert result.exit_code == 0, result.output
+    assert COMMUNITY not in result.stderr  # the secret is never echoed
+    lines = [ln for ln in out.read_text().splitlines() if not ln.startswith("#")]
+    device = lines[1].split(",")[1]
+    schedule = load_schedule([out], {device: "snmp"})
+    assert len(schedule.points) == len(lines) - 1 > 3
