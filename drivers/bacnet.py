@@ -743,7 +743,8 @@ class BacnetDriver(Driver):
                     result.ts[pos], result.quality[pos] = now, Quality.BAD_COMM_FAILURE
             self._note_down(str(exc))
         else:
-            self._note_up()
+            if total:
+                self._note_up()
         self._finish(plan, result)
         return result
 

@@ -432,6 +432,11 @@ async def _who_is(
     unicast_host: str | None = None
     if target:
         host, _, port = parse_host_port(target)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=2)
+            host = infos[0][4][0]
         destination = Address(f"{host}:{port}")
         if not _is_broadcast(host):
             unicast_host = host
