@@ -24,6 +24,7 @@ from agent.cli_common import (
     call_agent,
     client_for,
     config_or_exit,
+    console,
     fail,
     print_json,
 )
@@ -100,7 +101,6 @@ def alarms(
     if not rows:
         typer.echo("no alarms" if all_ else "no active or unacknowledged alarms")
         return
-    from rich.console import Console
     from rich.table import Column, Table
 
     table = Table("state", "priority", "value", "limit", "since", "acked by", "note")
@@ -128,7 +128,7 @@ def alarms(
             note,
             style=styles.get(a["state"], ""),
         )
-    Console().print(table)
+    console().print(table)
 
 
 def ack(
@@ -316,8 +316,10 @@ def write(
     json_out: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Write an engineering value to a writable point; it is range-checked, read back and
-    recorded with your user name. Exit 1 unless the device holds the value afterwards."""
+    """Write a value to a writable point: range-checked, read back, recorded with your name.
+
+    Exits 1 unless the device holds the value afterwards.
+    """
     if not yes:
         live = call_agent(config, "GET", f"/points/{point_id}")
         units = f" {live.get('units')}" if live.get("units") else ""
@@ -355,6 +357,9 @@ def _event_summary(e: dict[str, Any]) -> str:
     parts = []
     if "from" in d and "to" in d and d["from"] != d["to"]:
         parts.append(f"{d['from']} → {d['to']}")
+    elif d.get("base_from") and d.get("base_to") and d["base_from"] != d["base_to"]:
+        # a change under an overlay (shelved/suppressed): show what moved underneath
+        parts.append(f"{d['from']} ({d['base_from']} → {d['base_to']})")
     if d.get("result"):
         parts.append(f"{_num(d.get('value'))} {d['result']}".strip())
     for key in ("cause", "reason", "note", "message"):
@@ -404,7 +409,6 @@ def events(
     if not rows:
         typer.echo("no events")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("time", "kind", "source", "actor", "detail")
@@ -412,7 +416,7 @@ def events(
         table.add_row(
             _local(e["ts"]), e["kind"], e["source"], e.get("actor") or "", _event_summary(e)
         )
-    Console().print(table)
+    console().print(table)
 
 
 # ---------------------------------------------------------------------------- register
