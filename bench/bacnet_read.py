@@ -3,7 +3,8 @@
 The device runs in another process (``python -m drivers.sim.bacnet_ahu --bulk 500``), the
 driver here polls all 500 points as one group, back to back, for a few seconds:
 
-- RPM with ``max_per_request`` 20 (default) and larger batches;
+- RPM with ``max_per_request`` 20 (default) and larger batches, up to all points in one
+  (segmented) request;
 - ReadProperty only: a second device that rejects RPM (the driver falls back by itself).
 
 Figures: points/s (wall clock) and points per CPU-second of this (client) process.
@@ -104,6 +105,7 @@ def main() -> None:
             ("ReadPropertyMultiple, 20/request", rpm_port, 20),
             ("ReadPropertyMultiple, 50/request", rpm_port, 50),
             ("ReadPropertyMultiple, 100/request", rpm_port, 100),
+            (f"ReadPropertyMultiple, {n}/request", rpm_port, n),
             ("ReadProperty only (RPM rejected)", rp_port, 20),
         ):
             wall, cpu, used_rpm = asyncio.run(measure(port, n, args.seconds, batch))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import socket
 import struct
 import time
 from array import array
@@ -702,7 +703,9 @@ class BacnetDriver(Driver):
             try:
                 ipaddress.ip_address(host)
             except ValueError:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=2)
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, family=socket.AF_INET
+                )
                 host = infos[0][4][0]
             self._peer = Address(f"{host}:{port}")
         return self._peer

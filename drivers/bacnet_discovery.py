@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -435,7 +436,7 @@ async def _who_is(
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=2)
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET)
             host = infos[0][4][0]
         destination = Address(f"{host}:{port}")
         if not _is_broadcast(host):
