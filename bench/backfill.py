@@ -1,0 +1,215 @@
+"""Backfill benchmark: how fast does a full agent buffer drain into a running receiver?
+
+An agent buffer is pre-filled with N readings (default 2,000,000) for P points (default 500),
+shaped like a real site after report-by-exception: register values scaled by 0.1/0.01,
+a quarter float32 values, integer counters, about 1 % bad-quality readings without a value,
+5 s polls with per-device millisecond jitter. A real receiver runs in its own process on an
+embedded PostgreSQL (or ``--dsn``/``$OUTPOST_RECEIVER_DSN``). The uplink then drains the buffer;
+the figures are readings/s until the backlog is zero and compressed uplink bytes per reading.
+
+    .venv/bin/python bench/backfill.py                       # 2 M readings, 500 points
+    .venv/bin/python bench/backfill.py --readings 500000 --compression gzip
+
+Targets (issue 3): >= 50,000 readings/s and <= 8 bytes per reading on the wire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import structlog
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from buffer.store import Buffer  # noqa: E402
+from cloud.config import CloudConfig  # noqa: E402
+from cloud.uplink import Uplink  # noqa: E402
+
+_F32 = struct.Struct("<f")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fill(buf: Buffer, readings: int, points: int, seed: int = 7) -> float:
+    """Append sim-like readings; returns seconds taken."""
+    rng = random.Random(seed)
+    ids = [f"dev-{i // 25:02d}.point_{i % 25:02d}" for i in range(points)]
+    keys = buf.point_keys(ids)
+    regs = [rng.randint(100, 3000) for _ in range(points)]
+    kinds = [i % 4 for i in range(points)]
+    t = time.time() - 86400.0 * 3
+    t0 = time.perf_counter()
+    done = 0
+    ts: list[float] = []
+    ks: list[int] = []
+    vs: list[float] = []
+    qs: list[int] = []
+    while done < readings:
+        t += 5.0
+        for i in range(points):
+            if rng.random() < 0.5:  # report-by-exception: about half the points move per poll
+                continue
+            regs[i] += rng.randint(-3, 3)
+            kind = kinds[i]
+            if kind == 0:
+                v = regs[i] * 0.1
+            elif kind == 1:
+                v = _F32.unpack(_F32.pack(regs[i] / 7.0))[0]
+            elif kind == 2:
+                v = float(regs[i])
+            else:
+                v = regs[i] * 0.01
+            q = 0
+            if rng.random() < 0.01:
+                v, q = math.nan, 129
+            ts.append(t + (i // 25) * 0.004)
+            ks.append(keys[i])
+            vs.append(v)
+            qs.append(q)
+            done += 1
+            if done >= readings:
+                break
+        if len(ts) >= 50_000 or done >= readings:
+            buf.append(ts, ks, vs, qs)
+            ts, ks, vs, qs = [], [], [], []
+    buf.flush_sync()
+    return time.perf_counter() - t0
+
+
+async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> None:
+    buf = Buffer(work / "agent" / "buffer.db", max_size_mb=4096, quick_check=False)
+    buf.open()
+    try:
+        fill_s = fill(buf, args.readings, args.points)
+        total = buf.last_seq
+        print(f"buffer filled: {total:,} readings for {args.points} points in {fill_s:.1f} s")
+        cfg = CloudConfig(
+            url=url,
+            enrollment_token=token,
+            batch_size=args.batch_size,
+            compression=args.compression,
+            heartbeat_interval=30.0,
+            max_in_flight=args.in_flight,
+        )
+        uplink = Uplink(
+            cfg,
+            gateway_id="bench-gw",
+            data_dir=work / "agent",
+            buffer=buf,
+            heartbeat_source=lambda: {"mode": "normal", "agent_version": "bench"},
+        )
+        task = asyncio.create_task(uplink.run())
+        t0 = time.perf_counter()
+        first_ack: float | None = None
+        while True:
+            await asyncio.sleep(0.05)
+            st = uplink.status()
+            if first_ack is None and st["batches_sent"]:
+                first_ack = time.perf_counter()
+            if buf.synced_through() >= total and st["readings_sent"] >= total:
+                break
+            if task.done():
+                task.result()
+        elapsed = time.perf_counter() - t0
+        st = uplink.status()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await asyncio.to_thread(buf.close)
+    sent = st["readings_sent"]
+    print(
+        f"backlog drained: {sent:,} readings sent in {elapsed:.2f} s "
+        f"(incl. enrollment and first batch; first ack after "
+        f"{(first_ack or t0) - t0:.2f} s)"
+    )
+    print(f"  throughput      {sent / elapsed:,.0f} readings/s   (target >= 50,000)")
+    print(f"  wire bytes      {st['bytes_sent']:,} bytes ({args.compression}, incl. heartbeats)")
+    print(f"  bytes/reading   {st['bytes_sent'] / max(1, sent):.2f}   (target <= 8)")
+    print(
+        f"  batches         {st['batches_sent']} of <= {args.batch_size} readings, "
+        f"failed attempts {st['batches_failed']}, duplicates acked {st['duplicates_acked']}"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--readings", type=int, default=2_000_000)
+    p.add_argument("--points", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--compression", choices=("zstd", "gzip"), default="zstd")
+    p.add_argument("--in-flight", type=int, default=2, help="max batches in flight")
+    p.add_argument("--dsn", default=os.environ.get("OUTPOST_RECEIVER_DSN"))
+    args = p.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+    with tempfile.TemporaryDirectory(prefix="outpost-backfill-") as tmp:
+        work = Path(tmp)
+        # The embedded PostgreSQL runs as an unprivileged user when we are root: let it in.
+        work.chmod(0o755)
+        (work / "agent").mkdir()
+        port = free_port()
+        env = dict(os.environ, OUTPOST_RECEIVER_ADMIN_TOKEN="bench-admin")
+        base = [sys.executable, "-m", "cloud.receiver"]
+        db = ["--data-dir", str(work / "rx")] + (["--dsn", args.dsn] if args.dsn else [])
+        log_file = (work / "receiver.log").open("w")
+        rx = subprocess.Popen(
+            [*base, "serve", *db, "--bind", f"127.0.0.1:{port}"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if rx.poll() is not None or time.monotonic() > deadline:
+                    print((work / "receiver.log").read_text(), file=sys.stderr)
+                    raise SystemExit("receiver did not become ready")
+                time.sleep(0.2)
+            token = subprocess.run(
+                [*base, "enroll", "bench-gw", *db],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            asyncio.run(drain(args, work, url, token))
+        finally:
+            rx.terminate()
+            try:
+                rx.wait(30)
+            except subprocess.TimeoutExpired:
+                rx.kill()
+            log_file.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
