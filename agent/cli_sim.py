@@ -100,7 +100,7 @@ async def _serve(config: Any) -> None:
     ready = asyncio.Event()
     runner = asyncio.create_task(site.run(ready), name="sim-site")
     # SIGTERM (systemd, `outpost demo`) stops as cleanly as Ctrl-C
-    with contextlib.suppress(NotImplementedError, RuntimeError):
+    if sys.platform != "win32":  # no loop signal handlers there
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, runner.cancel)
     waiter = asyncio.create_task(ready.wait())
     try:

@@ -389,8 +389,8 @@ def decode_into(
     stamp = array("d", (ts,))
     for a, b in req.ts_runs:
         tsa[a:b] = stamp * (b - a)
-    for pos, scale, offset in req.scaled:
-        v_arr[pos] = v_arr[pos] * scale + offset
+    for pos, scale, shift in req.scaled:
+        v_arr[pos] = v_arr[pos] * scale + shift
     if suspect:
         for pos in req.floats:
             v = v_arr[pos]

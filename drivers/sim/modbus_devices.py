@@ -251,7 +251,7 @@ class ModbusSimDevice:
         )
         self.server = ModbusTcpServer(device, address=(self.host, self.port))
         await self.server.serve_forever(background=True)
-        self.port = self.server.transport.sockets[0].getsockname()[1]
+        self.port = int(self.server.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
         await self.refresh()
         log.info(
             "sim.modbus.serving",

@@ -338,8 +338,8 @@ class SimSite:
             log.info("sim.forced", signal=signal, value=value)
             return {"ok": True, "signal": signal, "value": value}
         if op == "release":
-            signal = request.get("signal")
-            released = physics.release(str(signal) if signal else None)
+            name = request.get("signal")
+            released = physics.release(str(name) if name else None)
             physics.step(0.0)
             await self._refresh()
             log.info("sim.released", signals=released)
