@@ -316,16 +316,32 @@ class MqttDriver(Driver):
             except aiomqtt.MqttError as exc:
                 was_connected = self._connected
                 self._connected = False
+                refused = _credentials_refused(exc)
+                if refused:
+                    # Retrying fast will not fix a password: wait the longest delay.
+                    delay = cfg.reconnect_max
                 if not outage_logged:
                     outage_logged = True
-                    self._emit_all(Quality.BAD_COMM_FAILURE)
-                    log.warning(
-                        "mqtt.broker_lost" if was_connected else "mqtt.connect_failed",
-                        device=self.device_id,
-                        broker=self._broker(),
-                        error=str(exc),
-                        retry_in_s=round(delay, 2),
+                    self._emit_all(
+                        Quality.BAD_CONFIG_ERROR if refused else Quality.BAD_COMM_FAILURE
                     )
+                    if refused:
+                        log.error(
+                            "mqtt.credentials_rejected",
+                            device=self.device_id,
+                            broker=self._broker(),
+                            error=str(exc),
+                            user=username,
+                            hint="check username_env/password_env (or _file) and the broker's ACL",
+                        )
+                    else:
+                        log.warning(
+                            "mqtt.broker_lost" if was_connected else "mqtt.connect_failed",
+                            device=self.device_id,
+                            broker=self._broker(),
+                            error=str(exc),
+                            retry_in_s=round(delay, 2),
+                        )
                 else:
                     log.debug("mqtt.reconnect_failed", device=self.device_id, error=str(exc))
             # Jitter keeps a fleet of gateways from reconnecting to a restarted broker in step.
@@ -527,6 +543,17 @@ def _direct_queue(handler: Callable[[aiomqtt.Message], None]) -> type[asyncio.Qu
             handler(item)
 
     return _DirectQueue
+
+
+# CONNACK codes for refused credentials: MQTT 3.1.1 (4, 5) and their MQTT 5 reason codes.
+_AUTH_REFUSED = frozenset((4, 5, 134, 135))
+
+
+def _credentials_refused(exc: aiomqtt.MqttError) -> bool:
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    code = getattr(exc.rc, "value", exc.rc)
+    return code in _AUTH_REFUSED
 
 
 def _bad(n: int, quality: Quality, ts: float) -> PollResult:

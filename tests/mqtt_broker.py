@@ -3,6 +3,7 @@ TCP port, with its own config (anonymous, no persistence). Never the system brok
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 def free_tcp_port() -> int:
@@ -31,13 +33,26 @@ class Mosquitto:
     port: int = field(default_factory=free_tcp_port)
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
+    users: dict[str, str] = field(default_factory=dict)  # non-empty: no anonymous access
 
     def start(self) -> None:
         conf = self.workdir / "mosquitto.conf"
+        auth = "allow_anonymous true\n"
+        if self.users:
+            passwords = self.workdir / "passwords"
+            passwords.write_text("")
+            for user, password in self.users.items():
+                subprocess.run(
+                    [MOSQUITTO_PASSWD, "-b", str(passwords), user, password],
+                    check=True,
+                    capture_output=True,
+                )
+            auth = f"allow_anonymous false\npassword_file {passwords}\n"
+            if os.geteuid() == 0:
+                # As root mosquitto drops to user "mosquitto", who cannot read pytest's tmp dir.
+                auth += "user root\n"
         conf.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
+            f"listener {self.port} {self.host}\n" + auth + "persistence false\n"
             "log_dest stderr\n"
             "max_queued_messages 100000\n"
         )

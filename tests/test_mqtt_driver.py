@@ -313,3 +313,66 @@ async def test_simulated_rack_sensors_feed_the_driver(mosquitto: Mosquitto) -> N
     finally:
         stop.set()
         await asyncio.wait_for(sim, 5)
+
+
+async def test_username_password_from_env_and_refused_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = Mosquitto(tmp_path, users={"gateway": "correct-horse"})
+    broker.start()
+    try:
+        monkeypatch.setenv("OUTPOST_TEST_MQTT_USER", "gateway")
+        monkeypatch.setenv("OUTPOST_TEST_MQTT_PASS", "correct-horse")
+        creds = dict(username_env="OUTPOST_TEST_MQTT_USER", password_env="OUTPOST_TEST_MQTT_PASS")
+        async with running(broker, [point("x", "auth/x")], **creds) as (_driver, sink):
+            async with aiomqtt.Client(
+                broker.host, broker.port, username="gateway", password="correct-horse"
+            ) as pub:
+                await pub.publish("auth/x", "42", qos=1)
+            assert (await sink.wait_for(lambda r: r.quality == Quality.GOOD)).value == 42.0
+
+        monkeypatch.setenv("OUTPOST_TEST_MQTT_PASS", "wrong")
+        config = MqttDeviceConfig(host=broker.host, port=broker.port, **creds)
+        driver = MqttDriver("sensors", config)
+        driver.prepare(PointGroup("sensors", [point("x", "auth/x")], 5.0))
+        sink = Collector()
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(driver.stream(sink))
+            try:
+                refused = await sink.wait_for(lambda r: r.quality == Quality.BAD_CONFIG_ERROR)
+                assert refused.pos == 0
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        rejected = [e for e in logs if e["event"] == "mqtt.credentials_rejected"]
+        assert len(rejected) == 1 and rejected[0]["user"] == "gateway"
+        assert not driver.connected
+    finally:
+        broker.stop()
+
+
+async def test_missing_secret_is_a_config_error(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OUTPOST_TEST_NOPE", raising=False)
+    config = MqttDeviceConfig(
+        host=mosquitto.host, port=mosquitto.port, username_env="OUTPOST_TEST_NOPE"
+    )
+    driver = MqttDriver("sensors", config)
+    driver.prepare(PointGroup("sensors", [point("x", "a/x")], 5.0))
+    sink = Collector()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(driver.stream(sink))
+        try:
+            await sink.wait_for(lambda r: r.quality == Quality.BAD_CONFIG_ERROR)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    errors = [e for e in logs if e["event"] == "mqtt.config_error"]
+    assert (
+        errors
+        and "username_env" in errors[0]["error"]
+        and "OUTPOST_TEST_NOPE" in errors[0]["error"]
+    )
