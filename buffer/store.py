@@ -586,6 +586,7 @@ class Buffer:
                 if n == 0:
                     break
                 need -= n
+                self._last_commit = time.monotonic()  # progress, for the watchdog
                 # Appends that queued meanwhile go in before the next chunk.
                 if not self._commit_queue(inflight) or conn is not self._wconn:
                     return
@@ -674,6 +675,7 @@ class Buffer:
                 conn.executemany("DELETE FROM blocks WHERE first_seq = ?", taken)
                 bump_meta(conn, "expired_rows", n)
             total += n
+            self._last_commit = time.monotonic()
             if not self._commit_queue(inflight) or conn is not self._wconn:
                 return
         with transaction(conn):
@@ -737,7 +739,12 @@ class Buffer:
     def _rows(self, rows: list[tuple[Any, ...]]) -> ReadingRows:
         if not rows:
             return ReadingRows()
-        seq, ts, keys, values, quality = (list(c) for c in zip(*rows, strict=True))
+        # One list comprehension per column: cheaper than zip(*rows) + list() (measured).
+        seq = [r[0] for r in rows]
+        ts = [r[1] for r in rows]
+        keys = [r[2] for r in rows]
+        values = [r[3] for r in rows]
+        quality = [r[4] for r in rows]
         return ReadingRows(seq=seq, ts=ts, point_id=self._names_for(keys),
                            value=values, quality=quality)
 
