@@ -50,6 +50,7 @@ from bacpypes3.apdu import (
     ErrorRejectAbortNack,
     ReadAccessSpecification,
     ReadPropertyMultipleRequest,
+    ReadPropertyRequest,
     RejectPDU,
 )
 from bacpypes3.app import Application
@@ -239,7 +240,6 @@ def _error_quality(code: str) -> Quality:
 # and decodes the ACK's tags itself: ~2 µs per value. Anything unusual in an answer (a
 # constructed value, a string) is reported per value, never guessed.
 
-_RPM_SERVICE = 14
 _NON_NUMERIC = object()  # a value that is not a single number/boolean/enumeration/null
 _MISSING = object()
 
@@ -337,25 +337,51 @@ def decode_rpm_ack(data: bytes) -> dict[tuple[int, int, int, int | None], Any]:
                     _enum_name(ErrorClass, err_class), _enum_name(ErrorCode, err_code)
                 )
             else:
-                value: Any = _NON_NUMERIC
-                count, depth = 0, 0
-                while True:
-                    num, ctx, lvt, start, length = _tag(data, i)
-                    if ctx and lvt == 7 and depth == 0 and num == 4:
-                        break
-                    if ctx and lvt == 6:
-                        depth += 1
-                    elif ctx and lvt == 7:
-                        depth -= 1
-                    count += 1
-                    if count == 1 and not ctx:
-                        value = _app_value(num, lvt, data[start : start + length])
-                    i = start + length
-                if count != 1:
-                    value = _NON_NUMERIC
+                value, i = _value_section(data, i, 4)
                 out[(otype, inst, prop, index)] = value
             num, ctx, lvt, i, _ = _tag(data, i)  # the closing [4] or [5]
     return out
+
+
+def _value_section(data: bytes, i: int, closing: int) -> tuple[Any, int]:
+    """The value between an opening tag and its closing context tag ``closing`` (``i`` just
+    after the opening tag): a number/None when it is one primitive, else ``_NON_NUMERIC``.
+    Returns the value and the position of the closing tag."""
+    value: Any = _NON_NUMERIC
+    count, depth = 0, 0
+    while True:
+        num, ctx, lvt, start, length = _tag(data, i)
+        if ctx and lvt == 7 and depth == 0 and num == closing:
+            break
+        if ctx and lvt == 6:
+            depth += 1
+        elif ctx and lvt == 7:
+            depth -= 1
+        count += 1
+        if count == 1 and not ctx:
+            value = _app_value(num, lvt, data[start : start + length])
+        i = start + length
+    return (value if count == 1 else _NON_NUMERIC), i
+
+
+def decode_rp_ack(data: bytes) -> Any:
+    """The value of a ReadProperty-ACK service payload: a float, None (null) or
+    ``_NON_NUMERIC``. Raises ValueError/IndexError/struct.error on malformed data."""
+    num, ctx, _, start, length = _tag(data, 0)
+    if not (ctx and num == 0 and length == 4):
+        raise ValueError("object identifier expected")
+    num, ctx, _, start, length = _tag(data, start + length)
+    if not (ctx and num == 1):
+        raise ValueError("property identifier expected")
+    num, ctx, lvt, start, length = _tag(data, start + length)
+    if ctx and num == 2:
+        num, ctx, lvt, start, length = _tag(data, start + length)
+    if not (ctx and num == 3 and lvt == 6):
+        raise ValueError("property value expected")
+    value, i = _value_section(data, start, 3)
+    if i + 1 != len(data):
+        raise ValueError("trailing data after the property value")
+    return value
 
 
 def _enum_name(enum: Any, value: int) -> str:
@@ -369,7 +395,7 @@ def encode_rpm_request(
     refs: list[tuple[ObjectIdentifier, PropertyReference]],
 ) -> ConfirmedRequestPDU:
     """A ReadPropertyMultiple request, encoded once (consecutive refs of one object share a
-    read access specification); ``send_raw_rpm`` copies it for every send."""
+    read access specification); ``send_raw`` copies it for every send."""
     specs: list[ReadAccessSpecification] = []
     for objid, pref in refs:
         if specs and specs[-1].objectIdentifier == objid:
@@ -389,7 +415,7 @@ def encode_rpm_request(
 
 class _LocalApplication(Application):
     """Application that hands incoming I-Am requests to listeners (discovery) and can pass an
-    RPM answer up undecoded (``send_raw_rpm``)."""
+    answer up undecoded (``send_raw``)."""
 
     iam_listeners: list[Any]
     raw_invokes: set[tuple[Any, int]]
@@ -407,7 +433,6 @@ class _LocalApplication(Application):
         async def sap_response(apdu: Any) -> None:
             if (
                 apdu.apduType == ComplexAckPDU.pduType
-                and apdu.apduService == _RPM_SERVICE
                 and (apdu.pduSource, apdu.apduInvokeID) in raw
             ):
                 await ServiceAccessPoint.sap_response(asap, apdu)
@@ -416,9 +441,10 @@ class _LocalApplication(Application):
 
         asap.sap_response = sap_response  # type: ignore[method-assign]
 
-    async def send_raw_rpm(self, peer: Address, template: ConfirmedRequestPDU) -> bytes:
-        """Send a copy of a pre-encoded RPM request; return the ACK's service payload.
-        Errors, rejects and aborts raise as usual (``ErrorRejectAbortNack``)."""
+    async def send_raw(self, peer: Address, template: ConfirmedRequestPDU) -> bytes:
+        """Send a copy of a pre-encoded confirmed request (RPM or RP); return the ACK's
+        service payload undecoded. Errors, rejects and aborts raise as usual
+        (``ErrorRejectAbortNack``)."""
         request = ConfirmedRequestPDU()
         request.update(template)
         request.put_data(template.pduData)
@@ -572,6 +598,7 @@ class _Ref:
     key: tuple[int, int, int, int | None]
     positions: list[int]
     text: str
+    rp_request: ConfirmedRequestPDU | None = None  # encoded on first ReadProperty
 
 
 @dataclass(slots=True)
@@ -764,30 +791,6 @@ class BacnetDriver(Driver):
                 if quality[pos] == Quality.GOOD and not lo[pos] <= v <= hi[pos]:
                     quality[pos] = Quality.UNCERTAIN_OUT_OF_RANGE
 
-    def _store(self, ref: _Ref, raw: Any, ts: float, result: PollResult) -> None:
-        if isinstance(raw, ErrorType):
-            code = str(raw.errorCode)
-            q = _error_quality(code)
-            self._log_once(ref.text, code, "bacnet.property_error", error=bacnet_error_text(raw))
-            v = _NAN
-        else:
-            num = to_number(raw)
-            if num is None:
-                if raw is None or isinstance(raw, Null) or _is_null_choice(raw):
-                    q, v = Quality.UNCERTAIN, _NAN
-                else:
-                    q, v = Quality.BAD_CONFIG_ERROR, _NAN
-                    self._log_once(
-                        ref.text,
-                        "not-numeric",
-                        "bacnet.value_not_numeric",
-                        value_type=type(raw).__name__,
-                    )
-            else:
-                q, v = Quality.GOOD, num
-        for pos in ref.positions:
-            result.ts[pos], result.value[pos], result.quality[pos] = ts, v, q
-
     def _store_error(self, ref: _Ref, exc: ErrorPDU, ts: float, result: PollResult) -> None:
         code = str(exc.errorCode)
         q = _error_quality(code)
@@ -812,7 +815,7 @@ class BacnetDriver(Driver):
             template = encode_rpm_request([(ref.objid, ref.pref) for ref in batch])
             plan.requests[key] = template
         try:
-            payload = await app.send_raw_rpm(peer, template)
+            payload = await app.send_raw(peer, template)
         except ErrorRejectAbortNack as exc:
             return await self._rpm_failed(app, peer, batch, result, exc)
         ts = time.time()
@@ -894,10 +897,15 @@ class BacnetDriver(Driver):
         return True
 
     async def _read_rp(
-        self, app: Application, peer: Address, ref: _Ref, result: PollResult
+        self, app: _LocalApplication, peer: Address, ref: _Ref, result: PollResult
     ) -> None:
+        if ref.rp_request is None:
+            request = ReadPropertyRequest(objectIdentifier=ref.objid, propertyIdentifier=ref.prop)
+            if ref.index is not None:
+                request.propertyArrayIndex = ref.index
+            ref.rp_request = request.encode()
         try:
-            value = await app.read_property(peer, ref.objid, ref.prop, ref.index)
+            payload = await app.send_raw(peer, ref.rp_request)
         except ErrorRejectAbortNack as exc:
             ts = time.time()
             if isinstance(exc, ErrorPDU):
@@ -910,13 +918,21 @@ class BacnetDriver(Driver):
             for pos in ref.positions:
                 result.ts[pos], result.quality[pos] = ts, Quality.BAD_DEVICE_ERROR
             return
-        except (ValueError, TypeError, AttributeError) as exc:
+        ts = time.time()
+        try:
+            value = decode_rp_ack(payload)
+        except (ValueError, IndexError, struct.error) as exc:
             self._log_once(ref.text, "decode", "bacnet.decode_failed", error=str(exc))
-            ts = time.time()
-            for pos in ref.positions:
-                result.ts[pos], result.quality[pos] = ts, Quality.BAD_CONFIG_ERROR
-            return
-        self._store(ref, value, time.time(), result)
+            value = _NON_NUMERIC
+        if value.__class__ is float:
+            q, v = Quality.GOOD, value
+        elif value is None:
+            q, v = Quality.UNCERTAIN, _NAN
+        else:
+            q, v = Quality.BAD_CONFIG_ERROR, _NAN
+            self._log_once(ref.text, "not-numeric", "bacnet.value_not_numeric")
+        for pos in ref.positions:
+            result.ts[pos], result.value[pos], result.quality[pos] = ts, v, q
 
     def _note_down(self, reason: str) -> None:
         state = self._state
@@ -1057,8 +1073,3 @@ class BacnetDriver(Driver):
             for key, res in list(self.context.resources.items()):
                 if res is self._local:
                     del self.context.resources[key]
-
-
-def _is_null_choice(value: Any) -> bool:
-    choice = getattr(value, "_choice", None)
-    return choice == "null"

@@ -7,7 +7,7 @@ import struct
 from typing import Any
 
 import pytest
-from bacpypes3.apdu import ReadPropertyMultipleACK
+from bacpypes3.apdu import ReadPropertyACK, ReadPropertyMultipleACK
 from bacpypes3.basetypes import (
     ErrorType,
     ReadAccessResult,
@@ -30,7 +30,7 @@ from bacpypes3.primitivedata import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.bacnet import _NON_NUMERIC, RawError, decode_rpm_ack
+from drivers.bacnet import _NON_NUMERIC, RawError, decode_rp_ack, decode_rpm_ack
 
 
 def f32(x: float) -> float:
@@ -104,6 +104,19 @@ def test_decoder_agrees_with_bacpypes3_encoding(entries: list[Any]) -> None:
             assert math.isnan(got)
         else:
             assert got == value[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(VALUES, st.none() | st.integers(0, 2**32 - 1))
+def test_read_property_decoder_agrees_with_bacpypes3(value: Any, index: int | None) -> None:
+    ack = ReadPropertyACK(
+        objectIdentifier=ObjectIdentifier(("analog-value", 7)),
+        propertyIdentifier=85,
+        propertyValue=AnyValue(value[0]),
+    )
+    if index is not None:
+        ack.propertyArrayIndex = index
+    assert decode_rp_ack(bytes(ack.encode().pduData)) == value[1]
 
 
 @pytest.mark.parametrize("cut", [1, 5, 9])

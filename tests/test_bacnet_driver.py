@@ -135,13 +135,15 @@ async def test_batch_shrinks_when_device_cannot_segment() -> None:
     assert counts["rp"] == 0
 
 
-async def test_failing_property_spoils_only_its_point() -> None:
+@pytest.mark.parametrize("rpm", [True, False], ids=["rpm", "read-property"])
+async def test_failing_property_spoils_only_its_point(rpm: bool) -> None:
     port = free_udp_port()
-    async with RunningDevice(build_ahu_objects(setpoint=19.0), 1001, port):
+    async with RunningDevice(build_ahu_objects(setpoint=19.0), 1001, port, rpm=rpm):
         drv = BacnetDriver("ahu", config(port, free_udp_port()))
         try:
             points = [
                 point("sat", "analog-input:1"),
+                point("empty_slot", "analog-value:1/priority-array[1]"),
                 point("ghost", "analog-input:99"),
                 point("no_prop", "analog-input:1/high-limit"),
                 point("name", "analog-input:1/object-name"),
@@ -153,12 +155,13 @@ async def test_failing_property_spoils_only_its_point() -> None:
             await drv.close()
     q = dict(zip([p.point_id for p in points], res.quality, strict=True))
     assert q["sat"] == Quality.GOOD and res.value[0] == pytest.approx(19.0)
-    assert q["ghost"] == Quality.BAD_CONFIG_ERROR and math.isnan(res.value[1])
+    assert q["empty_slot"] == Quality.UNCERTAIN and math.isnan(res.value[1])
+    assert q["ghost"] == Quality.BAD_CONFIG_ERROR and math.isnan(res.value[2])
     assert q["no_prop"] == Quality.BAD_CONFIG_ERROR
     assert q["name"] == Quality.BAD_CONFIG_ERROR  # a text is not a number
-    assert q["sp"] == Quality.UNCERTAIN_OUT_OF_RANGE and res.value[4] == pytest.approx(19.0)
-    assert q["mode"] == Quality.GOOD and res.value[5] == 2.0
-    assert drv.connected
+    assert q["sp"] == Quality.UNCERTAIN_OUT_OF_RANGE and res.value[5] == pytest.approx(19.0)
+    assert q["mode"] == Quality.GOOD and res.value[6] == 2.0
+    assert drv.connected and drv.uses_rpm == rpm
 
 
 async def test_write_with_priority_and_relinquish() -> None:
