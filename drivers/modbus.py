@@ -353,7 +353,10 @@ class ModbusDriver(Driver):
             outcome = await self._execute(req, value, tsa, quality)
             if outcome is None:  # split: run the halves next, in this same poll
                 changed = True
-                work.extendleft(reversed(split_request(req)))
+                halves = split_request(req)
+                for half in halves:
+                    half.failures = max(0, req.failures - 1)
+                work.extendleft(reversed(halves))
                 continue
             done.append(req)
             if outcome.stop:
@@ -402,6 +405,8 @@ class ModbusDriver(Driver):
                     request=req.address_text,
                     error=exception_text(code),
                 )
+                # a persistent fault is already proven: the halves split at their first failure
+                req.failures = 0 if code in _ADDRESS_CODES else SPLIT_AFTER
                 return None
             if code in _ADDRESS_CODES:
                 fail_into(req, value, tsa, quality, _CONFIG, ts)

@@ -353,3 +353,43 @@ def test_config_rejects_unknown_keys_and_bad_ranges() -> None:
             {"protocol": "modbus", "host": "h", "reconnect_min": 5, "reconnect_max": 1}
         )
     assert struct.calcsize(">f") == 4
+
+
+async def test_persistent_device_failure_is_split_after_repeated_polls() -> None:
+    """Exception 4 (device failure) may be transient, so the request is split only after it
+    failed SPLIT_AFTER polls in a row; then only the failing register's point stays bad."""
+    from pymodbus.constants import ExcCodes
+
+    from drivers.modbus import SPLIT_AFTER
+
+    async def broken_sensor(fc, _start, address, count, _regs, _values):  # type: ignore[no-untyped-def]
+        if fc == 3 and _values is None and address <= 50 < address + count:
+            return ExcCodes.DEVICE_FAILURE
+        return None
+
+    server = await start_server(action=broken_sensor)
+    for a in (40, 45, 50, 55, 60):
+        await server.set("hr", a, [a])
+    driver = ModbusDriver("dev", config(server.port))
+    points = [mkpoint(f"h{a}", f"hr:{a}") for a in (40, 45, 50, 55, 60)]
+    group = group_of(driver, points)
+    with capture_logs() as logs:
+        for _ in range(SPLIT_AFTER - 1):
+            result = await driver.read(group)
+            assert list(result.quality) == [Quality.BAD_DEVICE_ERROR] * 5
+        for _ in range(3):
+            result = await driver.read(group)
+            assert [result.value[i] for i in (0, 1, 3, 4)] == [40, 45, 55, 60]
+            assert list(result.quality) == [
+                Quality.GOOD,
+                Quality.GOOD,
+                Quality.BAD_DEVICE_ERROR,
+                Quality.GOOD,
+                Quality.GOOD,
+            ]
+    failed = [e for e in logs if e["event"] == "modbus.request_failed"]
+    # the original request once, then the isolated register once: not once per poll
+    assert len(failed) <= 3
+    assert failed[-1]["request"] == "hr:50+1"
+    await driver.close()
+    await server.stop()
