@@ -19,6 +19,7 @@ one log line when a device stops answering, not once per poll.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import time
@@ -238,12 +239,34 @@ class _SharedEngine:
         self.engine.close_dispatcher()
 
 
-def shared_engine(context: DriverContext) -> _SharedEngine:
-    """The runtime's SNMP engine, created on first use."""
-    shared = context.resources.get(_ENGINE_KEY)
+def shared_engine(context: DriverContext, credentials: str = "") -> _SharedEngine:
+    """The runtime's SNMP engine, created on first use.
+
+    pysnmp keeps one USM entry per v3 user name in an engine, so devices that share a user
+    name but not its keys (common: one "monitor" user, per-device keys) each need an engine
+    of their own: ``credentials`` is a fingerprint of the v3 keys, empty for v1/v2c.
+    """
+    key = f"{_ENGINE_KEY}:{credentials}" if credentials else _ENGINE_KEY
+    shared = context.resources.get(key)
     if shared is None:
-        shared = context.resources[_ENGINE_KEY] = _SharedEngine()
+        shared = context.resources[key] = _SharedEngine()
     return shared  # type: ignore[no-any-return]
+
+
+def _fingerprint(auth: CommunityData | UsmUserData) -> str:
+    if not isinstance(auth, UsmUserData):
+        return ""
+    material = "\0".join(
+        str(x)
+        for x in (
+            auth.userName,
+            auth.authentication_protocol,
+            auth.authentication_key,
+            auth.privacy_protocol,
+            auth.privacy_key,
+        )
+    )
+    return "v3-" + hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def decode_value(value: Any) -> float | None:
@@ -320,6 +343,7 @@ class SnmpDriver(Driver):
     ) -> None:
         super().__init__(device_id, config, context)
         self._target: str | None = None
+        self._engine: _SharedEngine | None = None
         self._fast: _Fast | None = None
         self._setup_lock = asyncio.Lock()
         self._config_error: str | None = None
@@ -411,7 +435,6 @@ class SnmpDriver(Driver):
         async with self._setup_lock:
             if self._target is not None or self._config_error is not None:
                 return self._target
-            shared = shared_engine(self.context)
             try:
                 auth = self.config.auth_data()
                 transport = await UdpTransportTarget.create(
@@ -431,6 +454,7 @@ class SnmpDriver(Driver):
                     error=str(exc),
                 )
                 return None
+            shared = self._engine = shared_engine(self.context, _fingerprint(auth))
             addr_name, _params = shared.lcd.configure(
                 shared.engine, auth, transport, self.config.context_name.encode()
             )
@@ -637,7 +661,8 @@ class SnmpDriver(Driver):
     async def _get(self, route: _Fast | str, plan: _Plan, indexes: list[int]) -> _Outcome:
         if isinstance(route, _Fast):
             return await self._get_fast(route, plan, indexes)
-        shared = shared_engine(self.context)
+        shared = self._engine
+        assert shared is not None  # set together with the target
         null = univ.Null("")
         out = await _send(
             shared,
@@ -702,7 +727,8 @@ class SnmpDriver(Driver):
             kind = self._types.get(oid)
         raw = point.to_raw(value)
         syntax = _syntax_for(kind, raw, point.point_id)
-        shared = shared_engine(self.context)
+        shared = self._engine
+        assert shared is not None  # set together with the target
         out = await _send(
             shared,
             shared.set,

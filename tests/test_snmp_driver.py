@@ -322,3 +322,24 @@ async def test_simulator_scenario_changes_values(
     finally:
         sim.stop.set()
         await asyncio.wait_for(sim.task, 5)
+
+
+async def test_two_v3_devices_same_user_different_keys(
+    snmpd: Snmpd, pdu_sim: Any, context: DriverContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sites often reuse one v3 user name with per-device keys; each device keeps its own."""
+    monkeypatch.setenv("OUTPOST_TEST_AUTH", V3_AUTH_KEY)
+    monkeypatch.setenv("OUTPOST_TEST_PRIV", V3_PRIV_KEY)
+    monkeypatch.setenv("OUTPOST_TEST_AUTH2", snmp_pdu.V3_AUTH_KEY)
+    monkeypatch.setenv("OUTPOST_TEST_PRIV2", snmp_pdu.V3_PRIV_KEY)
+    assert V3_USER == snmp_pdu.V3_USER and V3_AUTH_KEY != snmp_pdu.V3_AUTH_KEY
+    first = SnmpDriver("a", v3(snmpd.port), context)
+    second_cfg = v3(pdu_sim.port).model_copy(
+        update={"auth_key_env": "OUTPOST_TEST_AUTH2", "priv_key_env": "OUTPOST_TEST_PRIV2"}
+    )
+    second = SnmpDriver("b", second_cfg, context)
+    for _ in range(2):
+        _, r1 = await read_once(first, [point("uptime", SYS_UPTIME)])
+        _, r2 = await read_once(second, [point("count", f"{PDU_OID}.1.6.0")])
+        assert qualities(r1) == [Quality.GOOD]
+        assert qualities(r2) == [Quality.GOOD] and r2.value[0] == 24.0
