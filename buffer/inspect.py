@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import sqlite3
@@ -107,16 +108,10 @@ def _seq_bounds(conn: sqlite3.Connection, lo_ms: int | None, hi_ms: int | None
     return lo_seq, hi_seq
 
 
-def _value_text(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return ""
-    return repr(v)
-
-
-def _value_json(v: float | None) -> Any:
-    if v is None or not math.isfinite(v):
-        return None
-    return v
+def _csv_cell(text: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
+    return buf.getvalue()
 
 
 def export_readings(path: Path, out: TextIO, fmt: Format, since: datetime | None,
@@ -174,12 +169,18 @@ def _write_readings(cur: sqlite3.Cursor, out: TextIO, fmt: Format,
     _header(out, fmt, READING_COLUMNS)
     count = 0
     if fmt == "csv":
-        w = csv.writer(out, lineterminator="\n")
-        while rows := cur.fetchmany(_FETCH):
-            w.writerows(
-                (seq, iso(ts), name(k), _value_text(v), labels.get(q, str(q)))
-                for seq, ts, k, v, q in rows
-            )
+        # Lines built directly (the csv module costs ~2x): only the point id can need quoting,
+        # and it is quoted once per point.
+        cells: dict[int, str] = {}
+        for rows in iter(lambda: cur.fetchmany(_FETCH), []):
+            lines = []
+            for seq, ts, k, v, q in rows:
+                pid = cells.get(k)
+                if pid is None:
+                    pid = cells[k] = _csv_cell(name(k))
+                val = "" if v is None or not math.isfinite(v) else repr(v)
+                lines.append(f"{seq},{iso(ts)},{pid},{val},{labels.get(q) or q}\n")
+            out.write("".join(lines))
             count += len(rows)
     else:
         dumps = json.dumps
