@@ -425,7 +425,7 @@ class _LocalApplication(Application):
         for listener in list(getattr(self, "iam_listeners", ())):
             listener(apdu)
 
-    def enable_raw_rpm(self) -> None:
+    def enable_raw(self) -> None:
         self.raw_invokes = set()
         asap = self.asap
         raw = self.raw_invokes
@@ -501,6 +501,10 @@ class BacnetLocalApp:
             self._starting = asyncio.get_running_loop().create_future()
             try:
                 app = await self._start()
+            except asyncio.CancelledError:
+                self._starting.cancel()
+                self._starting = None
+                raise
             except BaseException as exc:
                 self._starting.set_exception(exc)
                 self._starting.exception()  # retrieved here: waiters re-raise it themselves
@@ -533,7 +537,7 @@ class BacnetLocalApp:
         ]
         app = _LocalApplication.from_object_list(objects)
         app.iam_listeners = []
-        app.enable_raw_rpm()
+        app.enable_raw()
         try:
             for link in app.link_layers.values():
                 ready = getattr(getattr(link, "server", None), "_local_transport_ready", None)
