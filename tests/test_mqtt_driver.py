@@ -17,7 +17,7 @@ from typing import Any
 import aiomqtt
 import pytest
 import structlog
-from mqtt_broker import Mosquitto, free_tcp_port, mosquitto  # noqa: F401
+from mqtt_broker import Mosquitto, free_tcp_port, make_tls_files, mosquitto  # noqa: F401
 from pydantic import ValidationError
 
 from drivers.base import PointGroup, PollResult
@@ -376,3 +376,30 @@ async def test_missing_secret_is_a_config_error(
         and "username_env" in errors[0]["error"]
         and "OUTPOST_TEST_NOPE" in errors[0]["error"]
     )
+
+
+async def test_tls_with_ca_file(tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path)
+    broker = Mosquitto(tmp_path, tls=tls)
+    broker.start()
+    try:
+        async with running(broker, [point("x", "tls/x")], tls=True, ca_file=tls.ca) as (_d, sink):
+            params = aiomqtt.TLSParameters(ca_certs=str(tls.ca))
+            async with aiomqtt.Client(broker.host, broker.port, tls_params=params) as pub:
+                await pub.publish("tls/x", "7", qos=1)
+            assert (await sink.wait_for(lambda r: r.quality == Quality.GOOD)).value == 7.0
+        # Without TLS the broker's TLS listener does not talk to us: comm failure, no crash.
+        config = MqttDeviceConfig(host=broker.host, port=broker.port, timeout=0.5, retries=0)
+        plain = MqttDriver("sensors", config)
+        plain.prepare(PointGroup("sensors", [point("x", "tls/x")], 5.0))
+        sink = Collector()
+        task = asyncio.create_task(plain.stream(sink))
+        try:
+            await sink.wait_for(lambda r: r.quality == Quality.BAD_COMM_FAILURE)
+            assert not plain.connected
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        broker.stop()

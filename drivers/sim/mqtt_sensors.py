@@ -121,3 +121,25 @@ async def run_mqtt_sensors(
             except TimeoutError:
                 pass
             delay = min(delay * 2, 10.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m drivers.sim.mqtt_sensors --port 1883 [--racks 8] [--interval 1]``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Publish simulated rack sensors to an MQTT broker.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=1883)
+    ap.add_argument("--racks", type=int, default=8)
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--scenario", choices=("COOLING_FAILURE", "LEAK_DETECTED"), default=None)
+    args = ap.parse_args(argv)
+    model = RackSensorsModel(racks=args.racks, scenario=args.scenario)
+    try:
+        asyncio.run(run_mqtt_sensors(args.host, args.port, interval=args.interval, model=model))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

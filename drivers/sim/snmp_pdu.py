@@ -305,3 +305,36 @@ async def serve_snmp_pdu(
     finally:
         engine.close_dispatcher()
         sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m drivers.sim.snmp_pdu [--host H] [--port P] [--outlets N]``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Serve the simulated PDU over SNMP v1/v2c/v3.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=16161)
+    ap.add_argument("--outlets", type=int, default=24)
+    ap.add_argument("--name", default="sim-pdu-a")
+    ap.add_argument("--scenario", choices=SCENARIOS, default=None)
+    ap.add_argument(
+        "--max-response-varbinds", type=int, default=None, help="answer tooBig above this"
+    )
+    args = ap.parse_args(argv)
+    model = PduModel(name=args.name, outlets=args.outlets, scenario=args.scenario)
+    try:
+        asyncio.run(
+            serve_snmp_pdu(
+                args.host,
+                args.port,
+                model=model,
+                max_response_varbinds=args.max_response_varbinds,
+                ready=lambda port: print(f"SNMP PDU on udp:{args.host}:{port}", flush=True),
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
