@@ -502,15 +502,22 @@ async def discover_bacnet_devices(
         for instance in sorted(found):
             try:
                 devices.append(await _describe_device(app, instance, found[instance], taken, say))
-            except _Gone:
-                say(f"device {instance} at {found[instance]} stopped answering")
+            except (_Gone, Exception) as exc:
+                # One odd device must not spoil the others' results.
+                why = (
+                    "stopped answering"
+                    if isinstance(exc, _Gone)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                say(f"device {instance} at {found[instance]}: {why}")
+                log.warning("bacnet.discovery_device_failed", instance=instance, error=why)
                 devices.append(
                     DiscoveredDevice(
                         _device_id(f"bacnet-{instance}", instance, taken),
                         instance,
                         str(found[instance]),
                         f"device-{instance}",
-                        error="stopped answering",
+                        error=why,
                     )
                 )
         log.info(
