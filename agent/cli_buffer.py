@@ -7,6 +7,7 @@ block the agent's writer). The file comes from the agent config (``[buffer] path
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,7 +110,7 @@ def stats(config: ConfigOption = None, db: DbOption = None, json_out: JsonOption
     path = _buffer_path(config, db)
     try:
         st = file_stats(path)
-    except BufferFileError as exc:
+    except (BufferFileError, sqlite3.Error) as exc:
         fail(str(exc))
     if json_out:
         print_json(st.to_dict())
@@ -152,8 +153,12 @@ def export(
             n = export_events(path, stream, fmt, lo, hi)
         else:
             n = export_readings(path, stream, fmt, lo, hi, point)
-    except BufferFileError as exc:
+    except (BufferFileError, sqlite3.Error) as exc:
         fail(str(exc))
+    except BrokenPipeError:
+        # `outpost buffer export ... | head`: the reader went away; not an error of ours.
+        sys.stderr.close()
+        raise typer.Exit(0) from None
     finally:
         if out:
             stream.close()

@@ -40,13 +40,20 @@ def open_readonly(path: Path) -> Iterator[sqlite3.Connection]:
         problem = "empty file"
     if problem is not None:
         raise schema.BufferFileError(f"{path}: {problem}")
-    conn = schema.connect(path, readonly=True, cache_mb=32)
     try:
-        problem = schema.check_database(conn, quick_check=False)
-        if problem is None and conn.execute("PRAGMA application_id").fetchone()[0] != (
-            schema.APPLICATION_ID
-        ):
-            problem = "not an Outpost buffer"
+        conn = schema.connect(path, readonly=True, cache_mb=32)
+    except sqlite3.Error as exc:
+        # e.g. no permission to open the -shm/-wal next to it (run as the agent's user).
+        raise schema.BufferFileError(f"{path}: cannot open: {exc}") from None
+    try:
+        try:
+            problem = schema.check_database(conn, quick_check=False)
+            if problem is None and conn.execute("PRAGMA application_id").fetchone()[0] != (
+                schema.APPLICATION_ID
+            ):
+                problem = "not an Outpost buffer"
+        except sqlite3.Error as exc:
+            problem = f"cannot read: {exc}"
         if problem is not None:
             raise schema.BufferFileError(f"{path}: {problem}")
         yield conn
