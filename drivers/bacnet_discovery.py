@@ -502,7 +502,7 @@ async def discover_bacnet_devices(
         for instance in sorted(found):
             try:
                 devices.append(await _describe_device(app, instance, found[instance], taken, say))
-            except (_Gone, Exception) as exc:
+            except Exception as exc:
                 # One odd device must not spoil the others' results.
                 why = (
                     "stopped answering"
