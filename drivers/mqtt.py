@@ -223,6 +223,7 @@ class MqttDriver(Driver):
     def prepare(self, group: PointGroup) -> None:
         """Subscribe to ``group.points`` (replacing an earlier set); sink positions index
         ``group.points``. Give the driver all of the device's points in one group."""
+        self._flush()  # readings decoded under the old plan go out with the old positions
         exact: dict[str, list[_Entry]] = {}
         wild: dict[str, list[_Entry]] = {}
         intervals = array("d")
@@ -353,7 +354,7 @@ class MqttDriver(Driver):
         self._replan.clear()
         filters = self._plan.filters
         if filters:
-            await client.subscribe([(f, self.config.qos) for f in filters])
+            await client.subscribe([(f, int(self.config.qos)) for f in filters])
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Wait for broker loss (raises MqttError); resubscribe when the schedule changes."""
@@ -489,7 +490,14 @@ class MqttDriver(Driver):
             return
         self._batch = _Batch()
         if self._sink is not None:
-            self._sink(batch.positions, PollResult(batch.ts, batch.value, batch.quality))
+            try:
+                self._sink(batch.positions, PollResult(batch.ts, batch.value, batch.quality))
+            except Exception:
+                # The sink is the agent's; its failure must not be blamed on a payload or
+                # stop the client's receive path.
+                log.exception(
+                    "mqtt.sink_failed", device=self.device_id, readings=len(batch.positions)
+                )
 
     def _emit_all(self, quality: Quality) -> None:
         n = len(self._last_seen)

@@ -311,6 +311,7 @@ class _Outcome:
     status: int = 0
     index: int = 0
     items: list[tuple[float | None, bool, type | None, Any]] = field(default_factory=list)
+    varbinds: list[tuple[Any, Any]] = field(default_factory=list)  # pysnmp path, undecoded
 
 
 @dataclass(slots=True, frozen=True)
@@ -674,7 +675,7 @@ class SnmpDriver(Driver):
         if out.error is None and out.status == 0:
             out.items = [
                 (decode_value(raw), isinstance(raw, _MISSING), type(raw), raw)
-                for _name, raw in out.items
+                for _name, raw in out.varbinds
             ]
         return out
 
@@ -788,7 +789,7 @@ def _send(
         if error:
             future.set_result(_Outcome(error=error))
         else:
-            future.set_result(_Outcome(None, int(status), int(index), list(vbs or ())))  # type: ignore[arg-type]
+            future.set_result(_Outcome(None, int(status), int(index), varbinds=list(vbs or ())))
 
     try:
         generator.send_varbinds(shared.engine, target, None, context_name.encode(), varbinds, done)

@@ -225,7 +225,7 @@ def _interfaces(
                 )
         for col, suffix, units, what, tags in _IFX_COLUMNS:
             value = ifx_table.get((col, ix))
-            if not _is_number(value):
+            if value is None or not _is_number(value):
                 continue
             # ifHighSpeed only improves on ifSpeed when ifSpeed saturates (> 4.29 Gbit/s).
             if suffix == "speed" and "speed" in rows and int(value) < 4295:

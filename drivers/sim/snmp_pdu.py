@@ -44,6 +44,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -164,14 +165,21 @@ class _PduInstrum(AbstractMibInstrumController):
             _oid(f"{PDU_OID}.1.8.0"): lambda: rfc1902.OctetString(m.inlet_temp()),
         }
         for n in range(1, m.outlets + 1):
-            getters[_oid(outlet_oid(2, n))] = lambda n=n: rfc1902.OctetString(f"outlet-{n}")
-            getters[_oid(outlet_oid(3, n))] = lambda n=n: rfc1902.Gauge32(m.outlet_ma(n))
-            getters[_oid(outlet_oid(4, n))] = lambda n=n: rfc1902.Gauge32(m.outlet_w(n))
-            getters[_oid(outlet_oid(5, n))] = lambda n=n: rfc1902.Integer32(
-                1 if m.outlet_on[n - 1] else 2
-            )
+            getters[_oid(outlet_oid(2, n))] = partial(rfc1902.OctetString, f"outlet-{n}")
+            getters[_oid(outlet_oid(3, n))] = partial(self._outlet_ma, n)
+            getters[_oid(outlet_oid(4, n))] = partial(self._outlet_w, n)
+            getters[_oid(outlet_oid(5, n))] = partial(self._outlet_state, n)
         self._getters = getters
         self._order = sorted(getters)
+
+    def _outlet_ma(self, n: int) -> Any:
+        return rfc1902.Gauge32(self.model.outlet_ma(n))
+
+    def _outlet_w(self, n: int) -> Any:
+        return rfc1902.Gauge32(self.model.outlet_w(n))
+
+    def _outlet_state(self, n: int) -> Any:
+        return rfc1902.Integer32(1 if self.model.outlet_on[n - 1] else 2)
 
     def _check_size(self, count: int) -> None:
         if self.max_response_varbinds is not None and count > self.max_response_varbinds:
@@ -214,15 +222,14 @@ class _PduInstrum(AbstractMibInstrumController):
                     raise smi_error.WrongTypeError(name=name, idx=idx)
                 if not 0 <= int(value) <= 100_000:
                     raise smi_error.WrongValueError(name=name, idx=idx)
-                changes.append(lambda v=int(value): setattr(self.model, "power_limit_w", v))
+                changes.append(partial(setattr, self.model, "power_limit_w", int(value)))
             elif key[:-1] == _oid(f"{PDU_OID}.2.1.5"):
                 if not isinstance(value, rfc1902.Integer32):
                     raise smi_error.WrongTypeError(name=name, idx=idx)
                 if int(value) not in (1, 2):
                     raise smi_error.WrongValueError(name=name, idx=idx)
-                n = key[-1]
                 changes.append(
-                    lambda n=n, on=int(value) == 1: self.model.outlet_on.__setitem__(n - 1, on)
+                    partial(self.model.outlet_on.__setitem__, key[-1] - 1, int(value) == 1)
                 )
             else:
                 raise smi_error.NotWritableError(name=name, idx=idx)
