@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from array import array
@@ -16,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from buffer.inspect import export_events, export_readings, file_stats
@@ -616,3 +619,42 @@ def test_close_commits_a_queue_longer_than_one_writer_round(tmp_path: Path) -> N
         b.append([float(i)] * 10, [keys[0]] * 10, [float(i)] * 10, [0] * 10)
     b.close()
     assert _seqs(path) == list(range(1, 601))
+
+
+_op = st.one_of(
+    st.tuples(st.just("mark"), st.integers(0, 70)),
+    st.tuples(st.sampled_from(["range", "reject"]), st.integers(1, 70), st.integers(0, 15)),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_op, max_size=12))
+def test_cursor_and_islands_match_a_model_of_handled_seqs(ops: list[tuple]) -> None:
+    n = 60
+    with tempfile.TemporaryDirectory() as d:
+        b = _open(Path(d) / "b.db", quick_check=False)
+        try:
+            _fill(b, n)
+            handled: set[int] = set()
+            for op in ops:
+                if op[0] == "mark":
+                    b.mark_synced(op[1])
+                    handled |= set(range(1, min(op[1], n) + 1))
+                else:
+                    first, last = op[1], op[1] + op[2]
+                    if op[0] == "range":
+                        b.mark_range_synced(first, last)
+                    else:
+                        b.add_rejected(first, last, 400, "bad", b"")
+                    handled |= set(range(first, min(last, n) + 1))
+            cursor = 0
+            while cursor + 1 in handled:
+                cursor += 1
+            unsynced = sorted(set(range(1, n + 1)) - handled)
+            assert b.synced_through() == cursor
+            assert b.read_unsynced(1000).seq == unsynced
+            assert b.read_unsynced(7).seq == unsynced[:7]
+            assert b.read_latest(5).seq == unsynced[-5:]
+            assert b.stats().unsynced_rows == len(unsynced)
+        finally:
+            b.close()
