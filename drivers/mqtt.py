@@ -197,6 +197,7 @@ class MqttDriver(Driver):
     ) -> None:
         super().__init__(device_id, config, context)
         self._plan: _Plan | None = None
+        self._prepared_ids: set[str] = set()
         self._replan = asyncio.Event()
         self._connected = False
         self._sink: Sink | None = None
@@ -224,6 +225,7 @@ class MqttDriver(Driver):
         """Subscribe to ``group.points`` (replacing an earlier set); sink positions index
         ``group.points``. Give the driver all of the device's points in one group."""
         self._flush()  # readings decoded under the old plan go out with the old positions
+        self._check_single_group(group)
         exact: dict[str, list[_Entry]] = {}
         wild: dict[str, list[_Entry]] = {}
         intervals = array("d")
@@ -254,6 +256,23 @@ class MqttDriver(Driver):
         self._last_seen = array("d", [now]) * len(group.points)
         self._stale = bytearray(len(group.points))
         self._replan.set()
+
+    def _check_single_group(self, group: PointGroup) -> None:
+        # stream(sink) carries no group, so one driver serves exactly one group. Groups split
+        # by poll interval have disjoint points; a schedule reload's group shares point ids.
+        previous = self._prepared_ids
+        current = {p.point_id for p in group.points}
+        self._prepared_ids = current
+        if previous and current and previous.isdisjoint(current):
+            log.error(
+                "mqtt.split_groups",
+                device=self.device_id,
+                hint=(
+                    "the MQTT driver was given its device's points in several groups; only the "
+                    "last is subscribed. Pass all points of a push device in one PointGroup "
+                    "(per-point poll_interval still drives stale detection)."
+                ),
+            )
 
     async def read(self, group: PointGroup) -> PollResult:
         raise TypeError("MqttDriver is a push driver: use stream(sink)")

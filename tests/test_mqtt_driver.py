@@ -403,3 +403,13 @@ async def test_tls_with_ca_file(tmp_path: Path) -> None:
                 await task
     finally:
         broker.stop()
+
+
+def test_points_split_over_groups_are_reported() -> None:
+    driver = MqttDriver("sensors", MqttDeviceConfig(host="127.0.0.1"))
+    with structlog.testing.capture_logs() as logs:
+        driver.prepare(PointGroup("sensors", [point("a", "g/a")], 5.0))
+        driver.prepare(PointGroup("sensors", [point("a", "g/a"), point("b", "g/b")], 5.0))
+        assert not [e for e in logs if e["event"] == "mqtt.split_groups"]  # a reload: fine
+        driver.prepare(PointGroup("sensors", [point("c", "g/c")], 60.0))
+    assert [e["event"] for e in logs].count("mqtt.split_groups") == 1
