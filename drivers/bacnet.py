@@ -737,7 +737,7 @@ class BacnetDriver(Driver):
                 infos = await asyncio.get_running_loop().getaddrinfo(
                     host, port, family=socket.AF_INET
                 )
-                host = infos[0][4][0]
+                host = str(infos[0][4][0])
             self._peer = Address(f"{host}:{port}")
         return self._peer
 

@@ -437,7 +437,7 @@ async def _who_is(
             ipaddress.ip_address(host)
         except ValueError:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET)
-            host = infos[0][4][0]
+            host = str(infos[0][4][0])
         destination = Address(f"{host}:{port}")
         if not _is_broadcast(host):
             unicast_host = host

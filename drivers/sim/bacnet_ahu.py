@@ -280,7 +280,7 @@ class BacnetAhu:
             raise ValueError(f"unknown scenario {name!r}; expected one of {', '.join(SCENARIOS)}")
         self.scenario = name
 
-    def object(self, name: str) -> Any:
+    def point_object(self, name: str) -> Any:
         """The local bacpypes3 object by its object name (tests inspect priority arrays)."""
         return self._objects[name]
 
