@@ -6,6 +6,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from drivers.bacnet_discovery import (
     config_snippet,
     discover_bacnet,
@@ -65,14 +67,16 @@ async def test_directed_discovery_writes_a_loadable_skeleton(tmp_path: Path) -> 
     assert len(schedule.points) == 7
 
 
-async def test_unsegmented_device_without_rpm_reads_object_list_by_index() -> None:
-    """A small controller (480-byte APDUs, no segmentation, no RPM): its 102-entry object list
-    does not fit one answer, so it is read element by element with ReadProperty."""
+@pytest.mark.parametrize("rpm", [False, True], ids=["read-property", "rpm"])
+async def test_unsegmented_device_reads_object_list_by_index(rpm: bool) -> None:
+    """A small controller (480-byte APDUs, no segmentation, with or without RPM): its
+    102-entry object list does not fit one answer, so it is read element by element, with
+    ReadProperty or in RPM batches."""
     port = free_udp_port()
     objects = build_bulk_objects(100)
     list_reads: list[int | None] = []
     async with RunningDevice(
-        objects, 2001, port, rpm=False, segmentation=False, max_apdu=480, name="Plant 7"
+        objects, 2001, port, rpm=rpm, segmentation=False, max_apdu=480, name="Plant 7"
     ) as device:
         serve = device.app.do_ReadPropertyRequest
 
@@ -86,11 +90,11 @@ async def test_unsegmented_device_without_rpm_reads_object_list_by_index() -> No
             local_address=f"127.0.0.1:{free_udp_port()}", target=f"127.0.0.1:{port}", timeout=2.0
         )
     # the whole list (refused: too big), its length, then elements 1..102 (device,
-    # network-port and the 100 values)
-    assert list_reads == [None, 0, *range(1, 103)]
+    # network-port and the 100 values) one by one, unless RPM fetches them in batches
+    assert list_reads == ([None, 0] if rpm else [None, 0, *range(1, 103)])
     assert len(devices) == 1
     dev = devices[0]
-    assert (dev.device_id, dev.instance, dev.uses_rpm, dev.error) == ("plant-7", 2001, False, None)
+    assert (dev.device_id, dev.instance, dev.uses_rpm, dev.error) == ("plant-7", 2001, rpm, None)
     assert [p.address for p in dev.points] == [f"analog-value:{i}" for i in range(1, 101)]
     assert dev.points[41].name == "bulk-42"
     assert not dev.points[0].writable  # a plain analog-value without priority array
