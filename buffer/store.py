@@ -102,12 +102,16 @@ class Buffer:
         maintenance_interval: float = 5.0,
         max_pending_rows: int = 5_000_000,
         quick_check: bool = True,
+        on_corrupt_recovered: Callable[[Path], None] | None = None,
     ) -> None:
         """``on_unsynced_evicted(n)`` is called from the writer thread (use
         ``loop.call_soon_threadsafe`` to get back onto the loop). ``max_pending_rows`` bounds
         the in-memory queue if the disk stalls: beyond it appends are dropped and counted
         (``stats().dropped_rows``) rather than exhausting memory. ``quick_check`` runs
         ``PRAGMA quick_check`` at open (~1.3 s per 300 MB); a failed check moves the file aside.
+        ``on_corrupt_recovered(moved_to)`` is called after a corrupt file was moved aside and a
+        fresh one started (from ``open()``'s thread, or the writer thread if it happens later),
+        so the agent can raise its alarm; ``stats().corrupt_recoveries`` counts them.
         """
         self.path = Path(path)
         self.max_bytes = int(max_size_mb * 1024 * 1024)
@@ -118,6 +122,7 @@ class Buffer:
         self.max_pending_rows = int(max_pending_rows)
         self.quick_check = quick_check
         self.on_unsynced_evicted = on_unsynced_evicted
+        self.on_corrupt_recovered = on_corrupt_recovered
 
         self._lock = threading.Lock()  # guards the queue and the counters below
         self._queue: deque[_ReadingBatch | _EventItem] = deque()
@@ -174,6 +179,8 @@ class Buffer:
         self._thread.start()
         log.info("buffer.open", path=str(self.path), last_seq=self._last_seq,
                  synced_through=meta["synced_through"])
+        if self.corrupt_moved_to is not None:
+            self._notify_corrupt(self.corrupt_moved_to)
 
     def _open_checked(self) -> sqlite3.Connection:
         """Open the file; a corrupt or foreign one is moved aside and a fresh one created."""
@@ -560,7 +567,16 @@ class Buffer:
             log.exception("buffer.recovery_failed", path=str(self.path))
             return False
         self.corrupt_moved_to = moved
+        self._notify_corrupt(moved)
         return True
+
+    def _notify_corrupt(self, moved: Path) -> None:
+        if self.on_corrupt_recovered is None:
+            return
+        try:
+            self.on_corrupt_recovered(moved)
+        except Exception:
+            log.exception("buffer.on_corrupt_recovered_failed")
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         """Bytes counted against the bound: live pages (free pages are reused by new rows) plus

@@ -375,9 +375,11 @@ def test_corrupt_file_is_moved_aside_and_a_fresh_one_starts(tmp_path: Path, kind
         with path.open("r+b") as f:
             f.truncate(path.stat().st_size // 2)
     original = path.read_bytes()
+    alarms: list[Path] = []
     with capture_logs() as logs:
-        b = _open(path)
+        b = _open(path, on_corrupt_recovered=alarms.append)
     try:
+        assert alarms == [b.corrupt_moved_to]
         errors = [e for e in logs if e["event"] == "buffer.corrupt"]
         assert len(errors) == 1 and errors[0]["log_level"] == "error"
         moved = Path(errors[0]["moved_to"])
@@ -561,7 +563,8 @@ def test_file_tools_refuse_missing_and_non_buffer_files(tmp_path: Path) -> None:
 
 def test_corruption_under_the_running_writer_moves_on_to_a_fresh_file(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
-    b = _open(path)
+    alarms: list[Path] = []
+    b = _open(path, on_corrupt_recovered=alarms.append)
     try:
         keys = b.point_keys(POINTS)
         _fill(b, 100, keys=keys)
@@ -585,6 +588,7 @@ def test_corruption_under_the_running_writer_moves_on_to_a_fresh_file(tmp_path: 
             b.flush_sync(10)
         assert [e["event"] for e in logs if e["event"] == "buffer.corrupt"] == ["buffer.corrupt"]
         assert b.corrupt_moved_to is not None and b.corrupt_moved_to.exists()
+        assert alarms == [b.corrupt_moved_to]
         assert b.writer_alive
         rows = b.read_unsynced(10)
         assert rows.seq == [101]  # seq continues, the queued reading was not lost
