@@ -201,6 +201,7 @@ class Alarm:
         "shelve_note",
         "out_of_service",
         "out_of_service_by",
+        "suppressed",  # so a restart in maintenance does not re-announce every suppression
     )
 
     def copy_runtime(self, other: Alarm) -> None:

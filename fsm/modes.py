@@ -168,9 +168,11 @@ class ModeMachine:
             self._machine.add_transition(
                 edge.trigger, edge.source, edge.dest, conditions=conditions
             )
+        if on_suppression is not None:
+            # Always, so suppression restored with the alarm state matches the restored mode
+            # (e.g. maintenance that expired while the agent was stopped is lifted now).
+            on_suppression(self.suppression_predicate())
         if restored is not None:
-            if initial == MAINTENANCE and on_suppression is not None:
-                on_suppression(self.suppression_predicate())
             self._send(
                 self._clock.now(),
                 "mode",
