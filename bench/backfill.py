@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -118,6 +119,7 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
             heartbeat_source=lambda: {"mode": "normal", "agent_version": "bench"},
         )
         task = asyncio.create_task(uplink.run())
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         first_ack: float | None = None
         while True:
@@ -130,6 +132,7 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
             if task.done():
                 task.result()
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
         st = uplink.status()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -143,12 +146,32 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
         f"{(first_ack or t0) - t0:.2f} s)"
     )
     print(f"  throughput      {sent / elapsed:,.0f} readings/s   (target >= 50,000)")
+    print(
+        f"  agent CPU       {cpu:.1f} s for the uplink process (read, encode, send): "
+        f"{sent / max(cpu, 1e-9):,.0f} readings per CPU-second"
+    )
     print(f"  wire bytes      {st['bytes_sent']:,} bytes ({args.compression}, incl. heartbeats)")
     print(f"  bytes/reading   {st['bytes_sent'] / max(1, sent):.2f}   (target <= 8)")
     print(
         f"  batches         {st['batches_sent']} of <= {args.batch_size} readings, "
         f"failed attempts {st['batches_failed']}, duplicates acked {st['duplicates_acked']}"
     )
+
+
+def receiver_times(log_path: Path) -> None:
+    """Where the time went on the receiver side (its own per-batch log lines)."""
+    ms = []
+    for line in log_path.read_text().splitlines():
+        if '"receiver.ingest"' in line:
+            with contextlib.suppress(ValueError):
+                ms.append(float(json.loads(line)["ms"]))
+    if ms:
+        ms.sort()
+        print(
+            f"  receiver        {len(ms)} batches, handler time per batch: "
+            f"median {ms[len(ms) // 2]:.1f} ms, p90 {ms[int(len(ms) * 0.9)]:.1f} ms, "
+            f"sum {sum(ms) / 1000:.1f} s"
+        )
 
 
 def main() -> int:
@@ -201,6 +224,7 @@ def main() -> int:
                 text=True,
             ).stdout.strip()
             asyncio.run(drain(args, work, url, token))
+            receiver_times(work / "receiver.log")
         finally:
             rx.terminate()
             try:

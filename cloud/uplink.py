@@ -101,6 +101,22 @@ class _Batch:
 
 
 @dataclass
+class _ReadState:
+    """In-memory read positions of one run(); after any restart the persisted cursor rules."""
+
+    pos: int | None = None  # highest seq handed to a backlog batch (None: from the cursor)
+    high: int = 0  # highest seq handed to any batch
+    ev_high: int = 0  # highest event id handed to any batch
+    behind: bool = False  # the last backlog read was full: there is more
+    turn_live: bool = False
+    events_in_flight: bool = False
+    meta_sent: dict[str, str] = field(default_factory=dict)
+    meta_cache: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    meta_at: float = -1e9
+    meta_invalid: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _Counters:
     connected: bool = False
     enrolled: bool = False
@@ -288,23 +304,16 @@ class Uplink:
     # ------------------------------------------------------------------ sync loop
 
     def _reset_positions(self) -> None:
-        # In-memory read positions; the persisted cursor is the truth after any restart.
-        self._pos: int | None = None  # highest seq handed to a backlog batch
-        self._high = 0  # highest seq handed to any batch
-        self._ev_high = 0  # highest event id handed to any batch
-        self._behind = False
-        self._events_in_flight = False
-        self._turn_live = False
-        self._meta_sent: dict[str, str] = {}
-        self._meta_cache: list[tuple[str, str, dict[str, Any]]] = []
-        self._meta_at = 0.0
-        self._meta_invalid: set[str] = set()
+        # A fresh object rather than fields reset in place: a worker thread of a cancelled
+        # run() may still be finishing a _prepare on the old one and must not move ours.
+        self._st = _ReadState()
 
     async def _sync_loop(self, client: httpx.AsyncClient) -> None:
         # Up to max_in_flight batches travel at once: while the receiver writes one, the next
         # is read, encoded and parsed. Acks may then arrive out of order, which the buffer's
         # range marks handle; events ride in at most one in-flight batch (their cursor is a
         # single "through id", so their acks must stay in order).
+        st = self._st
         slots = asyncio.Semaphore(self.config.max_in_flight)
         inflight: set[asyncio.Task[None]] = set()
 
@@ -313,14 +322,14 @@ class Uplink:
                 await self._deliver(client, batch)
             finally:
                 if batch.events:
-                    self._events_in_flight = False
+                    st.events_in_flight = False
                 slots.release()
 
         async with asyncio.TaskGroup() as tg:
             while True:
                 await slots.acquire()
                 try:
-                    batch = await asyncio.to_thread(self._prepare)
+                    batch = await asyncio.to_thread(self._prepare, st)
                 except BaseException:
                     slots.release()
                     raise
@@ -329,8 +338,8 @@ class Uplink:
                     if not inflight:
                         # Idle with nothing in flight: read from the persisted cursor again
                         # (picks up anything an in-memory position skipped, e.g. eviction).
-                        self._pos = None
-                        self._ev_high = 0
+                        st.pos = None
+                        st.ev_high = 0
                     await self._refresh_stats()
                     await self._idle()
                     continue
@@ -353,36 +362,36 @@ class Uplink:
 
     # -- preparation (worker thread) ------------------------------------------------------
 
-    def _prepare(self) -> _Batch | None:
+    def _prepare(self, st: _ReadState) -> _Batch | None:
         """Pick, read and encode the next batch. Runs in a worker thread."""
         limit = self._row_limit()
         rows: ReadingRows | None = None
         kind: BatchKind = "backlog"
-        if self.config.live_first and self._behind and self._turn_live:
-            self._turn_live = False
+        if self.config.live_first and st.behind and st.turn_live:
+            st.turn_live = False
             latest = self.buffer.read_latest(limit)
-            fresh = _rows_after(latest, self._high)
+            fresh = _rows_after(latest, st.high)
             if len(fresh):
                 rows, kind = fresh, "live"
         if rows is None:
-            rows = self.buffer.read_unsynced(limit, after_seq=self._pos)
-            self._behind = len(rows) >= limit
-            self._turn_live = True
+            rows = self.buffer.read_unsynced(limit, after_seq=st.pos)
+            st.behind = len(rows) >= limit
+            st.turn_live = True
             if len(rows):
-                self._pos = rows.seq[-1]
+                st.pos = rows.seq[-1]
         if len(rows):
-            self._high = max(self._high, rows.seq[-1])
+            st.high = max(st.high, rows.seq[-1])
         events: list[EventRow] = []
-        if not self._events_in_flight:
+        if not st.events_in_flight:
             events = [
                 e
                 for e in self.buffer.read_unsynced_events(self.config.event_batch_size)
-                if e.id > self._ev_high
+                if e.id > st.ev_high
             ]
         if events:
-            self._ev_high = events[-1].id
-            self._events_in_flight = True
-        metas = self._changed_metas()
+            st.ev_high = events[-1].id
+            st.events_in_flight = True
+        metas = self._changed_metas(st)
         if not len(rows) and not events and not metas:
             return None
         # A batch without readings carries the range 0..0: acknowledging or dead-lettering it
@@ -392,20 +401,20 @@ class Uplink:
         self._encode(batch)
         return batch
 
-    def _changed_metas(self) -> list[dict[str, Any]]:
+    def _changed_metas(self, st: _ReadState) -> list[dict[str, Any]]:
         if self.point_metadata is None:
             return []
         now = time.monotonic()
-        if now - self._meta_at >= _META_REFRESH_S:
-            self._meta_at = now
+        if now - st.meta_at >= _META_REFRESH_S:
+            st.meta_at = now
             cache = []
             for raw in self.point_metadata():
                 try:
                     meta = PointMeta.model_validate(_meta_clean(raw), strict=False)
                 except ValidationError as exc:
                     pid = str(raw.get("point_id"))
-                    if pid not in self._meta_invalid:
-                        self._meta_invalid.add(pid)
+                    if pid not in st.meta_invalid:
+                        st.meta_invalid.add(pid)
                         log.warning(
                             "uplink.point_meta_invalid",
                             point_id=pid,
@@ -415,13 +424,13 @@ class Uplink:
                 dumped = meta.model_dump(mode="json")
                 digest = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
                 cache.append((meta.point_id, digest, dumped))
-            self._meta_cache = cache
+            st.meta_cache = cache
         out = []
-        for pid, digest, dumped in self._meta_cache:
-            if self._meta_sent.get(pid) != digest:
+        for pid, digest, dumped in st.meta_cache:
+            if st.meta_sent.get(pid) != digest:
                 # Optimistic: every prepared batch is delivered or dead-lettered, and a
                 # restart of run() forgets this map and sends everything once more.
-                self._meta_sent[pid] = digest
+                st.meta_sent[pid] = digest
                 out.append(dumped)
                 if len(out) >= _META_PER_BATCH:
                     break
@@ -471,6 +480,13 @@ class Uplink:
             self._c.batches_failed += 1
             delay = backoff.next_delay(delay_hint)
             if outcome == "auth":
+                # An operator may have re-enrolled by hand and replaced the token file.
+                path = self.config.token_path(self.data_dir)
+                fresh = await asyncio.to_thread(read_token, path)
+                if fresh is not None and fresh != self._token:
+                    log.info("uplink.token_reloaded", token_file=str(path))
+                    self._token = fresh
+                    continue
                 delay = max(delay, min(self.config.backoff_max, 30.0))
             log.warning(
                 "uplink.retry",

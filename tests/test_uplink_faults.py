@@ -1,0 +1,178 @@
+"""Uplink fault tests: connections cut mid-request and mid-response, the agent SIGKILLed during
+sync. Real receiver, real PostgreSQL, real HTTP; afterwards buffer and receiver must hold
+identical sets of readings (and events).
+
+This module doubles as the child process of the SIGKILL test
+(``python tests/test_uplink_faults.py child ...``): a writer plus the uplink on a shared
+buffer file, exactly what the agent runs, killed at random moments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+if __name__ == "__main__":  # the child process: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.chaos_proxy import ChaosProxy
+from tests.uplink_harness import (
+    Writer,
+    all_synced,
+    assert_identical,
+    buffer_event_ids,
+    buffer_rows,
+    cloud_config,
+    make_uplink,
+    open_buffer,
+    wait_for,
+)
+
+pytest_plugins = ("tests.receiver_fixtures",)
+
+GW = "gw-faults"
+REPO = Path(__file__).resolve().parent.parent
+SELF = str(Path(__file__).resolve())
+
+
+async def test_chaos_proxy_cuts_requests_and_responses(receiver, tmp_path: Path) -> None:
+    """At least 50 connection cuts, half while the request is on its way (the receiver never
+    sees a whole batch), half while the response is (the receiver committed, the agent never
+    saw the ack and must replay). Nothing lost, nothing doubled."""
+    token = await receiver.enroll(GW)
+    (tmp_path / "gateway.token").write_text(token)
+    proxy = ChaosProxy("127.0.0.1", receiver.port, seed=11)
+    await proxy.start()
+    buf = open_buffer(tmp_path / "buffer.db")
+    try:
+        writer = Writer(buf, points=30)
+        base = int(time.time() * 1000) - 1_000_000
+        for i in range(100):  # some backlog so both live and backlog batches get cut
+            writer.round(base + i * 1000)
+        uplink = make_uplink(
+            cloud_config(proxy.url, batch_size=300, heartbeat_interval=0.3), GW, tmp_path, buf
+        )
+        proxy.arm(requests=30, responses=30, probability=0.35)
+        stop = asyncio.Event()
+        task = asyncio.create_task(uplink.run())
+        wtask = asyncio.create_task(writer.run(stop, period=0.02))
+        try:
+            await wait_for(lambda: proxy.armed == 0, 60, "all 60 cuts to happen")
+            stop.set()
+            await wtask
+            await buf.flush()
+            await wait_for(lambda: asyncio.to_thread(all_synced, buf), 30, "full sync")
+            assert not task.done()
+            status = uplink.status()
+        finally:
+            stop.set()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        buf.close()
+        await proxy.stop()
+    assert proxy.cuts == {"request": 30, "response": 30}
+    assert_identical(buffer_rows(tmp_path / "buffer.db"), await receiver.readings(GW))
+    assert await receiver.event_ids(GW) == buffer_event_ids(tmp_path / "buffer.db")
+    # Cut responses of committed batches forced replays, which the receiver deduplicated.
+    assert status["duplicates_acked"] > 0
+    assert status["batches_failed"] >= 30
+    assert status["rejected_batches"] == 0
+
+
+def _open_log(path: Path) -> BinaryIO:
+    return path.open("wb")
+
+
+async def _spawn(data_dir: Path, url: str, mode: str, seed: int) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = _open_log(data_dir / f"child-{seed}.log")
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            SELF,
+            "child",
+            str(data_dir),
+            url,
+            mode,
+            str(seed),
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+        )
+    finally:
+        log.close()  # the child has its own descriptor
+
+
+async def test_agent_sigkilled_during_sync(receiver, tmp_path: Path) -> None:
+    """Writer + uplink in a child process on one buffer file, SIGKILLed 12 times at random
+    moments while syncing (a commit in flight, a request in flight, an ack being recorded...),
+    restarted each time; finally a clean run drains the buffer. Identical sets afterwards."""
+    token = await receiver.enroll(GW)
+    (tmp_path / "gateway.token").write_text(token)
+    rng = random.Random(5)
+    kills = 0
+    for i in range(12):
+        proc = await _spawn(tmp_path, receiver.url, "write", i)
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.strip() == b"running", (tmp_path / f"child-{i}.log").read_text()
+        await asyncio.sleep(rng.uniform(0.05, 0.9))
+        assert proc.returncode is None, (tmp_path / f"child-{i}.log").read_text()
+        proc.send_signal(signal.SIGKILL)
+        assert await proc.wait() == -signal.SIGKILL
+        kills += 1
+    proc = await _spawn(tmp_path, receiver.url, "drain", 99)
+    assert proc.stdout is not None
+    out = await asyncio.wait_for(proc.stdout.read(), 90)
+    assert await proc.wait() == 0, (tmp_path / "child-99.log").read_text()
+    assert out.split()[-1] == b"drained"
+    assert kills >= 10
+    rows = buffer_rows(tmp_path / "buffer.db")
+    assert len(rows) > 2000
+    assert_identical(rows, await receiver.readings(GW))
+    assert await receiver.event_ids(GW) == buffer_event_ids(tmp_path / "buffer.db")
+    log = await receiver.fetch("SELECT count(*) AS n FROM ingest_log WHERE gateway_id = $1", GW)
+    assert log[0]["n"] >= 12
+
+
+# --- the child process ---------------------------------------------------------------------------
+
+
+async def _child(data_dir: Path, url: str, mode: str, seed: int) -> None:
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    buf = open_buffer(data_dir / "buffer.db")
+    uplink = make_uplink(cloud_config(url, batch_size=200), GW, data_dir, buf)
+    task = asyncio.create_task(uplink.run())
+    try:
+        if mode == "write":
+            writer = Writer(buf, points=40, seed=seed)
+            print("running", flush=True)
+            await writer.run(asyncio.Event(), period=0.01)  # until SIGKILL
+        await wait_for(lambda: asyncio.to_thread(all_synced, buf), 60, "drain")
+        if task.done():
+            task.result()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(buf.close)
+    print("drained", flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
+    _, _, data_dir_arg, url_arg, mode_arg, seed_arg = sys.argv
+    asyncio.run(_child(Path(data_dir_arg), url_arg, mode_arg, int(seed_arg)))
