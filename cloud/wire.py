@@ -32,6 +32,7 @@ import gzip
 import io
 import json
 import math
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,8 @@ from typing import Any, Literal
 
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from point_schedules.quality import QUALITY_LABEL
 
 #: Same rule as the schedule's point_id and the agent's gateway id.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -257,6 +260,11 @@ def columnar_readings(
     )
 
 
+def quality_label(code: int) -> str:
+    """``"good"``, ``"bad:comm_failure"``...; an unknown code (a newer agent) stays visible."""
+    return QUALITY_LABEL.get(code) or f"code:{code}"
+
+
 # --- body codecs --------------------------------------------------------------------------
 
 #: Default limits the receiver applies (configurable there).
@@ -330,12 +338,11 @@ def decode_body(
     return out
 
 
+_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,255}")
+
+
 def _valid_id(text: str) -> bool:
-    return (
-        0 < len(text) <= 256
-        and (text[0].isascii() and (text[0].isdigit() or text[0].islower()))
-        and all(c.isascii() and (c.isdigit() or c.islower() or c in "_.-") for c in text)
-    )
+    return _ID_RE.fullmatch(text) is not None
 
 
 def _measure(points: int = 500, readings: int = 5000) -> None:

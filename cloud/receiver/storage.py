@@ -1,0 +1,476 @@
+"""The receiver's database access: enrollment, ingest, heartbeats, commands and reads.
+
+One ``Storage`` per process wraps an asyncpg pool. Ingest is the hot path: one transaction per
+batch, readings inserted from four arrays through ``unnest`` (one round trip for 5,000 rows),
+duplicates dropped by ``ON CONFLICT DO NOTHING`` on (point_key, time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+import structlog
+
+from cloud.wire import Command, Heartbeat, IngestAck, IngestBatch, PointMeta
+
+from .migrate import migrate, migrations_pending, setup_timescaledb, try_timescaledb
+
+log = structlog.get_logger(__name__)
+
+Resolution = Literal["raw", "1m", "5m", "1h", "1d"]
+BUCKETS: dict[str, timedelta] = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
+}
+_NOTIFY_CHANNEL = "outpost_commands"
+_POINT_CACHE_MAX = 500_000
+_LAST_SEEN_EVERY_S = 5.0
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def auto_resolution(span: timedelta) -> Resolution:
+    if span < timedelta(hours=2):
+        return "raw"
+    if span < timedelta(hours=12):
+        return "1m"
+    if span < timedelta(days=7):
+        return "5m"
+    if span < timedelta(days=90):
+        return "1h"
+    return "1d"
+
+
+class EnrollError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class GatewayAuth:
+    gateway_id: str
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class EnrollmentToken:
+    token: str
+    gateway_id: str
+    expires_at: datetime
+
+
+class Storage:
+    def __init__(self, pool: asyncpg.Pool, *, timescaledb: bool) -> None:
+        self.pool = pool
+        self.timescaledb = timescaledb
+        self._point_keys: dict[tuple[str, str], int] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._listener: asyncpg.Connection | None = None
+        self._last_seen_written: dict[str, float] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        retention_days: int | None = None,
+        use_timescaledb: bool = True,
+    ) -> Storage:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+            timescale = use_timescaledb and await try_timescaledb(conn)
+            if timescale:
+                await setup_timescaledb(conn, retention_days)
+        finally:
+            await conn.close()
+        log.info("receiver.storage", timescaledb=timescale)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        )
+        assert pool is not None
+        return cls(pool, timescaledb=timescale)
+
+    async def start_listener(self, dsn: str) -> None:
+        """LISTEN for new commands so long-polls wake at once (any receiver may add one)."""
+        self._listener = await asyncpg.connect(dsn)
+        await self._listener.add_listener(_NOTIFY_CHANNEL, self._on_notify)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        await self.pool.close()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        for event in self._waiters.get(payload, ()):
+            event.set()
+
+    async def ready(self) -> tuple[bool, str]:
+        try:
+            async with self.pool.acquire(timeout=2.0) as conn:
+                pending = await migrations_pending(conn)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            return False, f"database unreachable: {exc.__class__.__name__}: {exc}"
+        if pending:
+            return False, f"migrations not applied: {pending}"
+        return True, "ok"
+
+    # --- enrollment and auth ----------------------------------------------------------------
+
+    async def create_enrollment_token(self, gateway_id: str, ttl: timedelta) -> EnrollmentToken:
+        token = new_token()
+        expires = datetime.now(UTC) + ttl
+        await self.pool.execute(
+            "INSERT INTO enrollment_tokens (token_hash, gateway_id, expires_at) "
+            "VALUES ($1, $2, $3)",
+            hash_token(token), gateway_id, expires,
+        )
+        log.info("receiver.enrollment_token", gateway=gateway_id, expires_at=expires.isoformat())
+        return EnrollmentToken(token, gateway_id, expires)
+
+    async def enroll(self, gateway_id: str, enrollment_token: str) -> str:
+        """Exchange a one-time enrollment token for a new gateway token (returned in clear)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT gateway_id, expires_at, used_at FROM enrollment_tokens "
+                "WHERE token_hash = $1 FOR UPDATE",
+                hash_token(enrollment_token),
+            )
+            if row is None or row["gateway_id"] != gateway_id:
+                raise EnrollError("unknown enrollment token for this gateway")
+            if row["used_at"] is not None:
+                raise EnrollError("enrollment token already used")
+            if row["expires_at"] <= datetime.now(UTC):
+                raise EnrollError("enrollment token expired")
+            token = new_token()
+            await conn.execute(
+                "UPDATE enrollment_tokens SET used_at = now() WHERE token_hash = $1",
+                hash_token(enrollment_token),
+            )
+            await conn.execute(
+                """INSERT INTO gateways (id, token_hash, enrolled_at, revoked_at)
+                   VALUES ($1, $2, now(), NULL)
+                   ON CONFLICT (id) DO UPDATE
+                   SET token_hash = EXCLUDED.token_hash, enrolled_at = now(), revoked_at = NULL""",
+                gateway_id, hash_token(token),
+            )
+        log.info("receiver.enrolled", gateway=gateway_id)
+        return token
+
+    async def revoke(self, gateway_id: str) -> bool:
+        """Revoke the gateway's token and its unused enrollment tokens; False if unknown."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "UPDATE gateways SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                gateway_id,
+            )
+            await conn.execute(
+                "UPDATE enrollment_tokens SET expires_at = least(expires_at, now()) "
+                "WHERE gateway_id = $1 AND used_at IS NULL",
+                gateway_id,
+            )
+            known = await conn.fetchval("SELECT 1 FROM gateways WHERE id = $1", gateway_id)
+        log.info("receiver.revoked", gateway=gateway_id, changed=_count(status))
+        return known is not None
+
+    async def authenticate(self, token: str) -> GatewayAuth | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, revoked_at FROM gateways WHERE token_hash = $1", hash_token(token)
+        )
+        if row is None:
+            return None
+        return GatewayAuth(row["id"], row["revoked_at"] is not None)
+
+    # --- ingest -----------------------------------------------------------------------------
+
+    async def ingest(self, batch: IngestBatch) -> IngestAck:
+        for attempt in range(4):
+            try:
+                return await self._ingest_once(batch)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                # concurrent replays of overlapping batches can deadlock on the unique index
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _ingest_once(self, batch: IngestBatch) -> IngestAck:
+        gw = batch.gateway_id
+        r = batch.readings
+        new_keys: dict[str, int] = {}
+        async with self.pool.acquire() as conn, conn.transaction():
+            if batch.points:
+                await _upsert_points(conn, gw, batch.points)
+            keys = await self._keys_for(conn, gw, r.point_ids, new_keys)
+            inserted = 0
+            if len(r):
+                columns = ([keys[i] for i in r.point], r.timestamps_ms(), r.value, r.quality)
+                # Optimistic: a plain INSERT is ~40 % cheaper than ON CONFLICT's speculative
+                # insertion, and almost every batch is new. A replay (or overlap) raises a
+                # unique violation; the savepoint rolls that back and the batch is inserted
+                # again skipping what exists.
+                try:
+                    async with conn.transaction():
+                        status = await conn.execute(_INSERT_READINGS, *columns)
+                except asyncpg.UniqueViolationError:
+                    status = await conn.execute(
+                        _INSERT_READINGS + " ON CONFLICT DO NOTHING", *columns
+                    )
+                inserted = _count(status)
+            events_inserted = 0
+            if batch.events:
+                ev = batch.events
+                status = await conn.execute(
+                    """INSERT INTO events (gateway_id, event_id, ts, kind, source, actor, detail)
+                       SELECT $1, u.i, TIMESTAMPTZ 'epoch' + u.t * INTERVAL '1 millisecond',
+                              u.k, u.s, u.a, u.d::jsonb
+                       FROM unnest($2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[],
+                                   $7::text[]) AS u(i, t, k, s, a, d)
+                       ON CONFLICT DO NOTHING""",
+                    gw, [e.id for e in ev], [e.ts for e in ev], [e.kind for e in ev],
+                    [e.source for e in ev], [e.actor for e in ev],
+                    [json.dumps(e.detail) for e in ev],
+                )
+                events_inserted = _count(status)
+            duplicate = len(r) - inserted
+            await conn.execute(
+                "INSERT INTO ingest_log (gateway_id, first_seq, last_seq, inserted, duplicate, "
+                "events) VALUES ($1, $2, $3, $4, $5, $6)",
+                gw, batch.first_seq, batch.last_seq, inserted, duplicate, events_inserted,
+            )
+        # after commit: keys of rolled-back point rows must never enter the cache
+        if len(self._point_keys) + len(new_keys) > _POINT_CACHE_MAX:
+            self._point_keys.clear()
+        for pid, key in new_keys.items():
+            self._point_keys[(gw, pid)] = key
+        # Outside the batch transaction (no gateway row lock held while inserting) and at
+        # most every few seconds per gateway: a separate commit per batch costs an fsync.
+        now = time.monotonic()
+        if now - self._last_seen_written.get(gw, -1e9) >= _LAST_SEEN_EVERY_S:
+            self._last_seen_written[gw] = now
+            await self.pool.execute("UPDATE gateways SET last_seen = now() WHERE id = $1", gw)
+        return IngestAck(
+            gateway_id=gw, first_seq=batch.first_seq, last_seq=batch.last_seq,
+            readings_inserted=inserted, readings_duplicate=duplicate,
+            events_inserted=events_inserted,
+        )
+
+    async def _keys_for(
+        self, conn: asyncpg.Connection, gw: str, point_ids: Sequence[str],
+        new_keys: dict[str, int],
+    ) -> list[int]:
+        cache = self._point_keys
+        missing = [p for p in point_ids if (gw, p) not in cache]
+        if missing:
+            await conn.execute(
+                "INSERT INTO points (gateway_id, point_id) SELECT $1, unnest($2::text[]) "
+                "ON CONFLICT DO NOTHING",
+                gw, missing,
+            )
+            rows = await conn.fetch(
+                "SELECT point_id, key FROM points WHERE gateway_id = $1 "
+                "AND point_id = ANY($2::text[])",
+                gw, missing,
+            )
+            new_keys.update({r["point_id"]: r["key"] for r in rows})
+        return [new_keys[p] if p in new_keys else cache[(gw, p)] for p in point_ids]
+
+    # --- heartbeat and commands -------------------------------------------------------------
+
+    async def heartbeat(self, hb: Heartbeat) -> None:
+        await self.pool.execute(
+            "UPDATE gateways SET last_heartbeat = $2::jsonb, last_seen = now() WHERE id = $1",
+            hb.gateway_id, hb.model_dump_json(),
+        )
+
+    async def create_command(
+        self, gateway_id: str, kind: str, args: dict[str, Any], created_by: str
+    ) -> Command:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO commands (gateway_id, kind, args, created_by) "
+                "VALUES ($1, $2, $3::jsonb, $4) RETURNING id, created_at",
+                gateway_id, kind, json.dumps(args), created_by,
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", _NOTIFY_CHANNEL, gateway_id)
+        assert row is not None
+        return Command(id=row["id"], kind=kind, args=args, created_at=_ms(row["created_at"]))
+
+    async def take_commands(self, gateway_id: str, after: int | None) -> list[Command]:
+        """Commands for the gateway: with ``after``, every command with a larger id (the agent
+        keeps its cursor: at-least-once); without, the undelivered ones. Marks them delivered."""
+        if after is None:
+            where, args = "delivered_at IS NULL", [gateway_id]
+        else:
+            where, args = "id > $2", [gateway_id, after]
+        rows = await self.pool.fetch(
+            f"""UPDATE commands SET delivered_at = coalesce(delivered_at, now())
+                WHERE gateway_id = $1 AND {where}
+                RETURNING id, kind, args, created_at""",
+            *args,
+        )
+        return sorted(
+            (Command(id=r["id"], kind=r["kind"], args=json.loads(r["args"]),
+                     created_at=_ms(r["created_at"])) for r in rows),
+            key=lambda c: c.id,
+        )
+
+    async def wait_commands(
+        self, gateway_id: str, after: int | None, wait_s: float
+    ) -> list[Command]:
+        deadline = time.monotonic() + wait_s
+        event = asyncio.Event()
+        self._waiters.setdefault(gateway_id, set()).add(event)
+        try:
+            while True:
+                event.clear()
+                found = await self.take_commands(gateway_id, after)
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                # NOTIFY wakes us at once; the periodic re-check covers a lost listener
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=min(remaining, 5.0))
+                except TimeoutError:
+                    pass
+        finally:
+            waiters = self._waiters.get(gateway_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[gateway_id]
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def gateways(self) -> list[asyncpg.Record]:
+        return await self.pool.fetch(_GATEWAY_SELECT + " ORDER BY g.id")
+
+    async def gateway(self, gateway_id: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(_GATEWAY_SELECT + " WHERE g.id = $1", gateway_id)
+
+    async def points(self, gateway_id: str) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT * FROM points WHERE gateway_id = $1 ORDER BY point_id", gateway_id
+        )
+
+    async def point_key(self, gateway_id: str, point_id: str) -> int | None:
+        return await self.pool.fetchval(
+            "SELECT key FROM points WHERE gateway_id = $1 AND point_id = $2",
+            gateway_id, point_id,
+        )
+
+    async def raw_readings(
+        self, key: int, start: datetime, end: datetime, limit: int
+    ) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT time, value, quality FROM readings WHERE point_key = $1 "
+            "AND time >= $2 AND time < $3 ORDER BY time LIMIT $4",
+            key, start, end, limit,
+        )
+
+    async def aggregated_readings(
+        self, key: int, start: datetime, end: datetime, resolution: str, limit: int
+    ) -> list[asyncpg.Record]:
+        """Buckets of non-bad readings with a value: min/max/avg/count/last per bucket."""
+        if self.timescaledb:
+            source = "readings_1m" if resolution in ("1m", "5m") else "readings_1h"
+            return await self.pool.fetch(
+                f"""SELECT time_bucket($5::interval, bucket) AS time,
+                           min(v_min) AS min, max(v_max) AS max,
+                           sum(v_sum) / nullif(sum(v_count), 0) AS avg,
+                           sum(v_count)::bigint AS count, last(v_last, bucket) AS last
+                    FROM {source}
+                    WHERE point_key = $1 AND bucket >= $2 AND bucket < $3
+                    GROUP BY 1 ORDER BY 1 LIMIT $4""",
+                key, start, end, limit, BUCKETS[resolution],
+            )
+        return await self.pool.fetch(
+            """SELECT date_bin($5::interval, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS time,
+                      min(value) AS min, max(value) AS max, avg(value) AS avg,
+                      count(*) AS count, (array_agg(value ORDER BY time DESC))[1] AS last
+               FROM readings
+               WHERE point_key = $1 AND time >= $2 AND time < $3
+                     AND quality < 128 AND value IS NOT NULL
+               GROUP BY 1 ORDER BY 1 LIMIT $4""",
+            key, start, end, limit, BUCKETS[resolution],
+        )
+
+    async def events(
+        self, gateway: str | None, start: datetime, end: datetime, kind: str | None, limit: int
+    ) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT gateway_id, event_id, ts, kind, source, actor, detail FROM events
+               WHERE ts >= $1 AND ts < $2 AND ($3::text IS NULL OR gateway_id = $3)
+                     AND ($4::text IS NULL OR kind = $4)
+               ORDER BY ts, gateway_id, event_id LIMIT $5""",
+            start, end, gateway, kind, limit,
+        )
+
+
+_INSERT_READINGS = """INSERT INTO readings (time, point_key, value, quality)
+    SELECT TIMESTAMPTZ 'epoch' + u.t * INTERVAL '1 millisecond', u.k, u.v, u.q
+    FROM unnest($1::int4[], $2::int8[], $3::float8[], $4::int2[]) AS u(k, t, v, q)"""
+
+_GATEWAY_SELECT = """SELECT g.id, g.enrolled_at, g.revoked_at, g.last_seen, g.last_heartbeat,
+    (SELECT count(*) FROM points p WHERE p.gateway_id = g.id) AS points
+    FROM gateways g"""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+
+
+async def _upsert_points(conn: asyncpg.Connection, gw: str, points: list[PointMeta]) -> None:
+    await conn.executemany(
+        """INSERT INTO points (gateway_id, point_id, device, units, description, data_type, tags,
+                               limits, writable, schedule_version, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, now())
+           ON CONFLICT (gateway_id, point_id) DO UPDATE SET
+               device = EXCLUDED.device, units = EXCLUDED.units,
+               description = EXCLUDED.description, data_type = EXCLUDED.data_type,
+               tags = EXCLUDED.tags, limits = EXCLUDED.limits, writable = EXCLUDED.writable,
+               schedule_version = EXCLUDED.schedule_version, updated_at = now()""",
+        [
+            (gw, p.point_id, p.device, p.units, p.description, p.data_type, json.dumps(p.tags),
+             json.dumps(_limits(p)), p.writable, p.schedule_version)
+            for p in points
+        ],
+    )
+
+
+_LIMIT_FIELDS = ("min", "max", "alarm_hh", "alarm_h", "alarm_l", "alarm_ll", "alarm_state",
+                 "alarm_priority")
+
+
+def _limits(p: PointMeta) -> dict[str, Any]:
+    return {f: getattr(p, f) for f in _LIMIT_FIELDS if getattr(p, f) is not None}
+
+
+def _count(status: str) -> int:
+    # "INSERT 0 17" / "UPDATE 3"
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
