@@ -1,0 +1,525 @@
+"""The receiver's HTTP API (FastAPI): enrollment, ingest, heartbeat, commands, read API.
+
+Gateway endpoints take the gateway's own bearer token and accept data only for that gateway
+(401 for a missing, unknown or revoked token; 403 for another gateway's id). The read API and
+the admin endpoints take the admin token (``OUTPOST_RECEIVER_ADMIN_TOKEN``) until dashboard
+users exist.
+
+Ingest checks in this order, writing nothing unless all pass: token (401), compressed size
+(413), decompressed size (413, read with a cap so a compression bomb never expands in memory),
+encoding (415/400), strict schema (422), gateway id matches the token (403).
+"""
+
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, ValidationError
+
+from cloud.wire import (
+    ID_PATTERN,
+    BodyError,
+    Command,
+    EnrollRequest,
+    EnrollResponse,
+    Heartbeat,
+    HeartbeatAck,
+    IngestAck,
+    IngestBatch,
+    decode_body,
+    quality_label,
+)
+
+from .settings import ReceiverSettings
+from .storage import BUCKETS, EnrollError, Storage, auto_resolution
+
+log = structlog.get_logger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="gateway token or admin token")
+_DRAIN_CAP = 64 * 1024 * 1024  # bytes of an oversized body read and discarded before 413
+
+
+# --- response models (they make /docs accurate) --------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class GatewayOut(BaseModel):
+    gateway_id: str
+    status: Literal["online", "stale", "offline", "revoked", "not_enrolled"]
+    enrolled_at: datetime | None
+    revoked_at: datetime | None
+    last_seen: datetime | None
+    points: int
+    heartbeat: dict[str, Any] | None = Field(description="the latest Heartbeat, as sent")
+
+
+class PointOut(BaseModel):
+    gateway_id: str
+    point_id: str
+    device: str
+    units: str
+    description: str
+    data_type: str | None
+    tags: dict[str, str]
+    limits: dict[str, Any]
+    writable: bool
+    schedule_version: str | None
+    updated_at: datetime
+
+
+class RawReadingOut(BaseModel):
+    ts: datetime
+    value: float | None
+    quality: str = Field(description='quality label, e.g. "good" or "bad:comm_failure"')
+
+
+class AggReadingOut(BaseModel):
+    ts: datetime = Field(description="bucket start")
+    min: float | None
+    max: float | None
+    avg: float | None
+    count: int
+    last: float | None
+
+
+class ReadingsOut(BaseModel):
+    gateway_id: str
+    point_id: str
+    resolution: Literal["raw", "1m", "5m", "1h", "1d"]
+    from_: datetime = Field(alias="from", serialization_alias="from")
+    to: datetime
+    truncated: bool = Field(description="true when more rows exist than max_rows")
+    max_rows: int
+    readings: list[RawReadingOut] | list[AggReadingOut] = Field(
+        description="raw rows {ts,value,quality} or aggregated rows {ts,min,max,avg,count,last};"
+        " aggregates cover readings that are not bad and have a value"
+    )
+
+
+class EventOut(BaseModel):
+    gateway_id: str
+    event_id: int
+    ts: datetime
+    kind: str
+    source: str
+    actor: str
+    detail: dict[str, Any]
+
+
+class EventsOut(BaseModel):
+    truncated: bool
+    events: list[EventOut]
+
+
+class EnrollmentTokenIn(BaseModel):
+    ttl_s: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+
+
+class EnrollmentTokenOut(BaseModel):
+    gateway_id: str
+    enrollment_token: str
+    expires_at: datetime
+
+
+class CommandIn(BaseModel):
+    kind: str = Field(min_length=1, max_length=64)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class RevokeOut(BaseModel):
+    gateway_id: str
+    revoked: bool
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    detail: str
+    timescaledb: bool | None = None
+
+
+# --- app --------------------------------------------------------------------------------------
+
+
+def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> FastAPI:
+    """The receiver app. Without ``storage`` the lifespan opens one on ``settings.dsn``
+    (migrations applied, TimescaleDB detected) and closes it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if storage is not None:
+            app.state.storage = storage
+            yield
+            return
+        st = await Storage.open(
+            settings.dsn, min_size=settings.pool_min, max_size=settings.pool_max,
+            retention_days=settings.retention_days, use_timescaledb=settings.use_timescaledb,
+        )
+        await st.start_listener(settings.dsn)
+        app.state.storage = st
+        try:
+            yield
+        finally:
+            await st.close()
+
+    app = FastAPI(
+        title="Outpost receiver",
+        version="1",
+        lifespan=lifespan,
+        description="Central receiver: gateways enroll, sync readings/events, send heartbeats "
+        "and long-poll commands; operators read history. All times are UTC.",
+    )
+
+    def get_storage(request: Request) -> Storage:
+        return request.app.state.storage
+
+    StorageDep = Annotated[Storage, Depends(get_storage)]
+    Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+    async def gateway_auth(creds: Creds, storage: StorageDep) -> str:
+        if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        auth = await storage.authenticate(creds.credentials)
+        if auth is None:
+            raise HTTPException(401, "unknown gateway token", headers={"WWW-Authenticate": "Bearer"})
+        if auth.revoked:
+            raise HTTPException(401, f"gateway {auth.gateway_id} has been revoked; re-enroll it",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return auth.gateway_id
+
+    def admin_auth(creds: Creds) -> None:
+        if creds is None or not hmac.compare_digest(
+            creds.credentials.encode(), settings.admin_token.encode()
+        ):
+            raise HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
+
+    GatewayAuth = Annotated[str, Depends(gateway_auth)]
+    Admin = [Depends(admin_auth)]
+    GwPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
+    auth_errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorOut, "description": "missing, unknown or revoked token"},
+        403: {"model": ErrorOut, "description": "token of another gateway"},
+    }
+    body_errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorOut, "description": "corrupt compressed body"},
+        413: {"model": ErrorOut, "description": "body too large (compressed or decompressed)"},
+        415: {"model": ErrorOut, "description": "unsupported Content-Encoding"},
+        422: {"description": "body is not valid JSON or does not match the schema"},
+    }
+
+    async def read_model(request: Request, model: type[Any]) -> Any:
+        raw = await _read_body(request, settings.max_body_bytes)
+        try:
+            data = decode_body(
+                raw, request.headers.get("content-encoding"),
+                max_decompressed=settings.max_decompressed_bytes,
+            )
+        except BodyError as exc:
+            raise HTTPException(exc.status, exc.message) from None
+        try:
+            return model.model_validate_json(data)
+        except ValidationError as exc:
+            raise _ValidationFailed(exc) from None
+
+    @app.exception_handler(_ValidationFailed)
+    async def _on_invalid(_request: Request, exc: _ValidationFailed) -> JSONResponse:
+        errors = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.error.errors(include_input=False)[:20]
+        ]
+        first = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:3]
+        )
+        return JSONResponse(
+            status_code=422,
+            content={"detail": f"invalid {exc.error.title}: {first}", "errors": errors},
+        )
+
+    # --- gateway endpoints ------------------------------------------------------------------
+
+    @app.post("/api/v1/enroll", response_model=EnrollResponse, tags=["gateway"],
+              responses={401: {"model": ErrorOut, "description": "bad enrollment token"}})
+    async def enroll(body: EnrollRequest, storage: StorageDep) -> EnrollResponse:
+        """Exchange a one-time enrollment token (from `outpost cloud enroll`) for the
+        gateway's long-lived token. The enrollment token is spent even if the reply is lost:
+        issue a new one then."""
+        try:
+            token = await storage.enroll(body.gateway_id, body.enrollment_token)
+        except EnrollError as exc:
+            raise HTTPException(401, str(exc)) from None
+        return EnrollResponse(gateway_id=body.gateway_id, gateway_token=token)
+
+    @app.post(
+        "/api/v1/ingest", response_model=IngestAck, tags=["gateway"],
+        responses={**auth_errors, **body_errors},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": IngestBatch.model_json_schema(ref_template="#/components/schemas/{model}")
+        }}, "description": "IngestBatch JSON; Content-Encoding zstd, gzip or identity"}},
+    )
+    async def ingest(request: Request, gateway_id: GatewayAuth, storage: StorageDep) -> IngestAck:
+        """Store one batch idempotently, in one transaction, and acknowledge its exact
+        sequence range. A replayed batch inserts nothing and is acknowledged the same way."""
+        t0 = time.perf_counter()
+        batch: IngestBatch = await read_model(request, IngestBatch)
+        if batch.gateway_id != gateway_id:
+            raise HTTPException(
+                403, f"token belongs to gateway {gateway_id}, batch is for {batch.gateway_id}"
+            )
+        ack = await storage.ingest(batch)
+        log.info("receiver.ingest", gateway=gateway_id, first_seq=ack.first_seq,
+                 last_seq=ack.last_seq, readings=len(batch.readings),
+                 inserted=ack.readings_inserted, duplicate=ack.readings_duplicate,
+                 events=ack.events_inserted, ms=round((time.perf_counter() - t0) * 1000, 1))
+        return ack
+
+    @app.post(
+        "/api/v1/gateways/{gateway_id}/heartbeat", response_model=HeartbeatAck,
+        tags=["gateway"], responses={**auth_errors, **body_errors},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": Heartbeat.model_json_schema(ref_template="#/components/schemas/{model}")
+        }}}},
+    )
+    async def heartbeat(
+        request: Request, gateway_id: GwPath, authed: GatewayAuth, storage: StorageDep
+    ) -> HeartbeatAck:
+        """Keep the gateway's latest heartbeat and last-seen time."""
+        if gateway_id != authed:
+            raise HTTPException(403, f"token belongs to gateway {authed}, not {gateway_id}")
+        hb: Heartbeat = await read_model(request, Heartbeat)
+        if hb.gateway_id != authed:
+            raise HTTPException(403, f"token belongs to gateway {authed}, "
+                                     f"heartbeat is for {hb.gateway_id}")
+        await storage.heartbeat(hb)
+        return HeartbeatAck(gateway_id=authed, received_at=int(time.time() * 1000))
+
+    @app.get("/api/v1/gateways/{gateway_id}/commands", response_model=list[Command],
+             tags=["gateway"], responses=auth_errors)
+    async def commands(
+        gateway_id: GwPath, authed: GatewayAuth, storage: StorageDep,
+        after: Annotated[int | None, Query(
+            description="id of the last command the agent has; returns all newer ones "
+            "(at-least-once). Without it: the not yet delivered ones.")] = None,
+        wait: Annotated[float | None, Query(ge=0, le=60, description="long-poll seconds")] = None,
+    ) -> list[Command]:
+        """Long-poll: answers as soon as a command exists, else `[]` after `wait` seconds."""
+        if gateway_id != authed:
+            raise HTTPException(403, f"token belongs to gateway {authed}, not {gateway_id}")
+        return await storage.wait_commands(
+            gateway_id, after, settings.command_wait_s if wait is None else wait
+        )
+
+    # --- admin endpoints --------------------------------------------------------------------
+
+    @app.post("/api/v1/gateways/{gateway_id}/enrollment-tokens",
+              response_model=EnrollmentTokenOut, dependencies=Admin, tags=["admin"])
+    async def create_enrollment_token(
+        gateway_id: GwPath, storage: StorageDep, body: EnrollmentTokenIn | None = None
+    ) -> EnrollmentTokenOut:
+        """Issue a one-time enrollment token (same as `outpost cloud enroll`)."""
+        ttl = timedelta(seconds=(body or EnrollmentTokenIn()).ttl_s)
+        tok = await storage.create_enrollment_token(gateway_id, ttl)
+        return EnrollmentTokenOut(gateway_id=gateway_id, enrollment_token=tok.token,
+                                  expires_at=tok.expires_at)
+
+    @app.post("/api/v1/gateways/{gateway_id}/revoke", response_model=RevokeOut,
+              dependencies=Admin, tags=["admin"], responses={404: {"model": ErrorOut}})
+    async def revoke(gateway_id: GwPath, storage: StorageDep) -> RevokeOut:
+        """Revoke the gateway's token (and its unused enrollment tokens)."""
+        if not await storage.revoke(gateway_id):
+            raise HTTPException(404, f"unknown gateway {gateway_id}")
+        return RevokeOut(gateway_id=gateway_id, revoked=True)
+
+    @app.post("/api/v1/gateways/{gateway_id}/commands", response_model=Command,
+              dependencies=Admin, tags=["admin"])
+    async def create_command(gateway_id: GwPath, body: CommandIn, storage: StorageDep) -> Command:
+        """Queue a command for the gateway; a waiting long-poll answers at once."""
+        return await storage.create_command(gateway_id, body.kind, body.args, "admin")
+
+    # --- read API ---------------------------------------------------------------------------
+
+    def gateway_out(row: asyncpg.Record) -> GatewayOut:
+        return GatewayOut(
+            gateway_id=row["id"], status=_status(row, settings), enrolled_at=row["enrolled_at"],
+            revoked_at=row["revoked_at"], last_seen=row["last_seen"], points=row["points"],
+            heartbeat=_json(row["last_heartbeat"]),
+        )
+
+    @app.get("/api/v1/gateways", response_model=list[GatewayOut], dependencies=Admin,
+             tags=["read"])
+    async def list_gateways(storage: StorageDep) -> list[GatewayOut]:
+        return [gateway_out(r) for r in await storage.gateways()]
+
+    @app.get("/api/v1/gateways/{gateway_id}", response_model=GatewayOut, dependencies=Admin,
+             tags=["read"], responses={404: {"model": ErrorOut}})
+    async def get_gateway(gateway_id: GwPath, storage: StorageDep) -> GatewayOut:
+        row = await storage.gateway(gateway_id)
+        if row is None:
+            raise HTTPException(404, f"unknown gateway {gateway_id}")
+        return gateway_out(row)
+
+    @app.get("/api/v1/gateways/{gateway_id}/points", response_model=list[PointOut],
+             dependencies=Admin, tags=["read"])
+    async def list_points(gateway_id: GwPath, storage: StorageDep) -> list[PointOut]:
+        return [
+            PointOut(
+                gateway_id=r["gateway_id"], point_id=r["point_id"], device=r["device"],
+                units=r["units"], description=r["description"], data_type=r["data_type"],
+                tags=_json(r["tags"]) or {}, limits=_json(r["limits"]) or {},
+                writable=r["writable"], schedule_version=r["schedule_version"],
+                updated_at=r["updated_at"],
+            )
+            for r in await storage.points(gateway_id)
+        ]
+
+    @app.get(
+        "/api/v1/gateways/{gateway_id}/points/{point_id}/readings",
+        response_model=ReadingsOut, response_model_by_alias=True, dependencies=Admin,
+        tags=["read"], responses={404: {"model": ErrorOut}},
+    )
+    async def readings(
+        gateway_id: GwPath,
+        point_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=256)],
+        storage: StorageDep,
+        from_: Annotated[datetime | None, Query(
+            alias="from", description="ISO 8601; default `to` minus 24 h")] = None,
+        to: Annotated[datetime | None, Query(description="ISO 8601, exclusive; default now")]
+        = None,
+        resolution: Annotated[Literal["auto", "raw", "1m", "5m", "1h", "1d"], Query(
+            description="auto: raw < 2 h, 1m < 12 h, 5m < 7 d, 1h < 90 d, else 1d")] = "auto",
+    ) -> ReadingsOut:
+        end = _utc(to) if to is not None else datetime.now(UTC)
+        start = _utc(from_) if from_ is not None else end - timedelta(hours=24)
+        if start >= end:
+            raise HTTPException(422, f"'from' ({start.isoformat()}) must be before "
+                                     f"'to' ({end.isoformat()})")
+        key = await storage.point_key(gateway_id, point_id)
+        if key is None:
+            raise HTTPException(404, f"unknown point {point_id} on gateway {gateway_id}")
+        res = auto_resolution(end - start) if resolution == "auto" else resolution
+        limit = settings.max_rows
+        rows_out: list[RawReadingOut] | list[AggReadingOut]
+        if res == "raw":
+            rows = await storage.raw_readings(key, start, end, limit + 1)
+            rows_out = [
+                RawReadingOut(ts=r["time"], value=r["value"], quality=quality_label(r["quality"]))
+                for r in rows[:limit]
+            ]
+        else:
+            assert res in BUCKETS
+            rows = await storage.aggregated_readings(key, start, end, res, limit + 1)
+            rows_out = [
+                AggReadingOut(ts=r["time"], min=r["min"], max=r["max"], avg=r["avg"],
+                              count=r["count"], last=r["last"])
+                for r in rows[:limit]
+            ]
+        return ReadingsOut(
+            gateway_id=gateway_id, point_id=point_id, resolution=res, **{"from": start}, to=end,
+            truncated=len(rows) > limit, max_rows=limit, readings=rows_out,
+        )
+
+    @app.get("/api/v1/events", response_model=EventsOut, dependencies=Admin, tags=["read"])
+    async def events(
+        storage: StorageDep,
+        gateway: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+        from_: Annotated[datetime | None, Query(alias="from")] = None,
+        to: Annotated[datetime | None, Query()] = None,
+        kind: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> EventsOut:
+        """Events by time (default: the last 24 h), optionally of one gateway / kind."""
+        end = _utc(to) if to is not None else datetime.now(UTC)
+        start = _utc(from_) if from_ is not None else end - timedelta(hours=24)
+        rows = await storage.events(gateway, start, end, kind, settings.max_rows + 1)
+        return EventsOut(
+            truncated=len(rows) > settings.max_rows,
+            events=[
+                EventOut(gateway_id=r["gateway_id"], event_id=r["event_id"], ts=r["ts"],
+                         kind=r["kind"], source=r["source"], actor=r["actor"],
+                         detail=_json(r["detail"]) or {})
+                for r in rows[: settings.max_rows]
+            ],
+        )
+
+    # --- health -----------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=ReadyOut, tags=["health"],
+             responses={503: {"model": ReadyOut}})
+    async def readyz(request: Request) -> Any:
+        """Database reachable and all migrations applied."""
+        st: Storage | None = getattr(request.app.state, "storage", None)
+        if st is None:
+            return JSONResponse(status_code=503, content={"ready": False, "detail": "starting"})
+        ok, detail = await st.ready()
+        body = ReadyOut(ready=ok, detail=detail, timescaledb=st.timescaledb)
+        if not ok:
+            return JSONResponse(status_code=503, content=body.model_dump())
+        return body
+
+    return app
+
+
+class _ValidationFailed(Exception):
+    def __init__(self, error: ValidationError) -> None:
+        self.error = error
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body, or 413 once it exceeds ``limit`` (rest drained so the client, still
+    sending, reads the 413 instead of a reset connection)."""
+    declared = request.headers.get("content-length")
+    too_big = declared is not None and declared.isdigit() and int(declared) > limit
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            too_big = True
+        if too_big:
+            if size > _DRAIN_CAP:
+                break
+            continue
+        chunks.append(chunk)
+    if too_big:
+        raise HTTPException(
+            413, f"request body exceeds the limit of {limit} bytes "
+                 f"(Content-Length {declared or 'not given'}); send smaller batches"
+        )
+    return b"".join(chunks)
+
+
+def _status(row: asyncpg.Record, settings: ReceiverSettings) -> Any:
+    if row["revoked_at"] is not None:
+        return "revoked"
+    if row["enrolled_at"] is None:
+        return "not_enrolled"
+    seen = row["last_seen"]
+    if seen is None:
+        return "offline"
+    age = (datetime.now(UTC) - seen).total_seconds()
+    if age < settings.online_s:
+        return "online"
+    return "stale" if age < settings.stale_s else "offline"
+
+
+def _json(text: str | None) -> Any:
+    import json
+
+    return None if text is None else json.loads(text)
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)

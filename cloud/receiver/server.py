@@ -1,0 +1,202 @@
+"""Running the receiver: database selection (DSN or embedded), uvicorn, admin operations.
+
+``agent/cli_cloud.py`` (``outpost cloud ...``) and ``python -m cloud.receiver`` both call in
+here. Enrollment and revocation work directly on the receiver's database, so they work whether
+or not the receiver is running: with the embedded server, the sharing protocol in
+``embedded.py`` connects to the running server or starts it just for the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from .app import create_app
+from .embedded import EmbeddedPostgres
+from .settings import (
+    DEFAULT_BIND,
+    DEFAULT_DATA_DIR,
+    DSN_ENV,
+    ReceiverSettings,
+    load_admin_token,
+    parse_bind,
+)
+from .storage import EnrollmentToken, Storage
+
+log = structlog.get_logger(__name__)
+
+
+@contextmanager
+def database(dsn: str | None, data_dir: Path, *, fast: bool = False) -> Iterator[str]:
+    """Yield a DSN: the given one (or $OUTPOST_RECEIVER_DSN), else the embedded server in
+    DATA_DIR/pg, started if needed and released on exit."""
+    dsn = dsn or os.environ.get(DSN_ENV) or None
+    if dsn:
+        yield dsn
+        return
+    pg = EmbeddedPostgres(data_dir / "pg", fast=fast)
+    url = pg.start()
+    try:
+        yield url
+    finally:
+        pg.stop()
+
+
+def serve(
+    *,
+    dsn: str | None,
+    data_dir: Path,
+    bind: str = DEFAULT_BIND,
+    max_body_bytes: int | None = None,
+    max_rows: int | None = None,
+    retention_days: int | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Run the receiver until SIGINT/SIGTERM; stops the embedded PostgreSQL on the way out."""
+    host, port = parse_bind(bind)
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token, token_file = load_admin_token(data_dir)
+    if token_file is not None:
+        print(f"admin token (read API): {token_file}", file=sys.stderr)
+    with database(dsn, data_dir) as url:
+        overrides: dict[str, int] = {}
+        if max_body_bytes:
+            overrides["max_body_bytes"] = max_body_bytes
+            overrides["max_decompressed_bytes"] = max_body_bytes
+        if max_rows:
+            overrides["max_rows"] = max_rows
+        settings = ReceiverSettings(
+            dsn=url, admin_token=token, retention_days=retention_days, **overrides
+        )
+        app = create_app(settings)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        server = _Server(config)
+        log.info("receiver.listening", url=f"http://{host}:{port}", data_dir=str(data_dir),
+                 embedded_db=not (dsn or os.environ.get(DSN_ENV)))
+        server.run(sockets=[sock] if sock is not None else None)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its shutdown, which would kill the process
+    before the embedded PostgreSQL is stopped; here the signal only asks for shutdown."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def parse_ttl(text: str) -> timedelta:
+    """``90s``, ``15m``, ``24h``, ``7d`` (a bare number is seconds)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 15m, 24h, 7d")
+    n = float(m.group(1))
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if n <= 0:
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return timedelta(seconds=n * unit)
+
+
+def create_enrollment_token(
+    gateway_id: str, ttl: timedelta, *, dsn: str | None, data_dir: Path
+) -> EnrollmentToken:
+    async def go(url: str) -> EnrollmentToken:
+        storage = await Storage.open(url, min_size=1, max_size=1)
+        try:
+            return await storage.create_enrollment_token(gateway_id, ttl)
+        finally:
+            await storage.close()
+
+    with database(dsn, data_dir.expanduser().resolve()) as url:
+        return asyncio.run(go(url))
+
+
+def revoke_gateway(gateway_id: str, *, dsn: str | None, data_dir: Path) -> bool:
+    async def go(url: str) -> bool:
+        storage = await Storage.open(url, min_size=1, max_size=1)
+        try:
+            return await storage.revoke(gateway_id)
+        finally:
+            await storage.close()
+
+    with database(dsn, data_dir.expanduser().resolve()) as url:
+        return asyncio.run(go(url))
+
+
+def configure_logging() -> None:
+    """Structured logs to stderr (stdout stays clean for `enroll`'s token)."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=False)
+            if sys.stderr.isatty() else structlog.processors.JSONRenderer(),
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cloud.receiver serve|enroll|revoke`` (same as ``outpost cloud ...``)."""
+    parser = argparse.ArgumentParser(prog="python -m cloud.receiver")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dsn", default=None)
+    common.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p = sub.add_parser("serve", parents=[common])
+    p.add_argument("--bind", default=DEFAULT_BIND)
+    p.add_argument("--max-body-bytes", type=int, default=None)
+    p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("--retention-days", type=int, default=None)
+    p = sub.add_parser("enroll", parents=[common])
+    p.add_argument("gateway_id")
+    p.add_argument("--ttl", default="24h")
+    p = sub.add_parser("revoke", parents=[common])
+    p.add_argument("gateway_id")
+    args = parser.parse_args(argv)
+    configure_logging()
+    if args.cmd == "serve":
+        serve(dsn=args.dsn, data_dir=args.data_dir, bind=args.bind,
+              max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
+              retention_days=args.retention_days)
+        return 0
+    if args.cmd == "enroll":
+        tok = create_enrollment_token(args.gateway_id, parse_ttl(args.ttl), dsn=args.dsn,
+                                      data_dir=args.data_dir)
+        print(f"enrollment token for {tok.gateway_id}, valid until "
+              f"{tok.expires_at.isoformat(timespec='seconds')}, usable once:", file=sys.stderr)
+        print(tok.token)
+        return 0
+    known = revoke_gateway(args.gateway_id, dsn=args.dsn, data_dir=args.data_dir)
+    if not known:
+        print(f"unknown gateway {args.gateway_id}", file=sys.stderr)
+        return 1
+    print(f"gateway {args.gateway_id} revoked", file=sys.stderr)
+    return 0
