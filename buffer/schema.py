@@ -9,6 +9,8 @@ Layout choices (measured on SQLite 3.40, see bench/buffer.py):
   left. There is deliberately no per-point index: it halves the append rate (190k vs 500k rows/s
   measured). Time-range queries (history, export) are pruned through ``blocks``, one row per
   group commit with the seq range and the min/max timestamp in it (a BRIN in miniature).
+- ``readings`` is a STRICT table (no measurable cost): a value that is not a number is refused
+  at insert instead of being stored as text and breaking the uplink later.
 - ``ts`` is INTEGER epoch milliseconds: the contract's precision, 6 bytes per row on disk
   against 8 for a REAL, and exactly what the wire sends (it also rounds to the millisecond).
 - ``seq`` is assigned by the single writer from ``meta.last_seq`` (persisted in the same
@@ -67,7 +69,7 @@ CREATE TABLE IF NOT EXISTS readings (
     point INTEGER NOT NULL,
     value REAL,
     quality INTEGER NOT NULL
-);
+) STRICT;
 CREATE TABLE IF NOT EXISTS blocks (
     first_seq INTEGER PRIMARY KEY,
     last_seq INTEGER NOT NULL,

@@ -424,32 +424,76 @@ class Buffer:
             assert conn is not None
             try:
                 self._commit_items(conn, inflight)
-            except sqlite3.Error as exc:
-                if schema.is_corruption(exc) and self._recover_runtime(str(exc)):
-                    continue  # the same items go into the fresh file
-                log.error("buffer.commit_failed", error=str(exc), items=len(inflight),
-                          pending_rows=self._pending_rows)
-                return False
-            done_rows = sum(it.n for it in inflight if isinstance(it, _ReadingBatch))
-            done = len(inflight)
+            except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+                if schema.is_corruption(exc):
+                    if self._recover_runtime(str(exc)):
+                        continue  # the same items go into the fresh file
+                    return False
+                if isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError):
+                    # Locked, I/O error, disk full: transient; keep the items and retry.
+                    log.error("buffer.commit_failed", error=str(exc), items=len(inflight),
+                              pending_rows=self._pending_rows)
+                    return False
+                if not self._commit_separately(conn, inflight, exc):
+                    return False
+                continue
+            except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
+                if not self._commit_separately(conn, inflight, exc):
+                    return False
+                continue
+            self._settle(inflight)
             inflight.clear()
-            self._last_commit = time.monotonic()
-            ready: list[concurrent.futures.Future[None]] = []
-            with self._lock:
-                self._committed += done
-                self._pending_rows -= done_rows
-                committed = self._committed
-                keep: list[tuple[int, concurrent.futures.Future[None]]] = []
-                for target, fut in self._waiters:
-                    if target <= committed:
-                        ready.append(fut)
-                    else:
-                        keep.append((target, fut))
-                self._waiters = keep
-            for fut in ready:
-                if not fut.done():
-                    fut.set_result(None)
         return True
+
+    def _commit_separately(self, conn: sqlite3.Connection,
+                           inflight: list[_ReadingBatch | _EventItem], exc: BaseException) -> bool:
+        """A malformed item (NaN timestamp, a value that is not a number, a constraint) must not
+        stall everything queued behind it: commit item by item and drop, count and log the bad
+        ones. False on a transient error (what is left stays in ``inflight``)."""
+        log.error("buffer.bad_items", error=repr(exc), items=len(inflight))
+        while inflight:
+            item = inflight[0]
+            try:
+                self._commit_items(conn, [item])
+            except sqlite3.DatabaseError as err:
+                if isinstance(err, sqlite3.OperationalError | sqlite3.InternalError) or (
+                    schema.is_corruption(err)
+                ):
+                    log.error("buffer.commit_failed", error=str(err), items=len(inflight))
+                    return False
+                self._drop(item, err)
+            except (sqlite3.Error, ValueError, TypeError, OverflowError) as err:
+                self._drop(item, err)
+            self._settle([item])
+            inflight.pop(0)
+        return True
+
+    def _drop(self, item: _ReadingBatch | _EventItem, err: BaseException) -> None:
+        rows = item.n if isinstance(item, _ReadingBatch) else 0
+        with self._lock:
+            self._dropped_rows += rows
+        log.error("buffer.item_dropped", error=repr(err), rows=rows,
+                  kind=None if rows else getattr(item, "kind", None))
+
+    def _settle(self, items: list[_ReadingBatch | _EventItem]) -> None:
+        """Book items as done (committed or dropped) and wake the flushes they satisfy."""
+        done_rows = sum(it.n for it in items if isinstance(it, _ReadingBatch))
+        self._last_commit = time.monotonic()
+        ready: list[concurrent.futures.Future[None]] = []
+        with self._lock:
+            self._committed += len(items)
+            self._pending_rows -= done_rows
+            committed = self._committed
+            keep: list[tuple[int, concurrent.futures.Future[None]]] = []
+            for target, fut in self._waiters:
+                if target <= committed:
+                    ready.append(fut)
+                else:
+                    keep.append((target, fut))
+            self._waiters = keep
+        for fut in ready:
+            if not fut.done():
+                fut.set_result(None)
 
     def _commit_items(self, conn: sqlite3.Connection,
                       items: list[_ReadingBatch | _EventItem]) -> None:

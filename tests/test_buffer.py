@@ -662,3 +662,21 @@ def test_cursor_and_islands_match_a_model_of_handled_seqs(ops: list[tuple]) -> N
             assert b.stats().unsynced_rows == len(unsynced)
         finally:
             b.close()
+
+
+def test_a_malformed_batch_is_dropped_and_counted_without_stalling_the_rest(buf: Buffer) -> None:
+    keys = buf.point_keys(POINTS)
+    t = time.time()
+    with capture_logs() as logs:
+        buf.append([t, t], keys[:2], [1.0, 2.0], [0, 0])
+        buf.append([float("nan"), t], keys[:2], [3.0, 4.0], [0, 0])  # a driver bug
+        buf.append([t], keys[:1], ["not a number"], [0])  # type: ignore[list-item]
+        buf.append_event(t, "mode", "fsm", None, {})
+        buf.append([t], keys[2:], [5.0], [0])
+        buf.flush_sync(10)
+    assert buf.writer_alive
+    rows = buf.read_unsynced(10)
+    assert rows.seq == [1, 2, 3] and rows.value == [1.0, 2.0, 5.0]
+    assert buf.dropped_rows == 3 and buf.stats().dropped_rows == 3
+    assert len(buf.read_unsynced_events(10)) == 1
+    assert sum(e["event"] == "buffer.item_dropped" for e in logs) == 2
