@@ -305,7 +305,9 @@ def mode_graph(
 
 def write(
     point_id: Annotated[str, typer.Argument(metavar="POINT")],
-    value: Annotated[float, typer.Argument(metavar="VALUE")],
+    value_text: Annotated[
+        str, typer.Argument(metavar="VALUE", help="Engineering value, e.g. 21.5 or -5.")
+    ],
     priority: Annotated[
         int | None, typer.Option("--priority", "-p", help="BACnet priority 1..16.")
     ] = None,
@@ -320,6 +322,10 @@ def write(
 
     Exits 1 unless the device holds the value afterwards.
     """
+    try:
+        value = float(value_text)
+    except ValueError:
+        fail(f"VALUE: expected a number, got {value_text!r}", 2)
     if not yes:
         live = call_agent(config, "GET", f"/points/{point_id}")
         units = f" {live.get('units')}" if live.get("units") else ""
@@ -429,5 +435,6 @@ def register(app: typer.Typer) -> None:
     app.command("shelve")(shelve)
     app.command("unshelve")(unshelve)
     app.add_typer(mode_app, name="mode")
-    app.command("write")(write)
+    # negative values (`outpost write p -5`) are values, not options
+    app.command("write", context_settings={"ignore_unknown_options": True})(write)
     app.command("events")(events)

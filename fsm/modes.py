@@ -514,7 +514,8 @@ class ModeMachine:
         kw = event.kwargs
         now = self._clock.now()
         was_maintenance = source == MAINTENANCE
-        self._since = now
+        if source != dest:  # extending maintenance keeps its start
+            self._since = now
         self._cause = kw.get("cause") or event.event.name
         self._reason = kw.get("reason")
         self._actor = kw.get("actor")

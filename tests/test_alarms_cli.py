@@ -273,6 +273,8 @@ async def test_write_commands(site: Site) -> None:
     assert r.exit_code == 0 and await site.server.get("hr", 10, 1) == [220]
     r = await site.cli("write", "cdu-01.setpoint", "99", "--yes")
     assert r.exit_code == 1 and "above the point's max 30 degC" in r.output
+    r = await site.cli("write", "cdu-01.setpoint", "-5", "--yes")  # a value, not an option
+    assert r.exit_code == 1 and "-5 degC is below the point's min 15 degC" in r.output
     r = await site.cli("write", "cdu-01.supply_temp", "1", "--yes")
     assert r.exit_code == 1 and "not writable" in r.output
     r = await site.cli("write", "cdu-01.setpoint", "23", "--yes", "--json")
@@ -282,6 +284,7 @@ async def test_write_commands(site: Site) -> None:
     assert results == [
         (USER, "ok"),
         (USER, "ok"),
+        (USER, "refused"),
         (USER, "refused"),
         (USER, "refused"),
         (USER, "ok"),
