@@ -58,6 +58,10 @@ _MAX_BATCH = 2048
 # readings wait up to this long to travel to the sink together (cheap against poll intervals).
 _FLUSH_DELAY_S = 0.01
 _WILDCARD_CACHE_MAX = 50_000
+_SPLIT_MESSAGE = (
+    "MQTT device {device}: its points were prepared as several groups; "
+    "a push driver streams one group (all of the device's points)"
+)
 
 
 class MqttConfigError(Exception):
@@ -197,7 +201,8 @@ class MqttDriver(Driver):
     ) -> None:
         super().__init__(device_id, config, context)
         self._plan: _Plan | None = None
-        self._prepared_ids: set[str] = set()
+        self._preparing = False  # inside one event-loop step of prepare() calls
+        self._split = False  # that step prepared more than one group
         self._replan = asyncio.Event()
         self._connected = False
         self._sink: Sink | None = None
@@ -258,21 +263,37 @@ class MqttDriver(Driver):
         self._replan.set()
 
     def _check_single_group(self, group: PointGroup) -> None:
-        # stream(sink) carries no group, so one driver serves exactly one group. Groups split
-        # by poll interval have disjoint points; a schedule reload's group shares point ids.
-        previous = self._prepared_ids
-        current = {p.point_id for p in group.points}
-        self._prepared_ids = current
-        if previous and current and previous.isdisjoint(current):
-            log.error(
-                "mqtt.split_groups",
-                device=self.device_id,
-                hint=(
-                    "the MQTT driver was given its device's points in several groups; only the "
-                    "last is subscribed. Pass all points of a push device in one PointGroup "
-                    "(per-point poll_interval still drives stale detection)."
-                ),
-            )
+        """``stream(sink)`` carries no group, so a driver serves exactly one group.
+
+        Groups of one schedule load are prepared back to back in one event-loop step; a
+        reload prepares again in a later step. Siblings mean the agent split the device's
+        points (by poll interval): positions could then be read against the wrong group, so
+        ``stream`` refuses to run instead, loudly.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self._preparing:
+            if not self._split:
+                log.error(
+                    "mqtt.split_groups",
+                    device=self.device_id,
+                    hint=(
+                        "the agent gave this MQTT device's points in several groups; a push "
+                        "driver needs all of a device's points in one PointGroup (per-point "
+                        "poll_interval still drives stale detection). Not streaming."
+                    ),
+                )
+            self._split = True
+            return
+        self._split = False
+        if loop is not None:
+            self._preparing = True
+            loop.call_soon(self._end_prepare_step)
+
+    def _end_prepare_step(self) -> None:
+        self._preparing = False
 
     async def read(self, group: PointGroup) -> PollResult:
         raise TypeError("MqttDriver is a push driver: use stream(sink)")
@@ -282,6 +303,8 @@ class MqttDriver(Driver):
     async def stream(self, sink: Sink) -> None:
         if self._plan is None:
             raise RuntimeError("prepare() must be called before stream()")
+        if self._split:
+            raise RuntimeError(_SPLIT_MESSAGE.format(device=self.device_id))
         self._sink = sink
         self._loop = asyncio.get_running_loop()
         try:
@@ -390,6 +413,8 @@ class MqttDriver(Driver):
             if receive in done:
                 receive.result()  # our queue never holds messages: only an error ends this
             if replan in done:
+                if self._split:
+                    raise RuntimeError(_SPLIT_MESSAGE.format(device=self.device_id))
                 if subscribed:
                     await client.unsubscribe(subscribed)
                 await self._subscribe(client)

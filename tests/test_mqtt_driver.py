@@ -405,11 +405,20 @@ async def test_tls_with_ca_file(tmp_path: Path) -> None:
         broker.stop()
 
 
-def test_points_split_over_groups_are_reported() -> None:
+async def test_points_split_over_groups_refuse_to_stream() -> None:
+    """stream(sink) has no group: several sibling groups cannot be told apart, so the driver
+    refuses (loudly) rather than risk attributing values to the wrong points."""
     driver = MqttDriver("sensors", MqttDeviceConfig(host="127.0.0.1"))
     with structlog.testing.capture_logs() as logs:
         driver.prepare(PointGroup("sensors", [point("a", "g/a")], 5.0))
+        await asyncio.sleep(0)  # a later step: a schedule reload, not a sibling
         driver.prepare(PointGroup("sensors", [point("a", "g/a"), point("b", "g/b")], 5.0))
-        assert not [e for e in logs if e["event"] == "mqtt.split_groups"]  # a reload: fine
-        driver.prepare(PointGroup("sensors", [point("c", "g/c")], 60.0))
+        assert not [e for e in logs if e["event"] == "mqtt.split_groups"]
+        driver.prepare(PointGroup("sensors", [point("c", "g/c")], 60.0))  # same step: sibling
+        driver.prepare(PointGroup("sensors", [point("d", "g/d")], 90.0))
     assert [e["event"] for e in logs].count("mqtt.split_groups") == 1
+    with pytest.raises(RuntimeError, match="several groups"):
+        await driver.stream(Collector())
+    await asyncio.sleep(0)
+    driver.prepare(PointGroup("sensors", [point("c", "g/c"), point("d", "g/d")], 60.0))
+    assert not driver._split  # one group again: streaming is allowed
