@@ -51,6 +51,8 @@ class ChaosProxy:
         self._rng = random.Random(self.seed)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._canned: tuple[int, str, dict[str, str], int] | None = None
+        self.answered = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -75,6 +77,22 @@ class ChaosProxy:
     def armed(self) -> int:
         return self._plan.requests + self._plan.responses
 
+    def answer(
+        self,
+        status: int,
+        *,
+        count: int,
+        path_prefix: str = "/",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next `count` requests under `path_prefix` ourselves with `status` (like
+        an overloaded load balancer: 503/429 with Retry-After) instead of forwarding them."""
+        self._canned = (status, path_prefix, dict(headers or {}), count)
+        self.answered = 0
+        # Connections opened from now on are inspected request by request: make clients
+        # reconnect.
+        self.drop_all()
+
     def drop_all(self) -> None:
         """Abort every open connection now (a link flap)."""
         for writer in list(self._writers):
@@ -95,7 +113,10 @@ class ChaosProxy:
         self._writers.update((client_w, server_w))
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump(client_r, server_w, client_w, "request"))
+                if self._canned is not None:
+                    tg.create_task(self._requests(client_r, server_w, client_w))
+                else:
+                    tg.create_task(self._pump(client_r, server_w, client_w, "request"))
                 tg.create_task(self._pump(server_r, client_w, server_w, "response"))
         except* (OSError, _Cut):
             pass
@@ -103,6 +124,46 @@ class ChaosProxy:
             for w in (client_w, server_w):
                 _abort(w)
                 self._writers.discard(w)
+
+    async def _requests(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client_w: asyncio.StreamWriter,
+    ) -> None:
+        """Client → server, request by request: forward each, or answer it ourselves."""
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                with contextlib.suppress(OSError):
+                    writer.write_eof()
+                return
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            body = await reader.readexactly(length) if length else b""
+            parts = head.split(b" ", 2)
+            path = parts[1].decode("latin-1") if len(parts) > 2 else ""
+            canned = self._canned
+            if canned is not None and canned[3] > 0 and path.startswith(canned[1]):
+                status, prefix, headers, count = canned
+                self._canned = (status, prefix, headers, count - 1)
+                self.answered += 1
+                text = b'{"detail": "answered by the chaos proxy"}'
+                lines = [
+                    f"HTTP/1.1 {status} Proxy",
+                    "Content-Type: application/json",
+                    f"Content-Length: {len(text)}",
+                    "Connection: close",
+                    *(f"{k}: {v}" for k, v in headers.items()),
+                ]
+                client_w.write(("\r\n".join(lines) + "\r\n\r\n").encode() + text)
+                await client_w.drain()
+                raise _Cut  # closes both sides, like a front end that hangs up
+            writer.write(head + body)
+            await writer.drain()
 
     def _should_cut(self, direction: str) -> bool:
         remaining = self._plan.requests if direction == "request" else self._plan.responses

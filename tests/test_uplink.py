@@ -434,3 +434,45 @@ async def test_bandwidth_cap(receiver_factory: ReceiverFactory, tmp_path: Path) 
         assert sent <= rate * t + rate + 2 * batch_bytes, (t, sent)
     # the cap is a floor on the duration too (only a slower machine can make it longer)
     assert elapsed >= (total - rate - 2 * batch_bytes) / rate
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+
+def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
+    import random
+
+    from cloud.uplink_support import Backoff, parse_retry_after
+
+    b = Backoff(0.5, 8.0, rng=random.Random(3))
+    delays = [b.next_delay() for _ in range(12)]
+    assert all(0.5 <= d <= 8.0 for d in delays)
+    assert max(delays[6:]) > 4.0  # it grows towards the cap...
+    assert len({round(d, 6) for d in delays}) == len(delays)  # ...with jitter
+    assert b.next_delay(retry_after=20.0) == 20.0  # the server's word beats our cap
+    assert b.next_delay(retry_after=1e6) == 300.0  # but a bogus header cannot park us for days
+    b.reset()
+    assert b.next_delay() <= 0.5 + 1e-9
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    now = 1_800_000_000.0
+    assert parse_retry_after("Fri, 15 Jan 2027 08:00:30 GMT", now=now) == pytest.approx(
+        1_800_000_030.0 - now
+    )
+
+
+def test_token_file_is_written_atomically_0600(tmp_path: Path) -> None:
+    from cloud.uplink_support import read_token, write_token
+
+    path = tmp_path / "sub" / "gateway.token"
+    old_umask = os.umask(0)
+    try:
+        write_token(path, "secret-1")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_token(path) == "secret-1"
+    write_token(path, "secret-2")
+    assert read_token(path) == "secret-2"
+    assert [p.name for p in path.parent.iterdir()] == ["gateway.token"]  # no temp files left
+    assert read_token(tmp_path / "missing") is None
