@@ -24,7 +24,6 @@ configured URL stays valid); the database and its rows stay.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -45,11 +44,9 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 
-from cloud.receiver.app import create_app
 from cloud.receiver.embedded import EmbeddedPostgres
-from cloud.receiver.server import _Server
+from cloud.receiver.server import ReceiverServer
 from cloud.receiver.settings import ReceiverSettings
 from cloud.receiver.storage import Storage
 
@@ -68,26 +65,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bound_socket(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.set_inheritable(True)
-    return sock
-
-
-@dataclass
-class ReceiverHandle:
-    """A receiver served in-process. ``url`` has no trailing slash."""
-
-    settings: ReceiverSettings
-    port: int
-    _server: _Server | None = field(default=None, repr=False)
-    _task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class ReceiverHandle(ReceiverServer):
+    """A receiver served in-process (``cloud.receiver.server.ReceiverServer``) plus helpers
+    for tests. ``url`` has no trailing slash."""
 
     @property
     def dsn(self) -> str:
@@ -100,41 +80,6 @@ class ReceiverHandle:
     @property
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.admin_token}"}
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def start(self) -> None:
-        if self.running:
-            return
-        app = create_app(self.settings)
-        config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1
-        )
-        server = _Server(config)
-        sock = _bound_socket(self.port)
-        self._server = server
-        self._task = asyncio.create_task(server.serve(sockets=[sock]))
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if self._task.done():
-                self._task.result()  # raises the start-up error
-                raise RuntimeError("receiver stopped during start-up")
-            if time.monotonic() > deadline:
-                raise TimeoutError("receiver did not start within 30 s")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        """Graceful stop (in-flight requests get ~1 s); the port is reused by start()."""
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(self._task, 15)
-        finally:
-            self._server = None
-            self._task = None
 
     # --- helpers for tests ----------------------------------------------------------------
 
@@ -318,7 +263,7 @@ async def receiver_factory(pg_admin_dsn: str) -> AsyncIterator[ReceiverFactory]:
             ReceiverSettings(dsn=dsn, admin_token=ADMIN_TOKEN, pool_min=1, pool_max=4),
             **overrides,
         )
-        handle = ReceiverHandle(settings=settings, port=free_port())
+        handle = ReceiverHandle(settings, port=free_port())
         handles.append(handle)
         await handle.start()
         return handle

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -20,15 +21,23 @@ from typing import TYPE_CHECKING
 import httpx
 
 from cloud.wire import IngestBatch, columnar_readings, encode_body
-from tests.receiver_fixtures import REPO, free_port
 
 if TYPE_CHECKING:
-    from tests.receiver_fixtures import ReceiverHandle
+    from collections.abc import Callable
+
+    from tests.receiver_fixtures import ReceiverHandle, ReceiverProcess
 
 pytest_plugins = ("tests.receiver_fixtures",)
 
 OUTPOST = [sys.executable, "-m", "agent"]
+REPO = Path(__file__).resolve().parent.parent
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{40,}$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -166,3 +175,76 @@ async def test_cli_against_dsn(receiver: ReceiverHandle) -> None:
     assert await asyncio.to_thread(ingest, receiver.url, gateway_token) == 401
     out = await asyncio.to_thread(cli, "cloud", "revoke", "nope", "--dsn", receiver.dsn)
     assert out.returncode == 1 and "unknown gateway" in out.stderr
+
+
+def test_receiver_sigkill_loses_no_acknowledged_batch(
+    receiver_process: Callable[..., ReceiverProcess],
+) -> None:
+    """SIGKILL the receiver process while a client streams batches: every acknowledged batch
+    is in the database after the restart, and resending every batch stores each reading once."""
+    import asyncio
+    import threading
+
+    import asyncpg
+
+    rp = receiver_process()
+    admin = {"Authorization": f"Bearer {rp.admin_token}"}
+    et = httpx.post(f"{rp.url}/api/v1/gateways/gw-1/enrollment-tokens", headers=admin,
+                    json={}).json()["enrollment_token"]
+    token = exchange(rp.url, et)
+    size, count = 1000, 30
+    bodies = []
+    for i in range(count):
+        t0 = 1_763_900_000.0 + i * 1000
+        b = IngestBatch(
+            gateway_id="gw-1", first_seq=i * size + 1, last_seq=(i + 1) * size,
+            readings=columnar_readings([f"p.{k % 50}" for k in range(size)],
+                                       [t0 + k // 50 for k in range(size)],
+                                       [float(k) for k in range(size)], [0] * size),
+        )
+        bodies.append(encode_body(b))
+    acked: list[int] = []
+    started = threading.Event()
+
+    def send_all() -> None:
+        with httpx.Client(base_url=rp.url, timeout=30,
+                          headers={"Authorization": f"Bearer {token}"}) as c:
+            for i, (body, headers) in enumerate(bodies):
+                try:
+                    r = c.post("/api/v1/ingest", content=body, headers=headers)
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    acked.append(i)
+                if len(acked) >= 3:
+                    started.set()
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    assert started.wait(60)
+    rp.kill()
+    sender.join(60)
+    assert 3 <= len(acked) < count  # killed mid-stream
+
+    async def per_batch() -> dict[int, int]:
+        conn = await asyncpg.connect(rp.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT ((extract(epoch FROM time) - 1763900000) / 1000)::int AS i, "
+                "count(*) AS n FROM readings GROUP BY 1"
+            )
+        finally:
+            await conn.close()
+        return {r["i"]: r["n"] for r in rows}
+
+    stored = asyncio.run(per_batch())
+    assert all(stored.get(i) == size for i in acked)
+    assert all(n in (0, size) for n in stored.values())  # a batch is all or nothing
+
+    rp.start()
+    with httpx.Client(base_url=rp.url, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as c:
+        for body, headers in bodies:
+            assert c.post("/api/v1/ingest", content=body, headers=headers).status_code == 200
+    stored = asyncio.run(per_batch())
+    assert stored == {i: size for i in range(count)}

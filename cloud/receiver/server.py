@@ -39,6 +39,8 @@ from .storage import EnrollmentToken, Storage
 
 log = structlog.get_logger(__name__)
 
+_START_TIMEOUT_S = 30.0
+
 
 @contextmanager
 def database(dsn: str | None, data_dir: Path, *, fast: bool = False) -> Iterator[str]:
@@ -109,6 +111,64 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+class ReceiverServer:
+    """The receiver served by uvicorn inside an already running event loop (tests, the demo).
+
+    ``await start()`` returns once it accepts connections; ``await stop()`` shuts it down
+    gracefully; ``start()`` again serves on the same port, so a configured URL stays valid.
+    Port 0 picks a free port (read ``port`` after the first start).
+    """
+
+    def __init__(self, settings: ReceiverSettings, host: str = "127.0.0.1", port: int = 0,
+                 *, graceful_s: float = 1.0) -> None:
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self._graceful_s = graceful_s
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(self.settings), log_config=None, access_log=False,
+                                lifespan="on", timeout_graceful_shutdown=self._graceful_s)
+        server = _Server(config)
+        self._server = server
+        self._task = asyncio.create_task(server.serve(sockets=[sock]))
+        deadline = asyncio.get_running_loop().time() + _START_TIMEOUT_S
+        while not server.started:
+            if self._task.done():
+                self._task.result()  # raises the start-up error
+                raise RuntimeError("receiver stopped during start-up")
+            if asyncio.get_running_loop().time() > deadline:
+                await self.stop()
+                raise TimeoutError(f"receiver did not start within {_START_TIMEOUT_S} s")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, self._graceful_s + 15)
+        finally:
+            self._server = None
+            self._task = None
 
 
 def parse_ttl(text: str) -> timedelta:
