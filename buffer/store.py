@@ -24,6 +24,12 @@ Size bound, in this order (DESIGN.md): synced rows oldest first (at or below the
 the islands), then unsynced rows oldest first — counted, reported through
 ``on_unsynced_evicted`` and the cursor moves past them (they cannot be sent any more).
 Unsynced events are never evicted (they are few, and the contract says never dropped).
+
+Failure handling in the writer: a transient SQLite error (locked, I/O, disk full) keeps the
+queue and retries every second (``last_commit_monotonic`` then stops advancing, which is what
+the watchdog should see); a corrupt file is moved aside and the queue goes into a fresh one
+that continues seq, event ids and point keys; a malformed item (a NaN timestamp, a value that
+is not a number) is dropped, counted in ``dropped_rows`` and logged, never blocking the rest.
 """
 
 from __future__ import annotations
