@@ -96,6 +96,37 @@ def fill(buf: Buffer, readings: int, points: int, seed: int = 7) -> float:
     return time.perf_counter() - t0
 
 
+def measure_encode(buf: Buffer, batch: int, compression: str) -> None:
+    """Cost of one batch on the agent: SQLite read and columnar encode + compression."""
+    from cloud.wire import IngestBatch, columnar_readings, encode_body
+
+    reads, encodes, sizes = [], [], []
+    for i in range(10):
+        t0 = time.perf_counter()
+        rows = buf.read_unsynced(batch, after_seq=i * batch * 3)
+        t1 = time.perf_counter()
+        cols = columnar_readings(rows.point_id, rows.ts, rows.value, rows.quality)
+        model = IngestBatch.model_construct(
+            gateway_id="bench-gw",
+            first_seq=rows.seq[0],
+            last_seq=rows.seq[-1],
+            readings=cols,
+            events=[],
+            points=[],
+            schedule_version=None,
+        )
+        body, _ = encode_body(model, compression)  # type: ignore[arg-type]
+        t2 = time.perf_counter()
+        reads.append(t1 - t0)
+        encodes.append(t2 - t1)
+        sizes.append(len(body) / len(rows))
+    print(
+        f"one batch of {batch}: SQLite read {min(reads) * 1e3:.1f} ms, "
+        f"columnar encode + {compression} {min(encodes) * 1e3:.1f} ms "
+        f"({batch / min(encodes):,.0f} readings/s encode), {sum(sizes) / len(sizes):.2f} B/reading"
+    )
+
+
 async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> None:
     buf = Buffer(work / "agent" / "buffer.db", max_size_mb=4096, quick_check=False)
     buf.open()
@@ -103,6 +134,7 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
         fill_s = fill(buf, args.readings, args.points)
         total = buf.last_seq
         print(f"buffer filled: {total:,} readings for {args.points} points in {fill_s:.1f} s")
+        measure_encode(buf, args.batch_size, args.compression)
         cfg = CloudConfig(
             url=url,
             enrollment_token=token,
