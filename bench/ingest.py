@@ -219,7 +219,7 @@ def main() -> None:
               f"p95={lat[int(len(lat) * 0.95)] * 1000:.1f} ms max={lat[-1] * 1000:.1f} ms")
         print(f"wire: {wire / sent:.2f} bytes/reading (zstd JSON columnar)")
         print(f"CPU seconds during the run: receiver process {cpu1[0] - cpu0[0]:.2f}, "
-              f"postgres processes {cpu1[1] - cpu0[1]:.2f} (wall {wall:.2f}, "
+              f"all postgres processes on the machine {cpu1[1] - cpu0[1]:.2f} (wall {wall:.2f}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
     finally:
         receiver.send_signal(signal.SIGTERM)

@@ -225,19 +225,24 @@ class Storage:
             keys = await self._keys_for(conn, gw, r.point_ids, new_keys)
             inserted = 0
             if len(r):
-                columns = ([keys[i] for i in r.point], r.timestamps_ms(), r.value, r.quality)
-                # Optimistic: a plain INSERT is ~40 % cheaper than ON CONFLICT's speculative
-                # insertion, and almost every batch is new. A replay (or overlap) raises a
-                # unique violation; the savepoint rolls that back and the batch is inserted
-                # again skipping what exists.
+                ts_ms = r.timestamps_ms()
+                point_keys = [keys[i] for i in r.point]
+                # Optimistic: almost every batch is new, and COPY (bulk heap inserts) costs
+                # ~40 % less than INSERT ... ON CONFLICT (speculative insertion per row). A
+                # replay or overlap raises a unique violation; the savepoint undoes the COPY
+                # and the batch is inserted again skipping the rows that exist.
                 try:
                     async with conn.transaction():
-                        status = await conn.execute(_INSERT_READINGS, *columns)
+                        await conn.copy_records_to_table(
+                            "readings", columns=_READING_COLUMNS,
+                            records=zip(ts_ms, point_keys, r.value, r.quality, strict=True),
+                        )
+                    inserted = len(r)
                 except asyncpg.UniqueViolationError:
                     status = await conn.execute(
-                        _INSERT_READINGS + " ON CONFLICT DO NOTHING", *columns
+                        _INSERT_READINGS_SKIP_EXISTING, point_keys, ts_ms, r.value, r.quality
                     )
-                inserted = _count(status)
+                    inserted = _count(status)
             events_inserted = 0
             if batch.events:
                 ev = batch.events
@@ -428,9 +433,12 @@ class Storage:
         )
 
 
-_INSERT_READINGS = """INSERT INTO readings (time, point_key, value, quality)
-    SELECT TIMESTAMPTZ 'epoch' + u.t * INTERVAL '1 millisecond', u.k, u.v, u.q
-    FROM unnest($1::int4[], $2::int8[], $3::float8[], $4::int2[]) AS u(k, t, v, q)"""
+_READING_COLUMNS = ("time", "point_key", "value", "quality")
+# timestamptz parameters may be epoch-ms ints (see _encode_timestamptz)
+_INSERT_READINGS_SKIP_EXISTING = """INSERT INTO readings (time, point_key, value, quality)
+    SELECT u.t, u.k, u.v, u.q
+    FROM unnest($1::int4[], $2::timestamptz[], $3::float8[], $4::int2[]) AS u(k, t, v, q)
+    ON CONFLICT DO NOTHING"""
 
 _GATEWAY_SELECT = """SELECT g.id, g.enrolled_at, g.revoked_at, g.last_seen, g.last_heartbeat,
     (SELECT count(*) FROM points p WHERE p.gateway_id = g.id) AS points
@@ -439,6 +447,29 @@ _GATEWAY_SELECT = """SELECT g.id, g.enrolled_at, g.revoked_at, g.last_seen, g.la
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+    await conn.set_type_codec(
+        "timestamptz", schema="pg_catalog", format="tuple",
+        encoder=_encode_timestamptz, decoder=_decode_timestamptz,
+    )
+
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_MS = 946_684_800_000
+_US = timedelta(microseconds=1)
+
+
+def _encode_timestamptz(value: datetime | int) -> tuple[int]:
+    """timestamptz parameters: datetimes as usual, or epoch-ms ints straight from the wire
+    (no datetime object per reading on the ingest path). Wire format: us since 2000-01-01."""
+    if isinstance(value, int):
+        return ((value - _PG_EPOCH_MS) * 1000,)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return ((value - _PG_EPOCH) // _US,)
+
+
+def _decode_timestamptz(value: tuple[int]) -> datetime:
+    return _PG_EPOCH + timedelta(microseconds=value[0])
 
 
 async def _upsert_points(conn: asyncpg.Connection, gw: str, points: list[PointMeta]) -> None:
