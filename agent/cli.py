@@ -72,12 +72,23 @@ def config_check(config: ConfigOption = None) -> None:
     from point_schedules.loader import ScheduleError, load_schedule
 
     cfg = config_or_exit(config)
+    problems: list[str] = []
+    for device_id, dev in cfg.devices.items():
+        # Secrets are read from env vars / files at run time; check they are there now.
+        for resolver in ("auth_data", "credentials"):
+            if hasattr(dev, resolver):
+                try:
+                    getattr(dev, resolver)()
+                except Exception as exc:
+                    problems.append(f'{cfg.config_path}: key "devices.{device_id}": {exc}')
     try:
         schedule = load_schedule(cfg.schedules.files, cfg.device_protocols())
     except ScheduleError as exc:
-        for issue in exc.issues:
-            typer.echo(str(issue), err=True)
-        raise typer.Exit(2) from None
+        problems.extend(str(issue) for issue in exc.issues)
+    if problems:
+        for problem in problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(2)
     typer.echo(
         f"{cfg.config_path}: ok — gateway {cfg.agent.id}, {len(cfg.devices)} device(s), "
         f"{len(schedule.points)} point(s), schedule {schedule.version}"

@@ -7,6 +7,7 @@ for the plant, the receiver for the central server). Ctrl-C stops them in revers
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,7 +79,15 @@ def demo(
     log_dir.mkdir(parents=True, exist_ok=True)
     children: list[_Child] = []
     env: dict[str, str] = {}
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C: children stop too
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
+        broker = _start_broker(cfg, log_dir)
+        if broker is not None:
+            children.append(broker)
         sim = _start("sim", _outpost("sim"), log_dir)
         children.append(sim)
         for dev in cfg.devices.values():
@@ -92,6 +101,8 @@ def demo(
                 "OUTPOST_CLOUD__URL": receiver_url,
                 "OUTPOST_CLOUD__ENROLLMENT_TOKEN": token,
             }
+        # The simulated PDU answers community "public"; a real site sets its own.
+        env.setdefault("PDU_COMMUNITY", os.environ.get("PDU_COMMUNITY", "public"))
         agent = _start("agent", _outpost("run", "-c", str(cfg.config_path)), log_dir, env)
         children.append(agent)
         deadline = time.monotonic() + 30
@@ -101,23 +112,41 @@ def demo(
             time.sleep(0.2)
 
         c = f"-c {cfg.config_path}"
-        typer.echo(
-            "\nOutpost demo is running.\n"
-            f"  simulated site : Modbus devices {', '.join(cfg.devices)}  (log {sim.log})\n"
-            f"  agent          : gateway {cfg.agent.id}, data in {data_dir}  (log {agent.log})\n"
-            + (
+        devices = ", ".join(f"{d} ({v.protocol})" for d, v in cfg.devices.items())
+        lines = [
+            "",
+            "Outpost demo is running.",
+            f"  simulated site : {devices}  (log {sim.log})",
+            f"  MQTT broker    : mosquitto on 127.0.0.1:1883  (log {broker.log})"
+            if broker
+            else "  MQTT broker    : none started (install mosquitto, or one already listens on 1883)",
+            f"  agent          : gateway {cfg.agent.id}, data in {data_dir}  (log {agent.log})",
+        ]
+        if receiver_url:
+            lines.append(
                 f"  receiver       : {receiver_url}  (API docs {receiver_url}/docs; admin token in "
-                f"{data_dir / 'receiver' / 'admin.token'})\n"
-                if receiver_url
-                else ""
+                f"{data_dir / 'receiver' / 'admin.token'})"
             )
-            + "\nLook at it from another terminal:\n"
-            f"  .venv/bin/outpost status {c}\n"
-            f"  .venv/bin/outpost points {c}\n"
-            f"  .venv/bin/outpost read cdu-01.supply_temp {c}\n"
-            f"  .venv/bin/outpost buffer stats {c}\n"
-            "\nPress Ctrl-C to stop everything.\n"
-        )
+        lines += [
+            "",
+            "Look at it from another terminal:",
+            f"  .venv/bin/outpost status {c}",
+            f"  .venv/bin/outpost points {c}",
+            f"  .venv/bin/outpost read cdu-01.supply_temp {c}",
+            f"  .venv/bin/outpost buffer stats {c}",
+            "",
+            "Raise an alarm on the simulated site and handle it:",
+            "  .venv/bin/outpost sim set cdu-01.supply_temp 35        # force the CDU supply temperature",
+            f"  .venv/bin/outpost alarms {c}                            # cdu-01.supply_temp:hi unack_active",
+            f"  .venv/bin/outpost ack cdu-01.supply_temp:hi --note 'on it' {c}",
+            f"  .venv/bin/outpost shelve cdu-01.supply_temp:hi --for 30m {c}",
+            f"  .venv/bin/outpost mode set maintenance --for 2h --reason 'CDU filter change' {c}",
+            "  .venv/bin/outpost sim release cdu-01.supply_temp       # back to the physics",
+            f"  .venv/bin/outpost events {c}",
+            "",
+            "Press Ctrl-C to stop everything.",
+        ]
+        typer.echo("\n".join(lines))
         while all(ch.proc.poll() is None for ch in children):
             time.sleep(0.5)
         dead = [ch for ch in children if ch.proc.poll() is not None]
@@ -126,6 +155,27 @@ def demo(
         typer.echo("\nstopping…")
     finally:
         _stop(children)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) != 0
+
+
+def _start_broker(cfg: Any, log_dir: Path) -> _Child | None:
+    """mosquitto for the MQTT rack sensors, when installed and the port is free."""
+    mqtt = [d for d in cfg.devices.values() if d.protocol == "mqtt"]
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not mqtt or exe is None:
+        return None
+    host, port = mqtt[0].host, mqtt[0].port
+    if not _port_free(host, port):
+        return None  # a broker is already there: use it
+    conf = log_dir / "mosquitto.conf"
+    conf.write_text(f"listener {port} {host}\nallow_anonymous true\npersistence false\n")
+    broker = _start("mosquitto", [exe, "-c", str(conf)], log_dir)
+    _wait_tcp(host, port, 15, broker)
+    return broker
 
 
 def _start_receiver(children: list[_Child], data_dir: Path, log_dir: Path, gateway_id: str) -> tuple[str, str]:

@@ -242,8 +242,22 @@ def _validate_sections(cfg: AgentConfig) -> list[str]:
     return problems
 
 
+def _resolve_device_paths(cfg: AgentConfig) -> None:
+    """Secret and CA files named in a device table are relative to the config file's folder."""
+    base = cfg.config_dir
+    for name, dev in list(cfg.devices.items()):
+        updates = {
+            field: (base / value).resolve()
+            for field, value in dev
+            if field.endswith("_file") and isinstance(value, Path) and not value.is_absolute()
+        }
+        if updates:
+            cfg.devices[name] = dev.model_copy(update=updates)
+
+
 def _resolve_paths(cfg: AgentConfig) -> AgentConfig:
     base = cfg.config_dir
+    _resolve_device_paths(cfg)
     data_dir = cfg.agent.data_dir if cfg.agent.data_dir.is_absolute() else base / cfg.agent.data_dir
     data_dir = data_dir.resolve()
 

@@ -107,11 +107,18 @@ class Runtime:
         return load_schedule(files, self.config.device_protocols())
 
     def _make_drivers(self) -> None:
+        problems = []
         for device_id, dev in self.config.devices.items():
             if not dev.enabled:
                 continue
             cls = driver_class(dev.protocol)
-            self.drivers[device_id] = cls(device_id, dev, self.context)
+            try:
+                self.drivers[device_id] = cls(device_id, dev, self.context)
+            except (ValueError, OSError) as exc:  # e.g. a secret's env var or file is missing
+                problems.append(f"devices.{device_id}: {exc}")
+                log.error("device.config_error", device=device_id, error=str(exc))
+        if problems:
+            raise StartupError("; ".join(problems))
 
     def _install_schedule(self, schedule: Schedule) -> None:
         """Build point table, pipeline groups and coordinators for ``schedule``."""
@@ -132,6 +139,11 @@ class Runtime:
             interval = p.poll_interval or self.config.devices[p.device].poll_interval
             by_device[p.device][interval].append(i)
         for device_id, intervals in by_device.items():
+            if not self.drivers[device_id].polled:
+                # A push driver streams one subscription set per device; each point's
+                # poll_interval still drives its stale detection inside the driver.
+                merged = sorted(i for idx in intervals.values() for i in idx)
+                intervals = {self.config.devices[device_id].poll_interval: merged}
             coord = self.coordinators.get(device_id)
             health = coord.health if coord is not None else None
             coord = DeviceCoordinator(device_id, self.drivers[device_id], pipeline)
