@@ -84,6 +84,8 @@ class _Batch:
     last_seq: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # the last refusal, for the log and the dead-letter table
+    status: int = 0
 
     @property
     def size(self) -> int:
@@ -475,8 +477,15 @@ class Uplink:
             if outcome == "acked":
                 return
             if outcome == "rejected":
-                await self._reject_or_split(client, batch)
-                return
+                # Only this batch, or everything? A front end or a receiver in trouble can
+                # answer 400 to anything; bisecting and dead-lettering would then throw
+                # good data away row by row. A well-formed empty batch tells them apart.
+                if await self._probe(client):
+                    await self._reject_or_split(client, batch)
+                    return
+                log.error(
+                    "uplink.refusal_not_batch_specific", error=batch.error, **batch.describe()
+                )
             self._c.batches_failed += 1
             delay = backoff.next_delay(delay_hint)
             if outcome == "auth":
@@ -491,7 +500,7 @@ class Uplink:
             log.warning(
                 "uplink.retry",
                 retry_in_s=round(delay, 2),
-                error=self._c.last_error,
+                error=batch.error,
                 **batch.describe(),
             )
             await self._sleep_retry(delay)
@@ -507,7 +516,8 @@ class Uplink:
             resp = await client.post("/api/v1/ingest", content=batch.body, headers=headers)
         except httpx.HTTPError as exc:
             self._c.connected = False
-            self._error(f"ingest: {_describe(exc)}")
+            batch.error, batch.status = f"ingest: {_describe(exc)}", 0
+            self._error(batch.error)
             return "transient", None
         self._c.bytes_sent += len(batch.body)
         status = resp.status_code
@@ -548,7 +558,8 @@ class Uplink:
             return "acked", None
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         detail = _detail(resp)
-        self._error(f"ingest: HTTP {status}: {detail}")
+        batch.error, batch.status = f"ingest: HTTP {status}: {detail}", status
+        self._error(batch.error)
         if status in (401, 403):
             self._c.connected = False
             log.error(
@@ -583,12 +594,24 @@ class Uplink:
         # (the thread would run to completion anyway; this keeps the counters truthful).
         await asyncio.shield(asyncio.to_thread(mark))
 
+    async def _probe(self, client: httpx.AsyncClient) -> bool:
+        """Does the receiver accept a well-formed empty batch right now?"""
+        empty = IngestBatch(gateway_id=self.gateway_id, first_seq=0, last_seq=0)
+        body, headers = encode_body(empty, self._compression)
+        headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            resp = await client.post("/api/v1/ingest", content=body, headers=headers)
+        except httpx.HTTPError:
+            return False
+        self._c.bytes_sent += len(body)
+        return resp.status_code in (200, 201)
+
     async def _reject_or_split(self, client: httpx.AsyncClient, batch: _Batch) -> None:
         parts = _split(batch)
         if parts:
             log.warning(
                 "uplink.batch_bisect",
-                error=self._c.last_error,
+                error=batch.error,
                 parts=len(parts),
                 **batch.describe(),
             )
@@ -596,8 +619,8 @@ class Uplink:
                 await asyncio.to_thread(self._encode, part)
                 await self._deliver(client, part)
             return
-        reason = self._c.last_error or "rejected"
-        status = _status_of(reason)
+        reason = batch.error or "rejected"
+        status = batch.status
         if batch.events:
             reason += f" (events {batch.events[0].id}..{batch.events[-1].id})"
         if batch.metas:
@@ -787,15 +810,6 @@ def _epoch_ms(ts: Any) -> int | None:
     t = float(ts)
     # Seconds (the agent's clock values) or already milliseconds.
     return round(t * 1000.0) if t < 1e11 else round(t)
-
-
-def _status_of(reason: str) -> int:
-    marker = "HTTP "
-    i = reason.find(marker)
-    if i >= 0:
-        with contextlib.suppress(ValueError):
-            return int(reason[i + len(marker) : i + len(marker) + 3])
-    return 0
 
 
 def _detail(resp: httpx.Response) -> str:

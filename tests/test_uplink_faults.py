@@ -209,3 +209,36 @@ async def test_retry_after_is_honoured(receiver, tmp_path: Path) -> None:
     assert status["batches_failed"] >= 1 and "HTTP 429" in status["last_error"]
     assert elapsed >= 2.0 - 0.05  # can only be longer on a slow machine
     assert_identical(buffer_rows(tmp_path / "buffer.db"), await receiver.readings(GW))
+
+
+async def test_front_end_refusing_everything_dead_letters_nothing(receiver, tmp_path: Path) -> None:
+    """A misbehaving front end answers 400 to every ingest for a while. A 400 normally means
+    "bad batch" (bisect, dead-letter), but the uplink checks with an empty batch first: as that
+    is refused too, the problem is not the data, and nothing is dead-lettered."""
+    token = await receiver.enroll(GW)
+    (tmp_path / "gateway.token").write_text(token)
+    proxy = ChaosProxy("127.0.0.1", receiver.port)
+    await proxy.start()
+    proxy.answer(400, count=8, path_prefix="/api/v1/ingest")
+    buf = open_buffer(tmp_path / "buffer.db")
+    try:
+        writer = Writer(buf, points=10)
+        for i in range(20):
+            writer.round(int(time.time() * 1000) - 100_000 + i * 1000)
+        await buf.flush()
+        uplink = make_uplink(cloud_config(proxy.url, batch_size=50), GW, tmp_path, buf)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await wait_for(lambda: asyncio.to_thread(all_synced, buf), 30, "full sync")
+            status = uplink.status()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        rejected = buf.read_rejected()
+    finally:
+        buf.close()
+        await proxy.stop()
+    assert proxy.answered == 8
+    assert rejected == [] and status["rejected_batches"] == 0
+    assert_identical(buffer_rows(tmp_path / "buffer.db"), await receiver.readings(GW))
