@@ -54,7 +54,12 @@ async def site() -> AsyncIterator[SimSite]:
 
 
 def schedule_points() -> list[Point]:
-    return list(load_schedule([DEMO_CSV], dict.fromkeys(DEVICES, "modbus")).points)
+    # the demo schedule covers every protocol; its devices come from the example config
+    from agent.config import load_config
+
+    cfg = load_config(DEMO_CSV.parents[2] / "agent.example.toml")
+    points = load_schedule([DEMO_CSV], cfg.device_protocols()).points
+    return [p for p in points if p.device in DEVICES]
 
 
 async def drivers_for(sim: SimSite) -> dict[str, tuple[ModbusDriver, PointGroup]]:
