@@ -272,6 +272,7 @@ def test_size_bound_evicts_synced_rows_first(tmp_path: Path) -> None:
         # Oldest synced rows went, contiguous from the start; every unsynced row is still there.
         assert seqs == list(range(st.evicted_synced + 1, 60_001))
         assert st.unsynced_rows == 10_000
+        assert st.rows + st.evicted_synced + st.evicted_unsynced == st.last_seq  # every row counted
         assert _disk_bytes(path) <= 1024 * 1024
     finally:
         b.close()
@@ -283,9 +284,11 @@ def test_size_bound_then_evicts_unsynced_oldest_first_counted(tmp_path: Path) ->
     b = _open(path, max_size_mb=1, commit_rows=2000, on_unsynced_evicted=lost.append)
     try:
         _fill_many(b, 60_000)
+        b.append_event(time.time(), "alarm", "fsm", None, {"unsynced": True})
         b.mark_synced(5_000)
         b.mark_range_synced(30_001, 35_000)  # an island acked out of order: synced, goes first
         b.run_maintenance()
+        assert len(b.read_unsynced_events(10)) == 1  # events are never evicted
         st = b.stats()
         seqs = set(_seqs(path))
         assert st.evicted_synced == 10_000
@@ -298,6 +301,7 @@ def test_size_bound_then_evicts_unsynced_oldest_first_counted(tmp_path: Path) ->
         # The cursor moved past the lost rows so the uplink does not wait for them.
         assert st.synced_through == lowest - 1
         assert st.unsynced_rows == len(seqs)
+        assert st.rows + st.evicted_synced + st.evicted_unsynced == st.last_seq
         assert _disk_bytes(path) <= 1024 * 1024
         # seq stays monotonic after the eviction
         first, _ = _fill(b, 10)
