@@ -12,6 +12,7 @@ import json
 import math
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import httpx
@@ -573,3 +574,79 @@ async def test_database_errors_are_not_acked(receiver: ReceiverHandle) -> None:
         await receiver.fetch(
             "INSERT INTO events (gateway_id, event_id, ts, kind) VALUES ('gw-1', 1, now(), 'boom')"
         )
+
+
+class PgLink:
+    """A TCP forwarder between the receiver and PostgreSQL, so a test can cut the database
+    away (our own stand-in for the network path; the database behind it is real)."""
+
+    def __init__(self, target_dsn: str) -> None:
+        parts = urlsplit(target_dsn)
+        query = dict(parse_qsl(parts.query))
+        self._unix = (f"{query['host']}/.s.PGSQL.{query.get('port', '5432')}"
+                      if query.get("host", "").startswith("/") else None)
+        self._tcp = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._target = parts
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def dsn(self) -> str:
+        user = self._target.username or "postgres"
+        auth = user + (f":{self._target.password}" if self._target.password else "")
+        return f"postgresql://{auth}@127.0.0.1:{self.port}{self._target.path}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        await self._server.wait_closed()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if self._unix:
+            ur, uw = await asyncio.open_unix_connection(self._unix)
+        else:
+            ur, uw = await asyncio.open_connection(*self._tcp)
+        self._writers.update((w, uw))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+        self._writers.difference_update((w, uw))
+
+
+async def test_database_outage_is_503_then_recovers(
+    receiver_dsn: str, receiver_factory: ReceiverFactory
+) -> None:
+    link = PgLink(receiver_dsn)
+    await link.start()
+    rcv = await receiver_factory(dsn=link.dsn)
+    token = await rcv.enroll("gw-1")
+    assert (await post_batch(rcv, make_batch(), token)).status_code == 200
+    await link.stop()
+    later = make_batch(first_seq=101, t0=T0 + 600)
+    r = await post_batch(rcv, later, token)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert "database unavailable" in r.json()["detail"]
+    async with httpx.AsyncClient(base_url=rcv.url) as c:
+        ready = await c.get("/readyz")
+        assert ready.status_code == 503 and "unreachable" in ready.json()["detail"]
+    await link.start()  # same port: the pool reconnects by itself
+    assert (await post_batch(rcv, later, token)).status_code == 200
+    assert (await post_batch(rcv, later, token)).status_code == 200  # the client's retry
+    assert await rcv.count("readings") == 200
+    await link.stop()

@@ -231,6 +231,22 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         except ValidationError as exc:
             raise _ValidationFailed(exc) from None
 
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.OperatorInterventionError)
+    @app.exception_handler(asyncpg.InsufficientResourcesError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    async def _on_db_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database is down, restarting or out of connections: nothing was committed, so
+        # the client retries the same batch later (it is idempotent anyway).
+        log.warning("receiver.db_unavailable", path=request.url.path,
+                    error=f"{exc.__class__.__name__}: {exc}")
+        return JSONResponse(
+            status_code=503, headers={"Retry-After": "5"},
+            content={"detail": f"database unavailable ({exc.__class__.__name__}); retry later"},
+        )
+
     @app.exception_handler(_ValidationFailed)
     async def _on_invalid(_request: Request, exc: _ValidationFailed) -> JSONResponse:
         errors = [

@@ -8,6 +8,7 @@ duplicates dropped by ``ON CONFLICT DO NOTHING`` on (point_key, time).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
@@ -82,6 +83,9 @@ class Storage:
         self._point_keys: dict[tuple[str, str], int] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._listener: asyncpg.Connection | None = None
+        self._listener_dsn = ""
+        self._relisten: asyncio.Task[None] | None = None
+        self._closing = False
         self._last_seen_written: dict[str, float] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -112,15 +116,52 @@ class Storage:
         return cls(pool, timescaledb=timescale)
 
     async def start_listener(self, dsn: str) -> None:
-        """LISTEN for new commands so long-polls wake at once (any receiver may add one)."""
-        self._listener = await asyncpg.connect(dsn)
-        await self._listener.add_listener(_NOTIFY_CHANNEL, self._on_notify)
+        """LISTEN for new commands so long-polls wake at once (any receiver may add one).
+        A lost listener connection is re-established in the background (long-polls fall
+        back to re-checking every few seconds meanwhile)."""
+        self._listener_dsn = dsn
+        await self._connect_listener()
+
+    async def _connect_listener(self) -> None:
+        conn = await asyncpg.connect(self._listener_dsn)
+        await conn.add_listener(_NOTIFY_CHANNEL, self._on_notify)
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        if self._closing or (self._relisten is not None and not self._relisten.done()):
+            return
+        self._listener = None
+        self._relisten = asyncio.get_running_loop().create_task(self._relisten_loop())
+
+    async def _relisten_loop(self) -> None:
+        delay = 0.5
+        while not self._closing:
+            try:
+                await self._connect_listener()
+                log.info("receiver.listener_reconnected")
+                for waiters in self._waiters.values():  # a command may have come meanwhile
+                    for event in waiters:
+                        event.set()
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
 
     async def close(self) -> None:
+        self._closing = True
+        if self._relisten is not None:
+            self._relisten.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relisten
         if self._listener is not None:
-            await self._listener.close()
+            with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
+                await self._listener.close(timeout=2)
             self._listener = None
-        await self.pool.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), 10)
+        except TimeoutError:  # a connection stuck on a vanished server
+            self.pool.terminate()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         for event in self._waiters.get(payload, ()):
@@ -130,7 +171,7 @@ class Storage:
         try:
             async with self.pool.acquire(timeout=2.0) as conn:
                 pending = await migrations_pending(conn)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             return False, f"database unreachable: {exc.__class__.__name__}: {exc}"
         if pending:
             return False, f"migrations not applied: {pending}"
