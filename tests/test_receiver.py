@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
@@ -509,6 +510,9 @@ async def test_events_and_gateways_read_api(receiver: ReceiverHandle) -> None:
         assert (await c.get("/api/v1/gateways/nope")).status_code == 404
         docs = (await c.get("/openapi.json")).json()
         assert "IngestBatch" in json.dumps(docs["paths"]["/api/v1/ingest"])
+        refs = set(re.findall(r"#/components/schemas/(\w+)", json.dumps(docs)))
+        assert {"IngestBatch", "Readings", "Heartbeat", "DeviceHealth"} <= refs
+        assert refs <= set(docs["components"]["schemas"])  # every $ref resolves
         assert "/api/v1/gateways/{gateway_id}/points/{point_id}/readings" in docs["paths"]
 
 

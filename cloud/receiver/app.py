@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
@@ -278,9 +279,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
     @app.post(
         "/api/v1/ingest", response_model=IngestAck, tags=["gateway"],
         responses={**auth_errors, **body_errors},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-            "schema": IngestBatch.model_json_schema(ref_template="#/components/schemas/{model}")
-        }}, "description": "IngestBatch JSON; Content-Encoding zstd, gzip or identity"}},
+        openapi_extra=_raw_body_doc(IngestBatch),
     )
     async def ingest(request: Request, gateway_id: GatewayAuth, storage: StorageDep) -> IngestAck:
         """Store one batch idempotently, in one transaction, and acknowledge its exact
@@ -301,9 +300,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
     @app.post(
         "/api/v1/gateways/{gateway_id}/heartbeat", response_model=HeartbeatAck,
         tags=["gateway"], responses={**auth_errors, **body_errors},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-            "schema": Heartbeat.model_json_schema(ref_template="#/components/schemas/{model}")
-        }}}},
+        openapi_extra=_raw_body_doc(Heartbeat),
     )
     async def heartbeat(
         request: Request, gateway_id: GwPath, authed: GatewayAuth, storage: StorageDep
@@ -465,6 +462,23 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             ],
         )
 
+    def openapi() -> dict[str, Any]:
+        # The raw-body endpoints (ingest, heartbeat) read and validate their body themselves
+        # (size limits, decompression); their models are added to the document here.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            comps = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (IngestBatch, Heartbeat):
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in js.pop("$defs", {}).items():
+                    comps.setdefault(name, sub)
+                comps[model.__name__] = js
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     # --- health -----------------------------------------------------------------------------
 
     @app.get("/healthz", tags=["health"])
@@ -486,6 +500,15 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         return body
 
     return app
+
+
+def _raw_body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {
+        "required": True,
+        "description": f"{model.__name__} as JSON; Content-Encoding zstd, gzip or identity",
+        "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+    }}
 
 
 class _ValidationFailed(Exception):
