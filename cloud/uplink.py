@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,10 @@ _STATS_REFRESH_S = 5.0
 #: Under a bandwidth cap, aim for batches of about this many seconds of link time, so a fresh
 #: batch is never stuck behind minutes of backlog upload and requests stay within timeouts.
 _CAPPED_BATCH_SECONDS = 4.0
+
+
+class UplinkConfigError(Exception):
+    """The [cloud] configuration cannot work as given (e.g. an unreadable CA bundle)."""
 
 
 class UplinkAuthError(Exception):
@@ -222,7 +227,13 @@ class Uplink:
             write=cfg.read_timeout,
             pool=cfg.connect_timeout,
         )
-        verify: Any = str(cfg.ca_file) if cfg.ca_file is not None else True
+        verify: ssl.SSLContext | bool = True
+        if cfg.ca_file is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(cfg.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                self._error(f"[cloud] ca_file {cfg.ca_file}: {_describe(exc)}")
+                raise UplinkConfigError(f"[cloud] ca_file {cfg.ca_file}: {exc}") from None
         limits = httpx.Limits(
             max_connections=cfg.max_in_flight + 2,
             max_keepalive_connections=cfg.max_in_flight + 1,

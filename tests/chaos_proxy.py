@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import ssl
 import struct
 from dataclasses import dataclass, field
 
@@ -45,6 +46,8 @@ class ChaosProxy:
     cuts: dict[str, int] = field(default_factory=lambda: {"request": 0, "response": 0})
     connections: int = 0
     refuse: bool = False
+    #: Terminate TLS here (the receiver behind stays plain HTTP), like a TLS front end.
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self._plan = _Plan()
@@ -55,12 +58,12 @@ class ChaosProxy:
         self.answered = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -12,6 +12,7 @@ import itertools
 import os
 import shutil
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud.config import CloudConfig
-from cloud.uplink import Uplink
+from cloud.uplink import Uplink, UplinkConfigError
 from tests.receiver_fixtures import ReceiverFactory, ReceiverHandle
 from tests.uplink_harness import (
     Writer,
@@ -476,3 +477,86 @@ def test_token_file_is_written_atomically_0600(tmp_path: Path) -> None:
     assert read_token(path) == "secret-2"
     assert [p.name for p in path.parent.iterdir()] == ["gateway.token"]  # no temp files left
     assert read_token(tmp_path / "missing") is None
+
+
+def _make_ca_and_server_cert(d: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, with the openssl CLI."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Outpost test CA",
+    )
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    )
+    return d / "ca.pem", d / "srv.pem", d / "srv.key"
+
+
+async def test_https_with_ca_file(receiver: ReceiverHandle, tmp_path: Path) -> None:
+    """Behind a TLS front end with a private CA: without ca_file the uplink refuses the
+    certificate and sends nothing; with ca_file it syncs."""
+    import ssl
+
+    from tests.chaos_proxy import ChaosProxy
+
+    ca, cert, key = await asyncio.to_thread(_make_ca_and_server_cert, tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    proxy = ChaosProxy("127.0.0.1", receiver.port, tls=server_ctx)
+    await proxy.start()
+    token = await receiver.enroll(GW)
+    (tmp_path / "gateway.token").write_text(token)
+    buf = open_buffer(tmp_path / "buffer.db")
+    try:
+        Writer(buf, points=10).round()
+        await buf.flush()
+        untrusted = make_uplink(cloud_config(proxy.url), GW, tmp_path, buf)
+        async with running(untrusted):
+            await wait_for(
+                lambda: "CERTIFICATE_VERIFY_FAILED" in (untrusted.status()["last_error"] or ""),
+                10,
+                "a certificate error",
+            )
+        assert untrusted.status()["readings_sent"] == 0
+        trusted = make_uplink(cloud_config(proxy.url, ca_file=ca), GW, tmp_path, buf)
+        async with running(trusted) as task:
+            await finish(buf, task)
+        broken = make_uplink(
+            cloud_config(proxy.url, ca_file=tmp_path / "nope.pem"), GW, tmp_path, buf
+        )
+        with pytest.raises(UplinkConfigError, match="ca_file"):
+            await broken.run()
+    finally:
+        buf.close()
+        await proxy.stop()
+    assert proxy.url.startswith("https://")
+    assert_identical(buffer_rows(tmp_path / "buffer.db"), await receiver.readings(GW))
