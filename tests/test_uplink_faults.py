@@ -242,3 +242,70 @@ async def test_front_end_refusing_everything_dead_letters_nothing(receiver, tmp_
     assert proxy.answered == 8
     assert rejected == [] and status["rejected_batches"] == 0
     assert_identical(buffer_rows(tmp_path / "buffer.db"), await receiver.readings(GW))
+
+
+async def test_receiver_sigkilled_mid_sync(receiver_process, receiver_dsn, tmp_path: Path) -> None:
+    """The receiver process itself is SIGKILLed three times while batches are in flight and
+    restarted on the same port: a batch is either committed (and maybe replayed) or not at
+    all; identical sets afterwards."""
+    import asyncpg
+    import httpx
+
+    from tests.receiver_fixtures import ADMIN_TOKEN
+
+    rx = await asyncio.to_thread(receiver_process)
+    async with httpx.AsyncClient(base_url=rx.url) as c:
+        r = await c.post(
+            f"/api/v1/gateways/{GW}/enrollment-tokens",
+            json={"ttl_s": 600},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        r.raise_for_status()
+        r = await c.post(
+            "/api/v1/enroll",
+            json={"gateway_id": GW, "enrollment_token": r.json()["enrollment_token"]},
+        )
+        r.raise_for_status()
+        (tmp_path / "gateway.token").write_text(r.json()["gateway_token"])
+    buf = open_buffer(tmp_path / "buffer.db")
+    rng = random.Random(3)
+    try:
+        writer = Writer(buf, points=50)
+        base = int(time.time() * 1000) - 5_000_000
+        for i in range(400):  # 20,000 readings of backlog: the receiver is busy when killed
+            writer.round(base + i * 1000)
+        uplink = make_uplink(cloud_config(rx.url, batch_size=400), GW, tmp_path, buf)
+        stop = asyncio.Event()
+        task = asyncio.create_task(uplink.run())
+        wtask = asyncio.create_task(writer.run(stop, period=0.02))
+        try:
+            for _ in range(3):
+                await wait_for(lambda: uplink.status()["batches_sent"] > 0, 30, "progress")
+                await asyncio.sleep(rng.uniform(0.05, 0.4))
+                await asyncio.to_thread(rx.kill)
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(rx.start)
+            stop.set()
+            await wtask
+            await buf.flush()
+            await wait_for(lambda: asyncio.to_thread(all_synced, buf), 60, "full sync")
+            assert not task.done()
+        finally:
+            stop.set()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        buf.close()
+    conn = await asyncpg.connect(receiver_dsn)
+    try:
+        rows = await conn.fetch(
+            """SELECT p.point_id, (extract(epoch FROM r.time) * 1000)::bigint AS ts_ms,
+                      r.value, r.quality
+               FROM readings r JOIN points p ON p.key = r.point_key WHERE p.gateway_id = $1""",
+            GW,
+        )
+    finally:
+        await conn.close()
+    received = [(r["point_id"], r["ts_ms"], r["value"], r["quality"]) for r in rows]
+    assert_identical(buffer_rows(tmp_path / "buffer.db"), received)
