@@ -59,6 +59,15 @@ def auto_resolution(span: timedelta) -> Resolution:
     return "1d"
 
 
+def bucket_range(start: datetime, end: datetime, width: timedelta) -> tuple[datetime, datetime]:
+    """[start, end) widened to whole buckets aligned on 2000-01-01T00:00Z (date_bin's and
+    time_bucket's common origin for these widths)."""
+    origin = datetime(2000, 1, 1, tzinfo=UTC)
+    first = origin + ((start - origin) // width) * width
+    last = origin + -((origin - end) // width) * width
+    return first, last
+
+
 class EnrollError(Exception):
     pass
 
@@ -438,7 +447,12 @@ class Storage:
     async def aggregated_readings(
         self, key: int, start: datetime, end: datetime, resolution: str, limit: int
     ) -> list[asyncpg.Record]:
-        """Buckets of non-bad readings with a value: min/max/avg/count/last per bucket."""
+        """Buckets of non-bad readings with a value: min/max/avg/count/last per bucket.
+
+        Buckets are whole (the range is widened to bucket boundaries, UTC-aligned), so the
+        plain and the TimescaleDB paths, which pre-aggregates whole minutes and hours, agree.
+        """
+        start, end = bucket_range(start, end, BUCKETS[resolution])
         if self.timescaledb:
             source = "readings_1m" if resolution in ("1m", "5m") else "readings_1h"
             return await self.pool.fetch(
