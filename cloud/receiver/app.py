@@ -291,7 +291,9 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
                 403, f"token belongs to gateway {gateway_id}, batch is for {batch.gateway_id}"
             )
         ack = await storage.ingest(batch)
-        log.info("receiver.ingest", gateway=gateway_id, first_seq=ack.first_seq,
+        # per batch at debug (a fleet sends many); replays at info: they mean lost acks
+        emit = log.info if ack.readings_duplicate else log.debug
+        emit("receiver.ingest", gateway=gateway_id, first_seq=ack.first_seq,
                  last_seq=ack.last_seq, readings=len(batch.readings),
                  inserted=ack.readings_inserted, duplicate=ack.readings_duplicate,
                  events=ack.events_inserted, ms=round((time.perf_counter() - t0) * 1000, 1))

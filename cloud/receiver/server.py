@@ -197,6 +197,15 @@ def create_enrollment_token(
         return asyncio.run(go(url))
 
 
+async def issue_enrollment_token(dsn: str, gateway_id: str, ttl: timedelta) -> EnrollmentToken:
+    """Async form for callers inside an event loop (e.g. ``outpost demo``)."""
+    storage = await Storage.open(dsn, min_size=1, max_size=1)
+    try:
+        return await storage.create_enrollment_token(gateway_id, ttl)
+    finally:
+        await storage.close()
+
+
 def revoke_gateway(gateway_id: str, *, dsn: str | None, data_dir: Path) -> bool:
     async def go(url: str) -> bool:
         storage = await Storage.open(url, min_size=1, max_size=1)
