@@ -47,6 +47,8 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/buffer.py
 	$(BIN)/python bench/poll_modbus.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/backfill.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache .mypy_cache

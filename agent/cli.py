@@ -238,7 +238,12 @@ def _mount() -> None:
 
 
 def main() -> None:
-    _mount()
+    import sys
+
+    # The daemon needs none of the other sub-commands: not importing them keeps the
+    # long-running process smaller (simulators, receiver, discovery stay out of its memory).
+    if "run" not in sys.argv[1:3]:
+        _mount()
     app()
 
 

@@ -189,7 +189,7 @@ def _start_receiver(children: list[_Child], data_dir: Path, log_dir: Path, gatew
         token = ""  # already enrolled in an earlier demo run
     else:
         r = subprocess.run(
-            _outpost("cloud", "enroll", gateway_id, "--data-dir", str(rdir), "--url", f"http://{RECEIVER_BIND}"),
+            _outpost("cloud", "enroll", gateway_id, "--data-dir", str(rdir)),
             capture_output=True,
             text=True,
             timeout=120,

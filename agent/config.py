@@ -118,9 +118,9 @@ class AgentConfig(BaseSettings):
     logging: LoggingSection = Field(default_factory=LoggingSection)
     # Sections owned by other packages (fsm, cloud) are validated by their own models in
     # load_config (see _SECTION_MODELS), so agent/config.py does not hard-wire their keys.
-    alarms: Any = Field(default_factory=dict)
-    modes: Any = Field(default_factory=dict)
-    cloud: Any = None
+    alarms: dict[str, Any] | Any = Field(default_factory=dict)
+    modes: dict[str, Any] | Any = Field(default_factory=dict)
+    cloud: dict[str, Any] | Any = None
     # Validated per protocol after the base model (see _validate_devices) so that each device's
     # errors name its own keys instead of a union's guesses.
     devices: dict[str, Any] = Field(default_factory=dict)

@@ -210,6 +210,7 @@ class Runtime:
             commit_interval=cfg.buffer.commit_interval_s,
             commit_rows=cfg.buffer.commit_rows,
             on_unsynced_evicted=self._on_unsynced_evicted,
+            on_corrupt_recovered=self._on_corrupt_recovered,
         )
         self.buffer.open()
         try:
@@ -403,6 +404,15 @@ class Runtime:
         if self.buffer is not None:
             self.buffer.append_event(
                 time.time(), "system", "buffer", _actor_system(), {"event": "evicted_unsynced", "rows": count}
+            )
+
+    def _on_corrupt_recovered(self, moved_to: Path) -> None:
+        # Writer (or open()) thread: the buffer already logged buffer.corrupt; record an event
+        # so the technician and the fleet see it, not only the journal.
+        if self.buffer is not None:
+            self.buffer.append_event(
+                time.time(), "system", "buffer", _actor_system(),
+                {"event": "corrupt_file_moved_aside", "moved_to": str(moved_to)},
             )
 
     # ------------------------------------------------------------------ uplink

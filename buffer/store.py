@@ -175,8 +175,8 @@ class Buffer:
         self._last_seq = max(meta["last_seq"], int(top))
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         self._last_event_id = int(row[0]) if row else 0
-        self._sconn = schema.connect(self.path, cache_mb=16)
-        self._qconn = schema.connect(self.path, cache_mb=8)
+        self._sconn = schema.connect(self.path, cache_mb=4)
+        self._qconn = schema.connect(self.path, cache_mb=2)
         with self._names_lock:
             self._names = schema.point_names(self._sconn)
         self._opened = True
@@ -194,7 +194,7 @@ class Buffer:
         if reason is None:
             conn: sqlite3.Connection | None = None
             try:
-                conn = schema.connect(self.path, cache_mb=32)
+                conn = schema.connect(self.path, cache_mb=8)
                 reason = schema.check_database(conn, quick_check=self.quick_check)
                 if reason is None:
                     schema.init_schema(conn)
@@ -216,7 +216,7 @@ class Buffer:
         # Seq and event ids must never repeat: continue after the old file's when readable,
         # otherwise start above anything it can have held (wall-clock microseconds).
         seq_base, event_base = old if old is not None else (int(time.time() * 1_000_000),) * 2
-        conn = schema.connect(self.path, cache_mb=32)
+        conn = schema.connect(self.path, cache_mb=8)
         schema.init_schema(conn, seq_base=seq_base, event_base=event_base,
                            corrupt_recoveries=count)
         return conn
@@ -601,7 +601,7 @@ class Buffer:
                         with contextlib.suppress(sqlite3.Error):
                             c.close()
                 moved, count = schema.move_aside(self.path, reason)
-                conn = schema.connect(self.path, cache_mb=32)
+                conn = schema.connect(self.path, cache_mb=8)
                 schema.init_schema(conn, seq_base=self._last_seq,
                                    event_base=self._last_event_id, corrupt_recoveries=count)
                 with transaction(conn):
@@ -611,8 +611,8 @@ class Buffer:
                     )
                 self._tune_writer(conn)
                 self._wconn = conn
-                self._sconn = schema.connect(self.path, cache_mb=16)
-                self._qconn = schema.connect(self.path, cache_mb=8)
+                self._sconn = schema.connect(self.path, cache_mb=4)
+                self._qconn = schema.connect(self.path, cache_mb=2)
         except Exception:
             log.exception("buffer.recovery_failed", path=str(self.path))
             return False

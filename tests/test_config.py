@@ -98,3 +98,21 @@ def test_example_config_is_valid() -> None:
     cfg = load_config(root / "agent.example.toml")
     assert cfg.agent.id == "site-01-gw-1"
     assert set(cfg.devices) >= {"cdu-01", "ups-01", "pdu-01"}
+
+
+def test_cloud_section_from_environment_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[cloud]` absent in the file, given entirely by environment (as `outpost demo` does)."""
+    monkeypatch.setenv("OUTPOST_CLOUD__URL", "http://127.0.0.1:8720")
+    monkeypatch.setenv("OUTPOST_CLOUD__ENROLLMENT_TOKEN", "tok")
+    monkeypatch.setenv("OUTPOST_MODES__DEGRADED_UPLINK_AFTER_S", "60")
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.cloud is not None and str(cfg.cloud.url).startswith("http://127.0.0.1:8720")
+    assert cfg.modes.degraded_uplink_after_s == 60
+
+
+def test_bad_cloud_key_from_environment_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTPOST_CLOUD__URL", "http://127.0.0.1:8720")
+    monkeypatch.setenv("OUTPOST_CLOUD__BATCH_SIZE", "-3")
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, GOOD))
+    assert 'key "cloud.batch_size"' in str(err.value)
