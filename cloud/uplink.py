@@ -382,10 +382,13 @@ class Uplink:
         kind: BatchKind = "backlog"
         if self.config.live_first and st.behind and st.turn_live:
             st.turn_live = False
-            latest = self.buffer.read_latest(limit)
-            fresh = _rows_after(latest, st.high)
-            if len(fresh):
-                rows, kind = fresh, "live"
+            # Only rows committed after everything handed out so far count as fresh; skip the
+            # read entirely when there are none (the common case during a pure backfill).
+            newer = self.buffer.last_seq - st.high
+            if newer > 0:
+                fresh = _rows_after(self.buffer.read_latest(min(limit, newer)), st.high)
+                if len(fresh):
+                    rows, kind = fresh, "live"
         if rows is None:
             rows = self.buffer.read_unsynced(limit, after_seq=st.pos)
             st.behind = len(rows) >= limit
