@@ -255,9 +255,26 @@ def _resolve_device_paths(cfg: AgentConfig) -> None:
             cfg.devices[name] = dev.model_copy(update=updates)
 
 
+def _resolve_cloud_paths(cfg: AgentConfig) -> None:
+    """[cloud] ca_file / enrollment_token_file are relative to the config file's folder
+    (token_file stays relative to data_dir: it is state the agent writes)."""
+    if cfg.cloud is None:
+        return
+    base = cfg.config_dir
+    updates = {
+        field: (base / value).resolve()
+        for field in ("ca_file", "enrollment_token_file")
+        if isinstance(value := getattr(cfg.cloud, field, None), str | Path)
+        and not Path(value).is_absolute()
+    }
+    if updates:
+        cfg.cloud = cfg.cloud.model_copy(update=updates)
+
+
 def _resolve_paths(cfg: AgentConfig) -> AgentConfig:
     base = cfg.config_dir
     _resolve_device_paths(cfg)
+    _resolve_cloud_paths(cfg)
     data_dir = cfg.agent.data_dir if cfg.agent.data_dir.is_absolute() else base / cfg.agent.data_dir
     data_dir = data_dir.resolve()
 

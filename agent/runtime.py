@@ -437,7 +437,7 @@ class Runtime:
             "mode": self.modes.state()["mode"] if self.modes is not None else "normal",
             "agent_version": _version(),
             "schedule_version": self.schedule.version if self.schedule else None,
-            "alarms": self._alarm_counts(),
+            "active_alarms": self._alarm_counts() or {},
             "devices": {
                 d: {
                     "connected": c.health.connected,
