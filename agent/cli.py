@@ -14,8 +14,8 @@ from agent.cli_common import (
     ConfigOption,
     JsonOption,
     call_agent,
-    console,
     config_or_exit,
+    console,
     fail,
     print_json,
 )
@@ -124,7 +124,11 @@ def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
     con.print(f"schedule {sched['version']} ({sched['points']} points)")
     table = Table("device", "protocol", "state", "points", "last ok", "error")
     for name, dev in body["devices"].items():
-        state = "up" if dev.get("connected") else ("disabled" if not dev.get("enabled", True) else "DOWN")
+        state = (
+            "up"
+            if dev.get("connected")
+            else ("disabled" if not dev.get("enabled", True) else "DOWN")
+        )
         table.add_row(
             name,
             dev.get("protocol", ""),
@@ -181,7 +185,14 @@ def points(
         return
     table = Table("point_id", "device", "value", "units", "quality", "ts")
     for r in rows:
-        table.add_row(r["point_id"], r["device"], _fmt_value(r["value"]), r["units"], r["quality"], r["ts"] or "—")
+        table.add_row(
+            r["point_id"],
+            r["device"],
+            _fmt_value(r["value"]),
+            r["units"],
+            r["quality"],
+            r["ts"] or "—",
+        )
     console().print(table)
 
 
@@ -253,4 +264,3 @@ def get_app() -> typer.Typer:
         _mount()
         get_app._mounted = True  # type: ignore[attr-defined]
     return app
-

@@ -27,8 +27,11 @@ buffer_app = typer.Typer(
 
 DbOption = Annotated[
     Path | None,
-    typer.Option("--db", help="Buffer file to read (instead of [buffer] path of the config).",
-                 show_default=False),
+    typer.Option(
+        "--db",
+        help="Buffer file to read (instead of [buffer] path of the config).",
+        show_default=False,
+    ),
 ]
 
 
@@ -121,19 +124,33 @@ def stats(config: ConfigOption = None, db: DbOption = None, json_out: JsonOption
 @buffer_app.command("export")
 def export(
     fmt: Annotated[Literal["csv", "jsonl"], typer.Option("--format", help="csv or jsonl")],
-    since: Annotated[str | None, typer.Option(
-        "--from", help="only readings at or after this time (ISO 8601; no zone = UTC)",
-        show_default=False)] = None,
-    until: Annotated[str | None, typer.Option(
-        "--to", help="only readings before this time (ISO 8601, exclusive)",
-        show_default=False)] = None,
-    point: Annotated[str | None, typer.Option("--point", help="only this point_id",
-                                              show_default=False)] = None,
-    events: Annotated[bool, typer.Option(
-        "--events", help="export events (id,ts,kind,source,actor,detail) instead of readings")
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="only readings at or after this time (ISO 8601; no zone = UTC)",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="only readings before this time (ISO 8601, exclusive)", show_default=False
+        ),
+    ] = None,
+    point: Annotated[
+        str | None, typer.Option("--point", help="only this point_id", show_default=False)
+    ] = None,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events", help="export events (id,ts,kind,source,actor,detail) instead of readings"
+        ),
     ] = False,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of stdout",
-                                             show_default=False)] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="write here instead of stdout", show_default=False),
+    ] = None,
     config: ConfigOption = None,
     db: DbOption = None,
 ) -> None:

@@ -28,9 +28,13 @@ cloud_app = typer.Typer(
 
 DsnOption = Annotated[
     str | None,
-    typer.Option("--dsn", envvar=DSN_ENV, show_default=False,
-                 help="PostgreSQL DSN (default: $OUTPOST_RECEIVER_DSN, else the embedded "
-                      "PostgreSQL in --data-dir)."),
+    typer.Option(
+        "--dsn",
+        envvar=DSN_ENV,
+        show_default=False,
+        help="PostgreSQL DSN (default: $OUTPOST_RECEIVER_DSN, else the embedded "
+        "PostgreSQL in --data-dir).",
+    ),
 ]
 DataDirOption = Annotated[
     Path,
@@ -49,15 +53,30 @@ def serve(
     dsn: DsnOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     bind: Annotated[str, typer.Option("--bind", help="HOST:PORT to listen on.")] = DEFAULT_BIND,
-    max_body_mb: Annotated[float | None, typer.Option(
-        "--max-body-mb", help="Request body limit, compressed and decompressed (default 16).",
-        show_default=False)] = None,
-    max_rows: Annotated[int | None, typer.Option(
-        "--max-rows", help="Most rows one readings/events query answers (default 10000).",
-        show_default=False)] = None,
-    retention_days: Annotated[int | None, typer.Option(
-        "--retention-days", help="TimescaleDB retention on readings (default: keep).",
-        show_default=False)] = None,
+    max_body_mb: Annotated[
+        float | None,
+        typer.Option(
+            "--max-body-mb",
+            help="Request body limit, compressed and decompressed (default 16).",
+            show_default=False,
+        ),
+    ] = None,
+    max_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rows",
+            help="Most rows one readings/events query answers (default 10000).",
+            show_default=False,
+        ),
+    ] = None,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            "--retention-days",
+            help="TimescaleDB retention on readings (default: keep).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the receiver (Ctrl-C / SIGTERM stops it and its embedded PostgreSQL).
 
@@ -71,14 +90,21 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--bind") from None
     _logging()
-    run(dsn=dsn, data_dir=data_dir, bind=bind,
+    run(
+        dsn=dsn,
+        data_dir=data_dir,
+        bind=bind,
         max_body_bytes=int(max_body_mb * 1024 * 1024) if max_body_mb else None,
-        max_rows=max_rows, retention_days=retention_days)
+        max_rows=max_rows,
+        retention_days=retention_days,
+    )
 
 
 @cloud_app.command()
 def enroll(
-    gateway_id: Annotated[str, typer.Argument(help="Gateway id, as in the agent config (agent section, id).")],
+    gateway_id: Annotated[
+        str, typer.Argument(help="Gateway id, as in the agent config (agent section, id).")
+    ],
     ttl: Annotated[str, typer.Option("--ttl", help="Validity: 90s, 15m, 24h, 7d.")] = "24h",
     dsn: DsnOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -91,16 +117,20 @@ def enroll(
     from cloud.wire import ID_PATTERN
 
     if not re.match(ID_PATTERN, gateway_id):
-        raise typer.BadParameter(f"{gateway_id!r} is not a valid id ([a-z0-9][a-z0-9_.-]*)",
-                                 param_hint="GATEWAY_ID")
+        raise typer.BadParameter(
+            f"{gateway_id!r} is not a valid id ([a-z0-9][a-z0-9_.-]*)", param_hint="GATEWAY_ID"
+        )
     try:
         lifetime = parse_ttl(ttl)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--ttl") from None
     _logging()
     tok = create_enrollment_token(gateway_id, lifetime, dsn=dsn, data_dir=data_dir)
-    typer.echo(f"enrollment token for {gateway_id}: usable once, valid until "
-               f"{tok.expires_at.isoformat(timespec='seconds')}", err=True)
+    typer.echo(
+        f"enrollment token for {gateway_id}: usable once, valid until "
+        f"{tok.expires_at.isoformat(timespec='seconds')}",
+        err=True,
+    )
     typer.echo(tok.token)
 
 

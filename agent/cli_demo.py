@@ -51,7 +51,13 @@ def _wait_tcp(host: str, port: int, timeout: float, child: _Child) -> None:
 def _start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> _Child:
     log = log_dir / f"{name}.log"
     out = log.open("ab")
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     return _Child(name, proc, log)
 
 
@@ -69,7 +75,9 @@ def _stop(children: list[_Child]) -> None:
 
 def demo(
     config: ConfigOption = None,
-    no_cloud: Annotated[bool, typer.Option("--no-cloud", help="Edge-only: do not start the receiver.")] = False,
+    no_cloud: Annotated[
+        bool, typer.Option("--no-cloud", help="Edge-only: do not start the receiver.")
+    ] = False,
 ) -> None:
     """Start the simulated site, the receiver and the agent; print where to look."""
     cfg_path = config or Path("agent.example.toml")
@@ -165,7 +173,9 @@ def _port_free(host: str, port: int) -> bool:
 def _start_broker(cfg: Any, log_dir: Path) -> _Child | None:
     """mosquitto for the MQTT rack sensors, when installed and the port is free."""
     mqtt = [d for d in cfg.devices.values() if d.protocol == "mqtt"]
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if not mqtt or exe is None:
         return None
     host, port = mqtt[0].host, mqtt[0].port
@@ -178,10 +188,16 @@ def _start_broker(cfg: Any, log_dir: Path) -> _Child | None:
     return broker
 
 
-def _start_receiver(children: list[_Child], data_dir: Path, log_dir: Path, gateway_id: str) -> tuple[str, str]:
+def _start_receiver(
+    children: list[_Child], data_dir: Path, log_dir: Path, gateway_id: str
+) -> tuple[str, str]:
     rdir = data_dir / "receiver"
     host, port = RECEIVER_BIND.rsplit(":", 1)
-    receiver = _start("receiver", _outpost("cloud", "serve", "--data-dir", str(rdir), "--bind", RECEIVER_BIND), log_dir)
+    receiver = _start(
+        "receiver",
+        _outpost("cloud", "serve", "--data-dir", str(rdir), "--bind", RECEIVER_BIND),
+        log_dir,
+    )
     children.append(receiver)
     _wait_tcp(host, int(port), 120, receiver)
     token_file = data_dir / "gateway.token"

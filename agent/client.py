@@ -32,7 +32,9 @@ class AgentClient:
         transport = httpx.HTTPTransport(uds=str(self.socket_path))
         return httpx.Client(transport=transport, base_url="http://outpost", timeout=self._timeout)
 
-    def request(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         if not self.socket_path.exists():
             raise AgentNotRunning(
                 f"no agent running: socket {self.socket_path} not found (start it with `outpost run`)"

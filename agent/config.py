@@ -202,7 +202,9 @@ def _validate_devices(raw: dict[str, Any]) -> tuple[dict[str, DeviceConfig], lis
             continue
         protocol = body.get("protocol")
         if protocol is None:
-            problems.append(f'key "{key}.protocol": required key is missing ({"|".join(PROTOCOLS)})')
+            problems.append(
+                f'key "{key}.protocol": required key is missing ({"|".join(PROTOCOLS)})'
+            )
             continue
         try:
             model = config_model(str(protocol))
@@ -282,7 +284,9 @@ def _resolve_paths(cfg: AgentConfig) -> AgentConfig:
         return p if p.is_absolute() else data_dir / p
 
     cfg.agent.data_dir = data_dir
-    cfg.schedules.files = [(f if f.is_absolute() else base / f).resolve() for f in cfg.schedules.files]
+    cfg.schedules.files = [
+        (f if f.is_absolute() else base / f).resolve() for f in cfg.schedules.files
+    ]
     cfg.buffer.path = in_data(cfg.buffer.path)
     cfg.api.socket = in_data(cfg.api.socket)
     return cfg
@@ -295,7 +299,9 @@ def load_config(path: Path | str | None = None, *, check_files: bool = True) -> 
     try:
         text = config_path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
-        raise ConfigError(source, ["config file not found (use -c FILE or OUTPOST_CONFIG)"]) from None
+        raise ConfigError(
+            source, ["config file not found (use -c FILE or OUTPOST_CONFIG)"]
+        ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
     except OSError as exc:

@@ -71,7 +71,9 @@ def setup(runtime: Runtime, schedule: Schedule) -> None:
 def on_schedule(runtime: Runtime, schedule: Schedule) -> None:
     """A reloaded schedule: alarms keep the state of definitions that still exist."""
     if runtime.alarms is not None:
-        runtime.alarms.reload(schedule.points, [d for d, dev in runtime.config.devices.items() if dev.enabled])
+        runtime.alarms.reload(
+            schedule.points, [d for d, dev in runtime.config.devices.items() if dev.enabled]
+        )
     if runtime.writes is not None:
         runtime.writes.set_points(schedule.by_id())
 

@@ -81,7 +81,9 @@ class DeviceCoordinator:
             if h.down_since is None:
                 h.down_since = now
             if h.connected:
-                log.warning("device.down", device=self.device_id, reason=Quality(result.quality[0]).label)
+                log.warning(
+                    "device.down", device=self.device_id, reason=Quality(result.quality[0]).label
+                )
             h.connected = False
             h.last_error = Quality(result.quality[0]).label
         else:

@@ -9,7 +9,12 @@ from typing import Literal
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(
@@ -36,8 +41,12 @@ def configure_logging(
     )
     # Libraries that use stdlib logging (pymodbus, bacpypes3, uvicorn) go to the same stream,
     # at warning and above so they do not drown our events.
-    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=stream, format="%(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("pymodbus", "bacpypes3", "uvicorn.error", "uvicorn.access", "asyncio"):
         # pymodbus logs an error per timed-out request of a silent device; the driver reports
         # the outage once itself, so only pymodbus' critical messages come through.
-        logging.getLogger(noisy).setLevel(logging.CRITICAL if noisy.startswith("pymodbus") else logging.WARNING)
+        logging.getLogger(noisy).setLevel(
+            logging.CRITICAL if noisy.startswith("pymodbus") else logging.WARNING
+        )

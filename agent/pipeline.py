@@ -22,7 +22,11 @@ class ReadingSink:
     """What the pipeline stores into (the buffer satisfies it)."""
 
     def append(
-        self, ts: Sequence[float], keys: Sequence[int], values: Sequence[float], quality: Sequence[int]
+        self,
+        ts: Sequence[float],
+        keys: Sequence[int],
+        values: Sequence[float],
+        quality: Sequence[int],
     ) -> None:  # pragma: no cover - protocol
         ...
 
@@ -35,7 +39,9 @@ class PipelineStats:
 
 
 class Pipeline:
-    def __init__(self, table: PointTable, sink: ReadingSink, alarm_hook: AlarmHook | None = None) -> None:
+    def __init__(
+        self, table: PointTable, sink: ReadingSink, alarm_hook: AlarmHook | None = None
+    ) -> None:
         self.table = table
         self.sink = sink
         self.alarm_hook = alarm_hook
@@ -103,6 +109,9 @@ class Pipeline:
         if stored:
             self.stats.stored += stored
             self.sink.append(
-                array("d", out_ts), array("q", out_key), array("d", out_value), array("B", out_quality)
+                array("d", out_ts),
+                array("q", out_key),
+                array("d", out_value),
+                array("B", out_quality),
             )
         return stored

@@ -98,7 +98,13 @@ class Runtime:
         """Record an event (alarm/mode/operator/system) in the buffer; never dropped silently."""
         if self.buffer is not None:
             self.buffer.append_event(ts, kind, source, actor, dict(detail))
-        log.info("event", kind=kind, source=source, actor=actor, **{k: v for k, v in detail.items() if k != "kind"})
+        log.info(
+            "event",
+            kind=kind,
+            source=source,
+            actor=actor,
+            **{k: v for k, v in detail.items() if k != "kind"},
+        )
 
     # ------------------------------------------------------------------ set-up
 
@@ -160,7 +166,12 @@ class Runtime:
             ]
             coord.set_groups(groups)
             coordinators[device_id] = coord
-        self.schedule, self.table, self.pipeline, self.coordinators = schedule, table, pipeline, coordinators
+        self.schedule, self.table, self.pipeline, self.coordinators = (
+            schedule,
+            table,
+            pipeline,
+            coordinators,
+        )
 
     def _alarm_hook(self) -> Callable[[str, float, float, int], None] | None:
         if self.alarms is None:
@@ -178,7 +189,9 @@ class Runtime:
                     continue
                 key = f"{device_id}@{group.interval:g}s"
 
-                async def action(coord: DeviceCoordinator = coord, group: PointGroup = group) -> None:
+                async def action(
+                    coord: DeviceCoordinator = coord, group: PointGroup = group
+                ) -> None:
                     await coord.poll(group)
 
                 scheduler.add(
@@ -222,7 +235,11 @@ class Runtime:
                 "schedule.load",
                 schedule.version,
                 _actor_system(),
-                {"points": len(schedule.points), "files": [str(f) for f in schedule.files], "reason": "start"},
+                {
+                    "points": len(schedule.points),
+                    "files": [str(f) for f in schedule.files],
+                    "reason": "start",
+                },
             )
             self._setup_uplink()
             log.info(
@@ -296,7 +313,9 @@ class Runtime:
                         self._supervised(
                             f"stream:{coord.device_id}",
                             lambda coord=coord, group=group: coord.driver.stream(
-                                lambda pos, res, coord=coord, group=group: coord.push(group, pos, res)
+                                lambda pos, res, coord=coord, group=group: coord.push(
+                                    group, pos, res
+                                )
                             ),
                         ),
                         name=f"stream:{coord.device_id}",
@@ -344,7 +363,12 @@ class Runtime:
             _actor_system(),
             {"points": len(schedule.points), "previous": old_version, "reason": "reload"},
         )
-        log.info("schedule.reloaded", version=schedule.version, previous=old_version, points=len(schedule.points))
+        log.info(
+            "schedule.reloaded",
+            version=schedule.version,
+            previous=old_version,
+            points=len(schedule.points),
+        )
         self.notifier.notify("READY=1")
         return True
 
@@ -373,8 +397,15 @@ class Runtime:
         if self.buffer is None or not self.buffer.writer_alive:
             return False, "buffer writer not running"
         if now - self.buffer.last_commit_monotonic > stall_s:
-            return False, f"buffer writer made no progress for {now - self.buffer.last_commit_monotonic:.0f}s"
-        if self.scheduler is not None and self.scheduler.jobs and now - self.scheduler.last_progress > stall_s:
+            return (
+                False,
+                f"buffer writer made no progress for {now - self.buffer.last_commit_monotonic:.0f}s",
+            )
+        if (
+            self.scheduler is not None
+            and self.scheduler.jobs
+            and now - self.scheduler.last_progress > stall_s
+        ):
             return False, f"no poll completed for {now - self.scheduler.last_progress:.0f}s"
         return True, "ok"
 
@@ -403,7 +434,11 @@ class Runtime:
         log.error("buffer.evicted_unsynced", rows=count)
         if self.buffer is not None:
             self.buffer.append_event(
-                time.time(), "system", "buffer", _actor_system(), {"event": "evicted_unsynced", "rows": count}
+                time.time(),
+                "system",
+                "buffer",
+                _actor_system(),
+                {"event": "evicted_unsynced", "rows": count},
             )
 
     def _on_corrupt_recovered(self, moved_to: Path) -> None:
@@ -411,7 +446,10 @@ class Runtime:
         # so the technician and the fleet see it, not only the journal.
         if self.buffer is not None:
             self.buffer.append_event(
-                time.time(), "system", "buffer", _actor_system(),
+                time.time(),
+                "system",
+                "buffer",
+                _actor_system(),
                 {"event": "corrupt_file_moved_aside", "moved_to": str(moved_to)},
             )
 

@@ -61,9 +61,13 @@ class JobStats:
             "skipped_late": self.skipped_late,
             "errors": self.errors,
             "last_start": self.last_start,
-            "last_duration_ms": None if self.last_duration_s is None else round(self.last_duration_s * 1e3, 2),
+            "last_duration_ms": None
+            if self.last_duration_s is None
+            else round(self.last_duration_s * 1e3, 2),
             "jitter_p50_ms": round(jit[len(jit) // 2] * 1e3, 2) if jit else None,
-            "jitter_p99_ms": round(jit[min(len(jit) - 1, int(len(jit) * 0.99))] * 1e3, 2) if jit else None,
+            "jitter_p99_ms": round(jit[min(len(jit) - 1, int(len(jit) * 0.99))] * 1e3, 2)
+            if jit
+            else None,
         }
 
 
@@ -129,10 +133,17 @@ class Scheduler:
                     continue
                 if running is not None and not running.done():
                     job.stats.overruns += 1
-                    log.warning("poll.overrun", job=job.key, interval_s=job.interval, overruns=job.stats.overruns)
+                    log.warning(
+                        "poll.overrun",
+                        job=job.key,
+                        interval_s=job.interval,
+                        overruns=job.stats.overruns,
+                    )
                 else:
                     job.stats.jitter_s.append(now - due)
-                    running = asyncio.create_task(self._run_once(job, now), name=f"poll-once:{job.key}")
+                    running = asyncio.create_task(
+                        self._run_once(job, now), name=f"poll-once:{job.key}"
+                    )
                 due = next_due(max(now, due), job.interval, job.offset)
         finally:
             if running is not None and not running.done():
@@ -164,7 +175,11 @@ class Scheduler:
         jitter = sorted(x for j in self.jobs.values() for x in j.stats.jitter_s)
 
         def pct(p: float) -> float | None:
-            return round(jitter[min(len(jitter) - 1, int(len(jitter) * p))] * 1e3, 2) if jitter else None
+            return (
+                round(jitter[min(len(jitter) - 1, int(len(jitter) * p))] * 1e3, 2)
+                if jitter
+                else None
+            )
 
         return {
             "jobs": len(self.jobs),

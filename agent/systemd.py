@@ -14,7 +14,9 @@ class SystemdNotifier:
         env = os.environ if environ is None else environ
         self._address = env.get("NOTIFY_SOCKET") or None
         usec = env.get("WATCHDOG_USEC", "")
-        self.watchdog_interval_s: float | None = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 else None
+        self.watchdog_interval_s: float | None = (
+            int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 else None
+        )
         self._sock: socket.socket | None = None
         self.dropped = 0
 

@@ -63,8 +63,9 @@ def prefill(buf: Buffer, rows: int, keys: list[int], t0: float) -> float:
     return time.perf_counter() - start
 
 
-def bench_append(buf: Buffer, total: int, batch: int, keys: list[int], t0: float
-                 ) -> tuple[float, float, float]:
+def bench_append(
+    buf: Buffer, total: int, batch: int, keys: list[int], t0: float
+) -> tuple[float, float, float]:
     cols = [_columns(batch, i * batch, t0, keys) for i in range(16)]
     calls = total // batch
     in_append = 0.0
@@ -96,8 +97,11 @@ def bench_drain(buf: Buffer, total: int, batch: int = 5000) -> tuple[float, floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rows", default="1000000,10000000",
-                    help="comma-separated numbers of rows buffered before measuring")
+    ap.add_argument(
+        "--rows",
+        default="1000000,10000000",
+        help="comma-separated numbers of rows buffered before measuring",
+    )
     ap.add_argument("--measure", type=int, default=1_000_000, help="readings per measurement")
     ap.add_argument("--batch", type=int, default=500, help="readings per append call")
     ap.add_argument("--dir", default=None, help="where to put the files (default: a temp dir)")
@@ -106,33 +110,48 @@ def main() -> None:
     sizes = [int(float(x)) for x in args.rows.split(",") if x.strip()]
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="outpost-bench-"))
     base.mkdir(parents=True, exist_ok=True)
-    print(f"# buffer bench: {args.measure:,} readings per figure, append batch {args.batch}, "
-          f"files in {base}")
-    print("rates are readings per wall-clock second and, in brackets, per CPU-second of this "
-          "process (the writer thread included): the machine may be shared")
-    print(f"{'buffered':>12} {'prefill/s':>10} {'append/s':>22} {'in append':>10} "
-          f"{'drain/s':>22} {'file MB':>8}")
+    print(
+        f"# buffer bench: {args.measure:,} readings per figure, append batch {args.batch}, "
+        f"files in {base}"
+    )
+    print(
+        "rates are readings per wall-clock second and, in brackets, per CPU-second of this "
+        "process (the writer thread included): the machine may be shared"
+    )
+    print(
+        f"{'buffered':>12} {'prefill/s':>10} {'append/s':>22} {'in append':>10} "
+        f"{'drain/s':>22} {'file MB':>8}"
+    )
     try:
         for rows in sizes:
             path = base / f"bench-{rows}.db"
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(str(path) + suffix)
-            buf = Buffer(path, max_size_mb=100_000, retention_days=3650, quick_check=False,
-                         maintenance_interval=5.0)
+            buf = Buffer(
+                path,
+                max_size_mb=100_000,
+                retention_days=3650,
+                quick_check=False,
+                maintenance_interval=5.0,
+            )
             buf.open()
             try:
                 keys = buf.point_keys([f"dev-{i // 50:03d}.p{i % 50:02d}" for i in range(POINTS)])
                 t0 = time.time() - 3600
                 pre = prefill(buf, rows, keys, t0)
-                app, app_cpu, per_call = bench_append(buf, args.measure, args.batch, keys, t0 + rows * 0.001)
+                app, app_cpu, per_call = bench_append(
+                    buf, args.measure, args.batch, keys, t0 + rows * 0.001
+                )
                 drain, drain_cpu = bench_drain(buf, args.measure)
                 size = buf.stats().size_bytes / 1e6
             finally:
                 buf.close()
-            print(f"{rows:>12,} {rows / pre:>10,.0f} {app:>10,.0f} ({app_cpu:>9,.0f}) "
-                  f"{per_call * 1e9:>7,.0f} ns {drain:>10,.0f} ({drain_cpu:>9,.0f}) {size:>8,.0f}",
-                  flush=True)
+            print(
+                f"{rows:>12,} {rows / pre:>10,.0f} {app:>10,.0f} ({app_cpu:>9,.0f}) "
+                f"{per_call * 1e9:>7,.0f} ns {drain:>10,.0f} ({drain_cpu:>9,.0f}) {size:>8,.0f}",
+                flush=True,
+            )
     finally:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)

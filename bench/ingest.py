@@ -91,21 +91,32 @@ def build_batches(gateway: str, count: int, size: int, seed: int) -> list[tuple[
                 qual.append(129 if bad else 0)
                 if len(pids) == size:
                     break
-        batch = IngestBatch(gateway_id=gateway, first_seq=seq, last_seq=seq + size - 1,
-                            readings=columnar_readings(pids, ts, vals, qual))
+        batch = IngestBatch(
+            gateway_id=gateway,
+            first_seq=seq,
+            last_seq=seq + size - 1,
+            readings=columnar_readings(pids, ts, vals, qual),
+        )
         seq += size
         out.append(encode_body(batch, "zstd"))
     return out
 
 
-def client(url: str, gateway: str, token: str, count: int, size: int, seed: int,
-           barrier: mp.Barrier, results: mp.Queue) -> None:
+def client(
+    url: str,
+    gateway: str,
+    token: str,
+    count: int,
+    size: int,
+    seed: int,
+    barrier: mp.Barrier,
+    results: mp.Queue,
+) -> None:
     batches = build_batches(gateway, count, size, seed)
     wire_bytes = sum(len(b) for b, _ in batches)
     latencies = []
     inserted = 0
-    with httpx.Client(base_url=url, timeout=120,
-                      headers={"Authorization": f"Bearer {token}"}) as c:
+    with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"}) as c:
         barrier.wait()
         start = time.perf_counter()
         for body, headers in batches:
@@ -162,12 +173,27 @@ def main() -> None:
     dsn = urlunsplit(urlsplit(admin_dsn)._replace(path="/" + db))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OUTPOST_RECEIVER_ADMIN_TOKEN": ADMIN,
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OUTPOST_RECEIVER_ADMIN_TOKEN": ADMIN,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "cloud.receiver", "serve", "--dsn", dsn,
-         "--bind", f"127.0.0.1:{port}", "--data-dir", str(tmp / "receiver")],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "receiver.log", "wb"),
+        [
+            sys.executable,
+            "-m",
+            "cloud.receiver",
+            "serve",
+            "--dsn",
+            dsn,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp / "receiver"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "receiver.log", "wb"),
     )
     try:
         deadline = time.monotonic() + 60
@@ -190,8 +216,10 @@ def main() -> None:
         barrier = mp.Barrier(args.clients)
         results: mp.Queue = mp.Queue()
         procs = [
-            mp.Process(target=client, args=(url, gw, tok, args.batches, args.batch_size, i,
-                                            barrier, results))
+            mp.Process(
+                target=client,
+                args=(url, gw, tok, args.batches, args.batch_size, i, barrier, results),
+            )
             for i, (gw, tok) in enumerate(tokens)
         ]
         cpu0 = _cpu(receiver.pid)
@@ -209,18 +237,26 @@ def main() -> None:
         sent = args.clients * args.batches * args.batch_size
         stored = asyncio.run(count_readings(dsn))
         wall = end - start
-        print(f"clients={args.clients} batches/client={args.batches} "
-              f"batch_size={args.batch_size} postgres="
-              f"{'DSN' if args.dsn else 'embedded' + (' fsync=off' if args.fast else '')}")
-        print(f"readings sent={sent} inserted={inserted} stored={stored} "
-              f"{'OK' if stored == sent == inserted else 'MISMATCH'}")
+        print(
+            f"clients={args.clients} batches/client={args.batches} "
+            f"batch_size={args.batch_size} postgres="
+            f"{'DSN' if args.dsn else 'embedded' + (' fsync=off' if args.fast else '')}"
+        )
+        print(
+            f"readings sent={sent} inserted={inserted} stored={stored} "
+            f"{'OK' if stored == sent == inserted else 'MISMATCH'}"
+        )
         print(f"wall={wall:.2f}s  throughput={sent / wall:,.0f} readings/s")
-        print(f"batch latency p50={lat[len(lat) // 2] * 1000:.1f} ms "
-              f"p95={lat[int(len(lat) * 0.95)] * 1000:.1f} ms max={lat[-1] * 1000:.1f} ms")
+        print(
+            f"batch latency p50={lat[len(lat) // 2] * 1000:.1f} ms "
+            f"p95={lat[int(len(lat) * 0.95)] * 1000:.1f} ms max={lat[-1] * 1000:.1f} ms"
+        )
         print(f"wire: {wire / sent:.2f} bytes/reading (zstd JSON columnar)")
-        print(f"CPU seconds during the run: receiver process {cpu1[0] - cpu0[0]:.2f}, "
-              f"all postgres processes on the machine {cpu1[1] - cpu0[1]:.2f} (wall {wall:.2f}, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+        print(
+            f"CPU seconds during the run: receiver process {cpu1[0] - cpu0[0]:.2f}, "
+            f"all postgres processes on the machine {cpu1[1] - cpu0[1]:.2f} (wall {wall:.2f}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})"
+        )
     finally:
         receiver.send_signal(signal.SIGTERM)
         try:

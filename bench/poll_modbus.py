@@ -133,7 +133,9 @@ def _status(socket_path: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--points", type=int, default=200)
     ap.add_argument("--interval", type=float, default=1.0)
@@ -150,15 +152,32 @@ def main() -> None:
         tmp = Path(d)
         cfg = _write_site(tmp, args.devices, args.points, args.base_port, args.interval)
         sim = subprocess.Popen(
-            [sys.executable, __file__, "--serve", "--devices", str(args.devices), "--points", str(args.points),
-             "--base-port", str(args.base_port), "--interval", str(args.interval)],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                "--devices",
+                str(args.devices),
+                "--points",
+                str(args.points),
+                "--base-port",
+                str(args.base_port),
+                "--interval",
+                str(args.interval),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert sim.stdout is not None
         if sim.stdout.readline().strip() != "ready":
             raise SystemExit("simulator failed to start")
         log = (tmp / "agent.log").open("wb")
-        agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         sock = tmp / "var" / "outpost.sock"
         try:
             deadline = time.monotonic() + 30

@@ -8,5 +8,11 @@ from buffer.models import BufferStats, EventRow, ReadingRows
 from buffer.schema import BufferFileError
 from buffer.store import Buffer, BufferClosedError
 
-__all__ = ["Buffer", "BufferClosedError", "BufferFileError", "BufferStats", "EventRow",
-           "ReadingRows"]
+__all__ = [
+    "Buffer",
+    "BufferClosedError",
+    "BufferFileError",
+    "BufferStats",
+    "EventRow",
+    "ReadingRows",
+]

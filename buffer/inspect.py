@@ -98,17 +98,16 @@ def _to_ms(dt: datetime | None) -> int | None:
     return round(dt.timestamp() * 1000)
 
 
-def _seq_bounds(conn: sqlite3.Connection, lo_ms: int | None, hi_ms: int | None
-                ) -> tuple[int, int]:
+def _seq_bounds(conn: sqlite3.Connection, lo_ms: int | None, hi_ms: int | None) -> tuple[int, int]:
     """Seq range that can hold readings in [lo_ms, hi_ms), from the commit blocks."""
     lo_seq, hi_seq = 0, 2**62
     if lo_ms is not None:
-        row = conn.execute("SELECT min(first_seq) FROM blocks WHERE max_ts >= ?",
-                           (lo_ms,)).fetchone()
+        row = conn.execute(
+            "SELECT min(first_seq) FROM blocks WHERE max_ts >= ?", (lo_ms,)
+        ).fetchone()
         lo_seq = row[0] if row[0] is not None else 2**62
     if hi_ms is not None:
-        row = conn.execute("SELECT max(last_seq) FROM blocks WHERE min_ts < ?",
-                           (hi_ms,)).fetchone()
+        row = conn.execute("SELECT max(last_seq) FROM blocks WHERE min_ts < ?", (hi_ms,)).fetchone()
         hi_seq = row[0] if row[0] is not None else -1
     # Rows written before any block existed (none in schema v1) would be missed; blocks cover
     # every committed batch.
@@ -121,8 +120,14 @@ def _csv_cell(text: str) -> str:
     return buf.getvalue()
 
 
-def export_readings(path: Path, out: TextIO, fmt: Format, since: datetime | None,
-                    until: datetime | None, point: str | None) -> int:
+def export_readings(
+    path: Path,
+    out: TextIO,
+    fmt: Format,
+    since: datetime | None,
+    until: datetime | None,
+    point: str | None,
+) -> int:
     """Write readings with ``since <= ts < until`` (UTC; naive = UTC) in seq order.
 
     CSV columns / JSON keys exactly ``seq,ts,point_id,value,quality``; ts ISO 8601 UTC with
@@ -152,7 +157,8 @@ def export_readings(path: Path, out: TextIO, fmt: Format, since: datetime | None
             args.append(row[0])
         cur = conn.execute(
             "SELECT seq, ts, point, value, quality FROM readings WHERE "
-            + " AND ".join(where) + " ORDER BY seq",
+            + " AND ".join(where)
+            + " ORDER BY seq",
             args,
         )
         return _write_readings(cur, out, fmt, names)
@@ -163,8 +169,7 @@ def _header(out: TextIO, fmt: Format, columns: tuple[str, ...]) -> None:
         out.write(",".join(columns) + "\n")
 
 
-def _write_readings(cur: sqlite3.Cursor, out: TextIO, fmt: Format,
-                    names: list[str | None]) -> int:
+def _write_readings(cur: sqlite3.Cursor, out: TextIO, fmt: Format, names: list[str | None]) -> int:
     iso = _IsoCache()
     labels = QUALITY_LABEL
     size = len(names)
@@ -210,8 +215,9 @@ def _write_readings(cur: sqlite3.Cursor, out: TextIO, fmt: Format,
     return count
 
 
-def export_events(path: Path, out: TextIO, fmt: Format, since: datetime | None,
-                  until: datetime | None) -> int:
+def export_events(
+    path: Path, out: TextIO, fmt: Format, since: datetime | None, until: datetime | None
+) -> int:
     """Write events with ``since <= ts < until``: ``id,ts,kind,source,actor,detail`` (detail is
     the JSON object; in CSV as JSON text)."""
     if fmt not in ("csv", "jsonl"):
@@ -228,7 +234,8 @@ def export_events(path: Path, out: TextIO, fmt: Format, since: datetime | None,
     with open_readonly(path) as conn, schema.transaction(conn, "DEFERRED"):
         cur = conn.execute(
             "SELECT id, ts, kind, source, actor, detail FROM events WHERE "
-            + " AND ".join(where) + " ORDER BY id",
+            + " AND ".join(where)
+            + " ORDER BY id",
             args,
         )
         _header(out, fmt, EVENT_COLUMNS)
@@ -238,10 +245,19 @@ def export_events(path: Path, out: TextIO, fmt: Format, since: datetime | None,
                 if w is not None:
                     w.writerow((eid, iso_ms(ts), kind, source, actor or "", detail))
                 else:
-                    out.write(json.dumps(
-                        {"id": eid, "ts": iso_ms(ts), "kind": kind, "source": source,
-                         "actor": actor, "detail": json.loads(detail)},
-                        separators=(",", ":"),
-                    ) + "\n")
+                    out.write(
+                        json.dumps(
+                            {
+                                "id": eid,
+                                "ts": iso_ms(ts),
+                                "kind": kind,
+                                "source": source,
+                                "actor": actor,
+                                "detail": json.loads(detail),
+                            },
+                            separators=(",", ":"),
+                        )
+                        + "\n"
+                    )
             count += len(rows)
     return count

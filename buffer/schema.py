@@ -179,8 +179,9 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
-def init_schema(conn: sqlite3.Connection, *, seq_base: int = 0, event_base: int = 0,
-                corrupt_recoveries: int = 0) -> None:
+def init_schema(
+    conn: sqlite3.Connection, *, seq_base: int = 0, event_base: int = 0, corrupt_recoveries: int = 0
+) -> None:
     """Create or upgrade the schema. The keyword arguments seed a fresh file only (a
     replacement for a corrupt one continues its seq and event ids and its recovery count)."""
     fresh = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
@@ -274,7 +275,10 @@ def move_aside(path: Path, reason: str) -> tuple[Path, int]:
     )
     count = max(previous + 1, moved)
     log.error(
-        "buffer.corrupt", path=str(path), moved_to=str(target), reason=reason,
+        "buffer.corrupt",
+        path=str(path),
+        moved_to=str(target),
+        reason=reason,
         corrupt_recoveries=count,
     )
     return target, count

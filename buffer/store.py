@@ -71,8 +71,13 @@ _LOW_WATER = 0.9
 class _ReadingBatch:
     __slots__ = ("keys", "n", "quality", "ts", "values")
 
-    def __init__(self, ts: Sequence[float], keys: Sequence[int], values: Sequence[float],
-                 quality: Sequence[int]) -> None:
+    def __init__(
+        self,
+        ts: Sequence[float],
+        keys: Sequence[int],
+        values: Sequence[float],
+        quality: Sequence[int],
+    ) -> None:
         self.ts = ts
         self.keys = keys
         self.values = values
@@ -183,8 +188,12 @@ class Buffer:
         self._last_commit = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
         self._thread.start()
-        log.info("buffer.open", path=str(self.path), last_seq=self._last_seq,
-                 synced_through=meta["synced_through"])
+        log.info(
+            "buffer.open",
+            path=str(self.path),
+            last_seq=self._last_seq,
+            synced_through=meta["synced_through"],
+        )
         if self.corrupt_moved_to is not None:
             self._notify_corrupt(self.corrupt_moved_to)
 
@@ -217,8 +226,7 @@ class Buffer:
         # otherwise start above anything it can have held (wall-clock microseconds).
         seq_base, event_base = old if old is not None else (int(time.time() * 1_000_000),) * 2
         conn = schema.connect(self.path, cache_mb=8)
-        schema.init_schema(conn, seq_base=seq_base, event_base=event_base,
-                           corrupt_recoveries=count)
+        schema.init_schema(conn, seq_base=seq_base, event_base=event_base, corrupt_recoveries=count)
         return conn
 
     def _tune_writer(self, conn: sqlite3.Connection) -> None:
@@ -269,8 +277,13 @@ class Buffer:
             self._names = names
         return [known[p] for p in point_ids]
 
-    def append(self, ts: Sequence[float], keys: Sequence[int], values: Sequence[float],
-               quality: Sequence[int]) -> None:
+    def append(
+        self,
+        ts: Sequence[float],
+        keys: Sequence[int],
+        values: Sequence[float],
+        quality: Sequence[int],
+    ) -> None:
         """Queue readings (columnar, aligned; ts = epoch seconds UTC). Never blocks on I/O.
 
         The columns are copied (a slice: a memcpy for arrays), so the caller may reuse them.
@@ -302,13 +315,19 @@ class Buffer:
         now = time.monotonic()
         if now - self._last_drop_log > 10.0:
             self._last_drop_log = now
-            log.error("buffer.queue_full", dropped_rows=self._dropped_rows,
-                      pending_rows=self._pending_rows, writer_alive=self.writer_alive)
+            log.error(
+                "buffer.queue_full",
+                dropped_rows=self._dropped_rows,
+                pending_rows=self._pending_rows,
+                writer_alive=self.writer_alive,
+            )
 
-    def append_event(self, ts: float, kind: str, source: str, actor: str | None,
-                     detail: Mapping[str, Any]) -> None:
-        item = _EventItem(ts, kind, source, actor,
-                          json.dumps(dict(detail), separators=(",", ":"), default=str))
+    def append_event(
+        self, ts: float, kind: str, source: str, actor: str | None, detail: Mapping[str, Any]
+    ) -> None:
+        item = _EventItem(
+            ts, kind, source, actor, json.dumps(dict(detail), separators=(",", ":"), default=str)
+        )
         with self._lock:
             if self._stopping or not self._opened:
                 raise BufferClosedError("buffer is not open")
@@ -437,8 +456,12 @@ class Buffer:
                     return False
                 if isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError):
                     # Locked, I/O error, disk full: transient; keep the items and retry.
-                    log.error("buffer.commit_failed", error=str(exc), items=len(inflight),
-                              pending_rows=self._pending_rows)
+                    log.error(
+                        "buffer.commit_failed",
+                        error=str(exc),
+                        items=len(inflight),
+                        pending_rows=self._pending_rows,
+                    )
                     return False
                 if not self._commit_separately(conn, inflight, exc):
                     return False
@@ -451,8 +474,12 @@ class Buffer:
             inflight.clear()
         return True
 
-    def _commit_separately(self, conn: sqlite3.Connection,
-                           inflight: list[_ReadingBatch | _EventItem], exc: BaseException) -> bool:
+    def _commit_separately(
+        self,
+        conn: sqlite3.Connection,
+        inflight: list[_ReadingBatch | _EventItem],
+        exc: BaseException,
+    ) -> bool:
         """A malformed item (NaN timestamp, a value that is not a number, a constraint) must not
         stall everything queued behind it: commit item by item and drop, count and log the bad
         ones. False on a transient error (what is left stays in ``inflight``)."""
@@ -478,8 +505,12 @@ class Buffer:
         rows = item.n if isinstance(item, _ReadingBatch) else 0
         with self._lock:
             self._dropped_rows += rows
-        log.error("buffer.item_dropped", error=repr(err), rows=rows,
-                  kind=None if rows else getattr(item, "kind", None))
+        log.error(
+            "buffer.item_dropped",
+            error=repr(err),
+            rows=rows,
+            kind=None if rows else getattr(item, "kind", None),
+        )
 
     def _settle(self, items: list[_ReadingBatch | _EventItem]) -> None:
         """Book items as done (committed or dropped) and wake the flushes they satisfy."""
@@ -501,8 +532,9 @@ class Buffer:
             if not fut.done():
                 fut.set_result(None)
 
-    def _commit_items(self, conn: sqlite3.Connection,
-                      items: list[_ReadingBatch | _EventItem]) -> None:
+    def _commit_items(
+        self, conn: sqlite3.Connection, items: list[_ReadingBatch | _EventItem]
+    ) -> None:
         seq = self._last_seq
         first = seq + 1
         last_event = self._last_event_id
@@ -519,8 +551,10 @@ class Buffer:
                         continue
                     seq = self._insert_readings(conn, run, seq)
                     run = []
-                    cur = conn.execute(_INSERT_EVENT, (round(it.ts * 1000.0), it.kind,
-                                                       it.source, it.actor, it.detail))
+                    cur = conn.execute(
+                        _INSERT_EVENT,
+                        (round(it.ts * 1000.0), it.kind, it.source, it.actor, it.detail),
+                    )
                     last_event = cur.lastrowid or last_event
                 seq = self._insert_readings(conn, run, seq)
             if seq != self._last_seq:
@@ -530,8 +564,9 @@ class Buffer:
             self._last_seq = seq
             log.debug("buffer.commit", first_seq=first, last_seq=seq)
 
-    def _insert_readings(self, conn: sqlite3.Connection, batches: list[_ReadingBatch],
-                         seq: int) -> int:
+    def _insert_readings(
+        self, conn: sqlite3.Connection, batches: list[_ReadingBatch], seq: int
+    ) -> int:
         if not batches:
             return seq
         n = sum(b.n for b in batches)
@@ -547,8 +582,10 @@ class Buffer:
             values = chain.from_iterable(b.values for b in batches)
             quality = chain.from_iterable(b.quality for b in batches)
         ms = [round(t * 1000.0) for t in ts_iter]
-        conn.executemany(_INSERT_READING, zip(range(seq + 1, seq + n + 1), ms, keys, values,
-                                              quality, strict=True))
+        conn.executemany(
+            _INSERT_READING,
+            zip(range(seq + 1, seq + n + 1), ms, keys, values, quality, strict=True),
+        )
         conn.execute(
             "INSERT OR REPLACE INTO blocks(first_seq, last_seq, min_ts, max_ts) VALUES (?,?,?,?)",
             (seq + 1, seq + n, min(ms), max(ms)),
@@ -602,8 +639,12 @@ class Buffer:
                             c.close()
                 moved, count = schema.move_aside(self.path, reason)
                 conn = schema.connect(self.path, cache_mb=8)
-                schema.init_schema(conn, seq_base=self._last_seq,
-                                   event_base=self._last_event_id, corrupt_recoveries=count)
+                schema.init_schema(
+                    conn,
+                    seq_base=self._last_seq,
+                    event_base=self._last_event_id,
+                    corrupt_recoveries=count,
+                )
                 with transaction(conn):
                     conn.executemany(
                         "INSERT INTO points(key, point_id) VALUES (?, ?)",
@@ -638,8 +679,9 @@ class Buffer:
         wal = schema.file_size(schema.sibling(self.path, "-wal"))
         return int((count - free) * page + min(wal, self._wal_limit))
 
-    def _enforce_size(self, conn: sqlite3.Connection,
-                      inflight: list[_ReadingBatch | _EventItem]) -> None:
+    def _enforce_size(
+        self, conn: sqlite3.Connection, inflight: list[_ReadingBatch | _EventItem]
+    ) -> None:
         used = self._used_bytes(conn)
         if used <= self.max_bytes:
             return
@@ -670,15 +712,15 @@ class Buffer:
         """Delete up to ``limit`` rows, synced first (oldest first), then unsynced oldest first."""
         unsynced = 0
         with transaction(conn):
-            cursor = conn.execute(
-                "SELECT value FROM meta WHERE key='synced_through'").fetchone()[0]
+            cursor = conn.execute("SELECT value FROM meta WHERE key='synced_through'").fetchone()[0]
             lo = conn.execute("SELECT min(seq) FROM readings").fetchone()[0]
             if lo is None:
                 return 0
             if lo <= cursor:
                 hi = min(cursor, lo + limit - 1)
-                n = conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?",
-                                 (lo, hi)).rowcount
+                n = conn.execute(
+                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)
+                ).rowcount
                 conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (hi,))
                 bump_meta(conn, "evicted_synced", n)
                 return n
@@ -691,8 +733,9 @@ class Buffer:
             ).fetchone()
             if island is not None:
                 m, last = island
-                n = conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?",
-                                 (m, min(last, m + limit - 1))).rowcount
+                n = conn.execute(
+                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (m, min(last, m + limit - 1))
+                ).rowcount
                 bump_meta(conn, "evicted_synced", n)
                 return n
             hi = lo + limit - 1
@@ -703,8 +746,9 @@ class Buffer:
             _advance_cursor(conn, hi)
             unsynced = n
         if unsynced:
-            log.warning("buffer.evicted_unsynced", rows=unsynced, through_seq=hi,
-                        path=str(self.path))
+            log.warning(
+                "buffer.evicted_unsynced", rows=unsynced, through_seq=hi, path=str(self.path)
+            )
             if self.on_unsynced_evicted is not None:
                 try:
                     self.on_unsynced_evicted(unsynced)
@@ -712,8 +756,7 @@ class Buffer:
                     log.exception("buffer.on_unsynced_evicted_failed")
         return unsynced
 
-    def _expire(self, conn: sqlite3.Connection,
-                inflight: list[_ReadingBatch | _EventItem]) -> None:
+    def _expire(self, conn: sqlite3.Connection, inflight: list[_ReadingBatch | _EventItem]) -> None:
         """Retention: drop synced rows (and synced events) older than ``retention_days``, whole
         commit blocks at a time, in chunks."""
         cutoff = round((time.time() - self.retention_s) * 1000.0)
@@ -721,7 +764,8 @@ class Buffer:
         while True:
             with transaction(conn):
                 cursor = conn.execute(
-                    "SELECT value FROM meta WHERE key='synced_through'").fetchone()[0]
+                    "SELECT value FROM meta WHERE key='synced_through'"
+                ).fetchone()[0]
                 # The oldest blocks only, up to the first one still needed: a bounded read per
                 # tick instead of scanning every block for a match.
                 blocks = []
@@ -736,8 +780,9 @@ class Buffer:
                 n = 0
                 taken = []
                 for first, last in blocks:
-                    n += conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?",
-                                      (first, last)).rowcount
+                    n += conn.execute(
+                        "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (first, last)
+                    ).rowcount
                     taken.append((first,))
                     if n >= _EVICT_CHUNK:
                         break
@@ -749,9 +794,11 @@ class Buffer:
                 return
         with transaction(conn):
             ev_cursor = conn.execute(
-                "SELECT value FROM meta WHERE key='events_synced_through'").fetchone()[0]
-            ne = conn.execute("DELETE FROM events WHERE id <= ? AND ts < ?",
-                              (ev_cursor, cutoff)).rowcount
+                "SELECT value FROM meta WHERE key='events_synced_through'"
+            ).fetchone()[0]
+            ne = conn.execute(
+                "DELETE FROM events WHERE id <= ? AND ts < ?", (ev_cursor, cutoff)
+            ).rowcount
             if ne:
                 bump_meta(conn, "expired_events", ne)
         if total or ne:
@@ -814,8 +861,9 @@ class Buffer:
         keys = [r[2] for r in rows]
         values = [r[3] for r in rows]
         quality = [r[4] for r in rows]
-        return ReadingRows(seq=seq, ts=ts, point_id=self._names_for(keys),
-                           value=values, quality=quality)
+        return ReadingRows(
+            seq=seq, ts=ts, point_id=self._names_for(keys), value=values, quality=quality
+        )
 
     def read_unsynced(self, limit: int, after_seq: int | None = None) -> ReadingRows:
         """Up to ``limit`` unsynced readings, oldest first, above the cursor (or ``after_seq``
@@ -826,7 +874,8 @@ class Buffer:
             pos = cursor if after_seq is None else max(cursor, after_seq)
             islands = conn.execute(
                 "SELECT first_seq, last_seq FROM synced_ranges WHERE last_seq > ? "
-                "ORDER BY first_seq", (pos,)
+                "ORDER BY first_seq",
+                (pos,),
             ).fetchall()
             rows: list[tuple[Any, ...]] = []
             for first, last in [*islands, (None, None)]:
@@ -853,7 +902,8 @@ class Buffer:
             cursor = _cursor(conn)
             islands = conn.execute(
                 "SELECT first_seq, last_seq FROM synced_ranges WHERE last_seq > ? "
-                "ORDER BY first_seq DESC", (cursor,)
+                "ORDER BY first_seq DESC",
+                (cursor,),
             ).fetchall()
             rows: list[tuple[Any, ...]] = []
             hi: int | None = None
@@ -896,8 +946,9 @@ class Buffer:
         with self._sync_lock:
             return _cursor(conn)
 
-    def add_rejected(self, first_seq: int, last_seq: int, status: int, reason: str,
-                     payload: bytes) -> None:
+    def add_rejected(
+        self, first_seq: int, last_seq: int, status: int, reason: str, payload: bytes
+    ) -> None:
         """Dead-letter a batch the receiver refused for good (4xx): kept with its payload for
         inspection, counted, and its seqs count as handled so the uplink moves on."""
         if last_seq < first_seq:
@@ -907,20 +958,32 @@ class Buffer:
             conn.execute(
                 "INSERT INTO rejected(first_seq, last_seq, status, reason, payload, ts) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (first_seq, last_seq, int(status), reason, bytes(payload),
-                 round(time.time() * 1000)),
+                (
+                    first_seq,
+                    last_seq,
+                    int(status),
+                    reason,
+                    bytes(payload),
+                    round(time.time() * 1000),
+                ),
             )
             bump_meta(conn, "rejected_batches", 1)
             _add_range(conn, first_seq, last_seq)
-        log.error("buffer.batch_rejected", first_seq=first_seq, last_seq=last_seq,
-                  status=status, reason=reason)
+        log.error(
+            "buffer.batch_rejected",
+            first_seq=first_seq,
+            last_seq=last_seq,
+            status=status,
+            reason=reason,
+        )
 
     def read_rejected(self, limit: int = 100) -> list[dict[str, Any]]:
         conn = self._query()
         with self._query_lock:
             rows = conn.execute(
                 "SELECT id, first_seq, last_seq, status, reason, length(payload), ts "
-                "FROM rejected ORDER BY id DESC LIMIT ?", (limit,)
+                "FROM rejected ORDER BY id DESC LIMIT ?",
+                (limit,),
             ).fetchall()
         keys = ("id", "first_seq", "last_seq", "status", "reason", "payload_bytes", "ts_ms")
         return [dict(zip(keys, r, strict=True)) for r in rows]
@@ -929,10 +992,12 @@ class Buffer:
         conn = self._sync()
         with self._sync_lock, transaction(conn, "DEFERRED"):
             cur = conn.execute(
-                "SELECT value FROM meta WHERE key='events_synced_through'").fetchone()[0]
+                "SELECT value FROM meta WHERE key='events_synced_through'"
+            ).fetchone()[0]
             rows = conn.execute(
                 "SELECT id, ts, kind, source, actor, detail FROM events WHERE id > ? "
-                "ORDER BY id LIMIT ?", (cur, limit)
+                "ORDER BY id LIMIT ?",
+                (cur, limit),
             ).fetchall()
         return [_event(r) for r in rows]
 
@@ -954,8 +1019,9 @@ class Buffer:
         st.dropped_rows = self._dropped_rows
         return st
 
-    def history(self, point_id: str, since_ts: float, until_ts: float | None = None,
-                limit: int = 10_000) -> ReadingRows:
+    def history(
+        self, point_id: str, since_ts: float, until_ts: float | None = None, limit: int = 10_000
+    ) -> ReadingRows:
         """Readings of one point with ``since_ts <= ts <= until_ts`` (epoch seconds), in seq
         order; if more than ``limit`` match, the newest ``limit``."""
         conn = self._query()
@@ -966,10 +1032,13 @@ class Buffer:
             if row is None:
                 return ReadingRows()
             key = row[0]
-            spans = _spans(conn.execute(
-                "SELECT first_seq, last_seq FROM blocks WHERE max_ts >= ? AND min_ts <= ? "
-                "ORDER BY first_seq DESC", (lo_ms, hi_ms)
-            ).fetchall())
+            spans = _spans(
+                conn.execute(
+                    "SELECT first_seq, last_seq FROM blocks WHERE max_ts >= ? AND min_ts <= ? "
+                    "ORDER BY first_seq DESC",
+                    (lo_ms, hi_ms),
+                ).fetchall()
+            )
             rows: list[tuple[Any, ...]] = []
             for first, last in spans:
                 want = limit - len(rows)
@@ -1051,5 +1120,6 @@ def _spans(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def _event(row: tuple[Any, ...]) -> EventRow:
     eid, ts, kind, source, actor, detail = row
-    return EventRow(id=eid, ts=ts / 1000.0, kind=kind, source=source, actor=actor,
-                    detail=json.loads(detail))
+    return EventRow(
+        id=eid, ts=ts / 1000.0, kind=kind, source=source, actor=actor, detail=json.loads(detail)
+    )

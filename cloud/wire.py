@@ -106,9 +106,7 @@ class Readings(WireModel):
                 raise ValueError(f"readings.point_ids: invalid point id {pid!r}")
         if n:
             if min(self.point) < 0 or max(self.point) >= len(self.point_ids):
-                raise ValueError(
-                    f"readings.point: index out of range 0..{len(self.point_ids) - 1}"
-                )
+                raise ValueError(f"readings.point: index out of range 0..{len(self.point_ids) - 1}")
             if min(self.quality) < 0 or max(self.quality) > 255:
                 raise ValueError("readings.quality: codes must be 0..255")
             absolute = self.timestamps_ms()
@@ -327,14 +325,14 @@ def decode_body(
             if len(out) < limit and not d.eof:
                 raise BodyError(400, "gzip body is truncated")
         else:
-            raise BodyError(415, f"unsupported Content-Encoding {content_encoding!r}; "
-                                 "use zstd, gzip or identity")
+            raise BodyError(
+                415,
+                f"unsupported Content-Encoding {content_encoding!r}; use zstd, gzip or identity",
+            )
     except (zstandard.ZstdError, zlib.error) as exc:
         raise BodyError(400, f"corrupt {enc} body: {exc}") from None
     if len(out) > max_decompressed:
-        raise BodyError(
-            413, f"decompressed body exceeds the limit of {max_decompressed} bytes"
-        )
+        raise BodyError(413, f"decompressed body exceeds the limit of {max_decompressed} bytes")
     return out
 
 

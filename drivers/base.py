@@ -132,7 +132,7 @@ class Driver(abc.ABC):
         positions index into the points passed to ``prepare``."""
         raise TypeError(f"{type(self).__name__} is polled; it has no stream()")
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - a no-op default; drivers with sockets override
         """Release connections. Idempotent."""
 
 
@@ -141,5 +141,7 @@ DriverFactory = Callable[[str, DeviceConfig, DriverContext], Driver]
 
 def bad_result(n: int, quality: Quality, ts: float) -> PollResult:
     """A whole group failed (e.g. device down): every point gets ``quality`` at ``ts``."""
-    result = PollResult(array("d", [ts]) * n, array("d", [float("nan")]) * n, array("B", [quality]) * n)
+    result = PollResult(
+        array("d", [ts]) * n, array("d", [float("nan")]) * n, array("B", [quality]) * n
+    )
     return result

@@ -61,7 +61,12 @@ class AlarmPriority(str, Enum):
     LOW = "low"
 
     def one_step_up(self) -> AlarmPriority:
-        order = [AlarmPriority.LOW, AlarmPriority.MEDIUM, AlarmPriority.HIGH, AlarmPriority.CRITICAL]
+        order = [
+            AlarmPriority.LOW,
+            AlarmPriority.MEDIUM,
+            AlarmPriority.HIGH,
+            AlarmPriority.CRITICAL,
+        ]
         return order[min(order.index(self) + 1, len(order) - 1)]
 
 
@@ -141,7 +146,9 @@ class Point:
     point_id: str
     device: str
     address: Address
-    data_type: DataType | None = None  # required for Modbus; optional elsewhere (values are numbers)
+    data_type: DataType | None = (
+        None  # required for Modbus; optional elsewhere (values are numbers)
+    )
     byte_order: ByteOrder = ByteOrder.ABCD
     scale: float = 1.0
     offset: float = 0.0

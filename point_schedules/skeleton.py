@@ -46,7 +46,9 @@ def point_id_for(device: str, name: str) -> str:
     return f"{base}.{slug}"
 
 
-def write_skeleton(points: Iterable[DiscoveredPoint], out: TextIO, *, header_comment: str = "") -> int:
+def write_skeleton(
+    points: Iterable[DiscoveredPoint], out: TextIO, *, header_comment: str = ""
+) -> int:
     """Write points as schedule CSV; point_ids are made unique with a numeric suffix."""
     if header_comment:
         for line in header_comment.splitlines():

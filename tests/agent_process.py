@@ -50,7 +50,9 @@ def write_config(
     return cfg
 
 
-def cli(config: Path, *args: str, timeout: float = 30.0, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    config: Path, *args: str, timeout: float = 30.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*OUTPOST, *args, "-c", str(config)],
         capture_output=True,

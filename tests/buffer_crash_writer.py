@@ -36,8 +36,9 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     # Timestamps are weeks old (fixed T0): keep them all, retention is tested elsewhere.
-    buf = Buffer(path, commit_interval=0.02, commit_rows=3000, maintenance_interval=0.2,
-                 retention_days=3650)
+    buf = Buffer(
+        path, commit_interval=0.02, commit_rows=3000, maintenance_interval=0.2, retention_days=3650
+    )
     buf.open()
     keys = buf.point_keys(POINT_IDS)
     seq = buf.last_seq

@@ -2,4 +2,6 @@
 
 import pytest
 
-pytest.register_assert_rewrite("tests.receiver_fixtures", "tests.modbus_server", "tests.agent_process")
+pytest.register_assert_rewrite(
+    "tests.receiver_fixtures", "tests.modbus_server", "tests.agent_process"
+)

@@ -44,8 +44,15 @@ def buf(tmp_path: Path) -> Iterator[Buffer]:
     b.close()
 
 
-def _fill(buf: Buffer, n: int, *, t0: float | None = None, keys: list[int] | None = None,
-          step: float = 0.001, value0: float = 0.0) -> tuple[int, int]:
+def _fill(
+    buf: Buffer,
+    n: int,
+    *,
+    t0: float | None = None,
+    keys: list[int] | None = None,
+    step: float = 0.001,
+    value0: float = 0.0,
+) -> tuple[int, int]:
     """Append n readings (value = value0 + i), flush; returns the (first, last) seq."""
     keys = keys or buf.point_keys(POINTS)
     t0 = time.time() if t0 is None else t0
@@ -76,10 +83,18 @@ def test_append_assigns_seq_in_order_and_reads_back_exactly(buf: Buffer) -> None
     keys = buf.point_keys(POINTS)
     assert buf.point_keys(list(reversed(POINTS))) == list(reversed(keys))  # idempotent
     t = 1_795_000_000.123
-    buf.append([t, t + 1], [keys[0], keys[1]], [21.5, float("nan")],
-               [Quality.GOOD, Quality.BAD_COMM_FAILURE])
-    buf.append(array("d", [t + 2]), array("q", [keys[2]]), array("d", [0.1 + 0.2]),
-               array("B", [Quality.UNCERTAIN_OUT_OF_RANGE]))
+    buf.append(
+        [t, t + 1],
+        [keys[0], keys[1]],
+        [21.5, float("nan")],
+        [Quality.GOOD, Quality.BAD_COMM_FAILURE],
+    )
+    buf.append(
+        array("d", [t + 2]),
+        array("q", [keys[2]]),
+        array("d", [0.1 + 0.2]),
+        array("B", [Quality.UNCERTAIN_OUT_OF_RANGE]),
+    )
     buf.flush_sync(10)
     rows = buf.read_unsynced(10)
     assert rows.seq == [1, 2, 3]
@@ -228,7 +243,11 @@ def test_rejected_batch_is_dead_lettered_counted_and_handled(buf: Buffer) -> Non
     assert st.unsynced_rows == 20
     (rej,) = buf.read_rejected()
     assert (rej["first_seq"], rej["last_seq"], rej["status"], rej["payload_bytes"]) == (
-        1, 10, 422, 9)
+        1,
+        10,
+        422,
+        9,
+    )
 
 
 # ---------------------------------------------------------------- size bound and retention
@@ -239,9 +258,12 @@ def _fill_many(buf: Buffer, n: int, chunk: int = 2000) -> None:
     t0 = time.time()
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        buf.append(array("d", [t0 + (start + i) * 1e-3 for i in range(m)]),
-                   array("q", [keys[(start + i) % 3] for i in range(m)]),
-                   array("d", [float(start + i) for i in range(m)]), array("B", bytes(m)))
+        buf.append(
+            array("d", [t0 + (start + i) * 1e-3 for i in range(m)]),
+            array("q", [keys[(start + i) % 3] for i in range(m)]),
+            array("d", [float(start + i) for i in range(m)]),
+            array("B", bytes(m)),
+        )
     buf.flush_sync(30)
 
 
@@ -404,8 +426,10 @@ def test_corrupt_file_is_moved_aside_and_a_fresh_one_starts(tmp_path: Path, kind
     b = _open(path)
     try:
         assert b.stats().corrupt_recoveries == 2
-        assert len([p for p in tmp_path.glob("buffer.db.corrupt-*")
-                    if not p.name.endswith("-wal")]) == 2
+        assert (
+            len([p for p in tmp_path.glob("buffer.db.corrupt-*") if not p.name.endswith("-wal")])
+            == 2
+        )
     finally:
         b.close()
 
@@ -426,8 +450,13 @@ def test_healthy_file_is_never_moved_aside_on_reopen(tmp_path: Path) -> None:
 def test_events_have_monotonic_ids_and_a_cursor(buf: Buffer) -> None:
     t = time.time()
     for i in range(5):
-        buf.append_event(t + i, "alarm", "fsm", "alice" if i % 2 else None,
-                         {"point_id": "cdu-01.flow", "n": i, "when": datetime.now(UTC)})
+        buf.append_event(
+            t + i,
+            "alarm",
+            "fsm",
+            "alice" if i % 2 else None,
+            {"point_id": "cdu-01.flow", "n": i, "when": datetime.now(UTC)},
+        )
     buf.flush_sync(10)
     ev = buf.read_unsynced_events(3)
     assert [e.id for e in ev] == [1, 2, 3]
@@ -449,8 +478,9 @@ def test_history_of_one_point_by_time(buf: Buffer) -> None:
     t0 = 1_795_000_000.0
     for block in range(5):  # five commits = five blocks, 100 s apart
         ts = [t0 + block * 100 + i for i in range(30)]
-        buf.append(ts, [keys[i % 3] for i in range(30)], [block * 1000.0 + i for i in range(30)],
-                   [0] * 30)
+        buf.append(
+            ts, [keys[i % 3] for i in range(30)], [block * 1000.0 + i for i in range(30)], [0] * 30
+        )
         buf.flush_sync(10)
     h = buf.history("cdu-01.flow", t0 + 100, t0 + 215)
     assert h.point_id == ["cdu-01.flow"] * len(h)
@@ -478,8 +508,12 @@ def test_export_csv_and_jsonl_exact_columns(tmp_path: Path) -> None:
     b = _open(path)
     keys = b.point_keys(POINTS)
     t = datetime(2026, 11, 24, 13, 5, 7, 250000, tzinfo=UTC).timestamp()
-    b.append([t, t + 0.001, t + 60], keys, [21.5, float("nan"), -3.0],
-             [Quality.GOOD, Quality.BAD_COMM_FAILURE, Quality.UNCERTAIN_STALE])
+    b.append(
+        [t, t + 0.001, t + 60],
+        keys,
+        [21.5, float("nan"), -3.0],
+        [Quality.GOOD, Quality.BAD_COMM_FAILURE, Quality.UNCERTAIN_STALE],
+    )
     b.close()
     text = _export(path, "csv")
     rows = list(csv.reader(io.StringIO(text)))
@@ -491,12 +525,21 @@ def test_export_csv_and_jsonl_exact_columns(tmp_path: Path) -> None:
     ]
     lines = [json.loads(x) for x in _export(path, "jsonl").splitlines()]
     assert [list(x) for x in lines] == [["seq", "ts", "point_id", "value", "quality"]] * 3
-    assert lines[1] == {"seq": 2, "ts": "2026-11-24T13:05:07.251Z", "point_id": "cdu-01.flow",
-                        "value": None, "quality": "bad:comm_failure"}
+    assert lines[1] == {
+        "seq": 2,
+        "ts": "2026-11-24T13:05:07.251Z",
+        "point_id": "cdu-01.flow",
+        "value": None,
+        "quality": "bad:comm_failure",
+    }
     only = _export(path, "jsonl", point="pdu-a.kw")
     assert [json.loads(x)["seq"] for x in only.splitlines()] == [3]
-    window = _export(path, "csv", since=datetime(2026, 11, 24, 13, 5, 7, 251000, tzinfo=UTC),
-                     until=datetime(2026, 11, 24, 13, 6))  # naive = UTC, until is exclusive
+    window = _export(
+        path,
+        "csv",
+        since=datetime(2026, 11, 24, 13, 5, 7, 251000, tzinfo=UTC),
+        until=datetime(2026, 11, 24, 13, 6),
+    )  # naive = UTC, until is exclusive
     assert [r[0] for r in csv.reader(io.StringIO(window))] == ["seq", "2"]
     assert _export(path, "csv", point="nope") == "seq,ts,point_id,value,quality\n"
 
@@ -511,8 +554,14 @@ def test_export_events(tmp_path: Path) -> None:
     out = io.StringIO()
     assert export_events(path, out, "jsonl", None, None) == 2
     first, second = (json.loads(x) for x in out.getvalue().splitlines())
-    assert first == {"id": 1, "ts": "2026-11-24T13:00:00.000Z", "kind": "alarm.activated",
-                     "source": "alarms", "actor": None, "detail": {"point_id": "cdu-01.flow"}}
+    assert first == {
+        "id": 1,
+        "ts": "2026-11-24T13:00:00.000Z",
+        "kind": "alarm.activated",
+        "source": "alarms",
+        "actor": None,
+        "detail": {"point_id": "cdu-01.flow"},
+    }
     assert second["actor"] == "alice"
     out = io.StringIO()
     export_events(path, out, "csv", datetime(2026, 11, 24, 13, 0, 1, tzinfo=UTC), None)
@@ -531,8 +580,9 @@ def test_file_stats_and_export_while_the_agent_writes(tmp_path: Path) -> None:
     def writer() -> None:
         i = 0
         while not stop.is_set():
-            b.append([time.time()] * 50, [keys[0]] * 50, [float(i + j) for j in range(50)],
-                     [0] * 50)
+            b.append(
+                [time.time()] * 50, [keys[0]] * 50, [float(i + j) for j in range(50)], [0] * 50
+            )
             i += 50
             time.sleep(0.001)
 
@@ -579,9 +629,9 @@ def test_corruption_under_the_running_writer_moves_on_to_a_fresh_file(tmp_path: 
         conn = sqlite3.connect(path)
         conn.execute("PRAGMA writable_schema = ON")
         meta_root = conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
-        conn.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = 'readings'",
-                     (meta_root,))
+            "SELECT rootpage FROM sqlite_master WHERE name = 'meta'"
+        ).fetchone()[0]
+        conn.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = 'readings'", (meta_root,))
         version = conn.execute("PRAGMA schema_version").fetchone()[0]
         conn.execute(f"PRAGMA schema_version = {version + 1}")
         conn.commit()

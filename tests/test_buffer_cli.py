@@ -31,8 +31,12 @@ def _make(path: Path, n: int = 10) -> None:
     try:
         keys = b.point_keys(["cdu-01.flow", "pdu-a.kw"])
         t = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
-        b.append([t + i for i in range(n)], [keys[i % 2] for i in range(n)],
-                 [float(i) for i in range(n)], [0] * n)
+        b.append(
+            [t + i for i in range(n)],
+            [keys[i % 2] for i in range(n)],
+            [float(i) for i in range(n)],
+            [0] * n,
+        )
         b.append_event(t, "mode", "operator", "alice", {"to": "maintenance"})
         b.flush_sync(10)
         b.mark_synced(4)
@@ -52,8 +56,14 @@ def test_stats_json_and_table(tmp_path: Path) -> None:
     res = runner.invoke(app, ["buffer", "stats", "--json", "--db", str(db)])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    for key in ("rows", "unsynced_rows", "oldest_unsynced_age_s", "size_bytes",
-                "evicted_synced", "evicted_unsynced"):
+    for key in (
+        "rows",
+        "unsynced_rows",
+        "oldest_unsynced_age_s",
+        "size_bytes",
+        "evicted_synced",
+        "evicted_unsynced",
+    ):
         assert key in data
     assert (data["rows"], data["unsynced_rows"], data["synced_through"]) == (10, 6, 4)
     assert data["oldest_unsynced_age_s"] > 0
@@ -75,16 +85,31 @@ def test_export_formats_and_filters(tmp_path: Path) -> None:
     assert "exported 10 readings" in res.stderr
 
     out = tmp_path / "x.jsonl"
-    res = runner.invoke(app, ["buffer", "export", "--format", "jsonl", "--db", str(db),
-                              "--point", "pdu-a.kw", "--from", "2026-11-24T12:00:03Z",
-                              "--to", "2026-11-24T12:00:07", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "buffer",
+            "export",
+            "--format",
+            "jsonl",
+            "--db",
+            str(db),
+            "--point",
+            "pdu-a.kw",
+            "--from",
+            "2026-11-24T12:00:03Z",
+            "--to",
+            "2026-11-24T12:00:07",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["seq"] for x in lines] == [4, 6]
     assert list(lines[0]) == ["seq", "ts", "point_id", "value", "quality"]
 
-    res = runner.invoke(app, ["buffer", "export", "--format", "jsonl", "--events", "--db",
-                              str(db)])
+    res = runner.invoke(app, ["buffer", "export", "--format", "jsonl", "--events", "--db", str(db)])
     assert res.exit_code == 0, res.output
     (event,) = [json.loads(x) for x in res.stdout.splitlines()]
     assert event["kind"] == "mode" and event["actor"] == "alice"
@@ -93,8 +118,9 @@ def test_export_formats_and_filters(tmp_path: Path) -> None:
 def test_bad_time_is_one_clear_line(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     _make(db)
-    res = runner.invoke(app, ["buffer", "export", "--format", "csv", "--db", str(db),
-                              "--from", "yesterday"])
+    res = runner.invoke(
+        app, ["buffer", "export", "--format", "csv", "--db", str(db), "--from", "yesterday"]
+    )
     assert res.exit_code == 2
     assert "--from" in res.stderr and "ISO 8601" in res.stderr
     assert "Traceback" not in res.output

@@ -28,7 +28,9 @@ KILLS = 21
 def _run_and_kill(path: Path, seed: int, rng: random.Random) -> tuple[list[str], str]:
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), str(path), str(seed)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: list[str] = []
     started = threading.Event()
@@ -46,7 +48,9 @@ def _run_and_kill(path: Path, seed: int, rng: random.Random) -> tuple[list[str],
         # Anywhere from interpreter start-up to the middle of open() / WAL recovery.
         time.sleep(rng.uniform(0.0, 0.5))
     else:
-        assert started.wait(20), f"writer did not start: {proc.stderr.read() if proc.stderr else ''}"
+        assert started.wait(20), (
+            f"writer did not start: {proc.stderr.read() if proc.stderr else ''}"
+        )
         time.sleep(rng.uniform(0.01, 0.25))
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)

@@ -28,7 +28,9 @@ port = 1502
 
 
 def _write(tmp_path: Path, text: str) -> Path:
-    (tmp_path / "site.csv").write_text("point_id,device,address,data_type\ncdu-01.t,cdu-01,hr:0,int16\n")
+    (tmp_path / "site.csv").write_text(
+        "point_id,device,address,data_type\ncdu-01.t,cdu-01,hr:0,int16\n"
+    )
     cfg = tmp_path / "agent.toml"
     cfg.write_text(text)
     return cfg
@@ -58,8 +60,12 @@ def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
-    bad = GOOD.replace('id = "gw-1"', 'id = "GW 1"').replace("max_size_mb = 64", "max_size_mb = -1\nfoo = 1")
-    bad += '\n[devices.ups-01]\nprotocol = "modbus"\nport = "x"\n[devices.x-1]\nprotocol = "canbus"\n'
+    bad = GOOD.replace('id = "gw-1"', 'id = "GW 1"').replace(
+        "max_size_mb = 64", "max_size_mb = -1\nfoo = 1"
+    )
+    bad += (
+        '\n[devices.ups-01]\nprotocol = "modbus"\nport = "x"\n[devices.x-1]\nprotocol = "canbus"\n'
+    )
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, bad))
     text = str(err.value)
@@ -73,7 +79,9 @@ def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
 
 
 def test_unknown_device_key_and_missing_schedule_file(tmp_path: Path) -> None:
-    bad = GOOD.replace('port = 1502', 'port = 1502\nspeed = 9600').replace('"site.csv"', '"nope.csv"')
+    bad = GOOD.replace("port = 1502", "port = 1502\nspeed = 9600").replace(
+        '"site.csv"', '"nope.csv"'
+    )
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, bad))
     text = str(err.value)
@@ -100,7 +108,9 @@ def test_example_config_is_valid() -> None:
     assert set(cfg.devices) >= {"cdu-01", "ups-01", "pdu-01"}
 
 
-def test_cloud_section_from_environment_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cloud_section_from_environment_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`[cloud]` absent in the file, given entirely by environment (as `outpost demo` does)."""
     monkeypatch.setenv("OUTPOST_CLOUD__URL", "http://127.0.0.1:8720")
     monkeypatch.setenv("OUTPOST_CLOUD__ENROLLMENT_TOKEN", "tok")
@@ -110,7 +120,9 @@ def test_cloud_section_from_environment_alone(tmp_path: Path, monkeypatch: pytes
     assert cfg.modes.degraded_uplink_after_s == 60
 
 
-def test_bad_cloud_key_from_environment_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_cloud_key_from_environment_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OUTPOST_CLOUD__URL", "http://127.0.0.1:8720")
     monkeypatch.setenv("OUTPOST_CLOUD__BATCH_SIZE", "-3")
     with pytest.raises(ConfigError) as err:

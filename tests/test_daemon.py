@@ -13,10 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+from point_schedules.model import ByteOrder, DataType
 from tests.agent_process import cli, start_agent, write_config
 from tests.modbus_server import registers_for, start_server
-
-from point_schedules.model import ByteOrder, DataType
 
 SCHEDULE = """point_id,device,address,data_type,byte_order,scale,units,description,deadband,heartbeat
 plc.temp,plc,hr:0,int16,,0.1,degC,Supply temperature,,
@@ -26,15 +25,15 @@ plc.ghost,plc,hr:500,uint16,,,,Address the device does not serve,,
 """
 
 
-async def _until(predicate, timeout: float = 15.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def _until(predicate, within: float = 15.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
     last = None
     while time.monotonic() < deadline:
         last = await predicate()
         if last:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+    raise AssertionError(f"condition not met within {within}s (last: {last!r})")
 
 
 async def test_agent_polls_serves_cli_reloads_and_stops_cleanly(tmp_path: Path) -> None:
@@ -44,7 +43,14 @@ async def test_agent_polls_serves_cli_reloads_and_stops_cleanly(tmp_path: Path) 
     await server.set("coil", 3, [True])
     cfg = write_config(
         tmp_path,
-        {"plc": {"protocol": "modbus", "host": "127.0.0.1", "port": server.port, "poll_interval": 0.5}},
+        {
+            "plc": {
+                "protocol": "modbus",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "poll_interval": 0.5,
+            }
+        },
         SCHEDULE,
     )
 
@@ -166,7 +172,9 @@ async def test_agent_polls_serves_cli_reloads_and_stops_cleanly(tmp_path: Path) 
     assert messages[-1] == "STOPPING=1" or "STOPPING=1" in messages[-3:]
 
     # everything stored before the stop is in the buffer file (read directly, agent gone)
-    r = await asyncio.to_thread(cli, cfg, "buffer", "export", "--format", "jsonl", "--point", "plc.temp")
+    r = await asyncio.to_thread(
+        cli, cfg, "buffer", "export", "--format", "jsonl", "--point", "plc.temp"
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
     values = [row["value"] for row in rows]
@@ -214,7 +222,9 @@ def test_config_check_reports_all_problems(tmp_path: Path) -> None:
     assert "2 point(s)" in r.stdout
 
     # a schedule error is reported through config check as well, with file:line: column
-    (tmp_path / "site.csv").write_text("point_id,device,address,data_type\nplc.t,nodev,hr:0,int16\n")
+    (tmp_path / "site.csv").write_text(
+        "point_id,device,address,data_type\nplc.t,nodev,hr:0,int16\n"
+    )
     r = cli(good, "config", "check")
     assert r.returncode == 2
     assert 'site.csv:2: column "device"' in r.stderr

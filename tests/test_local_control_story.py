@@ -21,15 +21,15 @@ SCHEDULE = (
 )
 
 
-async def _until(fn, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def _until(fn, within: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
     last = None
     while time.monotonic() < deadline:
         last = await fn()
         if last:
             return last
         await asyncio.sleep(0.25)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+    raise AssertionError(f"condition not met within {within}s (last: {last!r})")
 
 
 async def _alarm(cfg: Path, alarm_id: str) -> dict | None:
@@ -44,7 +44,14 @@ async def test_alarm_ack_return_events_maintenance_and_write_without_uplink(tmp_
     await server.set("hr", 5, [180])
     cfg = write_config(
         tmp_path,
-        {"plc": {"protocol": "modbus", "host": "127.0.0.1", "port": server.port, "poll_interval": 0.5}},
+        {
+            "plc": {
+                "protocol": "modbus",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "poll_interval": 0.5,
+            }
+        },
         SCHEDULE,
     )
     agent = start_agent(cfg)
@@ -67,8 +74,18 @@ async def test_alarm_ack_return_events_maintenance_and_write_without_uplink(tmp_
 
         alarm = await _until(raised)
         expected_keys = {
-            "id", "point_id", "kind", "state", "priority", "value", "limit", "activated_at",
-            "acked_at", "acked_by", "shelved_until", "suppressed",
+            "id",
+            "point_id",
+            "kind",
+            "state",
+            "priority",
+            "value",
+            "limit",
+            "activated_at",
+            "acked_at",
+            "acked_by",
+            "shelved_until",
+            "suppressed",
         }
         assert expected_keys <= set(alarm)
         assert alarm["point_id"] == "plc.temp" and alarm["priority"] == "high"

@@ -24,8 +24,17 @@ class ListSink:
 
 def _table(deadband: float = 0.5, heartbeat: float = 60.0) -> tuple[PointTable, ListSink, Pipeline]:
     pts = [
-        Point("p.a", "d", ModbusAddress("hr", 0), DataType.INT16, deadband=deadband, heartbeat=heartbeat),
-        Point("p.b", "d", ModbusAddress("hr", 1), DataType.INT16, deadband=0.0, heartbeat=heartbeat),
+        Point(
+            "p.a",
+            "d",
+            ModbusAddress("hr", 0),
+            DataType.INT16,
+            deadband=deadband,
+            heartbeat=heartbeat,
+        ),
+        Point(
+            "p.b", "d", ModbusAddress("hr", 1), DataType.INT16, deadband=0.0, heartbeat=heartbeat
+        ),
     ]
     table = PointTable(Schedule(tuple(pts), "v1"), [10, 11])
     sink = ListSink()
@@ -90,7 +99,7 @@ def test_alarm_hook_sees_only_alarm_points() -> None:
 
 
 def test_carry_over_keeps_live_and_rbe_state_on_reload() -> None:
-    table, sink, pipe = _table()
+    table, _sink, pipe = _table()
     pipe.ingest([0, 1], _result(100.0, [20.0, 1.0]))
     new = PointTable(table.schedule, [10, 11])
     new.carry_over(table)

@@ -454,10 +454,16 @@ async def test_readings_raw_and_aggregated(receiver_factory: ReceiverFactory) ->
                 ), (res, g, w)
                 assert g["avg"] == pytest.approx(w["avg"], rel=1e-12)
         # an unaligned range still answers whole buckets (same as TimescaleDB's aggregates)
-        odd = (await c.get(url, params={
-            "from": (start + timedelta(seconds=30)).isoformat(),
-            "to": (start + timedelta(hours=3, seconds=-10)).isoformat(), "resolution": "5m",
-        })).json()
+        odd = (
+            await c.get(
+                url,
+                params={
+                    "from": (start + timedelta(seconds=30)).isoformat(),
+                    "to": (start + timedelta(hours=3, seconds=-10)).isoformat(),
+                    "resolution": "5m",
+                },
+            )
+        ).json()
         assert [(g["ts"], g["count"], g["min"]) for g in odd["readings"]] == [
             (w["ts"].isoformat().replace("+00:00", "Z"), w["count"], w["min"])
             for w in expected(300)
@@ -596,8 +602,11 @@ class PgLink:
     def __init__(self, target_dsn: str) -> None:
         parts = urlsplit(target_dsn)
         query = dict(parse_qsl(parts.query))
-        self._unix = (f"{query['host']}/.s.PGSQL.{query.get('port', '5432')}"
-                      if query.get("host", "").startswith("/") else None)
+        self._unix = (
+            f"{query['host']}/.s.PGSQL.{query.get('port', '5432')}"
+            if query.get("host", "").startswith("/")
+            else None
+        )
         self._tcp = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self._target = parts
         self._server: asyncio.Server | None = None

@@ -41,15 +41,27 @@ def free_port() -> int:
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*OUTPOST, *args], capture_output=True, text=True, timeout=120,
-                          cwd=REPO, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*OUTPOST, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def batch(n: int = 10) -> IngestBatch:
     return IngestBatch(
-        gateway_id="gw-1", first_seq=1, last_seq=n,
-        readings=columnar_readings(["p.a"] * n, [1_763_900_000.0 + i for i in range(n)],
-                                   [float(i) for i in range(n)], [0] * n),
+        gateway_id="gw-1",
+        first_seq=1,
+        last_seq=n,
+        readings=columnar_readings(
+            ["p.a"] * n,
+            [1_763_900_000.0 + i for i in range(n)],
+            [float(i) for i in range(n)],
+            [0] * n,
+        ),
     )
 
 
@@ -96,15 +108,21 @@ def test_embedded_serve_enroll_revoke() -> None:
     import tempfile
 
     data = Path(tempfile.mkdtemp(prefix="outpost-test-rcv-")) / "receiver"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OUTPOST_RECEIVER_ADMIN_TOKEN", "OUTPOST_RECEIVER_DSN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OUTPOST_RECEIVER_ADMIN_TOKEN", "OUTPOST_RECEIVER_DSN")
+    }
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
     def start() -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [*OUTPOST, "cloud", "serve", "--data-dir", str(data), "--bind", f"127.0.0.1:{port}"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         wait_ready(url, proc)
         return proc
@@ -116,7 +134,11 @@ def test_embedded_serve_enroll_revoke() -> None:
         admin = admin_file.read_text().strip()
         enrolled = subprocess.run(
             [*OUTPOST, "cloud", "enroll", "gw-1", "--data-dir", str(data), "--ttl", "1h"],
-            capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env=env,
         )
         assert enrolled.returncode == 0, enrolled.stderr
         token = enrolled.stdout.strip()
@@ -133,8 +155,14 @@ def test_embedded_serve_enroll_revoke() -> None:
     assert not postgres_running(data / "pg")
 
     # the receiver is down: revoke starts the embedded server just for itself
-    revoked = subprocess.run([*OUTPOST, "cloud", "revoke", "gw-1", "--data-dir", str(data)],
-                             capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    revoked = subprocess.run(
+        [*OUTPOST, "cloud", "revoke", "gw-1", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout == "" and "revoked" in revoked.stderr
     assert not postgres_running(data / "pg")
@@ -157,8 +185,9 @@ def test_embedded_serve_enroll_revoke() -> None:
 async def test_cli_against_dsn(receiver: ReceiverHandle) -> None:
     import asyncio
 
-    out = await asyncio.to_thread(cli, "cloud", "enroll", "gw-1", "--dsn", receiver.dsn,
-                                  "--ttl", "15m")
+    out = await asyncio.to_thread(
+        cli, "cloud", "enroll", "gw-1", "--dsn", receiver.dsn, "--ttl", "15m"
+    )
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
     assert TOKEN_RE.match(token) and out.stdout.count("\n") == 1
@@ -189,26 +218,33 @@ def test_receiver_sigkill_loses_no_acknowledged_batch(
 
     rp = receiver_process()
     admin = {"Authorization": f"Bearer {rp.admin_token}"}
-    et = httpx.post(f"{rp.url}/api/v1/gateways/gw-1/enrollment-tokens", headers=admin,
-                    json={}).json()["enrollment_token"]
+    et = httpx.post(
+        f"{rp.url}/api/v1/gateways/gw-1/enrollment-tokens", headers=admin, json={}
+    ).json()["enrollment_token"]
     token = exchange(rp.url, et)
     size, count = 1000, 30
     bodies = []
     for i in range(count):
         t0 = 1_763_900_000.0 + i * 1000
         b = IngestBatch(
-            gateway_id="gw-1", first_seq=i * size + 1, last_seq=(i + 1) * size,
-            readings=columnar_readings([f"p.{k % 50}" for k in range(size)],
-                                       [t0 + k // 50 for k in range(size)],
-                                       [float(k) for k in range(size)], [0] * size),
+            gateway_id="gw-1",
+            first_seq=i * size + 1,
+            last_seq=(i + 1) * size,
+            readings=columnar_readings(
+                [f"p.{k % 50}" for k in range(size)],
+                [t0 + k // 50 for k in range(size)],
+                [float(k) for k in range(size)],
+                [0] * size,
+            ),
         )
         bodies.append(encode_body(b))
     acked: list[int] = []
     started = threading.Event()
 
     def send_all() -> None:
-        with httpx.Client(base_url=rp.url, timeout=30,
-                          headers={"Authorization": f"Bearer {token}"}) as c:
+        with httpx.Client(
+            base_url=rp.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        ) as c:
             for i, (body, headers) in enumerate(bodies):
                 try:
                     r = c.post("/api/v1/ingest", content=body, headers=headers)
@@ -242,8 +278,9 @@ def test_receiver_sigkill_loses_no_acknowledged_batch(
     assert all(n in (0, size) for n in stored.values())  # a batch is all or nothing
 
     rp.start()
-    with httpx.Client(base_url=rp.url, timeout=30,
-                      headers={"Authorization": f"Bearer {token}"}) as c:
+    with httpx.Client(
+        base_url=rp.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as c:
         for body, headers in bodies:
             assert c.post("/api/v1/ingest", content=body, headers=headers).status_code == 200
     stored = asyncio.run(per_batch())

@@ -163,8 +163,11 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             yield
             return
         st = await Storage.open(
-            settings.dsn, min_size=settings.pool_min, max_size=settings.pool_max,
-            retention_days=settings.retention_days, use_timescaledb=settings.use_timescaledb,
+            settings.dsn,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            retention_days=settings.retention_days,
+            use_timescaledb=settings.use_timescaledb,
         )
         await st.start_listener(settings.dsn)
         app.state.storage = st
@@ -192,10 +195,15 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         auth = await storage.authenticate(creds.credentials)
         if auth is None:
-            raise HTTPException(401, "unknown gateway token", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "unknown gateway token", headers={"WWW-Authenticate": "Bearer"}
+            )
         if auth.revoked:
-            raise HTTPException(401, f"gateway {auth.gateway_id} has been revoked; re-enroll it",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                f"gateway {auth.gateway_id} has been revoked; re-enroll it",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return auth.gateway_id
 
     def admin_auth(creds: Creds) -> None:
@@ -222,7 +230,8 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         raw = await _read_body(request, settings.max_body_bytes)
         try:
             data = decode_body(
-                raw, request.headers.get("content-encoding"),
+                raw,
+                request.headers.get("content-encoding"),
                 max_decompressed=settings.max_decompressed_bytes,
             )
         except BodyError as exc:
@@ -241,10 +250,14 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
     async def _on_db_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database is down, restarting or out of connections: nothing was committed, so
         # the client retries the same batch later (it is idempotent anyway).
-        log.warning("receiver.db_unavailable", path=request.url.path,
-                    error=f"{exc.__class__.__name__}: {exc}")
+        log.warning(
+            "receiver.db_unavailable",
+            path=request.url.path,
+            error=f"{exc.__class__.__name__}: {exc}",
+        )
         return JSONResponse(
-            status_code=503, headers={"Retry-After": "5"},
+            status_code=503,
+            headers={"Retry-After": "5"},
             content={"detail": f"database unavailable ({exc.__class__.__name__}); retry later"},
         )
 
@@ -264,8 +277,12 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
 
     # --- gateway endpoints ------------------------------------------------------------------
 
-    @app.post("/api/v1/enroll", response_model=EnrollResponse, tags=["gateway"],
-              responses={401: {"model": ErrorOut, "description": "bad enrollment token"}})
+    @app.post(
+        "/api/v1/enroll",
+        response_model=EnrollResponse,
+        tags=["gateway"],
+        responses={401: {"model": ErrorOut, "description": "bad enrollment token"}},
+    )
     async def enroll(body: EnrollRequest, storage: StorageDep) -> EnrollResponse:
         """Exchange a one-time enrollment token (from `outpost cloud enroll`) for the
         gateway's long-lived token. The enrollment token is spent even if the reply is lost:
@@ -277,7 +294,9 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         return EnrollResponse(gateway_id=body.gateway_id, gateway_token=token)
 
     @app.post(
-        "/api/v1/ingest", response_model=IngestAck, tags=["gateway"],
+        "/api/v1/ingest",
+        response_model=IngestAck,
+        tags=["gateway"],
         responses={**auth_errors, **body_errors},
         openapi_extra=_raw_body_doc(IngestBatch),
     )
@@ -293,15 +312,24 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         ack = await storage.ingest(batch)
         # per batch at debug (a fleet sends many); replays at info: they mean lost acks
         emit = log.info if ack.readings_duplicate else log.debug
-        emit("receiver.ingest", gateway=gateway_id, first_seq=ack.first_seq,
-                 last_seq=ack.last_seq, readings=len(batch.readings),
-                 inserted=ack.readings_inserted, duplicate=ack.readings_duplicate,
-                 events=ack.events_inserted, ms=round((time.perf_counter() - t0) * 1000, 1))
+        emit(
+            "receiver.ingest",
+            gateway=gateway_id,
+            first_seq=ack.first_seq,
+            last_seq=ack.last_seq,
+            readings=len(batch.readings),
+            inserted=ack.readings_inserted,
+            duplicate=ack.readings_duplicate,
+            events=ack.events_inserted,
+            ms=round((time.perf_counter() - t0) * 1000, 1),
+        )
         return ack
 
     @app.post(
-        "/api/v1/gateways/{gateway_id}/heartbeat", response_model=HeartbeatAck,
-        tags=["gateway"], responses={**auth_errors, **body_errors},
+        "/api/v1/gateways/{gateway_id}/heartbeat",
+        response_model=HeartbeatAck,
+        tags=["gateway"],
+        responses={**auth_errors, **body_errors},
         openapi_extra=_raw_body_doc(Heartbeat),
     )
     async def heartbeat(
@@ -312,18 +340,29 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             raise HTTPException(403, f"token belongs to gateway {authed}, not {gateway_id}")
         hb: Heartbeat = await read_model(request, Heartbeat)
         if hb.gateway_id != authed:
-            raise HTTPException(403, f"token belongs to gateway {authed}, "
-                                     f"heartbeat is for {hb.gateway_id}")
+            raise HTTPException(
+                403, f"token belongs to gateway {authed}, heartbeat is for {hb.gateway_id}"
+            )
         await storage.heartbeat(hb)
         return HeartbeatAck(gateway_id=authed, received_at=int(time.time() * 1000))
 
-    @app.get("/api/v1/gateways/{gateway_id}/commands", response_model=list[Command],
-             tags=["gateway"], responses=auth_errors)
+    @app.get(
+        "/api/v1/gateways/{gateway_id}/commands",
+        response_model=list[Command],
+        tags=["gateway"],
+        responses=auth_errors,
+    )
     async def commands(
-        gateway_id: GwPath, authed: GatewayAuth, storage: StorageDep,
-        after: Annotated[int | None, Query(
-            description="id of the last command the agent has; returns all newer ones "
-            "(at-least-once). Without it: the not yet delivered ones.")] = None,
+        gateway_id: GwPath,
+        authed: GatewayAuth,
+        storage: StorageDep,
+        after: Annotated[
+            int | None,
+            Query(
+                description="id of the last command the agent has; returns all newer ones "
+                "(at-least-once). Without it: the not yet delivered ones."
+            ),
+        ] = None,
         wait: Annotated[float | None, Query(ge=0, le=60, description="long-poll seconds")] = None,
     ) -> list[Command]:
         """Long-poll: answers as soon as a command exists, else `[]` after `wait` seconds."""
@@ -335,27 +374,41 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
 
     # --- admin endpoints --------------------------------------------------------------------
 
-    @app.post("/api/v1/gateways/{gateway_id}/enrollment-tokens",
-              response_model=EnrollmentTokenOut, dependencies=Admin, tags=["admin"])
+    @app.post(
+        "/api/v1/gateways/{gateway_id}/enrollment-tokens",
+        response_model=EnrollmentTokenOut,
+        dependencies=Admin,
+        tags=["admin"],
+    )
     async def create_enrollment_token(
         gateway_id: GwPath, storage: StorageDep, body: EnrollmentTokenIn | None = None
     ) -> EnrollmentTokenOut:
         """Issue a one-time enrollment token (same as `outpost cloud enroll`)."""
         ttl = timedelta(seconds=(body or EnrollmentTokenIn()).ttl_s)
         tok = await storage.create_enrollment_token(gateway_id, ttl)
-        return EnrollmentTokenOut(gateway_id=gateway_id, enrollment_token=tok.token,
-                                  expires_at=tok.expires_at)
+        return EnrollmentTokenOut(
+            gateway_id=gateway_id, enrollment_token=tok.token, expires_at=tok.expires_at
+        )
 
-    @app.post("/api/v1/gateways/{gateway_id}/revoke", response_model=RevokeOut,
-              dependencies=Admin, tags=["admin"], responses={404: {"model": ErrorOut}})
+    @app.post(
+        "/api/v1/gateways/{gateway_id}/revoke",
+        response_model=RevokeOut,
+        dependencies=Admin,
+        tags=["admin"],
+        responses={404: {"model": ErrorOut}},
+    )
     async def revoke(gateway_id: GwPath, storage: StorageDep) -> RevokeOut:
         """Revoke the gateway's token (and its unused enrollment tokens)."""
         if not await storage.revoke(gateway_id):
             raise HTTPException(404, f"unknown gateway {gateway_id}")
         return RevokeOut(gateway_id=gateway_id, revoked=True)
 
-    @app.post("/api/v1/gateways/{gateway_id}/commands", response_model=Command,
-              dependencies=Admin, tags=["admin"])
+    @app.post(
+        "/api/v1/gateways/{gateway_id}/commands",
+        response_model=Command,
+        dependencies=Admin,
+        tags=["admin"],
+    )
     async def create_command(gateway_id: GwPath, body: CommandIn, storage: StorageDep) -> Command:
         """Queue a command for the gateway; a waiting long-poll answers at once."""
         return await storage.create_command(gateway_id, body.kind, body.args, "admin")
@@ -364,33 +417,51 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
 
     def gateway_out(row: asyncpg.Record) -> GatewayOut:
         return GatewayOut(
-            gateway_id=row["id"], status=_status(row, settings), enrolled_at=row["enrolled_at"],
-            revoked_at=row["revoked_at"], last_seen=row["last_seen"], points=row["points"],
+            gateway_id=row["id"],
+            status=_status(row, settings),
+            enrolled_at=row["enrolled_at"],
+            revoked_at=row["revoked_at"],
+            last_seen=row["last_seen"],
+            points=row["points"],
             heartbeat=_json(row["last_heartbeat"]),
         )
 
-    @app.get("/api/v1/gateways", response_model=list[GatewayOut], dependencies=Admin,
-             tags=["read"])
+    @app.get("/api/v1/gateways", response_model=list[GatewayOut], dependencies=Admin, tags=["read"])
     async def list_gateways(storage: StorageDep) -> list[GatewayOut]:
         return [gateway_out(r) for r in await storage.gateways()]
 
-    @app.get("/api/v1/gateways/{gateway_id}", response_model=GatewayOut, dependencies=Admin,
-             tags=["read"], responses={404: {"model": ErrorOut}})
+    @app.get(
+        "/api/v1/gateways/{gateway_id}",
+        response_model=GatewayOut,
+        dependencies=Admin,
+        tags=["read"],
+        responses={404: {"model": ErrorOut}},
+    )
     async def get_gateway(gateway_id: GwPath, storage: StorageDep) -> GatewayOut:
         row = await storage.gateway(gateway_id)
         if row is None:
             raise HTTPException(404, f"unknown gateway {gateway_id}")
         return gateway_out(row)
 
-    @app.get("/api/v1/gateways/{gateway_id}/points", response_model=list[PointOut],
-             dependencies=Admin, tags=["read"])
+    @app.get(
+        "/api/v1/gateways/{gateway_id}/points",
+        response_model=list[PointOut],
+        dependencies=Admin,
+        tags=["read"],
+    )
     async def list_points(gateway_id: GwPath, storage: StorageDep) -> list[PointOut]:
         return [
             PointOut(
-                gateway_id=r["gateway_id"], point_id=r["point_id"], device=r["device"],
-                units=r["units"], description=r["description"], data_type=r["data_type"],
-                tags=_json(r["tags"]) or {}, limits=_json(r["limits"]) or {},
-                writable=r["writable"], schedule_version=r["schedule_version"],
+                gateway_id=r["gateway_id"],
+                point_id=r["point_id"],
+                device=r["device"],
+                units=r["units"],
+                description=r["description"],
+                data_type=r["data_type"],
+                tags=_json(r["tags"]) or {},
+                limits=_json(r["limits"]) or {},
+                writable=r["writable"],
+                schedule_version=r["schedule_version"],
                 updated_at=r["updated_at"],
             )
             for r in await storage.points(gateway_id)
@@ -398,25 +469,33 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
 
     @app.get(
         "/api/v1/gateways/{gateway_id}/points/{point_id}/readings",
-        response_model=ReadingsOut, response_model_by_alias=True, dependencies=Admin,
-        tags=["read"], responses={404: {"model": ErrorOut}},
+        response_model=ReadingsOut,
+        response_model_by_alias=True,
+        dependencies=Admin,
+        tags=["read"],
+        responses={404: {"model": ErrorOut}},
     )
     async def readings(
         gateway_id: GwPath,
         point_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=256)],
         storage: StorageDep,
-        from_: Annotated[datetime | None, Query(
-            alias="from", description="ISO 8601; default `to` minus 24 h")] = None,
-        to: Annotated[datetime | None, Query(description="ISO 8601, exclusive; default now")]
-        = None,
-        resolution: Annotated[Literal["auto", "raw", "1m", "5m", "1h", "1d"], Query(
-            description="auto: raw < 2 h, 1m < 12 h, 5m < 7 d, 1h < 90 d, else 1d")] = "auto",
+        from_: Annotated[
+            datetime | None, Query(alias="from", description="ISO 8601; default `to` minus 24 h")
+        ] = None,
+        to: Annotated[
+            datetime | None, Query(description="ISO 8601, exclusive; default now")
+        ] = None,
+        resolution: Annotated[
+            Literal["auto", "raw", "1m", "5m", "1h", "1d"],
+            Query(description="auto: raw < 2 h, 1m < 12 h, 5m < 7 d, 1h < 90 d, else 1d"),
+        ] = "auto",
     ) -> ReadingsOut:
         end = _utc(to) if to is not None else datetime.now(UTC)
         start = _utc(from_) if from_ is not None else end - timedelta(hours=24)
         if start >= end:
-            raise HTTPException(422, f"'from' ({start.isoformat()}) must be before "
-                                     f"'to' ({end.isoformat()})")
+            raise HTTPException(
+                422, f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})"
+            )
         key = await storage.point_key(gateway_id, point_id)
         if key is None:
             raise HTTPException(404, f"unknown point {point_id} on gateway {gateway_id}")
@@ -433,13 +512,25 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             assert res in BUCKETS
             rows = await storage.aggregated_readings(key, start, end, res, limit + 1)
             rows_out = [
-                AggReadingOut(ts=r["time"], min=r["min"], max=r["max"], avg=r["avg"],
-                              count=r["count"], last=r["last"])
+                AggReadingOut(
+                    ts=r["time"],
+                    min=r["min"],
+                    max=r["max"],
+                    avg=r["avg"],
+                    count=r["count"],
+                    last=r["last"],
+                )
                 for r in rows[:limit]
             ]
         return ReadingsOut(
-            gateway_id=gateway_id, point_id=point_id, resolution=res, **{"from": start}, to=end,
-            truncated=len(rows) > limit, max_rows=limit, readings=rows_out,
+            gateway_id=gateway_id,
+            point_id=point_id,
+            resolution=res,
+            **{"from": start},
+            to=end,
+            truncated=len(rows) > limit,
+            max_rows=limit,
+            readings=rows_out,
         )
 
     @app.get("/api/v1/events", response_model=EventsOut, dependencies=Admin, tags=["read"])
@@ -457,9 +548,15 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         return EventsOut(
             truncated=len(rows) > settings.max_rows,
             events=[
-                EventOut(gateway_id=r["gateway_id"], event_id=r["event_id"], ts=r["ts"],
-                         kind=r["kind"], source=r["source"], actor=r["actor"],
-                         detail=_json(r["detail"]) or {})
+                EventOut(
+                    gateway_id=r["gateway_id"],
+                    event_id=r["event_id"],
+                    ts=r["ts"],
+                    kind=r["kind"],
+                    source=r["source"],
+                    actor=r["actor"],
+                    detail=_json(r["detail"]) or {},
+                )
                 for r in rows[: settings.max_rows]
             ],
         )
@@ -468,8 +565,9 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         # The raw-body endpoints (ingest, heartbeat) read and validate their body themselves
         # (size limits, decompression); their models are added to the document here.
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             comps = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in (IngestBatch, Heartbeat):
                 js = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -488,8 +586,9 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=ReadyOut, tags=["health"],
-             responses={503: {"model": ReadyOut}})
+    @app.get(
+        "/readyz", response_model=ReadyOut, tags=["health"], responses={503: {"model": ReadyOut}}
+    )
     async def readyz(request: Request) -> Any:
         """Database reachable and all migrations applied."""
         st: Storage | None = getattr(request.app.state, "storage", None)
@@ -505,12 +604,15 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
 
 
 def _raw_body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {
-        "required": True,
-        "description": f"{model.__name__} as JSON; Content-Encoding zstd, gzip or identity",
-        "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
-    }}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"{model.__name__} as JSON; Content-Encoding zstd, gzip or identity",
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
 
 
 class _ValidationFailed(Exception):
@@ -536,8 +638,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     if too_big:
         raise HTTPException(
-            413, f"request body exceeds the limit of {limit} bytes "
-                 f"(Content-Length {declared or 'not given'}); send smaller batches"
+            413,
+            f"request body exceeds the limit of {limit} bytes "
+            f"(Content-Length {declared or 'not given'}); send smaller batches",
         )
     return b"".join(chunks)
 

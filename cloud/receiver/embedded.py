@@ -161,25 +161,37 @@ class EmbeddedPostgres:
             t0 = time.monotonic()
             self._run(
                 "initdb",
-                ["-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8", "--locale=C",
-                 "-U", SUPERUSER, "--no-instructions"],
+                [
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-U",
+                    SUPERUSER,
+                    "--no-instructions",
+                ],
                 timeout=120,
             )
-            log.info("embedded_pg.initdb", pgdata=str(self.pgdata),
-                     s=round(time.monotonic() - t0, 2))
+            log.info(
+                "embedded_pg.initdb", pgdata=str(self.pgdata), s=round(time.monotonic() - t0, 2)
+            )
         options = f"-h '' -k {sock} -c max_connections=200"
         if self.fast:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         logfile = self.pgdata / "server.log"
         t0 = time.monotonic()
         try:
-            self._pg_ctl(["-w", "-t", "60", "-o", options, "-l", str(logfile), "start"],
-                         timeout=90)
+            self._pg_ctl(["-w", "-t", "60", "-o", options, "-l", str(logfile), "start"], timeout=90)
         except EmbeddedPostgresError as exc:
             tail = _tail(logfile)
             raise EmbeddedPostgresError(f"{exc}\nserver log {logfile}:\n{tail}") from None
-        log.info("embedded_pg.started", pgdata=str(self.pgdata), socket_dir=str(sock),
-                 s=round(time.monotonic() - t0, 2))
+        log.info(
+            "embedded_pg.started",
+            pgdata=str(self.pgdata),
+            socket_dir=str(sock),
+            s=round(time.monotonic() - t0, 2),
+        )
 
     def _pg_ctl(self, args: list[str], *, timeout: float) -> None:
         self._run("pg_ctl", ["-D", str(self.pgdata), *args], timeout=timeout)
@@ -191,16 +203,22 @@ class EmbeddedPostgres:
             # pipe would keep this call waiting for the server to exit.
             with open(os.devnull, "wb") as devnull:
                 proc = subprocess.run(
-                    cmd, stdin=subprocess.DEVNULL, stdout=devnull, stderr=subprocess.PIPE
-                    if exe != "pg_ctl" else devnull, timeout=timeout, check=False,
-                    cwd="/", **_identity(self._run_as),
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=devnull,
+                    stderr=subprocess.PIPE if exe != "pg_ctl" else devnull,
+                    timeout=timeout,
+                    check=False,
+                    cwd="/",
+                    **_identity(self._run_as),
                 )
         except subprocess.TimeoutExpired:
             raise EmbeddedPostgresError(f"{exe} timed out after {timeout:.0f} s") from None
         if proc.returncode != 0:
             err = (proc.stderr or b"").decode(errors="replace").strip()
-            raise EmbeddedPostgresError(f"{exe} {' '.join(args[-1:])} failed "
-                                        f"(exit {proc.returncode}) {err}")
+            raise EmbeddedPostgresError(
+                f"{exe} {' '.join(args[-1:])} failed (exit {proc.returncode}) {err}"
+            )
 
 
 def _identity(user: str | None) -> dict[str, object]:
@@ -233,7 +251,8 @@ def _prepare_for_system_user(pgdata: Path, sock: Path) -> None:
     except KeyError:
         subprocess.run(
             ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SYSTEM_USER],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         entry = pwd.getpwnam(SYSTEM_USER)
     install = bin_dir().parent

@@ -83,7 +83,9 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
                 await conn.execute(mig.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1,$2,$3)",
-                    mig.version, mig.name, mig.checksum,
+                    mig.version,
+                    mig.name,
+                    mig.checksum,
                 )
             applied_now.append(mig.version)
             log.info("receiver.migration", version=mig.version, name=mig.name)

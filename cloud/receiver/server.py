@@ -87,12 +87,21 @@ def serve(
         )
         app = create_app(settings)
         config = uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
             timeout_graceful_shutdown=5,
         )
         server = _Server(config)
-        log.info("receiver.listening", url=f"http://{host}:{port}", data_dir=str(data_dir),
-                 embedded_db=not (dsn or os.environ.get(DSN_ENV)))
+        log.info(
+            "receiver.listening",
+            url=f"http://{host}:{port}",
+            data_dir=str(data_dir),
+            embedded_db=not (dsn or os.environ.get(DSN_ENV)),
+        )
         server.run(sockets=[sock] if sock is not None else None)
 
 
@@ -121,8 +130,14 @@ class ReceiverServer:
     Port 0 picks a free port (read ``port`` after the first start).
     """
 
-    def __init__(self, settings: ReceiverSettings, host: str = "127.0.0.1", port: int = 0,
-                 *, graceful_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: ReceiverSettings,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        graceful_s: float = 1.0,
+    ) -> None:
         self.settings = settings
         self.host = host
         self.port = port
@@ -145,8 +160,13 @@ class ReceiverServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.settings), log_config=None, access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=self._graceful_s)
+        config = uvicorn.Config(
+            create_app(self.settings),
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=self._graceful_s,
+        )
         server = _Server(config)
         self._server = server
         self._task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -227,7 +247,8 @@ def configure_logging() -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.dev.ConsoleRenderer(colors=False)
-            if sys.stderr.isatty() else structlog.processors.JSONRenderer(),
+            if sys.stderr.isatty()
+            else structlog.processors.JSONRenderer(),
         ],
     )
 
@@ -252,15 +273,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     if args.cmd == "serve":
-        serve(dsn=args.dsn, data_dir=args.data_dir, bind=args.bind,
-              max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
-              retention_days=args.retention_days)
+        serve(
+            dsn=args.dsn,
+            data_dir=args.data_dir,
+            bind=args.bind,
+            max_body_bytes=args.max_body_bytes,
+            max_rows=args.max_rows,
+            retention_days=args.retention_days,
+        )
         return 0
     if args.cmd == "enroll":
-        tok = create_enrollment_token(args.gateway_id, parse_ttl(args.ttl), dsn=args.dsn,
-                                      data_dir=args.data_dir)
-        print(f"enrollment token for {tok.gateway_id}, valid until "
-              f"{tok.expires_at.isoformat(timespec='seconds')}, usable once:", file=sys.stderr)
+        tok = create_enrollment_token(
+            args.gateway_id, parse_ttl(args.ttl), dsn=args.dsn, data_dir=args.data_dir
+        )
+        print(
+            f"enrollment token for {tok.gateway_id}, valid until "
+            f"{tok.expires_at.isoformat(timespec='seconds')}, usable once:",
+            file=sys.stderr,
+        )
         print(tok.token)
         return 0
     known = revoke_gateway(args.gateway_id, dsn=args.dsn, data_dir=args.data_dir)

@@ -194,7 +194,9 @@ class Storage:
         await self.pool.execute(
             "INSERT INTO enrollment_tokens (token_hash, gateway_id, expires_at) "
             "VALUES ($1, $2, $3)",
-            hash_token(token), gateway_id, expires,
+            hash_token(token),
+            gateway_id,
+            expires,
         )
         log.info("receiver.enrollment_token", gateway=gateway_id, expires_at=expires.isoformat())
         return EnrollmentToken(token, gateway_id, expires)
@@ -223,7 +225,8 @@ class Storage:
                    VALUES ($1, $2, now(), NULL)
                    ON CONFLICT (id) DO UPDATE
                    SET token_hash = EXCLUDED.token_hash, enrolled_at = now(), revoked_at = NULL""",
-                gateway_id, hash_token(token),
+                gateway_id,
+                hash_token(token),
             )
         log.info("receiver.enrolled", gateway=gateway_id)
         return token
@@ -284,7 +287,8 @@ class Storage:
                 try:
                     async with conn.transaction():
                         await conn.copy_records_to_table(
-                            "readings", columns=_READING_COLUMNS,
+                            "readings",
+                            columns=_READING_COLUMNS,
                             records=zip(ts_ms, point_keys, r.value, r.quality, strict=True),
                         )
                     inserted = len(r)
@@ -303,8 +307,12 @@ class Storage:
                        FROM unnest($2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[],
                                    $7::text[]) AS u(i, t, k, s, a, d)
                        ON CONFLICT DO NOTHING""",
-                    gw, [e.id for e in ev], [e.ts for e in ev], [e.kind for e in ev],
-                    [e.source for e in ev], [e.actor for e in ev],
+                    gw,
+                    [e.id for e in ev],
+                    [e.ts for e in ev],
+                    [e.kind for e in ev],
+                    [e.source for e in ev],
+                    [e.actor for e in ev],
                     [json.dumps(e.detail) for e in ev],
                 )
                 events_inserted = _count(status)
@@ -312,7 +320,12 @@ class Storage:
             await conn.execute(
                 "INSERT INTO ingest_log (gateway_id, first_seq, last_seq, inserted, duplicate, "
                 "events) VALUES ($1, $2, $3, $4, $5, $6)",
-                gw, batch.first_seq, batch.last_seq, inserted, duplicate, events_inserted,
+                gw,
+                batch.first_seq,
+                batch.last_seq,
+                inserted,
+                duplicate,
+                events_inserted,
             )
         # after commit: keys of rolled-back point rows must never enter the cache
         if len(self._point_keys) + len(new_keys) > _POINT_CACHE_MAX:
@@ -326,13 +339,19 @@ class Storage:
             self._last_seen_written[gw] = now
             await self.pool.execute("UPDATE gateways SET last_seen = now() WHERE id = $1", gw)
         return IngestAck(
-            gateway_id=gw, first_seq=batch.first_seq, last_seq=batch.last_seq,
-            readings_inserted=inserted, readings_duplicate=duplicate,
+            gateway_id=gw,
+            first_seq=batch.first_seq,
+            last_seq=batch.last_seq,
+            readings_inserted=inserted,
+            readings_duplicate=duplicate,
             events_inserted=events_inserted,
         )
 
     async def _keys_for(
-        self, conn: asyncpg.Connection, gw: str, point_ids: Sequence[str],
+        self,
+        conn: asyncpg.Connection,
+        gw: str,
+        point_ids: Sequence[str],
         new_keys: dict[str, int],
     ) -> list[int]:
         cache = self._point_keys
@@ -341,12 +360,14 @@ class Storage:
             await conn.execute(
                 "INSERT INTO points (gateway_id, point_id) SELECT $1, unnest($2::text[]) "
                 "ON CONFLICT DO NOTHING",
-                gw, missing,
+                gw,
+                missing,
             )
             rows = await conn.fetch(
                 "SELECT point_id, key FROM points WHERE gateway_id = $1 "
                 "AND point_id = ANY($2::text[])",
-                gw, missing,
+                gw,
+                missing,
             )
             new_keys.update({r["point_id"]: r["key"] for r in rows})
         return [new_keys[p] if p in new_keys else cache[(gw, p)] for p in point_ids]
@@ -356,7 +377,8 @@ class Storage:
     async def heartbeat(self, hb: Heartbeat) -> None:
         await self.pool.execute(
             "UPDATE gateways SET last_heartbeat = $2::jsonb, last_seen = now() WHERE id = $1",
-            hb.gateway_id, hb.model_dump_json(),
+            hb.gateway_id,
+            hb.model_dump_json(),
         )
 
     async def create_command(
@@ -366,7 +388,10 @@ class Storage:
             row = await conn.fetchrow(
                 "INSERT INTO commands (gateway_id, kind, args, created_by) "
                 "VALUES ($1, $2, $3::jsonb, $4) RETURNING id, created_at",
-                gateway_id, kind, json.dumps(args), created_by,
+                gateway_id,
+                kind,
+                json.dumps(args),
+                created_by,
             )
             await conn.execute("SELECT pg_notify($1, $2)", _NOTIFY_CHANNEL, gateway_id)
         assert row is not None
@@ -386,8 +411,15 @@ class Storage:
             *args,
         )
         return sorted(
-            (Command(id=r["id"], kind=r["kind"], args=json.loads(r["args"]),
-                     created_at=_ms(r["created_at"])) for r in rows),
+            (
+                Command(
+                    id=r["id"],
+                    kind=r["kind"],
+                    args=json.loads(r["args"]),
+                    created_at=_ms(r["created_at"]),
+                )
+                for r in rows
+            ),
             key=lambda c: c.id,
         )
 
@@ -432,7 +464,8 @@ class Storage:
     async def point_key(self, gateway_id: str, point_id: str) -> int | None:
         return await self.pool.fetchval(
             "SELECT key FROM points WHERE gateway_id = $1 AND point_id = $2",
-            gateway_id, point_id,
+            gateway_id,
+            point_id,
         )
 
     async def raw_readings(
@@ -441,7 +474,10 @@ class Storage:
         return await self.pool.fetch(
             "SELECT time, value, quality FROM readings WHERE point_key = $1 "
             "AND time >= $2 AND time < $3 ORDER BY time LIMIT $4",
-            key, start, end, limit,
+            key,
+            start,
+            end,
+            limit,
         )
 
     async def aggregated_readings(
@@ -463,7 +499,11 @@ class Storage:
                     FROM {source}
                     WHERE point_key = $1 AND bucket >= $2 AND bucket < $3
                     GROUP BY 1 ORDER BY 1 LIMIT $4""",
-                key, start, end, limit, BUCKETS[resolution],
+                key,
+                start,
+                end,
+                limit,
+                BUCKETS[resolution],
             )
         return await self.pool.fetch(
             """SELECT date_bin($5::interval, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS time,
@@ -473,7 +513,11 @@ class Storage:
                WHERE point_key = $1 AND time >= $2 AND time < $3
                      AND quality < 128 AND value IS NOT NULL
                GROUP BY 1 ORDER BY 1 LIMIT $4""",
-            key, start, end, limit, BUCKETS[resolution],
+            key,
+            start,
+            end,
+            limit,
+            BUCKETS[resolution],
         )
 
     async def events(
@@ -484,7 +528,11 @@ class Storage:
                WHERE ts >= $1 AND ts < $2 AND ($3::text IS NULL OR gateway_id = $3)
                      AND ($4::text IS NULL OR kind = $4)
                ORDER BY ts, gateway_id, event_id LIMIT $5""",
-            start, end, gateway, kind, limit,
+            start,
+            end,
+            gateway,
+            kind,
+            limit,
         )
 
 
@@ -503,8 +551,11 @@ _GATEWAY_SELECT = """SELECT g.id, g.enrolled_at, g.revoked_at, g.last_seen, g.la
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
     await conn.set_type_codec(
-        "timestamptz", schema="pg_catalog", format="tuple",
-        encoder=_encode_timestamptz, decoder=_decode_timestamptz,
+        "timestamptz",
+        schema="pg_catalog",
+        format="tuple",
+        encoder=_encode_timestamptz,
+        decoder=_decode_timestamptz,
     )
 
 
@@ -538,15 +589,33 @@ async def _upsert_points(conn: asyncpg.Connection, gw: str, points: list[PointMe
                tags = EXCLUDED.tags, limits = EXCLUDED.limits, writable = EXCLUDED.writable,
                schedule_version = EXCLUDED.schedule_version, updated_at = now()""",
         [
-            (gw, p.point_id, p.device, p.units, p.description, p.data_type, json.dumps(p.tags),
-             json.dumps(_limits(p)), p.writable, p.schedule_version)
+            (
+                gw,
+                p.point_id,
+                p.device,
+                p.units,
+                p.description,
+                p.data_type,
+                json.dumps(p.tags),
+                json.dumps(_limits(p)),
+                p.writable,
+                p.schedule_version,
+            )
             for p in points
         ],
     )
 
 
-_LIMIT_FIELDS = ("min", "max", "alarm_hh", "alarm_h", "alarm_l", "alarm_ll", "alarm_state",
-                 "alarm_priority")
+_LIMIT_FIELDS = (
+    "min",
+    "max",
+    "alarm_hh",
+    "alarm_h",
+    "alarm_l",
+    "alarm_ll",
+    "alarm_state",
+    "alarm_priority",
+)
 
 
 def _limits(p: PointMeta) -> dict[str, Any]:
