@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Debian packages the test suite talks to as real peers.
 TEST_APT_PACKAGES := snmpd snmp mosquitto
+# The demo's MQTT rack sensors need a broker.
+DEMO_APT_PACKAGES := mosquitto
 
-.PHONY: all venv system-deps test test-fast demo lint bench clean
+.PHONY: all venv system-deps demo-deps test test-fast demo lint bench clean
 
 all: venv
 
@@ -19,10 +21,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Install missing Debian packages (root, as on the edge box and in CI). policy-rc.d keeps the
-# packages from starting their system services: tests start their own instances.
-system-deps:
+# packages from starting their system services: tests and the demo start their own instances.
+define apt_install
 	@missing=""; \
-	for pkg in $(TEST_APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	for pkg in $(1); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -30,6 +32,13 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	  rc=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
+endef
+
+system-deps:
+	$(call apt_install,$(TEST_APT_PACKAGES))
+
+demo-deps:
+	$(call apt_install,$(DEMO_APT_PACKAGES))
 
 test: venv system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -37,7 +46,7 @@ test: venv system-deps
 test-fast: venv
 	$(BIN)/python -m pytest -q -x -m "not slow"
 
-demo: venv
+demo: venv demo-deps
 	$(BIN)/outpost demo -c agent.example.toml
 
 lint: venv
@@ -49,6 +58,7 @@ bench: venv
 	$(BIN)/python bench/poll_modbus.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/backfill.py
+	$(BIN)/python bench/mqtt_agent.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache .mypy_cache
