@@ -97,6 +97,11 @@ class WriteBody(_Body):
     verify: bool = True
 
 
+class RelinquishBody(_Body):
+    actor: str = Field(min_length=1)
+    priority: int | None = None
+
+
 # ------------------------------------------------------------------------------ events
 
 
@@ -222,6 +227,18 @@ def control_router(host: ControlHost) -> APIRouter:
         try:
             outcome = await host.writes.write(
                 point_id, body.value, actor=body.actor, priority=body.priority, verify=body.verify
+            )
+        except UnknownPoint as exc:
+            raise HTTPException(404, str(exc)) from None
+        except WriteRefused as exc:
+            raise HTTPException(409, str(exc)) from None
+        return outcome.to_dict()
+
+    @router.post("/points/{point_id}/relinquish")
+    async def relinquish_point(point_id: str, body: RelinquishBody) -> dict[str, Any]:
+        try:
+            outcome = await host.writes.relinquish(
+                point_id, actor=body.actor, priority=body.priority
             )
         except UnknownPoint as exc:
             raise HTTPException(404, str(exc)) from None

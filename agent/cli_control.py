@@ -355,6 +355,33 @@ def write(
         raise typer.Exit(1)
 
 
+def relinquish(
+    point_id: Annotated[str, typer.Argument(metavar="POINT")],
+    priority: Annotated[
+        int | None,
+        typer.Option("--priority", "-p", help="BACnet priority 1..16 (default: the device's)."),
+    ] = None,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """BACnet: release this agent's command on a point (write null at the priority)."""
+    outcome = call_agent(
+        config,
+        "POST",
+        f"/points/{point_id}/relinquish",
+        json={"actor": actor(), "priority": priority},
+    )
+    if json_out:
+        print_json(outcome)
+    elif outcome["ok"]:
+        units = f" {outcome['units']}" if outcome.get("units") else ""
+        typer.echo(f"{point_id}: relinquished; now {_num(outcome['read_back'])}{units}")
+    else:
+        typer.echo(f"outpost: relinquish {outcome['result']}: {outcome['message']}", err=True)
+    if not outcome["ok"]:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------ events
 
 
@@ -437,4 +464,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(mode_app, name="mode")
     # negative values (`outpost write p -5`) are values, not options
     app.command("write", context_settings={"ignore_unknown_options": True})(write)
+    app.command("relinquish")(relinquish)
     app.command("events")(events)

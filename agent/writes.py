@@ -249,6 +249,85 @@ class WriteService:
         log_method("write.done", point=point_id, value=value, result=result, actor=actor)
         return outcome
 
+    async def relinquish(
+        self, point_id: str, *, actor: str, priority: int | None = None
+    ) -> WriteOutcome:
+        """BACnet: release this agent's command at ``priority`` (write null there), so the next
+        priority in the device's array takes over. Reported with the value read back after."""
+        point = self._points.get(point_id)
+        try:
+            if point is None:
+                raise UnknownPoint(f"unknown point {point_id!r}")
+            if not point.writable:
+                raise WriteRefused(
+                    f"{point_id} is not writable (the schedule's writable column is false)"
+                )
+            if priority is not None and not 1 <= priority <= 16:
+                raise WriteRefused(f"{point_id}: priority must be 1..16 (BACnet), got {priority}")
+            driver = self._drivers.get(point.device)
+            if driver is None or not hasattr(driver, "relinquish"):
+                raise WriteRefused(
+                    f"{point_id}: relinquish is a BACnet command; device {point.device} "
+                    "is not a BACnet device"
+                )
+            if not self._device_up(point.device):
+                raise WriteRefused(f"{point_id}: device {point.device} is down; nothing was sent")
+        except WriteRefused as exc:
+            self._event(
+                self._clock.now(),
+                actor,
+                point_id,
+                {
+                    "relinquish": True,
+                    "priority": priority,
+                    "result": "refused",
+                    "message": str(exc),
+                },
+            )
+            raise
+        read_back: float | None = None
+        message = ""
+        try:
+            await driver.relinquish(point, priority)
+        except (WriteError, OSError, TimeoutError) as exc:
+            result: WriteResult = "failed"
+            message = str(exc)
+        else:
+            result = "sent"
+            try:
+                read_back = float(await driver.read_back(point))
+            except (WriteError, OSError, TimeoutError) as exc:
+                message = f"relinquished; read-back failed: {exc}"
+        outcome = WriteOutcome(
+            point_id=point_id,
+            value=math.nan,
+            result=result,
+            actor=actor,
+            ts=self._clock.now(),
+            read_back=read_back,
+            message=message,
+            priority=priority,
+            device=point.device,
+            units=point.units,
+        )
+        self._event(
+            outcome.ts,
+            actor,
+            point_id,
+            {
+                "device": point.device,
+                "relinquish": True,
+                "priority": priority,
+                "result": result,
+                "read_back": _num(read_back),
+                "message": message,
+            },
+        )
+        log.info(
+            "write.relinquished", point=point_id, priority=priority, result=result, actor=actor
+        )
+        return outcome
+
     def _event(self, ts: float, actor: str, point_id: str, detail: dict[str, Any]) -> None:
         kind = "write" if actor.startswith(AUTOMATIC_ACTORS) else "operator.write"
         try:

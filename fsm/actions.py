@@ -46,7 +46,7 @@ class WriteOutcome:
         return {
             "point_id": self.point_id,
             "device": self.device,
-            "value": self.value,
+            "value": self.value if math.isfinite(self.value) else None,
             "units": self.units,
             "result": self.result,
             "ok": self.ok,
