@@ -8,6 +8,7 @@ device id passed in. Lines starting with ``#`` are comments the loader skips.
 from __future__ import annotations
 
 from point_schedules.addresses import PROTOCOLS
+from point_schedules.loader import COLUMNS
 
 __all__ = ["DEFAULT_DEVICES", "template"]
 
@@ -71,31 +72,8 @@ _ADDRESS_HELP = {
 """,
 }
 
-_USED = (
-    "point_id",
-    "device",
-    "address",
-    "data_type",
-    "byte_order",
-    "scale",
-    "offset",
-    "units",
-    "description",
-    "poll_interval",
-    "deadband",
-    "heartbeat",
-    "writable",
-    "min",
-    "max",
-    "alarm_hh",
-    "alarm_h",
-    "alarm_l",
-    "alarm_ll",
-    "alarm_state",
-    "alarm_priority",
-    "alarm_delay",
-    "tags",
-)
+# The template shows every column but the two rarely needed on day one.
+_USED = tuple(c for c in COLUMNS if c not in ("alarm_deadband", "alarm_clear_delay"))
 
 # Rows as {column: value}; "{d}" is replaced by the device id.
 _ROWS: dict[str, list[dict[str, str]]] = {
