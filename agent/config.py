@@ -149,9 +149,6 @@ class AgentConfig(BaseSettings):
     def device_protocols(self) -> dict[str, str]:
         return {name: dev.protocol for name, dev in self.devices.items()}
 
-    def typed_devices(self) -> dict[str, DeviceConfig]:
-        return dict(self.devices)
-
 
 def resolve_config_path(path: Path | str | None) -> Path:
     """`-c FILE`, else $OUTPOST_CONFIG, else ./agent.toml."""

@@ -16,8 +16,6 @@ from point_schedules.quality import Quality
 
 log = structlog.get_logger(__name__)
 
-_COMMS = (Quality.BAD_COMM_FAILURE, Quality.BAD_TIMEOUT)
-
 
 @dataclass(slots=True)
 class DeviceHealth:
@@ -75,7 +73,8 @@ class DeviceCoordinator:
         n = len(result)
         if n == 0:
             return
-        comms_failed = sum(1 for q in result.quality if q in _COMMS)
+        q = result.quality
+        comms_failed = q.count(Quality.BAD_COMM_FAILURE) + q.count(Quality.BAD_TIMEOUT)
         if comms_failed == n:
             h.consecutive_failures += 1
             if h.down_since is None:

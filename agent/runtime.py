@@ -46,8 +46,7 @@ class _Stop(Exception):
     pass
 
 
-def _actor_system() -> str:
-    return "system"
+SYSTEM_ACTOR = "system"
 
 
 class Runtime:
@@ -234,7 +233,7 @@ class Runtime:
                 self.clock(),
                 "schedule.load",
                 schedule.version,
-                _actor_system(),
+                SYSTEM_ACTOR,
                 {
                     "points": len(schedule.points),
                     "files": [str(f) for f in schedule.files],
@@ -360,7 +359,7 @@ class Runtime:
             self.clock(),
             "schedule.load",
             schedule.version,
-            _actor_system(),
+            SYSTEM_ACTOR,
             {"points": len(schedule.points), "previous": old_version, "reason": "reload"},
         )
         log.info(
@@ -437,7 +436,7 @@ class Runtime:
                 time.time(),
                 "system",
                 "buffer",
-                _actor_system(),
+                SYSTEM_ACTOR,
                 {"event": "evicted_unsynced", "rows": count},
             )
 
@@ -449,7 +448,7 @@ class Runtime:
                 time.time(),
                 "system",
                 "buffer",
-                _actor_system(),
+                SYSTEM_ACTOR,
                 {"event": "corrupt_file_moved_aside", "moved_to": str(moved_to)},
             )
 
@@ -658,7 +657,3 @@ class _QuietServer:
         except asyncio.CancelledError:
             self._server.should_exit = True
             raise
-
-
-def socket_path_for(config: AgentConfig) -> Path:
-    return config.api.socket

@@ -218,36 +218,16 @@ class WriteService:
                             f"{point_id}: wrote {value:g}, read back {read_back:g}"
                             f"{' ' + point.units if point.units else ''}"
                         )
-        outcome = WriteOutcome(
-            point_id=point_id,
-            value=value,
-            result=result,
-            actor=actor,
-            ts=self._clock.now(),
-            read_back=read_back,
-            message=message,
-            priority=priority,
-            device=point.device,
-            units=point.units,
-        )
-        self._event(
-            outcome.ts,
+        return self._finish(
+            point,
+            value,
+            result,
             actor,
-            point_id,
-            {
-                "device": point.device,
-                "value": value,
-                "units": point.units,
-                "priority": priority,
-                "result": result,
-                "read_back": _num(read_back),
-                "message": message,
-                "verify": verify,
-            },
+            priority,
+            read_back,
+            message,
+            {"value": value, "verify": verify},
         )
-        log_method = log.info if outcome.ok else log.warning
-        log_method("write.done", point=point_id, value=value, result=result, actor=actor)
-        return outcome
 
     async def relinquish(
         self, point_id: str, *, actor: str, priority: int | None = None
@@ -298,9 +278,25 @@ class WriteService:
                 read_back = float(await driver.read_back(point))
             except (WriteError, OSError, TimeoutError) as exc:
                 message = f"relinquished; read-back failed: {exc}"
+        return self._finish(
+            point, math.nan, result, actor, priority, read_back, message, {"relinquish": True}
+        )
+
+    def _finish(
+        self,
+        point: Point,
+        value: float,
+        result: WriteResult,
+        actor: str,
+        priority: int | None,
+        read_back: float | None,
+        message: str,
+        extra: dict[str, Any],
+    ) -> WriteOutcome:
+        """One outcome, one event and one log line for every write or relinquish that was sent."""
         outcome = WriteOutcome(
-            point_id=point_id,
-            value=math.nan,
+            point_id=point.point_id,
+            value=value,
             result=result,
             actor=actor,
             ts=self._clock.now(),
@@ -310,21 +306,23 @@ class WriteService:
             device=point.device,
             units=point.units,
         )
-        self._event(
-            outcome.ts,
-            actor,
-            point_id,
-            {
-                "device": point.device,
-                "relinquish": True,
-                "priority": priority,
-                "result": result,
-                "read_back": _num(read_back),
-                "message": message,
-            },
-        )
-        log.info(
-            "write.relinquished", point=point_id, priority=priority, result=result, actor=actor
+        detail = {
+            "device": point.device,
+            **{k: _num(v) if k == "value" else v for k, v in extra.items()},
+            "units": point.units,
+            "priority": priority,
+            "result": result,
+            "read_back": _num(read_back),
+            "message": message,
+        }
+        self._event(outcome.ts, actor, point.point_id, detail)
+        (log.info if outcome.ok else log.warning)(
+            "write.done",
+            point=point.point_id,
+            value=_num(value),
+            result=result,
+            actor=actor,
+            relinquish=bool(extra.get("relinquish")),
         )
         return outcome
 

@@ -136,9 +136,6 @@ class Driver(abc.ABC):
         """Release connections. Idempotent."""
 
 
-DriverFactory = Callable[[str, DeviceConfig, DriverContext], Driver]
-
-
 def bad_result(n: int, quality: Quality, ts: float) -> PollResult:
     """A whole group failed (e.g. device down): every point gets ``quality`` at ``ts``."""
     result = PollResult(

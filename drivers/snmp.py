@@ -404,18 +404,8 @@ class SnmpDriver(Driver):
                     family=socket.AF_INET,
                     type=socket.SOCK_DGRAM,
                 )
-            except SnmpConfigError as exc:
-                self._config_error = str(exc)
-                log.error("snmp.config_error", device=self.device_id, error=self._config_error)
-                return None
-            except OSError as exc:  # name resolution: retried at the next poll
-                log.warning(
-                    "snmp.resolve_failed",
-                    device=self.device_id,
-                    host=self.config.host,
-                    error=str(exc),
-                )
-                return None
+            except (SnmpConfigError, OSError) as exc:
+                return self._setup_failed(exc)
             udp = self.context.resources.get(_FAST_KEY)
             if udp is None:
                 udp = self.context.resources[_FAST_KEY] = FastUdp()
@@ -427,6 +417,18 @@ class SnmpDriver(Driver):
                 udp,
             )
             return self._fast
+
+    def _setup_failed(self, exc: BaseException) -> None:
+        """A config error sticks (points read bad:config_error); anything else, e.g. name
+        resolution, is retried at the next poll."""
+        if isinstance(exc, SnmpConfigError):
+            self._config_error = str(exc)
+            log.error("snmp.config_error", device=self.device_id, error=self._config_error)
+        else:
+            log.warning(
+                "snmp.resolve_failed", device=self.device_id, host=self.config.host, error=str(exc)
+            )
+        return None
 
     async def _ensure_target(self) -> str | None:
         """The engine's target name for this device, configured once; None on a config error
@@ -443,18 +445,8 @@ class SnmpDriver(Driver):
                     timeout=self.config.timeout,
                     retries=self.config.retries,
                 )
-            except SnmpConfigError as exc:
-                self._config_error = str(exc)
-                log.error("snmp.config_error", device=self.device_id, error=self._config_error)
-                return None
-            except Exception as exc:  # name resolution: retried at the next poll
-                log.warning(
-                    "snmp.resolve_failed",
-                    device=self.device_id,
-                    host=self.config.host,
-                    error=str(exc),
-                )
-                return None
+            except Exception as exc:  # pysnmp wraps resolution errors in its own types
+                return self._setup_failed(exc)
             shared = self._engine = shared_engine(self.context, _fingerprint(auth))
             addr_name, _params = shared.lcd.configure(
                 shared.engine, auth, transport, self.config.context_name.encode()
