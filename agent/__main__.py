@@ -1,5 +1,5 @@
 """`python -m agent` = `outpost` (useful where the console script is not on PATH)."""
 
-from agent.cli import main
+from outpost.agent.cli import main
 
 main()

@@ -1,6 +1,6 @@
 """Local-control routes of the daemon's API: alarms, modes, guarded writes, events.
 
-Mounted by ``agent.api.create_app`` with ``control_router(runtime)``. Errors are one clear
+Mounted by ``outpost.agent.api.create_app`` with ``control_router(runtime)``. Errors are one clear
 sentence in ``detail``: 404 for an unknown alarm or point, 409 when the action does not apply
 now (nothing to acknowledge, write refused, emergency still active), 422 for a malformed body.
 A write that was sent but failed or read back differently is not an HTTP error: the answer is
@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fsm.clock import parse_duration
+from outpost.fsm.clock import parse_duration
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-    from agent.writes import WriteService
-    from fsm.alarms import AlarmEngine
-    from fsm.modes import ModeMachine
+    from outpost.agent.writes import WriteService
+    from outpost.fsm.alarms import AlarmEngine
+    from outpost.fsm.modes import ModeMachine
 
 
 class EventBuffer(Protocol):
@@ -138,7 +138,7 @@ def read_events(
     """Events from a buffer file, oldest first: the last ``limit`` (None/0 = all) with
     ``ts >= since`` whose kind equals ``kind`` or starts with ``kind.`` (``operator`` matches
     ``operator.ack``). Each: ``id, ts, kind, source, actor, detail``."""
-    from buffer.inspect import export_events
+    from outpost.buffer.inspect import export_events
 
     out = io.StringIO()
     export_events(path, out, "jsonl", since, None)
@@ -156,9 +156,9 @@ def read_events(
 def control_router(host: ControlHost) -> APIRouter:
     from fastapi import APIRouter, HTTPException, Query
 
-    from agent.writes import UnknownPoint, WriteRefused
-    from fsm.alarms import AlarmActionRefused, UnknownAlarm
-    from fsm.modes import ModeRefused
+    from outpost.agent.writes import UnknownPoint, WriteRefused
+    from outpost.fsm.alarms import AlarmActionRefused, UnknownAlarm
+    from outpost.fsm.modes import ModeRefused
 
     router = APIRouter(tags=["local control"])
 

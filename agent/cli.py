@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agent.cli_common import (
+from outpost.agent.cli_common import (
     ConfigOption,
     JsonOption,
     call_agent,
@@ -50,8 +50,8 @@ def _root(
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run the agent in the foreground (systemd: Type=notify). Ctrl-C / SIGTERM stop it cleanly."""
-    from agent.logs import configure_logging
-    from agent.runtime import EX_CONFIG, Runtime, StartupError
+    from outpost.agent.logs import configure_logging
+    from outpost.agent.runtime import EX_CONFIG, Runtime, StartupError
 
     cfg = config_or_exit(config)
     configure_logging(cfg.logging.level, cfg.logging.format)
@@ -69,7 +69,7 @@ def run(config: ConfigOption = None) -> None:
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate the config (and that its schedule files load); print every problem at once."""
-    from point_schedules.loader import ScheduleError, load_schedule
+    from outpost.point_schedules.loader import ScheduleError, load_schedule
 
     cfg = config_or_exit(config)
     problems: list[str] = []
@@ -225,11 +225,11 @@ def reload(config: ConfigOption = None) -> None:
 
 def _mount() -> None:
     for module, attr, name in (
-        ("agent.cli_schedule", "schedule_app", "schedule"),
-        ("agent.cli_buffer", "buffer_app", "buffer"),
-        ("agent.cli_sim", "sim_app", "sim"),
-        ("agent.cli_cloud", "cloud_app", "cloud"),
-        ("agent.cli_discover", "discover_app", "discover"),
+        ("outpost.agent.cli_schedule", "schedule_app", "schedule"),
+        ("outpost.agent.cli_buffer", "buffer_app", "buffer"),
+        ("outpost.agent.cli_sim", "sim_app", "sim"),
+        ("outpost.agent.cli_cloud", "cloud_app", "cloud"),
+        ("outpost.agent.cli_discover", "discover_app", "discover"),
     ):
         try:  # INTEGRATION-GUARD: remove when every sub-app has landed
             mod = importlib.import_module(module)
@@ -238,7 +238,7 @@ def _mount() -> None:
                 raise
             continue
         app.add_typer(getattr(mod, attr), name=name)
-    for module in ("agent.cli_control", "agent.cli_demo"):
+    for module in ("outpost.agent.cli_control", "outpost.agent.cli_demo"):
         try:  # INTEGRATION-GUARD
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -15,10 +15,10 @@ from typing import Annotated, Literal, TextIO
 
 import typer
 
-from agent.cli_common import ConfigOption, JsonOption, config_or_exit, fail, print_json
-from buffer.inspect import export_events, export_readings, file_stats
-from buffer.models import BufferStats
-from buffer.schema import BufferFileError
+from outpost.agent.cli_common import ConfigOption, JsonOption, config_or_exit, fail, print_json
+from outpost.buffer.inspect import export_events, export_readings, file_stats
+from outpost.buffer.models import BufferStats
+from outpost.buffer.schema import BufferFileError
 
 buffer_app = typer.Typer(
     help="The local store-and-forward buffer: statistics and exports (reads the file directly).",

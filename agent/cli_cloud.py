@@ -3,7 +3,7 @@
 These commands run on the receiver host and work on the receiver's database directly (the
 ``--dsn`` one, ``$OUTPOST_RECEIVER_DSN``, or the embedded server in ``--data-dir``), so
 ``enroll`` and ``revoke`` work whether or not ``serve`` is running. With the embedded server
-they connect to the running one or start it just for the command (``cloud.receiver.embedded``
+they connect to the running one or start it just for the command (``outpost.cloud.receiver.embedded``
 explains how the two processes share it safely).
 
 ``enroll`` prints the enrollment token alone on stdout, so ``TOKEN=$(outpost cloud enroll gw-1)``
@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from cloud.receiver.settings import DEFAULT_BIND, DEFAULT_DATA_DIR, DSN_ENV
+from outpost.cloud.receiver.settings import DEFAULT_BIND, DEFAULT_DATA_DIR, DSN_ENV
 
 cloud_app = typer.Typer(
     help="Central receiver: serve it, enroll and revoke gateways.",
@@ -43,7 +43,7 @@ DataDirOption = Annotated[
 
 
 def _logging() -> None:
-    from agent.logs import configure_logging
+    from outpost.agent.logs import configure_logging
 
     configure_logging("info", stream=sys.stderr)
 
@@ -82,8 +82,8 @@ def serve(
 
     The read API's admin token comes from $OUTPOST_RECEIVER_ADMIN_TOKEN, else from
     DATA_DIR/admin.token (created with a random token, mode 0600, on first start)."""
-    from cloud.receiver.server import serve as run
-    from cloud.receiver.settings import parse_bind
+    from outpost.cloud.receiver.server import serve as run
+    from outpost.cloud.receiver.settings import parse_bind
 
     try:
         parse_bind(bind)
@@ -113,8 +113,8 @@ def enroll(
 
     Put it in the agent config (cloud section, enrollment_token); the agent exchanges it
     once for its own gateway token."""
-    from cloud.receiver.server import create_enrollment_token, parse_ttl
-    from cloud.wire import ID_PATTERN
+    from outpost.cloud.receiver.server import create_enrollment_token, parse_ttl
+    from outpost.cloud.wire import ID_PATTERN
 
     if not re.match(ID_PATTERN, gateway_id):
         raise typer.BadParameter(
@@ -141,7 +141,7 @@ def revoke(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
 ) -> None:
     """Revoke GATEWAY_ID's token (its requests get 401 until it is enrolled again)."""
-    from cloud.receiver.server import revoke_gateway
+    from outpost.cloud.receiver.server import revoke_gateway
 
     _logging()
     if not revoke_gateway(gateway_id, dsn=dsn, data_dir=data_dir):

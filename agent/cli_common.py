@@ -9,8 +9,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from agent.client import AgentClient, AgentNotRunning, ApiError
-from agent.config import AgentConfig, ConfigError, load_config
+from outpost.agent.client import AgentClient, AgentNotRunning, ApiError
+from outpost.agent.config import AgentConfig, ConfigError, load_config
 
 ConfigOption = Annotated[
     Path | None,

@@ -1,6 +1,6 @@
 """``outpost alarms | ack | shelve | unshelve | mode … | write | events``: local control.
 
-``register(app)`` adds the commands to the root app (``agent.cli`` calls it). They talk to the
+``register(app)`` adds the commands to the root app (``outpost.agent.cli`` calls it). They talk to the
 running daemon over its Unix socket (``agent.client.AgentClient`` via ``call_agent``); the actor
 recorded with every action is the OS user running the command. ``events`` asks the daemon
 (``GET /events``) and, when no agent is running, reads the buffer file directly, so the history
@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli_common import (
+from outpost.agent.cli_common import (
     ConfigOption,
     JsonOption,
     call_agent,
@@ -28,8 +28,8 @@ from agent.cli_common import (
     fail,
     print_json,
 )
-from agent.client import AgentNotRunning, ApiError
-from fsm.clock import format_duration, parse_duration
+from outpost.agent.client import AgentNotRunning, ApiError
+from outpost.fsm.clock import format_duration, parse_duration
 
 mode_app = typer.Typer(
     help="Show or change the site's operating mode (`outpost mode` shows it).",
@@ -414,7 +414,7 @@ def events(
     config: ConfigOption = None,
 ) -> None:
     """Recorded events: alarm transitions, mode changes, operator actions, writes."""
-    from agent.api_control import parse_since, read_events
+    from outpost.agent.api_control import parse_since, read_events
 
     try:
         parse_since(since)
@@ -427,7 +427,7 @@ def events(
         path: Path = config_or_exit(config, check_files=False).buffer.path
         if not path.is_file():
             fail(f"no agent running and no buffer file at {path}")
-        from buffer.schema import BufferFileError
+        from outpost.buffer.schema import BufferFileError
 
         try:
             rows = read_events(path, since=parse_since(since), kind=kind, limit=limit)

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli_common import ConfigOption, config_or_exit, fail
+from outpost.agent.cli_common import ConfigOption, config_or_exit, fail
 
 RECEIVER_BIND = "127.0.0.1:8720"
 
@@ -32,7 +32,7 @@ class _Child:
 
 
 def _outpost(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent", *args]
+    return [sys.executable, "-m", "outpost.agent", *args]
 
 
 def _wait_tcp(host: str, port: int, timeout: float, child: _Child) -> None:

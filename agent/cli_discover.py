@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from point_schedules.skeleton import DiscoveredPoint, write_skeleton
+from outpost.point_schedules.skeleton import DiscoveredPoint, write_skeleton
 
 discover_app = typer.Typer(
     help="Discover devices and points (BACnet/IP, SNMP) and write a schedule skeleton CSV.",
@@ -34,7 +34,7 @@ OutOption = Annotated[
 
 def _quiet_logs() -> None:
     # stdout may carry the CSV: log lines go to stderr, and only problems.
-    from agent.logs import configure_logging
+    from outpost.agent.logs import configure_logging
 
     configure_logging("warning", "console", stream=sys.stderr)
 
@@ -91,8 +91,8 @@ def bacnet(
     out: OutOption = None,
 ) -> None:
     """Who-Is, then read every device's object list, names and units into a skeleton CSV."""
-    from drivers.bacnet import parse_host_port
-    from drivers.bacnet_discovery import config_snippet, discover_bacnet_devices
+    from outpost.drivers.bacnet import parse_host_port
+    from outpost.drivers.bacnet_discovery import config_snippet, discover_bacnet_devices
 
     _quiet_logs()
     try:
@@ -161,7 +161,7 @@ def snmp(
             "another variable with --community-env",
             2,
         )
-    from drivers.snmp_discovery import DiscoveryError, discover_snmp
+    from outpost.drivers.snmp_discovery import DiscoveryError, discover_snmp
 
     _quiet_logs()
     typer.echo(f"discovering SNMP points on {host}:{port} …", err=True)

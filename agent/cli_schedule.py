@@ -17,12 +17,12 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli_common import ConfigOption, JsonOption, config_or_exit
-from point_schedules.addresses import PROTOCOLS
-from point_schedules.diff import ScheduleDiff, diff_schedules, format_diff
-from point_schedules.loader import ScheduleIssue, validate_schedule
-from point_schedules.model import Schedule
-from point_schedules.template import template as make_template
+from outpost.agent.cli_common import ConfigOption, JsonOption, config_or_exit
+from outpost.point_schedules.addresses import PROTOCOLS
+from outpost.point_schedules.diff import ScheduleDiff, diff_schedules, format_diff
+from outpost.point_schedules.loader import ScheduleIssue, validate_schedule
+from outpost.point_schedules.model import Schedule
+from outpost.point_schedules.template import template as make_template
 
 schedule_app = typer.Typer(
     help="Point schedules (CSV): validate, diff against the configured schedule, templates.",

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli_common import fail, print_json
+from outpost.agent.cli_common import fail, print_json
 
 sim_app = typer.Typer(
     help="Simulated site (Modbus CDU/UPS/PDU, BACnet AHU, SNMP PDU on loopback) and its controls.",
@@ -50,7 +50,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON 
 
 
 def _load(site: Path | None) -> Any:
-    from drivers.sim.site import SimConfigError, load_sim_config
+    from outpost.drivers.sim.site import SimConfigError, load_sim_config
 
     try:
         return load_sim_config(site)
@@ -66,7 +66,7 @@ def _control(ctx: typer.Context, control: str | None) -> str:
 
 
 def _request(address: str, request: dict[str, Any]) -> dict[str, Any]:
-    from drivers.sim.site import SimControlError, sim_request
+    from outpost.drivers.sim.site import SimControlError, sim_request
 
     try:
         return asyncio.run(sim_request(address, request))
@@ -81,7 +81,7 @@ def sim(ctx: typer.Context, site: SiteOption = None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     config = _load(site)
-    from agent.logs import configure_logging
+    from outpost.agent.logs import configure_logging
 
     configure_logging("info", "auto")
     try:
@@ -94,7 +94,7 @@ def sim(ctx: typer.Context, site: SiteOption = None) -> None:
 
 
 async def _serve(config: Any) -> None:
-    from drivers.sim.site import SimSite
+    from outpost.drivers.sim.site import SimSite
 
     site = SimSite(config)
     ready = asyncio.Event()

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from drivers.base import DeviceConfig
-from drivers.registry import PROTOCOLS, config_model
+from outpost.drivers.base import DeviceConfig
+from outpost.drivers.registry import PROTOCOLS, config_model
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -219,9 +219,9 @@ def _validate_devices(raw: dict[str, Any]) -> tuple[dict[str, DeviceConfig], lis
 
 
 _SECTION_MODELS: dict[str, tuple[str, str]] = {
-    "alarms": ("fsm.config", "AlarmsConfig"),
-    "modes": ("fsm.config", "ModesConfig"),
-    "cloud": ("cloud.config", "CloudConfig"),
+    "alarms": ("outpost.fsm.config", "AlarmsConfig"),
+    "modes": ("outpost.fsm.config", "ModesConfig"),
+    "cloud": ("outpost.cloud.config", "CloudConfig"),
 }
 
 

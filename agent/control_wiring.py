@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.writes import WriteService
-from fsm.alarms import AlarmEngine
-from fsm.clock import SystemClock
-from fsm.modes import ModeMachine
-from fsm.persist import JsonFileStore
-from point_schedules.model import Schedule
+from outpost.agent.writes import WriteService
+from outpost.fsm.alarms import AlarmEngine
+from outpost.fsm.clock import SystemClock
+from outpost.fsm.modes import ModeMachine
+from outpost.fsm.persist import JsonFileStore
+from outpost.point_schedules.model import Schedule
 
 if TYPE_CHECKING:
-    from agent.runtime import Runtime
+    from outpost.agent.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.pipeline import Pipeline
-from drivers.base import Driver, PointGroup, PollResult
-from point_schedules.quality import Quality
+from outpost.agent.pipeline import Pipeline
+from outpost.drivers.base import Driver, PointGroup, PollResult
+from outpost.point_schedules.quality import Quality
 
 log = structlog.get_logger(__name__)
 

@@ -11,9 +11,9 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from agent.points import PointTable
-from drivers.base import PollResult
-from point_schedules.quality import Quality
+from outpost.agent.points import PointTable
+from outpost.drivers.base import PollResult
+from outpost.point_schedules.quality import Quality
 
 AlarmHook = Callable[[str, float, float, int], None]  # point_id, ts, value, quality
 

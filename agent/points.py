@@ -12,8 +12,8 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from point_schedules.model import Point, Schedule
-from point_schedules.quality import QUALITY_LABEL
+from outpost.point_schedules.model import Point, Schedule
+from outpost.point_schedules.quality import QUALITY_LABEL
 
 NEVER = 255  # quality code meaning "nothing stored yet" (real codes are < 255)
 

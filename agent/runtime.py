@@ -21,17 +21,17 @@ from typing import Any
 
 import structlog
 
-from agent.config import AgentConfig
-from agent.coordinator import DeviceCoordinator
-from agent.pipeline import Pipeline
-from agent.points import PointTable
-from agent.scheduler import Job, Scheduler, stagger_offset
-from agent.systemd import SystemdNotifier
-from buffer.store import Buffer
-from drivers.base import Driver, DriverContext, PointGroup
-from drivers.registry import driver_class
-from point_schedules.loader import ScheduleError, load_schedule
-from point_schedules.model import Schedule
+from outpost.agent.config import AgentConfig
+from outpost.agent.coordinator import DeviceCoordinator
+from outpost.agent.pipeline import Pipeline
+from outpost.agent.points import PointTable
+from outpost.agent.scheduler import Job, Scheduler, stagger_offset
+from outpost.agent.systemd import SystemdNotifier
+from outpost.buffer.store import Buffer
+from outpost.drivers.base import Driver, DriverContext, PointGroup
+from outpost.drivers.registry import driver_class
+from outpost.point_schedules.loader import ScheduleError, load_schedule
+from outpost.point_schedules.model import Schedule
 
 log = structlog.get_logger(__name__)
 
@@ -349,7 +349,7 @@ class Runtime:
             self.notifier.notify("READY=1")
             return False
         old_version = self.schedule.version if self.schedule else None
-        from agent import control_wiring
+        from outpost.agent import control_wiring
 
         control_wiring.on_schedule(self, schedule)
         self._install_schedule(schedule)
@@ -419,12 +419,12 @@ class Runtime:
 
     def _setup_control(self, schedule: Schedule) -> None:
         """Alarm engine, mode machine and guarded writes, when the fsm package provides them."""
-        from agent import control_wiring
+        from outpost.agent import control_wiring
 
         control_wiring.setup(self, schedule)
 
     async def _control_loop(self) -> None:
-        from agent import control_wiring
+        from outpost.agent import control_wiring
 
         await self._supervised("control", lambda: control_wiring.run(self))
 
@@ -457,7 +457,7 @@ class Runtime:
     def _setup_uplink(self) -> None:
         if self.config.cloud is None:
             return
-        from cloud.uplink import Uplink
+        from outpost.cloud.uplink import Uplink
 
         assert self.buffer is not None
         self.uplink = Uplink(
@@ -515,7 +515,7 @@ class Runtime:
     async def _serve_api(self) -> None:
         import uvicorn
 
-        from agent.api import create_app
+        from outpost.agent.api import create_app
 
         sock = self.config.api.socket
         sock.parent.mkdir(parents=True, exist_ok=True)

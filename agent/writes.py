@@ -20,10 +20,10 @@ from typing import Any
 
 import structlog
 
-from drivers.base import Driver, WriteError
-from fsm.actions import WriteOutcome, WriteRefused, WriteResult
-from fsm.clock import Clock, Emit
-from point_schedules.model import DataType, ModbusAddress, Point
+from outpost.drivers.base import Driver, WriteError
+from outpost.fsm.actions import WriteOutcome, WriteRefused, WriteResult
+from outpost.fsm.clock import Clock, Emit
+from outpost.point_schedules.model import DataType, ModbusAddress, Point
 
 __all__ = [
     "UnknownPoint",

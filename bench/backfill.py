@@ -37,9 +37,9 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from buffer.store import Buffer  # noqa: E402
-from cloud.config import CloudConfig  # noqa: E402
-from cloud.uplink import Uplink  # noqa: E402
+from outpost.buffer.store import Buffer  # noqa: E402
+from outpost.cloud.config import CloudConfig  # noqa: E402
+from outpost.cloud.uplink import Uplink  # noqa: E402
 
 _F32 = struct.Struct("<f")
 
@@ -98,7 +98,7 @@ def fill(buf: Buffer, readings: int, points: int, seed: int = 7) -> float:
 
 def measure_encode(buf: Buffer, batch: int, compression: str) -> None:
     """Cost of one batch on the agent: SQLite read and columnar encode + compression."""
-    from cloud.wire import IngestBatch, columnar_readings, encode_body
+    from outpost.cloud.wire import IngestBatch, columnar_readings, encode_body
 
     reads, encodes, sizes = [], [], []
     for i in range(10):
@@ -224,7 +224,7 @@ def main() -> int:
         (work / "agent").mkdir()
         port = free_port()
         env = dict(os.environ, OUTPOST_RECEIVER_ADMIN_TOKEN="bench-admin")
-        base = [sys.executable, "-m", "cloud.receiver"]
+        base = [sys.executable, "-m", "outpost.cloud.receiver"]
         db = ["--data-dir", str(work / "rx")] + (["--dsn", args.dsn] if args.dsn else [])
         log_file = (work / "receiver.log").open("w")
         rx = subprocess.Popen(

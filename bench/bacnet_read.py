@@ -1,6 +1,6 @@
 """BACnet read throughput: points/s from one simulated device with 500 analog-values.
 
-The device runs in another process (``python -m drivers.sim.bacnet_ahu --bulk 500``), the
+The device runs in another process (``python -m outpost.drivers.sim.bacnet_ahu --bulk 500``), the
 driver here polls all 500 points as one group, back to back, for a few seconds:
 
 - RPM with ``max_per_request`` 20 (default) and larger batches, up to all points in one
@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.bacnet import BacnetDeviceConfig, BacnetDriver
-from drivers.base import DriverContext, PointGroup
-from point_schedules.model import BacnetAddress, Point
-from point_schedules.quality import Quality
+from outpost.drivers.bacnet import BacnetDeviceConfig, BacnetDriver
+from outpost.drivers.base import DriverContext, PointGroup
+from outpost.point_schedules.model import BacnetAddress, Point
+from outpost.point_schedules.quality import Quality
 
 
 def free_udp_port() -> int:
@@ -37,7 +37,7 @@ def free_udp_port() -> int:
 
 
 def start_sim(port: int, n: int, *, rpm: bool) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "drivers.sim.bacnet_ahu", "--address", f"127.0.0.1:{port}"]
+    cmd = [sys.executable, "-m", "outpost.drivers.sim.bacnet_ahu", "--address", f"127.0.0.1:{port}"]
     cmd += ["--instance", str(port), "--bulk", str(n)]
     if not rpm:
         cmd.append("--no-rpm")

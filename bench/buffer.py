@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog
 
-from buffer.store import Buffer
+from outpost.buffer.store import Buffer
 
 POINTS = 2000
 

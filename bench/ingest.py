@@ -5,7 +5,7 @@
 
 Starts PostgreSQL (embedded, in a temp dir, default durability; ``--fast`` turns fsync off;
 or ``--dsn`` for an existing server), a fresh database, the receiver as its own process
-(``python -m cloud.receiver serve``), and N client processes. Each client enrolls its own
+(``python -m outpost.cloud.receiver serve``), and N client processes. Each client enrolls its own
 gateway, pre-encodes its batches (zstd, 500 points x 10 polls = 5,000 readings, sim-like
 values), waits at a barrier, then posts them back-to-back. Prints readings/s over the wall time
 from the barrier to the last acknowledgment, the latency per batch, bytes per reading on the
@@ -36,8 +36,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cloud.receiver.embedded import EmbeddedPostgres  # noqa: E402
-from cloud.wire import IngestBatch, columnar_readings, encode_body  # noqa: E402
+from outpost.cloud.receiver.embedded import EmbeddedPostgres  # noqa: E402
+from outpost.cloud.wire import IngestBatch, columnar_readings, encode_body  # noqa: E402
 
 ADMIN = "bench-admin-token"
 POINTS = 500
@@ -182,7 +182,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "cloud.receiver",
+            "outpost.cloud.receiver",
             "serve",
             "--dsn",
             dsn,

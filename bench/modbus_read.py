@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivers.base import PointGroup
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from point_schedules.model import ByteOrder, DataType, ModbusAddress, Point
+from outpost.drivers.base import PointGroup
+from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from outpost.point_schedules.model import ByteOrder, DataType, ModbusAddress, Point
 
 
 def _serve(port_queue: multiprocessing.Queue, registers: int) -> None:  # type: ignore[type-arg]

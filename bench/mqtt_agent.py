@@ -101,7 +101,7 @@ def main() -> None:
         )
         log = (tmp / "agent.log").open("wb")
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
+            [sys.executable, "-m", "outpost.agent", "run", "-c", str(cfg)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import structlog  # noqa: E402
 from mqtt_broker import Mosquitto  # noqa: E402
 
-from drivers.base import PointGroup, PollResult  # noqa: E402
-from drivers.mqtt import MqttDeviceConfig, MqttDriver  # noqa: E402
-from point_schedules.addresses import parse_mqtt  # noqa: E402
-from point_schedules.model import Point  # noqa: E402
+from outpost.drivers.base import PointGroup, PollResult  # noqa: E402
+from outpost.drivers.mqtt import MqttDeviceConfig, MqttDriver  # noqa: E402
+from outpost.point_schedules.addresses import parse_mqtt  # noqa: E402
+from outpost.point_schedules.model import Point  # noqa: E402
 
 PUBLISHER = r"""
 import sys, time, json

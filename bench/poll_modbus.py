@@ -127,7 +127,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def _status(socket_path: Path) -> dict:
-    from agent.client import AgentClient
+    from outpost.agent.client import AgentClient
 
     return AgentClient(socket_path, timeout=30).get("/status")
 
@@ -173,7 +173,7 @@ def main() -> None:
             raise SystemExit("simulator failed to start")
         log = (tmp / "agent.log").open("wb")
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
+            [sys.executable, "-m", "outpost.agent", "run", "-c", str(cfg)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

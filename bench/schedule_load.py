@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from point_schedules.loader import COLUMNS, parse_schedule
+from outpost.point_schedules.loader import COLUMNS, parse_schedule
 
 DEVICES = {"cdu-01": "modbus", "ahu-1": "bacnet", "pdu-a": "snmp", "rack": "mqtt"}
 

@@ -1,12 +1,12 @@
 """SQLite store-and-forward buffer: readings and events, sync cursor, size bound, retention.
 
-``buffer.store.Buffer`` is what the running agent uses; ``buffer.inspect`` reads a buffer file
+``buffer.store.Buffer`` is what the running agent uses; ``outpost.buffer.inspect`` reads a buffer file
 directly (CLI stats and exports, safe while the agent runs).
 """
 
-from buffer.models import BufferStats, EventRow, ReadingRows
-from buffer.schema import BufferFileError
-from buffer.store import Buffer, BufferClosedError
+from outpost.buffer.models import BufferStats, EventRow, ReadingRows
+from outpost.buffer.schema import BufferFileError
+from outpost.buffer.store import Buffer, BufferClosedError
 
 __all__ = [
     "Buffer",

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from buffer import schema
-from buffer.models import BufferStats
-from point_schedules.quality import QUALITY_LABEL
+from outpost.buffer import schema
+from outpost.buffer.models import BufferStats
+from outpost.point_schedules.quality import QUALITY_LABEL
 
 Format = Literal["csv", "jsonl"]
 

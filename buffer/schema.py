@@ -1,6 +1,6 @@
 """The buffer file: schema, connection settings, health checks, recovery, statistics.
 
-Shared by the running store (:mod:`buffer.store`) and the file tools (:mod:`buffer.inspect`).
+Shared by the running store (:mod:`outpost.buffer.store`) and the file tools (:mod:`outpost.buffer.inspect`).
 
 Layout choices (measured on SQLite 3.40, see bench/buffer.py):
 
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import structlog
 
-from buffer.models import BufferStats
+from outpost.buffer.models import BufferStats
 
 log = structlog.get_logger(__name__)
 

@@ -49,9 +49,9 @@ from typing import Any
 
 import structlog
 
-from buffer import schema
-from buffer.models import BufferStats, EventRow, ReadingRows
-from buffer.schema import bump_meta, set_meta, transaction
+from outpost.buffer import schema
+from outpost.buffer.models import BufferStats, EventRow, ReadingRows
+from outpost.buffer.schema import bump_meta, set_meta, transaction
 
 log = structlog.get_logger(__name__)
 

@@ -39,11 +39,11 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
-from buffer.models import EventRow, ReadingRows
-from buffer.store import Buffer
-from cloud.config import CloudConfig
-from cloud.uplink_support import Backoff, TokenBucket, parse_retry_after, read_token, write_token
-from cloud.wire import (
+from outpost.buffer.models import EventRow, ReadingRows
+from outpost.buffer.store import Buffer
+from outpost.cloud.config import CloudConfig
+from outpost.cloud.uplink_support import Backoff, TokenBucket, parse_retry_after, read_token, write_token
+from outpost.cloud.wire import (
     EnrollRequest,
     EnrollResponse,
     Heartbeat,

@@ -1,6 +1,6 @@
 """Wire models and body codecs shared by the agent's uplink and the central receiver.
 
-This module is the only thing ``cloud.receiver`` imports from the agent side, so it depends on
+This module is the only thing ``outpost.cloud.receiver`` imports from the agent side, so it depends on
 nothing but pydantic, zstandard and the standard library.
 
 Endpoints (all JSON, bodies may be compressed, see :func:`encode_body` / :func:`decode_body`):
@@ -14,7 +14,7 @@ Endpoints (all JSON, bodies may be compressed, see :func:`encode_body` / :func:`
 Readings travel columnar (:class:`Readings`): a per-batch dictionary of point ids, an index per
 reading into it, timestamps as a base (epoch ms) plus per-reading deltas in ms, values, and
 quality codes (``point_schedules.quality.Quality``). With zstd this is ~4-6 bytes per reading
-on sim-like data (``python -m cloud.wire`` measures it).
+on sim-like data (``python -m outpost.cloud.wire`` measures it).
 
 Values are lossless (:func:`wire_value`): the receiver stores exactly the float the agent
 buffered, so "identical sets" between buffer and receiver means bit-identical values. Only NaN
@@ -42,7 +42,7 @@ from typing import Any, Literal
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from point_schedules.quality import QUALITY_LABEL
+from outpost.point_schedules.quality import QUALITY_LABEL
 
 #: Same rule as the schedule's point_id and the agent's gateway id.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -344,7 +344,7 @@ def _valid_id(text: str) -> bool:
 
 
 def _measure(points: int = 500, readings: int = 5000) -> None:
-    """Print bytes per reading for sim-like data (``python -m cloud.wire``)."""
+    """Print bytes per reading for sim-like data (``python -m outpost.cloud.wire``)."""
     import random
 
     rng = random.Random(1)

@@ -69,7 +69,7 @@ from bacpypes3.primitivedata import (
 )
 from pydantic import Field, field_validator, model_validator
 
-from drivers.base import (
+from outpost.drivers.base import (
     DeviceConfig,
     Driver,
     DriverContext,
@@ -78,8 +78,8 @@ from drivers.base import (
     WriteError,
     bad_result,
 )
-from point_schedules.model import BacnetAddress, Point
-from point_schedules.quality import Quality
+from outpost.point_schedules.model import BacnetAddress, Point
+from outpost.point_schedules.quality import Quality
 
 log = structlog.get_logger(__name__)
 

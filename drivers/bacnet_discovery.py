@@ -5,7 +5,7 @@ broadcast such as ``192.168.1.255``; otherwise to the local broadcast of ``local
 whose ``/prefix`` sets the network), then for every device that answers reads its name and
 object list and, for each point-like object, its name, description, units and whether it has a
 priority array. The result is one ``DiscoveredPoint`` per object, ready for
-``point_schedules.skeleton.write_skeleton``.
+``outpost.point_schedules.skeleton.write_skeleton``.
 
 Devices differ in what they can do, so reading follows the same rules as the driver:
 ReadPropertyMultiple in batches, smaller batches when the device cannot segment its answer,
@@ -30,13 +30,13 @@ from bacpypes3.basetypes import ErrorType, PropertyReference
 from bacpypes3.pdu import Address, GlobalBroadcast
 from bacpypes3.primitivedata import ObjectIdentifier, PropertyIdentifier
 
-from drivers.bacnet import (
+from outpost.drivers.bacnet import (
     BACNET_PORT,
     BacnetLocalApp,
     bacnet_error_text,
     parse_host_port,
 )
-from point_schedules.skeleton import DiscoveredPoint
+from outpost.point_schedules.skeleton import DiscoveredPoint
 
 log = structlog.get_logger(__name__)
 

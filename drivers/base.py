@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from point_schedules.model import Point
-from point_schedules.quality import Quality
+from outpost.point_schedules.model import Point
+from outpost.point_schedules.quality import Quality
 
 
 class DeviceConfig(BaseModel):

@@ -40,9 +40,9 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult, WriteError
-from drivers.modbus_codec import EncodeError, encode_registers
-from drivers.modbus_planner import (
+from outpost.drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult, WriteError
+from outpost.drivers.modbus_codec import EncodeError, encode_registers
+from outpost.drivers.modbus_planner import (
     TABLE_NAME,
     ModbusPlan,
     PlanError,
@@ -54,8 +54,8 @@ from drivers.modbus_planner import (
     fail_into,
     split_request,
 )
-from point_schedules.model import DataType, ModbusAddress, Point
-from point_schedules.quality import QUALITY_LABEL, Quality
+from outpost.point_schedules.model import DataType, ModbusAddress, Point
+from outpost.point_schedules.quality import QUALITY_LABEL, Quality
 
 log = structlog.get_logger(__name__)
 

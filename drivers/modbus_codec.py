@@ -29,7 +29,7 @@ import struct
 import sys
 from array import array
 
-from point_schedules.model import ByteOrder, DataType
+from outpost.point_schedules.model import ByteOrder, DataType
 
 RAW = 0
 SWAPPED = 1

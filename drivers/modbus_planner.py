@@ -18,7 +18,7 @@ import struct
 from array import array
 from dataclasses import dataclass, field
 
-from drivers.modbus_codec import (
+from outpost.drivers.modbus_codec import (
     FLOAT_TYPES,
     LAYOUT,
     NATURAL_LAYOUTS,
@@ -27,8 +27,8 @@ from drivers.modbus_codec import (
     block_views,
     views_of_raw,
 )
-from point_schedules.model import DataType, ModbusAddress, Point
-from point_schedules.quality import Quality
+from outpost.point_schedules.model import DataType, ModbusAddress, Point
+from outpost.point_schedules.quality import Quality
 
 NAN = float("nan")
 INF = float("inf")

@@ -38,10 +38,10 @@ import aiomqtt
 import structlog
 from pydantic import Field, model_validator
 
-from drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult
-from point_schedules.addresses import parse_json_path
-from point_schedules.model import MqttAddress
-from point_schedules.quality import Quality
+from outpost.drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult
+from outpost.point_schedules.addresses import parse_json_path
+from outpost.point_schedules.model import MqttAddress
+from outpost.point_schedules.quality import Quality
 
 log = structlog.get_logger(__name__)
 

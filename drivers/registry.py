@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib
 
-from drivers.base import DeviceConfig, Driver
+from outpost.drivers.base import DeviceConfig, Driver
 
 _DRIVERS: dict[str, str] = {
-    "modbus": "drivers.modbus:ModbusDriver",
-    "bacnet": "drivers.bacnet:BacnetDriver",
-    "snmp": "drivers.snmp:SnmpDriver",
-    "mqtt": "drivers.mqtt:MqttDriver",
+    "modbus": "outpost.drivers.modbus:ModbusDriver",
+    "bacnet": "outpost.drivers.bacnet:BacnetDriver",
+    "snmp": "outpost.drivers.snmp:SnmpDriver",
+    "mqtt": "outpost.drivers.mqtt:MqttDriver",
 }
 
 PROTOCOLS: tuple[str, ...] = tuple(_DRIVERS)

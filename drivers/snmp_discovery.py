@@ -3,7 +3,7 @@
 Walks the system group, IF-MIB's ifTable and ifXTable (one row set per interface: status,
 speed, traffic and error counters, named by ifName or ifDescr) and ENTITY-SENSOR-MIB's
 entPhySensorTable where the device has it. Only numeric OIDs are used: no MIB files are
-needed on the site box. The result feeds ``point_schedules.skeleton.write_skeleton``.
+needed on the site box. The result feeds ``outpost.point_schedules.skeleton.write_skeleton``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
 )
 from pysnmp.proto import errind, rfc1905
 
-from point_schedules.skeleton import DiscoveredPoint
+from outpost.point_schedules.skeleton import DiscoveredPoint
 
 __all__ = ["DiscoveryError", "discover_snmp"]
 

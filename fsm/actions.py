@@ -1,6 +1,6 @@
 """What a write returns, shared by the agent's write service and the mode machine's failsafe
 writes. It lives in ``fsm`` because the mode machine (which may not import ``agent``) consumes
-it; ``agent.writes`` produces it and re-exports both names."""
+it; ``outpost.agent.writes`` produces it and re-exports both names."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fsm.clock import iso
+from outpost.fsm.clock import iso
 
 WriteResult = Literal["ok", "mismatch", "failed", "unverified", "sent"]
 

@@ -47,11 +47,11 @@ from typing import Any
 
 import structlog
 
-from fsm.clock import Clock, Emit, iso
-from fsm.config import AlarmsConfig
-from fsm.persist import StateStore
-from point_schedules.model import AlarmPriority, Point
-from point_schedules.quality import Quality
+from outpost.fsm.clock import Clock, Emit, iso
+from outpost.fsm.config import AlarmsConfig
+from outpost.fsm.persist import StateStore
+from outpost.point_schedules.model import AlarmPriority, Point
+from outpost.point_schedules.quality import Quality
 
 log = structlog.get_logger(__name__)
 

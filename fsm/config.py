@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from point_schedules.model import AlarmPriority
+from outpost.point_schedules.model import AlarmPriority
 
 BUILTIN_MODES: tuple[str, ...] = ("starting", "normal", "degraded", "maintenance", "emergency")
 _MODE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -27,9 +27,9 @@ import structlog
 from transitions import MachineError
 from transitions.extensions.asyncio import AsyncMachine
 
-from fsm.actions import WriteOutcome, WriteRefused
-from fsm.clock import Clock, Emit, format_duration, iso
-from fsm.config import (
+from outpost.fsm.actions import WriteOutcome, WriteRefused
+from outpost.fsm.clock import Clock, Emit, format_duration, iso
+from outpost.fsm.config import (
     AlarmTrigger,
     CustomMode,
     ModesConfig,
@@ -37,7 +37,7 @@ from fsm.config import (
     Scope,
     WriteAction,
 )
-from fsm.persist import StateStore
+from outpost.fsm.persist import StateStore
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Address syntax of each protocol, as written in the ``address`` column of a point schedule.
 
 ``parse_address(protocol, text)`` turns the text into one of the frozen address objects of
-``point_schedules.model`` or raises ``AddressError`` with a message a commissioning engineer can
+``outpost.point_schedules.model`` or raises ``AddressError`` with a message a commissioning engineer can
 act on (what was expected, what was found). The loader prefixes it with file, line and column.
 
 Syntax:
@@ -27,7 +27,7 @@ import difflib
 import re
 from collections.abc import Callable
 
-from point_schedules.model import (
+from outpost.point_schedules.model import (
     Address,
     BacnetAddress,
     ModbusAddress,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from enum import Enum
 
-from point_schedules.model import Point, Schedule
+from outpost.point_schedules.model import Point, Schedule
 
 __all__ = ["FieldChange", "PointChange", "ScheduleDiff", "diff_schedules", "format_diff"]
 

@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from point_schedules.addresses import AddressError, parse_address
-from point_schedules.model import (
+from outpost.point_schedules.addresses import AddressError, parse_address
+from outpost.point_schedules.model import (
     AlarmPriority,
     ByteOrder,
     DataType,

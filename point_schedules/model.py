@@ -1,6 +1,6 @@
 """The point schedule as the rest of Outpost sees it: plain, frozen, already validated.
 
-The CSV loader (``point_schedules.loader``) is the only producer of these objects; drivers,
+The CSV loader (``outpost.point_schedules.loader``) is the only producer of these objects; drivers,
 the alarm engine and the agent consume them. Nothing here does I/O.
 """
 

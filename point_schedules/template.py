@@ -7,8 +7,8 @@ device id passed in. Lines starting with ``#`` are comments the loader skips.
 
 from __future__ import annotations
 
-from point_schedules.addresses import PROTOCOLS
-from point_schedules.loader import COLUMNS
+from outpost.point_schedules.addresses import PROTOCOLS
+from outpost.point_schedules.loader import COLUMNS
 
 __all__ = ["DEFAULT_DEVICES", "template"]
 

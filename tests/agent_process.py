@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OUTPOST = [sys.executable, "-m", "agent"]
+OUTPOST = [sys.executable, "-m", "outpost.agent"]
 
 
 def write_config(

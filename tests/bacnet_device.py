@@ -10,10 +10,10 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from drivers.bacnet import BacnetDeviceConfig
-from drivers.sim.bacnet_ahu import build_device_app, wait_bound
-from point_schedules.addresses import parse_bacnet
-from point_schedules.model import Point
+from outpost.drivers.bacnet import BacnetDeviceConfig
+from outpost.drivers.sim.bacnet_ahu import build_device_app, wait_bound
+from outpost.point_schedules.addresses import parse_bacnet
+from outpost.point_schedules.model import Point
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:

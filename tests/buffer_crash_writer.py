@@ -22,7 +22,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from buffer.store import Buffer
+from outpost.buffer.store import Buffer
 
 K = 37
 T0 = 1_790_000_000.0

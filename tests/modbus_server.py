@@ -19,7 +19,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from point_schedules.model import ByteOrder, DataType, ModbusAddress, Point
+from outpost.point_schedules.model import ByteOrder, DataType, ModbusAddress, Point
 
 # function code used with the server datastore per table
 FC = {"coil": 1, "di": 2, "hr": 3, "ir": 4}

@@ -15,7 +15,7 @@ Use in a test module (registers the fixtures as a plugin; no F811 noise from ruf
 - ``receiver_factory`` (function, async): ``await receiver_factory(max_rows=5, ...)`` for a
   receiver with other :class:`ReceiverSettings`; each call gets its own database.
 - ``receiver_process`` (function): ``ReceiverProcess`` factory, ``receiver_process()`` returns a
-  receiver run as a child process (``python -m cloud.receiver serve``) on ``receiver_dsn``'s
+  receiver run as a child process (``python -m outpost.cloud.receiver serve``) on ``receiver_dsn``'s
   database, for tests that SIGKILL the receiver itself.
 
 A handle's ``stop()``/``start()`` stop and restart the HTTP server on the SAME port (the agent's
@@ -45,10 +45,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from cloud.receiver.embedded import EmbeddedPostgres
-from cloud.receiver.server import ReceiverServer
-from cloud.receiver.settings import ReceiverSettings
-from cloud.receiver.storage import Storage
+from outpost.cloud.receiver.embedded import EmbeddedPostgres
+from outpost.cloud.receiver.server import ReceiverServer
+from outpost.cloud.receiver.settings import ReceiverSettings
+from outpost.cloud.receiver.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"
@@ -114,7 +114,7 @@ class ReceiverHandle(ReceiverServer):
 
     async def readings(self, gateway_id: str) -> list[tuple[str, int, float | None, int]]:
         """Every stored reading of the gateway as (point_id, ts_ms, value, quality), sorted:
-        compare with the agent buffer's rows (values as ``cloud.wire.wire_value``)."""
+        compare with the agent buffer's rows (values as ``outpost.cloud.wire.wire_value``)."""
         rows = await self.fetch(
             """SELECT p.point_id,
                       (extract(epoch FROM r.time) * 1000)::bigint AS ts_ms,
@@ -134,7 +134,7 @@ class ReceiverHandle(ReceiverServer):
 
 @dataclass
 class ReceiverProcess:
-    """The receiver as a child process (``python -m cloud.receiver serve --dsn ...``)."""
+    """The receiver as a child process (``python -m outpost.cloud.receiver serve --dsn ...``)."""
 
     dsn: str
     port: int
@@ -153,7 +153,7 @@ class ReceiverProcess:
         args = [
             sys.executable,
             "-m",
-            "cloud.receiver",
+            "outpost.cloud.receiver",
             "serve",
             "--bind",
             f"127.0.0.1:{self.port}",

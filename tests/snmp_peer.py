@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.sim.snmp_pdu import PduModel, serve_snmp_pdu
+from outpost.drivers.sim.snmp_pdu import PduModel, serve_snmp_pdu
 
 SNMPD = shutil.which("snmpd") or "/usr/sbin/snmpd"
 COMMUNITY = "public"

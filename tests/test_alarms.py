@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from drivers.base import PointGroup
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from fsm.alarms import FLOOD_ID, AlarmActionRefused, AlarmEngine, UnknownAlarm
-from fsm.clock import ManualClock
-from fsm.config import AlarmsConfig
-from fsm.persist import JsonFileStore
-from point_schedules.model import AlarmPriority, DataType, Point
-from point_schedules.quality import Quality
+from outpost.drivers.base import PointGroup
+from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from outpost.fsm.alarms import FLOOD_ID, AlarmActionRefused, AlarmEngine, UnknownAlarm
+from outpost.fsm.clock import ManualClock
+from outpost.fsm.config import AlarmsConfig
+from outpost.fsm.persist import JsonFileStore
+from outpost.point_schedules.model import AlarmPriority, DataType, Point
+from outpost.point_schedules.quality import Quality
 from tests.modbus_server import ModbusTestServer, start_server
 from tests.modbus_server import point as mkpoint
 

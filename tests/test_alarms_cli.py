@@ -27,19 +27,19 @@ from fastapi import FastAPI
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from agent.api_control import control_router, parse_since
-from agent.cli_control import register
-from agent.client import AgentClient, ApiError
-from agent.writes import WriteService
-from buffer.store import Buffer
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from fsm.alarms import AlarmEngine
-from fsm.clock import ManualClock
-from fsm.config import AlarmsConfig, ModesConfig
-from fsm.modes import ModeMachine
-from fsm.persist import JsonFileStore
-from point_schedules.model import DataType
-from point_schedules.quality import Quality
+from outpost.agent.api_control import control_router, parse_since
+from outpost.agent.cli_control import register
+from outpost.agent.client import AgentClient, ApiError
+from outpost.agent.writes import WriteService
+from outpost.buffer.store import Buffer
+from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from outpost.fsm.alarms import AlarmEngine
+from outpost.fsm.clock import ManualClock
+from outpost.fsm.config import AlarmsConfig, ModesConfig
+from outpost.fsm.modes import ModeMachine
+from outpost.fsm.persist import JsonFileStore
+from outpost.point_schedules.model import DataType
+from outpost.point_schedules.quality import Quality
 from tests.modbus_server import ModbusTestServer, start_server
 from tests.modbus_server import point as mkpoint
 

@@ -10,12 +10,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsm.alarms import AlarmActionRefused, AlarmEngine
-from fsm.clock import ManualClock
-from fsm.config import AlarmsConfig
-from fsm.persist import JsonFileStore
-from point_schedules.model import DataType, ModbusAddress, Point
-from point_schedules.quality import Quality
+from outpost.fsm.alarms import AlarmActionRefused, AlarmEngine
+from outpost.fsm.clock import ManualClock
+from outpost.fsm.config import AlarmsConfig
+from outpost.fsm.persist import JsonFileStore
+from outpost.point_schedules.model import DataType, ModbusAddress, Point
+from outpost.point_schedules.quality import Quality
 
 H, DB = 30.0, 2.0
 POINT = Point(

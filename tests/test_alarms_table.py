@@ -8,11 +8,11 @@ import itertools
 
 import pytest
 
-from fsm.alarms import TRANSITIONS, AlarmEngine, AlarmState, Stimulus
-from fsm.clock import ManualClock
-from fsm.config import AlarmsConfig
-from point_schedules.model import DataType, ModbusAddress, Point
-from point_schedules.quality import Quality
+from outpost.fsm.alarms import TRANSITIONS, AlarmEngine, AlarmState, Stimulus
+from outpost.fsm.clock import ManualClock
+from outpost.fsm.config import AlarmsConfig
+from outpost.point_schedules.model import DataType, ModbusAddress, Point
+from outpost.point_schedules.quality import Quality
 
 S = AlarmState
 

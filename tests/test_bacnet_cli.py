@@ -13,8 +13,8 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from agent.cli_discover import discover_app
-from point_schedules.loader import load_schedule
+from outpost.agent.cli_discover import discover_app
+from outpost.point_schedules.loader import load_schedule
 from tests.bacnet_device import free_udp_port
 from tests.snmp_peer import COMMUNITY, Snmpd
 
@@ -35,7 +35,7 @@ def _restore_logging() -> Iterator[None]:
 def sim_ahu() -> Iterator[int]:
     port = free_udp_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "drivers.sim.bacnet_ahu", "--address", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "outpost.drivers.sim.bacnet_ahu", "--address", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         text=True,
     )

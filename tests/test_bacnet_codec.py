@@ -30,7 +30,7 @@ from bacpypes3.primitivedata import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.bacnet import _NON_NUMERIC, RawError, decode_rp_ack, decode_rpm_ack
+from outpost.drivers.bacnet import _NON_NUMERIC, RawError, decode_rp_ack, decode_rpm_ack
 
 
 def f32(x: float) -> float:

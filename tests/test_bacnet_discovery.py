@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from drivers.bacnet_discovery import (
+from outpost.drivers.bacnet_discovery import (
     config_snippet,
     discover_bacnet,
     discover_bacnet_devices,
     short_units,
 )
-from drivers.sim.bacnet_ahu import build_ahu_objects, build_bulk_objects
-from point_schedules.loader import load_schedule
-from point_schedules.model import BacnetAddress
-from point_schedules.skeleton import write_skeleton
+from outpost.drivers.sim.bacnet_ahu import build_ahu_objects, build_bulk_objects
+from outpost.point_schedules.loader import load_schedule
+from outpost.point_schedules.model import BacnetAddress
+from outpost.point_schedules.skeleton import write_skeleton
 from tests.bacnet_device import RunningDevice, free_udp_port
 
 

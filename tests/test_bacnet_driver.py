@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from bacpypes3.local.analog import AnalogInputObject
 
-from drivers.bacnet import BacnetDeviceConfig, BacnetDriver
-from drivers.base import DriverContext, PointGroup, WriteError
-from drivers.sim.bacnet_ahu import build_ahu_objects, build_bulk_objects
-from point_schedules.quality import Quality
+from outpost.drivers.bacnet import BacnetDeviceConfig, BacnetDriver
+from outpost.drivers.base import DriverContext, PointGroup, WriteError
+from outpost.drivers.sim.bacnet_ahu import build_ahu_objects, build_bulk_objects
+from outpost.point_schedules.quality import Quality
 from tests.bacnet_device import RunningDevice, config, free_udp_port, point
 
 

@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from drivers.bacnet import BacnetDriver
-from drivers.base import PointGroup
-from drivers.sim.bacnet_ahu import AHU_OBJECTS, BacnetAhu, serve_ahu
-from point_schedules.quality import Quality
+from outpost.drivers.bacnet import BacnetDriver
+from outpost.drivers.base import PointGroup
+from outpost.drivers.sim.bacnet_ahu import AHU_OBJECTS, BacnetAhu, serve_ahu
+from outpost.point_schedules.quality import Quality
 from tests.bacnet_device import config, free_udp_port, point
 
 

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from buffer.inspect import export_events, export_readings, file_stats
-from buffer.schema import BufferFileError
-from buffer.store import Buffer, BufferClosedError
-from point_schedules.quality import Quality
+from outpost.buffer.inspect import export_events, export_readings, file_stats
+from outpost.buffer.schema import BufferFileError
+from outpost.buffer.store import Buffer, BufferClosedError
+from outpost.point_schedules.quality import Quality
 
 POINTS = ["ahu-1.supply_temp", "cdu-01.flow", "pdu-a.kw"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import get_app
-from buffer.store import Buffer
+from outpost.agent.cli import get_app
+from outpost.buffer.store import Buffer
 
 runner = CliRunner()
 app = get_app()

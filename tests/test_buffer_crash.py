@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from buffer.store import Buffer
+from outpost.buffer.store import Buffer
 
 WRITER = Path(__file__).with_name("buffer_crash_writer.py")
 KILLS = 21

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from outpost.agent.config import ConfigError, load_config
 
 GOOD = """
 [agent]

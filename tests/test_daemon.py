@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from point_schedules.model import ByteOrder, DataType
+from outpost.point_schedules.model import ByteOrder, DataType
 from tests.agent_process import cli, start_agent, write_config
 from tests.modbus_server import registers_for, start_server
 

@@ -8,9 +8,9 @@ import math
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from drivers.modbus_codec import EncodeError, decode_registers, encode_registers
-from drivers.modbus_planner import build_plan, split_request
-from point_schedules.model import ByteOrder, DataType
+from outpost.drivers.modbus_codec import EncodeError, decode_registers, encode_registers
+from outpost.drivers.modbus_planner import build_plan, split_request
+from outpost.point_schedules.model import ByteOrder, DataType
 from tests.modbus_server import point as mkpoint
 from tests.modbus_server import registers_for
 
@@ -119,9 +119,9 @@ def test_unsupported_points_become_config_errors() -> None:
 def test_decode_fast_paths_still_flag_nan_inf_and_out_of_range() -> None:
     """Contiguous points decode by slice; a NaN/inf or out-of-range value inside must still be
     found (the per-request checks are shortcuts, not filters)."""
-    from drivers.base import PollResult
-    from drivers.modbus_planner import decode_into
-    from point_schedules.quality import Quality
+    from outpost.drivers.base import PollResult
+    from outpost.drivers.modbus_planner import decode_into
+    from outpost.point_schedules.quality import Quality
 
     values = [1.5, math.nan, 3.0, math.inf, 250.0, 4.0]
     pts = [

@@ -10,10 +10,10 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from drivers.base import DriverContext, PointGroup, WriteError
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from point_schedules.model import ByteOrder, DataType, Point
-from point_schedules.quality import Quality
+from outpost.drivers.base import DriverContext, PointGroup, WriteError
+from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from outpost.point_schedules.model import ByteOrder, DataType, Point
+from outpost.point_schedules.quality import Quality
 from tests.modbus_server import Tables, free_port, registers_for, start_server
 from tests.modbus_server import point as mkpoint
 
@@ -360,7 +360,7 @@ async def test_persistent_device_failure_is_split_after_repeated_polls() -> None
     failed SPLIT_AFTER polls in a row; then only the failing register's point stays bad."""
     from pymodbus.constants import ExcCodes
 
-    from drivers.modbus import SPLIT_AFTER
+    from outpost.drivers.modbus import SPLIT_AFTER
 
     async def broken_sensor(fc, _start, address, count, _regs, _values):  # type: ignore[no-untyped-def]
         if fc == 3 and _values is None and address <= 50 < address + count:

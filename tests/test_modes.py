@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from agent.writes import WriteService
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from fsm.alarms import AlarmEngine
-from fsm.clock import ManualClock
-from fsm.config import AlarmsConfig, ModesConfig
-from fsm.modes import ModeMachine, ModeRefused
-from fsm.persist import JsonFileStore
-from point_schedules.model import AlarmPriority, DataType, Point
-from point_schedules.quality import Quality
+from outpost.agent.writes import WriteService
+from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from outpost.fsm.alarms import AlarmEngine
+from outpost.fsm.clock import ManualClock
+from outpost.fsm.config import AlarmsConfig, ModesConfig
+from outpost.fsm.modes import ModeMachine, ModeRefused
+from outpost.fsm.persist import JsonFileStore
+from outpost.point_schedules.model import AlarmPriority, DataType, Point
+from outpost.point_schedules.quality import Quality
 from tests.modbus_server import ModbusTestServer, start_server
 from tests.modbus_server import point as mkpoint
 

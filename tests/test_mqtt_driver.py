@@ -20,13 +20,13 @@ import structlog
 from mqtt_broker import Mosquitto, free_tcp_port, make_tls_files, mosquitto  # noqa: F401
 from pydantic import ValidationError
 
-from drivers.base import PointGroup, PollResult
-from drivers.mqtt import MqttDeviceConfig, MqttDriver, topic_matches
-from drivers.registry import driver_class
-from drivers.sim.mqtt_sensors import RackSensorsModel, run_mqtt_sensors
-from point_schedules.addresses import parse_mqtt
-from point_schedules.model import Point
-from point_schedules.quality import Quality
+from outpost.drivers.base import PointGroup, PollResult
+from outpost.drivers.mqtt import MqttDeviceConfig, MqttDriver, topic_matches
+from outpost.drivers.registry import driver_class
+from outpost.drivers.sim.mqtt_sensors import RackSensorsModel, run_mqtt_sensors
+from outpost.point_schedules.addresses import parse_mqtt
+from outpost.point_schedules.model import Point
+from outpost.point_schedules.quality import Quality
 
 
 @dataclass

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from array import array
 
-from agent.pipeline import Pipeline
-from agent.points import PointTable
-from drivers.base import PollResult
-from point_schedules.model import DataType, ModbusAddress, Point, Schedule
-from point_schedules.quality import Quality
+from outpost.agent.pipeline import Pipeline
+from outpost.agent.points import PointTable
+from outpost.drivers.base import PollResult
+from outpost.point_schedules.model import DataType, ModbusAddress, Point, Schedule
+from outpost.point_schedules.quality import Quality
 
 
 class ListSink:

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import zstandard
 
-from cloud.receiver.migrate import MigrationError, load_migrations
-from cloud.receiver.storage import Storage, auto_resolution
-from cloud.wire import (
+from outpost.cloud.receiver.migrate import MigrationError, load_migrations
+from outpost.cloud.receiver.storage import Storage, auto_resolution
+from outpost.cloud.wire import (
     Heartbeat,
     IngestAck,
     IngestBatch,

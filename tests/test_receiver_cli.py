@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from cloud.wire import IngestBatch, columnar_readings, encode_body
+from outpost.cloud.wire import IngestBatch, columnar_readings, encode_body
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ("tests.receiver_fixtures",)
 
-OUTPOST = [sys.executable, "-m", "agent"]
+OUTPOST = [sys.executable, "-m", "outpost.agent"]
 REPO = Path(__file__).resolve().parent.parent
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{40,}$")
 

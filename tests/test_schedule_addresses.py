@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from point_schedules.addresses import (
+from outpost.point_schedules.addresses import (
     AddressError,
     parse_address,
     parse_json_path,
 )
-from point_schedules.model import BacnetAddress, ModbusAddress, MqttAddress, SnmpAddress
+from outpost.point_schedules.model import BacnetAddress, ModbusAddress, MqttAddress, SnmpAddress
 
 # ----------------------------------------------------------------------------------------- modbus
 

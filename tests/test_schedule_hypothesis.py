@@ -10,9 +10,9 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from point_schedules.addresses import AddressError, parse_address
-from point_schedules.loader import COLUMNS, ScheduleError, parse_schedule
-from point_schedules.model import (
+from outpost.point_schedules.addresses import AddressError, parse_address
+from outpost.point_schedules.loader import COLUMNS, ScheduleError, parse_schedule
+from outpost.point_schedules.model import (
     AlarmPriority,
     BacnetAddress,
     ByteOrder,
@@ -286,7 +286,7 @@ def test_load_schedule_raises_schedule_error_only(tmp_path) -> None:
     """One concrete pass of the file-based entry point over a corrupted document."""
     path = tmp_path / "f.csv"
     path.write_bytes(b'point_id,device\n"a,\xff\n')
-    from point_schedules.loader import load_schedule
+    from outpost.point_schedules.loader import load_schedule
 
     try:
         load_schedule([path], DEVICES)

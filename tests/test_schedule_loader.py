@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from point_schedules.diff import diff_schedules, format_diff
-from point_schedules.loader import (
+from outpost.point_schedules.diff import diff_schedules, format_diff
+from outpost.point_schedules.loader import (
     COLUMNS,
     ScheduleError,
     ScheduleIssue,
@@ -18,7 +18,7 @@ from point_schedules.loader import (
     schedule_version,
     validate_schedule,
 )
-from point_schedules.model import (
+from outpost.point_schedules.model import (
     AlarmPriority,
     BacnetAddress,
     ByteOrder,
@@ -28,7 +28,7 @@ from point_schedules.model import (
     SnmpAddress,
     SourceRef,
 )
-from point_schedules.template import DEFAULT_DEVICES, template
+from outpost.point_schedules.template import DEFAULT_DEVICES, template
 
 DEVICES = {"cdu-01": "modbus", "ahu-1": "bacnet", "pdu-a": "snmp", "rack": "mqtt"}
 HEADER = "point_id,device,address,data_type"

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli_sim import sim_app
-from drivers.base import PointGroup
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from drivers.sim.modbus_devices import MODELS
-from drivers.sim.site import SimConfig, SimSite, load_sim_config, sim_request
-from point_schedules.loader import load_schedule
-from point_schedules.model import ModbusAddress, Point
-from point_schedules.quality import Quality
+from outpost.agent.cli_sim import sim_app
+from outpost.drivers.base import PointGroup
+from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from outpost.drivers.sim.modbus_devices import MODELS
+from outpost.drivers.sim.site import SimConfig, SimSite, load_sim_config, sim_request
+from outpost.point_schedules.loader import load_schedule
+from outpost.point_schedules.model import ModbusAddress, Point
+from outpost.point_schedules.quality import Quality
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CSV = ROOT / "point_schedules" / "examples" / "demo-site.csv"
@@ -55,7 +55,7 @@ async def site() -> AsyncIterator[SimSite]:
 
 def schedule_points() -> list[Point]:
     # the demo schedule covers every protocol; its devices come from the example config
-    from agent.config import load_config
+    from outpost.agent.config import load_config
 
     cfg = load_config(DEMO_CSV.parents[2] / "agent.example.toml")
     points = load_schedule([DEMO_CSV], cfg.device_protocols()).points

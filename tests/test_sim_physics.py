@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from drivers.sim.physics import SCENARIOS, SitePhysics, UnknownSignal
+from outpost.drivers.sim.physics import SCENARIOS, SitePhysics, UnknownSignal
 
 
 def settled(seed: int = 5) -> SitePhysics:

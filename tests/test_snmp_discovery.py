@@ -10,13 +10,13 @@ import io
 import pytest
 from snmp_peer import COMMUNITY, Snmpd, free_udp_port, snmpd  # noqa: F401
 
-from drivers.base import DriverContext, PointGroup
-from drivers.snmp import SnmpDeviceConfig, SnmpDriver
-from drivers.snmp_discovery import DiscoveryError, discover_snmp
-from point_schedules.addresses import parse_address
-from point_schedules.model import Point
-from point_schedules.quality import Quality
-from point_schedules.skeleton import SKELETON_COLUMNS, write_skeleton
+from outpost.drivers.base import DriverContext, PointGroup
+from outpost.drivers.snmp import SnmpDeviceConfig, SnmpDriver
+from outpost.drivers.snmp_discovery import DiscoveryError, discover_snmp
+from outpost.point_schedules.addresses import parse_address
+from outpost.point_schedules.model import Point
+from outpost.point_schedules.quality import Quality
+from outpost.point_schedules.skeleton import SKELETON_COLUMNS, write_skeleton
 
 
 async def test_discovery_on_snmpd_writes_a_readable_skeleton(

@@ -23,13 +23,13 @@ from snmp_peer import (  # noqa: F401  (pytest fixtures)
     start_pdu_sim,
 )
 
-from drivers.base import DriverContext, PointGroup, PollResult, WriteError
-from drivers.registry import config_model, driver_class
-from drivers.sim import snmp_pdu
-from drivers.sim.snmp_pdu import PDU_OID, outlet_oid
-from drivers.snmp import SnmpDeviceConfig, SnmpDriver
-from point_schedules.model import Point, SnmpAddress
-from point_schedules.quality import Quality
+from outpost.drivers.base import DriverContext, PointGroup, PollResult, WriteError
+from outpost.drivers.registry import config_model, driver_class
+from outpost.drivers.sim import snmp_pdu
+from outpost.drivers.sim.snmp_pdu import PDU_OID, outlet_oid
+from outpost.drivers.snmp import SnmpDeviceConfig, SnmpDriver
+from outpost.point_schedules.model import Point, SnmpAddress
+from outpost.point_schedules.quality import Quality
 
 SYS_UPTIME = "1.3.6.1.2.1.1.3.0"
 IF_IN_OCTETS_1 = "1.3.6.1.2.1.2.2.1.10.1"

@@ -11,7 +11,7 @@ import stat
 import time
 from pathlib import Path
 
-from buffer.inspect import file_stats
+from outpost.buffer.inspect import file_stats
 from tests.agent_process import cli, start_agent, write_config
 from tests.modbus_server import start_server
 from tests.receiver_fixtures import ReceiverHandle

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from agent.writes import WriteOutcome, WriteRefused, WriteService, check_value
-from drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from fsm.clock import ManualClock
-from point_schedules.model import ByteOrder, DataType, Point
+from outpost.agent.writes import WriteOutcome, WriteRefused, WriteService, check_value
+from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from outpost.fsm.clock import ManualClock
+from outpost.point_schedules.model import ByteOrder, DataType, Point
 from tests.modbus_server import ModbusTestServer, registers_for, start_server
 from tests.modbus_server import point as mkpoint
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from agent.writes import WriteRefused, WriteService
-from drivers.bacnet import BacnetDriver
-from drivers.sim.bacnet_ahu import build_ahu_objects
-from fsm.clock import ManualClock
+from outpost.agent.writes import WriteRefused, WriteService
+from outpost.drivers.bacnet import BacnetDriver
+from outpost.drivers.sim.bacnet_ahu import build_ahu_objects
+from outpost.fsm.clock import ManualClock
 from tests.bacnet_device import RunningDevice, config, free_udp_port, point
 
 
@@ -57,7 +57,7 @@ async def test_write_then_relinquish_through_the_write_service() -> None:
 
 
 async def test_relinquish_refused_for_a_modbus_point() -> None:
-    from drivers.modbus import ModbusDeviceConfig, ModbusDriver
+    from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
     from tests.modbus_server import point as modbus_point
 
     p = modbus_point("plc.sp", "hr:0", writable=True, device="plc")

@@ -19,19 +19,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from buffer.inspect import open_readonly
-from buffer.store import Buffer
-from cloud.config import CloudConfig
-from cloud.uplink import Uplink
-from cloud.wire import wire_value
-from point_schedules.quality import Quality
+from outpost.buffer.inspect import open_readonly
+from outpost.buffer.store import Buffer
+from outpost.cloud.config import CloudConfig
+from outpost.cloud.uplink import Uplink
+from outpost.cloud.wire import wire_value
+from outpost.point_schedules.quality import Quality
 
 Row = tuple[str, int, float | None, int]
 
 
 def buffer_rows(path: Path) -> list[Row]:
     """Every committed reading in the buffer file as (point_id, ts_ms, value, quality code)."""
-    from buffer.inspect import export_readings
+    from outpost.buffer.inspect import export_readings
 
     out = io.StringIO()
     export_readings(path, out, "jsonl", None, None, None)

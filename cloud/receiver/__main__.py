@@ -1,4 +1,4 @@
-"""``python -m cloud.receiver serve|enroll|revoke``: the receiver without the agent's CLI."""
+"""``python -m outpost.cloud.receiver serve|enroll|revoke``: the receiver without the agent's CLI."""
 
 import sys
 

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
-from cloud.wire import (
+from outpost.cloud.wire import (
     ID_PATTERN,
     BodyError,
     Command,

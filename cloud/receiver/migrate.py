@@ -45,7 +45,7 @@ class MigrationError(RuntimeError):
 
 def load_migrations() -> list[Migration]:
     found: list[Migration] = []
-    for entry in resources.files("cloud.receiver").joinpath("migrations").iterdir():
+    for entry in resources.files("outpost.cloud.receiver").joinpath("migrations").iterdir():
         m = _NAME.match(entry.name)
         if m is None:
             continue

@@ -1,6 +1,6 @@
 """Running the receiver: database selection (DSN or embedded), uvicorn, admin operations.
 
-``agent/cli_cloud.py`` (``outpost cloud ...``) and ``python -m cloud.receiver`` both call in
+``agent/cli_cloud.py`` (``outpost cloud ...``) and ``python -m outpost.cloud.receiver`` both call in
 here. Enrollment and revocation work directly on the receiver's database, so they work whether
 or not the receiver is running: with the embedded server, the sharing protocol in
 ``embedded.py`` connects to the running server or starts it just for the command.
@@ -254,8 +254,8 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cloud.receiver serve|enroll|revoke`` (same as ``outpost cloud ...``)."""
-    parser = argparse.ArgumentParser(prog="python -m cloud.receiver")
+    """``python -m outpost.cloud.receiver serve|enroll|revoke`` (same as ``outpost cloud ...``)."""
+    parser = argparse.ArgumentParser(prog="python -m outpost.cloud.receiver")
     sub = parser.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dsn", default=None)

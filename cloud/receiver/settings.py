@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.wire import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DECOMPRESSED_BYTES
+from outpost.cloud.wire import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DECOMPRESSED_BYTES
 
 DEFAULT_BIND = "127.0.0.1:8720"
 DEFAULT_DATA_DIR = Path("var/receiver")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import asyncpg
 import structlog
 
-from cloud.wire import Command, Heartbeat, IngestAck, IngestBatch, PointMeta
+from outpost.cloud.wire import Command, Heartbeat, IngestAck, IngestBatch, PointMeta
 
 from .migrate import migrate, migrations_pending, setup_timescaledb, try_timescaledb
 

@@ -14,7 +14,7 @@ Options used by the tests and the benchmark: ``rpm=False`` makes the device reje
 ReadPropertyMultiple (unrecognized-service, as small controllers do); ``segmentation=False``
 makes it refuse segmented responses; ``build_bulk_objects(n)`` builds N analog-values.
 
-Run standalone: ``python -m drivers.sim.bacnet_ahu --address 127.0.0.1:47809 [--bulk 500]
+Run standalone: ``python -m outpost.drivers.sim.bacnet_ahu --address 127.0.0.1:47809 [--bulk 500]
 [--no-rpm]``; it prints ``READY <address>`` on stdout once it serves.
 """
 

@@ -24,10 +24,10 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from drivers.modbus_codec import INT_RANGE, EncodeError, decode_registers, encode_registers
-from drivers.sim.physics import SitePhysics, UnknownSignal
-from point_schedules.addresses import parse_modbus
-from point_schedules.model import ByteOrder, DataType, ModbusAddress
+from outpost.drivers.modbus_codec import INT_RANGE, EncodeError, decode_registers, encode_registers
+from outpost.drivers.sim.physics import SitePhysics, UnknownSignal
+from outpost.point_schedules.addresses import parse_modbus
+from outpost.point_schedules.model import ByteOrder, DataType, ModbusAddress
 
 log = structlog.get_logger(__name__)
 

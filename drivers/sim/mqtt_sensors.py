@@ -124,7 +124,7 @@ async def run_mqtt_sensors(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m drivers.sim.mqtt_sensors --port 1883 [--racks 8] [--interval 1]``"""
+    """``python -m outpost.drivers.sim.mqtt_sensors --port 1883 [--racks 8] [--interval 1]``"""
     import argparse
 
     ap = argparse.ArgumentParser(description="Publish simulated rack sensors to an MQTT broker.")

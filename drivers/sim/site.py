@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drivers.sim.physics import SCENARIOS, SitePhysics, UnknownSignal
+from outpost.drivers.sim.physics import SCENARIOS, SitePhysics, UnknownSignal
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,7 @@ class SimConfigError(ValueError):
 def load_sim_config(path: str | Path | None = None) -> SimConfig:
     """Read a sim config; ``None`` → the packaged demo site. Errors name the file and key."""
     if path is None:
-        text = resources.files("drivers.sim").joinpath(DEFAULT_CONFIG_NAME).read_text("utf-8")
+        text = resources.files("outpost.drivers.sim").joinpath(DEFAULT_CONFIG_NAME).read_text("utf-8")
         name = f"drivers/sim/{DEFAULT_CONFIG_NAME}"
     else:
         name = str(path)
@@ -136,7 +136,7 @@ _SIGNAL_PREFIX = {"modbus-cdu": "cdu-01", "modbus-ups": "ups-01", "modbus-pdu": 
 
 
 def _modbus_sim(name: str, cfg: ModbusSimConfig, physics: SitePhysics, site: SimSite) -> Serve:
-    from drivers.sim.modbus_devices import MODELS, ModbusSimDevice
+    from outpost.drivers.sim.modbus_devices import MODELS, ModbusSimDevice
 
     model = MODELS[cfg.kind.removeprefix("modbus-")]
     prefix = cfg.signals or _SIGNAL_PREFIX[cfg.kind]
@@ -157,8 +157,8 @@ def _modbus_sim(name: str, cfg: ModbusSimConfig, physics: SitePhysics, site: Sim
 
 
 def _bacnet_sim(name: str, cfg: BacnetSimConfig, physics: SitePhysics, site: SimSite) -> Serve:
-    from drivers.sim.bacnet_ahu import SCENARIOS as AHU_SCENARIOS
-    from drivers.sim.bacnet_ahu import BacnetAhu
+    from outpost.drivers.sim.bacnet_ahu import SCENARIOS as AHU_SCENARIOS
+    from outpost.drivers.sim.bacnet_ahu import BacnetAhu
 
     ahu = BacnetAhu(cfg.address, cfg.device_instance)
 
@@ -180,8 +180,8 @@ def _bacnet_sim(name: str, cfg: BacnetSimConfig, physics: SitePhysics, site: Sim
 
 
 def _snmp_sim(name: str, cfg: SnmpSimConfig, physics: SitePhysics, site: SimSite) -> Serve:
-    from drivers.sim.snmp_pdu import SCENARIOS as PDU_SCENARIOS
-    from drivers.sim.snmp_pdu import PduModel, serve_snmp_pdu
+    from outpost.drivers.sim.snmp_pdu import SCENARIOS as PDU_SCENARIOS
+    from outpost.drivers.sim.snmp_pdu import PduModel, serve_snmp_pdu
 
     model = PduModel()
 
@@ -206,7 +206,7 @@ def _snmp_sim(name: str, cfg: SnmpSimConfig, physics: SitePhysics, site: SimSite
 
 
 def _mqtt_sim(name: str, cfg: MqttSimConfig, physics: SitePhysics, site: SimSite) -> Serve:
-    from drivers.sim.mqtt_sensors import RackSensorsModel, run_mqtt_sensors
+    from outpost.drivers.sim.mqtt_sensors import RackSensorsModel, run_mqtt_sensors
 
     model = RackSensorsModel(racks=cfg.racks)
 

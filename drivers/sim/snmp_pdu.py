@@ -315,7 +315,7 @@ async def serve_snmp_pdu(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m drivers.sim.snmp_pdu [--host H] [--port P] [--outlets N]``"""
+    """``python -m outpost.drivers.sim.snmp_pdu [--host H] [--port P] [--outlets N]``"""
     import argparse
 
     ap = argparse.ArgumentParser(description="Serve the simulated PDU over SNMP v1/v2c/v3.")
