@@ -16,12 +16,11 @@ import abc
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Protocol, runtime_checkable
 
 from outpost.point_schedules.model import Point
 from outpost.point_schedules.quality import Quality
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class DeviceConfig(BaseModel):
@@ -89,6 +88,29 @@ class DriverContext:
 
 class WriteError(Exception):
     """A write was refused or failed; the message is for the operator."""
+
+
+@runtime_checkable
+class SupportsWrite(Protocol):
+    """A driver that can write an engineering value to a point (Modbus, BACnet, SNMP)."""
+
+    async def write(self, point: Point, value: float, priority: int | None = None) -> None: ...
+
+
+@runtime_checkable
+class SupportsReadBack(Protocol):
+    """A driver that can read one point's current value outside the poll cycle, so a write can
+    be verified at once. Raises ``WriteError`` (or ``OSError``/``TimeoutError``) on failure."""
+
+    async def read_back(self, point: Point) -> float: ...
+
+
+@runtime_checkable
+class SupportsRelinquish(SupportsReadBack, Protocol):
+    """BACnet's command release: write null at ``priority`` so the next priority takes over.
+    Extends ``SupportsReadBack`` because a relinquish is reported with the value that follows."""
+
+    async def relinquish(self, point: Point, priority: int | None = None) -> None: ...
 
 
 class Driver(abc.ABC):
