@@ -13,6 +13,11 @@ The agent calls ``evaluate`` about once a second with the current facts; operato
 decided, ``operator.mode`` when a person did (actor = who); detail ``from, to, cause, reason,
 until``. Maintenance (with its expiry), emergency and custom modes that need an operator to
 clear survive a restart; normal/degraded are re-evaluated from ``starting``.
+
+Emergency outranks maintenance, but does not end it: a maintenance window that was running when
+the emergency began resumes when the emergency clears, if it has not expired meanwhile. An
+emergency restored after a restart re-asserts its failsafe writes on the first evaluation (the
+devices may have been changed by hand while the agent was down), logged as such.
 """
 
 from __future__ import annotations
@@ -49,6 +54,17 @@ STARTING, NORMAL, DEGRADED, MAINTENANCE, EMERGENCY = (
     "emergency",
 )
 STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _PausedMaintenance:
+    """The maintenance window an emergency interrupted, resumed when the emergency clears."""
+
+    reason: str | None
+    actor: str | None
+    until: float
+    scope: Scope
+
 
 WriteCallback = Callable[[str, float, str], Awaitable[WriteOutcome]]
 
@@ -148,6 +164,8 @@ class ModeMachine:
         self._actor: str | None = None
         self._scope: Scope = config.maintenance.default_scope
         self._last_writes: list[dict[str, Any]] = []
+        self._paused: _PausedMaintenance | None = None
+        self._reassert_failsafe = False
         initial, restored = self._restore()
         self._edges = self._build_edges()
         self._model = _Model()
@@ -211,6 +229,9 @@ class ModeMachine:
         edges += [
             Edge("clear_emergency", EMERGENCY, NORMAL, "healthy"),
             Edge("clear_emergency", EMERGENCY, DEGRADED, "unhealthy"),
+            Edge(
+                "resume_maintenance", EMERGENCY, MAINTENANCE, "interrupted maintenance not expired"
+            ),
         ]
         for index, name in enumerate(custom):
             mode = self._custom[name]
@@ -347,6 +368,18 @@ class ModeMachine:
         """
         async with self._lock:
             now = self._clock.now()
+            if self._reassert_failsafe:
+                self._reassert_failsafe = False
+                if self.mode == EMERGENCY and self.config.emergency.failsafe_writes:
+                    log.info(
+                        "mode.failsafe_reasserted",
+                        writes=len(self.config.emergency.failsafe_writes),
+                    )
+                    self._last_writes = await self._run_writes(
+                        EMERGENCY,
+                        self.config.emergency.failsafe_writes,
+                        cause="failsafe writes re-asserted after restart",
+                    )
             self._last_alarms = list(active_alarms)
             self._last_values = point_values or {}
             reasons = []
@@ -363,7 +396,7 @@ class ModeMachine:
             trigger = self.emergency_trigger(self._last_alarms)
             if mode == EMERGENCY:
                 if trigger is None and self.config.emergency.auto_clear:
-                    await self._fire("clear_emergency", cause="emergency condition cleared")
+                    await self._leave_emergency(cause="emergency condition cleared")
                 else:
                     return self.mode
             elif trigger is not None and (
@@ -473,7 +506,7 @@ class ModeMachine:
                         f"emergency condition still active: alarm {trigger.id}; it can be cleared "
                         "once the condition is gone"
                     )
-                await self._fire("clear_emergency", cause="operator", actor=actor, reason=reason)
+                await self._leave_emergency(cause="operator", actor=actor, reason=reason)
             elif mode in self._custom:
                 held = self._custom_holds(self._custom[mode], self._last_alarms, self._last_values)
                 if held:
@@ -485,6 +518,24 @@ class ModeMachine:
 
     # ---------------------------------------------------------------------------- internals
 
+    async def _leave_emergency(
+        self, *, cause: str, actor: str | None = None, reason: str | None = None
+    ) -> None:
+        """Back to the interrupted maintenance window while it lasts, else normal/degraded."""
+        paused, self._paused = self._paused, None
+        if paused is not None and paused.until > self._clock.now():
+            await self._fire(
+                "resume_maintenance",
+                cause=f"{cause}; maintenance resumes",
+                reason=paused.reason,
+                actor=actor,
+                owner=paused.actor,
+                until=paused.until,
+                scope=paused.scope,
+            )
+            return
+        await self._fire("clear_emergency", cause=cause, actor=actor, reason=reason)
+
     async def _fire(
         self,
         trigger: str,
@@ -495,13 +546,17 @@ class ModeMachine:
         until: float | None = None,
         scope: Scope | None = None,
         writes: Sequence[WriteAction] = (),
+        owner: str | None = None,
     ) -> None:
+        """``owner``: who the new mode belongs to when that is not the actor of this change
+        (a resumed maintenance window stays its original operator's)."""
         try:
             await self._model.trigger(  # type: ignore[attr-defined]
                 trigger,
                 cause=cause,
                 reason=reason,
                 actor=actor,
+                owner=owner,
                 until=until,
                 scope=scope,
                 writes=tuple(writes),
@@ -514,15 +569,17 @@ class ModeMachine:
         kw = event.kwargs
         now = self._clock.now()
         was_maintenance = source == MAINTENANCE
+        if was_maintenance and dest == EMERGENCY and self._until is not None:
+            self._paused = _PausedMaintenance(self._reason, self._actor, self._until, self._scope)
         if source != dest:  # extending maintenance keeps its start
             self._since = now
         self._cause = kw.get("cause") or event.event.name
         self._reason = kw.get("reason")
-        self._actor = kw.get("actor")
+        self._actor = kw.get("owner") or kw.get("actor")
         self._until = kw.get("until") if dest == MAINTENANCE else None
         if dest == MAINTENANCE:
             self._scope = kw.get("scope") or self.config.maintenance.default_scope
-        actor = self._actor
+        actor = kw.get("actor")
         self._send(
             now,
             "operator.mode" if actor else "mode",
@@ -546,7 +603,9 @@ class ModeMachine:
         if writes:
             self._last_writes = await self._run_writes(dest, writes)
 
-    async def _run_writes(self, mode: str, writes: Sequence[WriteAction]) -> list[dict[str, Any]]:
+    async def _run_writes(
+        self, mode: str, writes: Sequence[WriteAction], cause: str = "entry writes done"
+    ) -> list[dict[str, Any]]:
         """In order, each on its own: one failed write must not stop the next failsafe."""
         actor = f"mode:{mode}"
         results: list[dict[str, Any]] = []
@@ -578,7 +637,7 @@ class ModeMachine:
             {
                 "from": mode,
                 "to": mode,
-                "cause": "entry writes done",
+                "cause": cause,
                 "writes": results,
                 "ok": ok,
                 "failed": len(results) - ok,
@@ -614,6 +673,13 @@ class ModeMachine:
                 "actor": self._actor,
                 "scope": self._scope.model_dump(mode="json"),
             }
+            if self.mode == EMERGENCY and self._paused is not None:
+                state["paused_maintenance"] = {
+                    "reason": self._paused.reason,
+                    "actor": self._paused.actor,
+                    "until": self._paused.until,
+                    "scope": self._paused.scope.model_dump(mode="json"),
+                }
         try:
             self._store.save(state)
         except OSError as exc:
@@ -656,6 +722,17 @@ class ModeMachine:
             self._scope = Scope.model_validate(data.get("scope") or {})
         except ValueError:
             self._scope = self.config.maintenance.default_scope
+        if mode == EMERGENCY:
+            self._reassert_failsafe = True
+            paused = data.get("paused_maintenance")
+            if isinstance(paused, dict) and isinstance(paused.get("until"), int | float):
+                try:
+                    scope = Scope.model_validate(paused.get("scope") or {})
+                except ValueError:
+                    scope = self.config.maintenance.default_scope
+                self._paused = _PausedMaintenance(
+                    paused.get("reason"), paused.get("actor"), float(paused["until"]), scope
+                )
         return mode, self._cause
 
 

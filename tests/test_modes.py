@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from outpost.agent.writes import WriteService
+from outpost.agent.control.writes import WriteService
 from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
 from outpost.fsm.alarms import AlarmEngine
 from outpost.fsm.clock import ManualClock
@@ -173,8 +173,8 @@ async def test_every_default_transition(tmp_path: Path) -> None:
     }
     assert {(e.source, e.dest) for e in site.modes._edges} - {
         ("maintenance", "maintenance")
-    } == builtin
-    assert seen == builtin
+    } == builtin | {("emergency", "maintenance")}
+    assert seen == builtin  # emergency → maintenance: test_maintenance_resumes_after_emergency
     assert ("maintenance", "maintenance") in {
         (d["from"], d["to"]) for _, k, _, _, d in site.events.rows if k == "operator.mode"
     }
@@ -490,3 +490,84 @@ def test_graph_text_and_mermaid(tmp_path: Path) -> None:
     assert "    high_load --> normal : exit_high_load [healthy]" in mermaid
     with pytest.raises(ValueError, match="unknown graph format"):
         site.modes.graph("dot")
+
+
+async def test_maintenance_resumes_after_emergency(tmp_path: Path) -> None:
+    """An emergency interrupts maintenance; when it clears before the window ends, the window
+    (reason, owner, expiry, scope) resumes — also across a restart during the emergency."""
+    site = make_site(tmp_path)
+    await site.tick()
+    await site.modes.set_maintenance(3600, "filter change", "alice", scope=["ups-1"])
+    until = site.modes.state()["until"]
+    site.read("cdu-01.leak", 1)
+    assert await site.tick() == "emergency"
+    # restart in the middle of the emergency: the paused window is remembered
+    restarted = make_site(tmp_path, clock=ManualClock(site.clock.now() + 10))
+    assert restarted.modes.mode == "emergency"
+    restarted.read("cdu-01.leak", 0)
+    await restarted.tick()
+    state = await restarted.modes.clear("bob", "leak fixed")
+    assert (state["mode"], state["reason"], state["actor"], state["until"]) == (
+        "maintenance",
+        "filter change",
+        "alice",
+        until,
+    )
+    assert state["scope"] == site.modes.state()["scope"] or "ups-1" in str(state["scope"])
+    kind, mode, actor, detail = restarted.events.last_mode()
+    assert (kind, mode, actor) == ("operator.mode", "maintenance", "bob")
+    assert detail["cause"] == "operator; maintenance resumes"
+    # the resumed window still expires on time
+    restarted.clock.advance(3600)
+    assert await restarted.tick() == "normal"
+
+
+async def test_emergency_after_maintenance_expired_goes_to_normal(tmp_path: Path) -> None:
+    site = make_site(tmp_path, ModesConfig.model_validate({"emergency": {"auto_clear": True}}))
+    await site.tick()
+    await site.modes.set_maintenance(60, "short job", "alice")
+    site.read("cdu-01.leak", 1)
+    assert await site.tick() == "emergency"
+    site.clock.advance(120)  # the window ended during the emergency
+    site.read("cdu-01.leak", 0)
+    assert await site.tick() == "normal"
+    assert site.events.last_mode()[3]["cause"] == "emergency condition cleared"
+
+
+async def test_restored_emergency_reasserts_failsafe_writes(
+    tmp_path: Path, device: tuple[ModbusTestServer, ModbusDriver]
+) -> None:
+    """After a restart in emergency the failsafe writes run again (someone may have restarted
+    the pump by hand while the agent was down), and the event says so."""
+    server, driver = device
+    events = Events()
+    clock = ManualClock()
+    writes = WriteService(
+        write_points(), {"cdu-01": driver}, emit=events, device_up=lambda d: True, clock=clock
+    )
+
+    async def write(point_id: str, value: float, actor: str) -> Any:
+        return await writes.write(point_id, value, actor=actor)
+
+    site = make_site(tmp_path, failsafe_config(), write=write, clock=clock, events=events)
+    await site.tick()
+    site.read("cdu-01.leak", 1)
+    assert await site.tick() == "emergency"
+    assert await server.get("hr", 20, 1) == [100]
+    await server.set("hr", 20, [7])  # changed by hand while the agent is down
+    restarted_events = Events()
+    restarted = make_site(
+        tmp_path, failsafe_config(), write=write, clock=clock, events=restarted_events
+    )
+    assert restarted.modes.mode == "emergency"
+    assert await server.get("hr", 20, 1) == [7]  # nothing written before the first evaluation
+    restarted.read("cdu-01.leak", 1)
+    assert await restarted.tick() == "emergency"
+    assert await server.get("hr", 20, 1) == [100]
+    summary = [r for r in restarted_events.rows if r[1] == "mode" and "writes" in r[4]]
+    assert len(summary) == 1
+    assert summary[0][4]["cause"] == "failsafe writes re-asserted after restart"
+    # only once: later evaluations do not write again
+    await server.set("hr", 20, [8])
+    await restarted.tick()
+    assert await server.get("hr", 20, 1) == [8]
