@@ -36,16 +36,26 @@ import re
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
+from enum import Enum
 from itertools import accumulate
 from typing import Any, Literal
 
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from outpost.point_schedules.model import (
+    LIMIT_FIELDS,
+    METADATA_FIELDS,
+    POINT_ID_MAX_LENGTH,
+    POINT_ID_PATTERN,
+    Point,
+)
 from outpost.point_schedules.quality import QUALITY_LABEL
 
 #: Same rule as the schedule's point_id and the agent's gateway id.
-ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+ID_PATTERN = "^" + POINT_ID_PATTERN + "$"
+#: The schedule loader's limit: the receiver accepts every point id a schedule can hold.
+POINT_ID_MAX = POINT_ID_MAX_LENGTH
 #: Sane bounds for a reading's epoch-ms timestamp: 2000-01-01 .. 2100-01-01 UTC.
 TS_MIN_MS = 946_684_800_000
 TS_MAX_MS = 4_102_444_800_000
@@ -132,14 +142,18 @@ class WireEvent(WireModel):
 
 
 class PointMeta(WireModel):
-    """Point metadata, sent in a batch when a point is new or changed."""
+    """Point metadata, sent in a batch when a point is new or changed.
 
-    point_id: str = Field(pattern=ID_PATTERN, max_length=256)
+    One field per entry of ``point_schedules.model.METADATA_FIELDS`` (plus the id and the
+    schedule version); build it with :meth:`from_point`, never field by field.
+    """
+
+    point_id: str = Field(pattern=ID_PATTERN, max_length=POINT_ID_MAX)
     device: str = ""
+    data_type: str | None = None
     units: str = ""
     description: str = ""
-    data_type: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    writable: bool = False
     min: float | None = None
     max: float | None = None
     alarm_hh: float | None = None
@@ -148,8 +162,30 @@ class PointMeta(WireModel):
     alarm_ll: float | None = None
     alarm_state: float | None = None
     alarm_priority: str | None = None
-    writable: bool = False
+    alarm_deadband: float | None = None
+    alarm_delay: float | None = None
+    alarm_clear_delay: float | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
     schedule_version: str | None = None
+
+    @classmethod
+    def from_point(cls, point: Point, schedule_version: str | None = None) -> PointMeta:
+        """The wire form of a schedule point: every metadata field, enums as their values."""
+        values: dict[str, Any] = {name: _plain(getattr(point, name)) for name in METADATA_FIELDS}
+        values["tags"] = dict(point.tags)
+        # Validated, not constructed: a field added to Point but not here fails loudly.
+        return cls.model_validate(
+            {"point_id": point.point_id, "schedule_version": schedule_version, **values}
+        )
+
+    def limits(self) -> dict[str, Any]:
+        """The limit fields that are set, as the receiver stores them."""
+        return {f: v for f in LIMIT_FIELDS if (v := getattr(self, f)) is not None}
+
+
+def _plain(value: object) -> object:
+    """Enum members as their values (``DataType.FLOAT32`` -> ``"float32"``), rest unchanged."""
+    return value.value if isinstance(value, Enum) else value
 
 
 class IngestBatch(WireModel):
@@ -336,11 +372,11 @@ def decode_body(
     return out
 
 
-_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,255}")
+_ID_RE = re.compile(POINT_ID_PATTERN)
 
 
 def _valid_id(text: str) -> bool:
-    return _ID_RE.fullmatch(text) is not None
+    return len(text) <= POINT_ID_MAX and _ID_RE.fullmatch(text) is not None
 
 
 def _measure(points: int = 500, readings: int = 5000) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from outpost.point_schedules.addresses import AddressError, parse_address
 from outpost.point_schedules.model import (
+    POINT_COLUMNS,
     AlarmPriority,
     ByteOrder,
     DataType,
@@ -56,33 +57,8 @@ __all__ = [
     "validate_schedule",
 ]
 
-COLUMNS: tuple[str, ...] = (
-    "point_id",
-    "device",
-    "address",
-    "data_type",
-    "byte_order",
-    "scale",
-    "offset",
-    "units",
-    "description",
-    "poll_interval",
-    "deadband",
-    "heartbeat",
-    "writable",
-    "min",
-    "max",
-    "alarm_hh",
-    "alarm_h",
-    "alarm_l",
-    "alarm_ll",
-    "alarm_state",
-    "alarm_priority",
-    "alarm_deadband",
-    "alarm_delay",
-    "alarm_clear_delay",
-    "tags",
-)
+# Derived from ``Point``: a new field there is a new column here, in the template and on the wire.
+COLUMNS: tuple[str, ...] = POINT_COLUMNS
 REQUIRED_COLUMNS: tuple[str, ...] = ("point_id", "device", "address")
 _COLUMN_SET = frozenset(COLUMNS)
 

@@ -6,9 +6,14 @@ the alarm engine and the agent consume them. Nothing here does I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Literal
+from typing import Any, Final, Literal
+
+#: A point id: lower-case letters, digits and ``_ . -``, starting with a letter or digit. The
+#: loader, the wire models and the receiver all check ids against these two values.
+POINT_ID_PATTERN: Final = r"[a-z0-9][a-z0-9_.-]*"
+POINT_ID_MAX_LENGTH: Final = 200
 
 
 class DataType(str, Enum):
@@ -132,6 +137,13 @@ Address = ModbusAddress | BacnetAddress | SnmpAddress | MqttAddress
 
 DEFAULT_HEARTBEAT_S = 300.0
 
+# Field roles, declared once on ``Point`` and read back by ``COLUMNS``, ``METADATA_FIELDS`` and
+# ``LIMIT_FIELDS``: "meta" fields travel to the receiver as point metadata; "limit" fields
+# travel too and are stored there together as the point's limits. Unmarked fields are how the
+# agent acquires the value (address, decoding, polling) and stay on the gateway.
+_META: dict[str, Any] = {"role": "meta"}
+_LIMIT: dict[str, Any] = {"role": "limit"}
+
 
 @dataclass(frozen=True, slots=True)
 class SourceRef:
@@ -144,32 +156,32 @@ class SourceRef:
 @dataclass(frozen=True, slots=True)
 class Point:
     point_id: str
-    device: str
-    address: Address
-    data_type: DataType | None = (
-        None  # required for Modbus; optional elsewhere (values are numbers)
-    )
+    device: str = field(metadata=_META)
+    address: Address = field()
+    # required for Modbus; optional elsewhere (values are numbers)
+    data_type: DataType | None = field(default=None, metadata=_META)
     byte_order: ByteOrder = ByteOrder.ABCD
     scale: float = 1.0
     offset: float = 0.0
-    units: str = ""
-    description: str = ""
+    units: str = field(default="", metadata=_META)
+    description: str = field(default="", metadata=_META)
     poll_interval: float | None = None  # None: the device's default
     deadband: float = 0.0
     heartbeat: float = DEFAULT_HEARTBEAT_S
-    writable: bool = False
-    min: float | None = None
-    max: float | None = None
-    alarm_hh: float | None = None
-    alarm_h: float | None = None
-    alarm_l: float | None = None
-    alarm_ll: float | None = None
-    alarm_state: float | None = None
-    alarm_priority: AlarmPriority = AlarmPriority.MEDIUM
-    alarm_deadband: float = 0.0
-    alarm_delay: float = 0.0
-    alarm_clear_delay: float = 0.0
-    tags: dict[str, str] = field(default_factory=dict)  # marker tags map to ""
+    writable: bool = field(default=False, metadata=_META)
+    min: float | None = field(default=None, metadata=_LIMIT)
+    max: float | None = field(default=None, metadata=_LIMIT)
+    alarm_hh: float | None = field(default=None, metadata=_LIMIT)
+    alarm_h: float | None = field(default=None, metadata=_LIMIT)
+    alarm_l: float | None = field(default=None, metadata=_LIMIT)
+    alarm_ll: float | None = field(default=None, metadata=_LIMIT)
+    alarm_state: float | None = field(default=None, metadata=_LIMIT)
+    alarm_priority: AlarmPriority = field(default=AlarmPriority.MEDIUM, metadata=_LIMIT)
+    alarm_deadband: float = field(default=0.0, metadata=_LIMIT)
+    alarm_delay: float = field(default=0.0, metadata=_LIMIT)
+    alarm_clear_delay: float = field(default=0.0, metadata=_LIMIT)
+    # marker tags map to ""
+    tags: dict[str, str] = field(default_factory=dict, metadata=_META)
     source: SourceRef | None = field(default=None, compare=False)
 
     def to_engineering(self, raw: float) -> float:
@@ -184,6 +196,18 @@ class Point:
             v is not None
             for v in (self.alarm_hh, self.alarm_h, self.alarm_l, self.alarm_ll, self.alarm_state)
         )
+
+
+#: Every schedule column, in the order of a schedule's header: one per ``Point`` field.
+POINT_COLUMNS: Final[tuple[str, ...]] = tuple(f.name for f in fields(Point) if f.name != "source")
+#: The fields that describe a point to the receiver and dashboards (``PointMeta``).
+METADATA_FIELDS: Final[tuple[str, ...]] = tuple(
+    f.name for f in fields(Point) if f.metadata.get("role") in ("meta", "limit")
+)
+#: The subset of ``METADATA_FIELDS`` the receiver stores together as a point's limits.
+LIMIT_FIELDS: Final[tuple[str, ...]] = tuple(
+    f.name for f in fields(Point) if f.metadata.get("role") == "limit"
+)
 
 
 @dataclass(frozen=True, slots=True)

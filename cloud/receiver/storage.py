@@ -597,29 +597,13 @@ async def _upsert_points(conn: asyncpg.Connection, gw: str, points: list[PointMe
                 p.description,
                 p.data_type,
                 json.dumps(p.tags),
-                json.dumps(_limits(p)),
+                json.dumps(p.limits()),
                 p.writable,
                 p.schedule_version,
             )
             for p in points
         ],
     )
-
-
-_LIMIT_FIELDS = (
-    "min",
-    "max",
-    "alarm_hh",
-    "alarm_h",
-    "alarm_l",
-    "alarm_ll",
-    "alarm_state",
-    "alarm_priority",
-)
-
-
-def _limits(p: PointMeta) -> dict[str, Any]:
-    return {f: getattr(p, f) for f in _LIMIT_FIELDS if getattr(p, f) is not None}
 
 
 def _count(status: str) -> int:
