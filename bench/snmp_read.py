@@ -29,7 +29,7 @@ from snmp_peer import COMMUNITY, V3_AUTH_KEY, V3_PRIV_KEY, V3_USER, Snmpd  # noq
 
 from outpost.drivers.base import DriverContext, PointGroup  # noqa: E402
 from outpost.drivers.snmp import SnmpDeviceConfig, SnmpDriver  # noqa: E402
-from outpost.drivers.snmp_discovery import IF_TABLE, IF_X_TABLE, SYSTEM, _Walker  # noqa: E402
+from outpost.drivers.snmp.discovery import IF_TABLE, IF_X_TABLE, SYSTEM, _Walker  # noqa: E402
 from outpost.point_schedules.model import Point, SnmpAddress  # noqa: E402
 from outpost.point_schedules.quality import Quality  # noqa: E402
 

@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from outpost.point_schedules.model import Point
 from outpost.point_schedules.quality import Quality
-from pydantic import BaseModel, ConfigDict, Field
 
 
 class DeviceConfig(BaseModel):

@@ -30,7 +30,7 @@ from bacpypes3.primitivedata import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outpost.drivers.bacnet import _NON_NUMERIC, RawError, decode_rp_ack, decode_rpm_ack
+from outpost.drivers.bacnet.codec import NON_NUMERIC, RawError, decode_rp_ack, decode_rpm_ack
 
 
 def f32(x: float) -> float:
@@ -46,9 +46,9 @@ VALUES = st.one_of(
     st.integers(0, 2**16).map(lambda n: (Enumerated(n), float(n))),
     st.booleans().map(lambda b: (Boolean(b), float(b))),
     st.just((Null(()), None)),
-    st.text(max_size=300).map(lambda t: (CharacterString(t), _NON_NUMERIC)),
+    st.text(max_size=300).map(lambda t: (CharacterString(t), NON_NUMERIC)),
     st.lists(st.floats(width=32, allow_nan=False), min_size=0, max_size=3).map(
-        lambda xs: (ArrayOf(Real)(xs), _NON_NUMERIC if len(xs) != 1 else f32(xs[0]))
+        lambda xs: (ArrayOf(Real)(xs), NON_NUMERIC if len(xs) != 1 else f32(xs[0]))
     ),
 )
 ERRORS = st.sampled_from(

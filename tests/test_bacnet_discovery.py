@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from outpost.drivers.bacnet_discovery import (
+from outpost.drivers.bacnet.discovery import (
     config_snippet,
     discover_bacnet,
     discover_bacnet_devices,

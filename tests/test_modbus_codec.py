@@ -8,8 +8,8 @@ import math
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from outpost.drivers.modbus_codec import EncodeError, decode_registers, encode_registers
-from outpost.drivers.modbus_planner import build_plan, split_request
+from outpost.drivers.modbus.codec import EncodeError, decode_registers, encode_registers
+from outpost.drivers.modbus.planner import build_plan, split_request
 from outpost.point_schedules.model import ByteOrder, DataType
 from tests.modbus_server import point as mkpoint
 from tests.modbus_server import registers_for
@@ -120,7 +120,7 @@ def test_decode_fast_paths_still_flag_nan_inf_and_out_of_range() -> None:
     """Contiguous points decode by slice; a NaN/inf or out-of-range value inside must still be
     found (the per-request checks are shortcuts, not filters)."""
     from outpost.drivers.base import PollResult
-    from outpost.drivers.modbus_planner import decode_into
+    from outpost.drivers.modbus.planner import decode_into
     from outpost.point_schedules.quality import Quality
 
     values = [1.5, math.nan, 3.0, math.inf, 250.0, 4.0]

@@ -360,7 +360,7 @@ async def test_persistent_device_failure_is_split_after_repeated_polls() -> None
     failed SPLIT_AFTER polls in a row; then only the failing register's point stays bad."""
     from pymodbus.constants import ExcCodes
 
-    from outpost.drivers.modbus import SPLIT_AFTER
+    from outpost.drivers.modbus.driver import SPLIT_AFTER
 
     async def broken_sensor(fc, _start, address, count, _regs, _values):  # type: ignore[no-untyped-def]
         if fc == 3 and _values is None and address <= 50 < address + count:

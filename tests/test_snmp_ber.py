@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api, rfc1902, rfc1905
 
-from outpost.drivers import snmp_ber as ber
+from outpost.drivers.snmp import ber
 
 
 def reference_response(version: int, request_id: int, varbinds: list[tuple[str, object]]) -> bytes:

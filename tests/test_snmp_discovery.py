@@ -12,7 +12,7 @@ from snmp_peer import COMMUNITY, Snmpd, free_udp_port, snmpd  # noqa: F401
 
 from outpost.drivers.base import DriverContext, PointGroup
 from outpost.drivers.snmp import SnmpDeviceConfig, SnmpDriver
-from outpost.drivers.snmp_discovery import DiscoveryError, discover_snmp
+from outpost.drivers.snmp.discovery import DiscoveryError, discover_snmp
 from outpost.point_schedules.addresses import parse_address
 from outpost.point_schedules.model import Point
 from outpost.point_schedules.quality import Quality

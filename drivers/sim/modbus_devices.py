@@ -24,7 +24,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from outpost.drivers.modbus_codec import INT_RANGE, EncodeError, decode_registers, encode_registers
+from outpost.drivers.modbus.codec import INT_RANGE, EncodeError, decode_registers, encode_registers
 from outpost.drivers.sim.physics import SitePhysics, UnknownSignal
 from outpost.point_schedules.addresses import parse_modbus
 from outpost.point_schedules.model import ByteOrder, DataType, ModbusAddress

@@ -100,7 +100,9 @@ class SimConfigError(ValueError):
 def load_sim_config(path: str | Path | None = None) -> SimConfig:
     """Read a sim config; ``None`` → the packaged demo site. Errors name the file and key."""
     if path is None:
-        text = resources.files("outpost.drivers.sim").joinpath(DEFAULT_CONFIG_NAME).read_text("utf-8")
+        text = (
+            resources.files("outpost.drivers.sim").joinpath(DEFAULT_CONFIG_NAME).read_text("utf-8")
+        )
         name = f"drivers/sim/{DEFAULT_CONFIG_NAME}"
     else:
         name = str(path)

@@ -18,7 +18,7 @@ import struct
 from array import array
 from dataclasses import dataclass, field
 
-from outpost.drivers.modbus_codec import (
+from outpost.drivers.modbus.codec import (
     FLOAT_TYPES,
     LAYOUT,
     NATURAL_LAYOUTS,

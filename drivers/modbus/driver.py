@@ -40,9 +40,16 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from outpost.drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult, WriteError
-from outpost.drivers.modbus_codec import EncodeError, encode_registers
-from outpost.drivers.modbus_planner import (
+from outpost.drivers.base import (
+    DeviceConfig,
+    Driver,
+    DriverContext,
+    PointGroup,
+    PollResult,
+    WriteError,
+)
+from outpost.drivers.modbus.codec import EncodeError, encode_registers
+from outpost.drivers.modbus.planner import (
     TABLE_NAME,
     ModbusPlan,
     PlanError,

@@ -30,12 +30,9 @@ from bacpypes3.basetypes import ErrorType, PropertyReference
 from bacpypes3.pdu import Address, GlobalBroadcast
 from bacpypes3.primitivedata import ObjectIdentifier, PropertyIdentifier
 
-from outpost.drivers.bacnet import (
-    BACNET_PORT,
-    BacnetLocalApp,
-    bacnet_error_text,
-    parse_host_port,
-)
+from outpost.drivers.bacnet.address import BACNET_PORT, parse_host_port
+from outpost.drivers.bacnet.app import BacnetLocalApp
+from outpost.drivers.bacnet.codec import bacnet_error_text
 from outpost.point_schedules.skeleton import DiscoveredPoint
 
 log = structlog.get_logger(__name__)

@@ -4,7 +4,7 @@ Work is per request: the points of a group are cut into GET requests of at most
 ``max_varbinds`` OIDs each (fewer, for good, after a device answers tooBig), sent a few at a
 time, and each response is decoded in one pass.
 
-v1/v2c GETs, the hot path, go through ``outpost.drivers.snmp_ber``: varbinds encoded once at prepare
+v1/v2c GETs, the hot path, go through ``outpost.drivers.snmp.ber``: varbinds encoded once at prepare
 time, one shared UDP socket, responses walked byte by byte (about 30x less CPU than pysnmp's
 generic pyasn1 codec). v3 (USM authentication and privacy) and SET use the pysnmp engine
 shared through ``DriverContext.resources``, calling its command generator directly with
@@ -39,9 +39,16 @@ from pysnmp.hlapi.v3arch.asyncio import CommunityData, UdpTransportTarget, UsmUs
 from pysnmp.hlapi.v3arch.asyncio.lcd import CommandGeneratorLcdConfigurator
 from pysnmp.proto import errind, rfc1902, rfc1905
 
-from outpost.drivers import snmp_ber as ber
-from outpost.drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult, WriteError
-from outpost.drivers.snmp_ber import FastUdp
+from outpost.drivers.base import (
+    DeviceConfig,
+    Driver,
+    DriverContext,
+    PointGroup,
+    PollResult,
+    WriteError,
+)
+from outpost.drivers.snmp import ber
+from outpost.drivers.snmp.ber import FastUdp
 from outpost.point_schedules.model import Point, SnmpAddress
 from outpost.point_schedules.quality import Quality
 
