@@ -10,18 +10,18 @@ Ingest checks in this order, writing nothing unless all pass: token (401), compr
 encoding (415/400), strict schema (422), gateway id matches the token (403).
 """
 
-import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import asyncpg
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
@@ -39,6 +39,7 @@ from outpost.cloud.wire import (
     quality_label,
 )
 
+from .auth import NotAuthenticated, require
 from .settings import ReceiverSettings
 from .storage import BUCKETS, EnrollError, Storage, auto_resolution
 
@@ -184,6 +185,8 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         "and long-poll commands; operators read history. All times are UTC.",
     )
 
+    app.state.settings = settings
+
     def get_storage(request: Request) -> Storage:
         return request.app.state.storage
 
@@ -206,14 +209,8 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             )
         return auth.gateway_id
 
-    def admin_auth(creds: Creds) -> None:
-        if creds is None or not hmac.compare_digest(
-            creds.credentials.encode(), settings.admin_token.encode()
-        ):
-            raise HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
-
     GatewayAuth = Annotated[str, Depends(gateway_auth)]
-    Admin = [Depends(admin_auth)]
+    Admin = [Depends(require("admin"))]
     GwPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
     auth_errors: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorOut, "description": "missing, unknown or revoked token"},
@@ -260,6 +257,19 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             headers={"Retry-After": "5"},
             content={"detail": f"database unavailable ({exc.__class__.__name__}); retry later"},
         )
+
+    @app.exception_handler(NotAuthenticated)
+    async def _on_not_authenticated(request: Request, exc: NotAuthenticated) -> Any:
+        # A browser asking for a page goes to the login form; API clients get the 401.
+        accept = request.headers.get("accept", "")
+        if (
+            request.method == "GET"
+            and "text/html" in accept
+            and not request.url.path.startswith("/api/")
+        ):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        return JSONResponse(status_code=401, content={"detail": exc.detail}, headers=exc.headers)
 
     @app.exception_handler(_ValidationFailed)
     async def _on_invalid(_request: Request, exc: _ValidationFailed) -> JSONResponse:

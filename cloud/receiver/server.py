@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -76,15 +77,13 @@ def serve(
     if token_file is not None:
         print(f"admin token (read API): {token_file}", file=sys.stderr)
     with database(dsn, data_dir) as url:
-        overrides: dict[str, int] = {}
+        settings = ReceiverSettings(dsn=url, admin_token=token, retention_days=retention_days)
         if max_body_bytes:
-            overrides["max_body_bytes"] = max_body_bytes
-            overrides["max_decompressed_bytes"] = max_body_bytes
+            settings = replace(
+                settings, max_body_bytes=max_body_bytes, max_decompressed_bytes=max_body_bytes
+            )
         if max_rows:
-            overrides["max_rows"] = max_rows
-        settings = ReceiverSettings(
-            dsn=url, admin_token=token, retention_days=retention_days, **overrides
-        )
+            settings = replace(settings, max_rows=max_rows)
         app = create_app(settings)
         config = uvicorn.Config(
             app,
@@ -165,7 +164,8 @@ class ReceiverServer:
             log_config=None,
             access_log=False,
             lifespan="on",
-            timeout_graceful_shutdown=self._graceful_s,
+            # uvicorn's type says int; whole seconds are precise enough for a shutdown bound
+            timeout_graceful_shutdown=max(1, round(self._graceful_s)),
         )
         server = _Server(config)
         self._server = server

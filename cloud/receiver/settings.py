@@ -35,6 +35,13 @@ class ReceiverSettings:
     online_s: float = 90.0
     stale_s: float = 600.0
     use_timescaledb: bool = True
+    #: a session ends after this long without a request, and in any case after session_max_s
+    session_idle_s: float = 8 * 3600.0
+    session_max_s: float = 7 * 86_400.0
+    #: failed logins counted over this window; past the limits, logins are refused (429)
+    login_window_s: float = 900.0
+    login_max_per_user: int = 5
+    login_max_per_ip: int = 20
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
