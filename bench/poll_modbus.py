@@ -127,7 +127,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def _status(socket_path: Path) -> dict:
-    from outpost.agent.client import AgentClient
+    from outpost.agent.api.client import AgentClient
 
     return AgentClient(socket_path, timeout=30).get("/status")
 

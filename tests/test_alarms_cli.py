@@ -27,10 +27,10 @@ from fastapi import FastAPI
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from outpost.agent.api_control import control_router, parse_since
-from outpost.agent.cli_control import register
-from outpost.agent.client import AgentClient, ApiError
-from outpost.agent.writes import WriteService
+from outpost.agent.api.client import AgentClient, ApiError
+from outpost.agent.api.control import control_router, parse_since
+from outpost.agent.cli.control import register
+from outpost.agent.control.writes import WriteService
 from outpost.buffer.store import Buffer
 from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
 from outpost.fsm.alarms import AlarmEngine

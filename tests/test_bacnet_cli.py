@@ -13,7 +13,7 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from outpost.agent.cli_discover import discover_app
+from outpost.agent.cli.discover import discover_app
 from outpost.point_schedules.loader import load_schedule
 from tests.bacnet_device import free_udp_port
 from tests.snmp_peer import COMMUNITY, Snmpd

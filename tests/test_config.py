@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost.agent.config import ConfigError, load_config
+from outpost.agent.core.config import ConfigError, load_config
 
 GOOD = """
 [agent]

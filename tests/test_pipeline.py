@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from array import array
 
-from outpost.agent.pipeline import Pipeline
-from outpost.agent.points import PointTable
+from outpost.agent.core.pipeline import Pipeline
+from outpost.agent.core.points import PointTable
 from outpost.drivers.base import PollResult
 from outpost.point_schedules.model import DataType, ModbusAddress, Point, Schedule
 from outpost.point_schedules.quality import Quality

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from outpost.agent.cli_schedule import schedule_app
+from outpost.agent.cli.schedule import schedule_app
 from outpost.point_schedules.template import template
 
 HEADER = "point_id,device,address,data_type,writable,alarm_h"

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 
-from outpost.agent.scheduler import Job, Scheduler, next_due, stagger_offset
+from outpost.agent.core.scheduler import Job, Scheduler, next_due, stagger_offset
 
 
 def test_next_due_is_aligned_and_strictly_after_now() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from outpost.agent.cli_sim import sim_app
+from outpost.agent.cli.sim import sim_app
 from outpost.drivers.base import PointGroup
 from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
 from outpost.drivers.sim.modbus_devices import MODELS
@@ -55,7 +55,7 @@ async def site() -> AsyncIterator[SimSite]:
 
 def schedule_points() -> list[Point]:
     # the demo schedule covers every protocol; its devices come from the example config
-    from outpost.agent.config import load_config
+    from outpost.agent.core.config import load_config
 
     cfg = load_config(DEMO_CSV.parents[2] / "agent.example.toml")
     points = load_schedule([DEMO_CSV], cfg.device_protocols()).points

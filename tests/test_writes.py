@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from outpost.agent.writes import WriteOutcome, WriteRefused, WriteService, check_value
+from outpost.agent.control.writes import WriteOutcome, WriteRefused, WriteService, check_value
 from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
 from outpost.fsm.clock import ManualClock
 from outpost.point_schedules.model import ByteOrder, DataType, Point

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from outpost.agent.writes import WriteRefused, WriteService
+from outpost.agent.control.writes import WriteRefused, WriteService
 from outpost.drivers.bacnet import BacnetDriver
 from outpost.drivers.sim.bacnet_ahu import build_ahu_objects
 from outpost.fsm.clock import ManualClock

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from outpost.agent.cli_common import ConfigOption, JsonOption, config_or_exit
+from outpost.agent.cli.common import ConfigOption, JsonOption, config_or_exit
 from outpost.point_schedules.addresses import PROTOCOLS
 from outpost.point_schedules.diff import ScheduleDiff, diff_schedules, format_diff
 from outpost.point_schedules.loader import ScheduleIssue, validate_schedule

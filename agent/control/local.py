@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from outpost.agent.writes import WriteService
+from outpost.agent.control.writes import WriteService
 from outpost.fsm.alarms import AlarmEngine
 from outpost.fsm.clock import SystemClock
 from outpost.fsm.modes import ModeMachine
@@ -23,7 +23,7 @@ from outpost.fsm.persist import JsonFileStore
 from outpost.point_schedules.model import Schedule
 
 if TYPE_CHECKING:
-    from outpost.agent.runtime import Runtime
+    from outpost.agent.core.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from outpost.agent.pipeline import Pipeline
+from outpost.agent.core.pipeline import Pipeline
 from outpost.drivers.base import Driver, PointGroup, PollResult
 from outpost.point_schedules.quality import Quality
 

@@ -34,7 +34,7 @@ OutOption = Annotated[
 
 def _quiet_logs() -> None:
     # stdout may carry the CSV: log lines go to stderr, and only problems.
-    from outpost.agent.logs import configure_logging
+    from outpost.agent.core.logs import configure_logging
 
     configure_logging("warning", "console", stream=sys.stderr)
 

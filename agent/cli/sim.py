@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from outpost.agent.cli_common import fail, print_json
+from outpost.agent.cli.common import fail, print_json
 
 sim_app = typer.Typer(
     help="Simulated site (Modbus CDU/UPS/PDU, BACnet AHU, SNMP PDU on loopback) and its controls.",
@@ -81,7 +81,7 @@ def sim(ctx: typer.Context, site: SiteOption = None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     config = _load(site)
-    from outpost.agent.logs import configure_logging
+    from outpost.agent.core.logs import configure_logging
 
     configure_logging("info", "auto")
     try:

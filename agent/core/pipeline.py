@@ -11,7 +11,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from outpost.agent.points import PointTable
+from outpost.agent.core.points import PointTable
 from outpost.drivers.base import PollResult
 from outpost.point_schedules.quality import Quality
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, TextIO
 
 import typer
 
-from outpost.agent.cli_common import ConfigOption, JsonOption, config_or_exit, fail, print_json
+from outpost.agent.cli.common import ConfigOption, JsonOption, config_or_exit, fail, print_json
 from outpost.buffer.inspect import export_events, export_readings, file_stats
 from outpost.buffer.models import BufferStats
 from outpost.buffer.schema import BufferFileError

@@ -43,7 +43,7 @@ DataDirOption = Annotated[
 
 
 def _logging() -> None:
-    from outpost.agent.logs import configure_logging
+    from outpost.agent.core.logs import configure_logging
 
     configure_logging("info", stream=sys.stderr)
 

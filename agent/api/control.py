@@ -27,7 +27,7 @@ from outpost.fsm.clock import parse_duration
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-    from outpost.agent.writes import WriteService
+    from outpost.agent.control.writes import WriteService
     from outpost.fsm.alarms import AlarmEngine
     from outpost.fsm.modes import ModeMachine
 
@@ -156,7 +156,7 @@ def read_events(
 def control_router(host: ControlHost) -> APIRouter:
     from fastapi import APIRouter, HTTPException, Query
 
-    from outpost.agent.writes import UnknownPoint, WriteRefused
+    from outpost.agent.control.writes import UnknownPoint, WriteRefused
     from outpost.fsm.alarms import AlarmActionRefused, UnknownAlarm
     from outpost.fsm.modes import ModeRefused
 

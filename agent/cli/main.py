@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import math
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from outpost.agent.cli_common import (
+from outpost.agent.cli.common import (
     ConfigOption,
     JsonOption,
     call_agent,
@@ -50,8 +49,8 @@ def _root(
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run the agent in the foreground (systemd: Type=notify). Ctrl-C / SIGTERM stop it cleanly."""
-    from outpost.agent.logs import configure_logging
-    from outpost.agent.runtime import EX_CONFIG, Runtime, StartupError
+    from outpost.agent.core.logs import configure_logging
+    from outpost.agent.core.runtime import EX_CONFIG, Runtime, StartupError
 
     cfg = config_or_exit(config)
     configure_logging(cfg.logging.level, cfg.logging.format)
@@ -224,28 +223,29 @@ def reload(config: ConfigOption = None) -> None:
 
 
 def _mount() -> None:
-    for module, attr, name in (
-        ("outpost.agent.cli_schedule", "schedule_app", "schedule"),
-        ("outpost.agent.cli_buffer", "buffer_app", "buffer"),
-        ("outpost.agent.cli_sim", "sim_app", "sim"),
-        ("outpost.agent.cli_cloud", "cloud_app", "cloud"),
-        ("outpost.agent.cli_discover", "discover_app", "discover"),
-    ):
-        try:  # INTEGRATION-GUARD: remove when every sub-app has landed
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        app.add_typer(getattr(mod, attr), name=name)
-    for module in ("outpost.agent.cli_control", "outpost.agent.cli_demo"):
-        try:  # INTEGRATION-GUARD
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(app)
+    """Add every command group. Imported here, not at the top, so `outpost run` (the daemon)
+    does not load simulators, the receiver or discovery; a missing or renamed module still
+    fails loudly at the first command that mounts them."""
+    from outpost.agent.cli import buffer, cloud, control, demo, discover, schedule, sim
+
+    app.add_typer(schedule.schedule_app, name="schedule")
+    app.add_typer(buffer.buffer_app, name="buffer")
+    app.add_typer(sim.sim_app, name="sim")
+    app.add_typer(cloud.cloud_app, name="cloud")
+    app.add_typer(discover.discover_app, name="discover")
+    control.register(app)
+    demo.register(app)
+
+
+_mounted: list[bool] = []
+
+
+def get_app() -> typer.Typer:
+    """The fully mounted app (also what tests drive with typer's CliRunner)."""
+    if not _mounted:
+        _mount()
+        _mounted.append(True)
+    return app
 
 
 def main() -> None:
@@ -253,14 +253,7 @@ def main() -> None:
 
     # The daemon needs none of the other sub-commands: not importing them keeps the
     # long-running process smaller (simulators, receiver, discovery stay out of its memory).
-    if "run" not in sys.argv[1:3]:
-        _mount()
-    app()
-
-
-def get_app() -> typer.Typer:
-    """The fully mounted app (for tests with typer's CliRunner)."""
-    if not getattr(get_app, "_mounted", False):
-        _mount()
-        get_app._mounted = True  # type: ignore[attr-defined]
-    return app
+    if "run" in sys.argv[1:3]:
+        app()
+    else:
+        get_app()()

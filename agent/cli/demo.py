@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from outpost.agent.cli_common import ConfigOption, config_or_exit, fail
+from outpost.agent.cli.common import ConfigOption, config_or_exit, fail
 
 RECEIVER_BIND = "127.0.0.1:8720"
 

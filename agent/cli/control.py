@@ -18,7 +18,8 @@ from typing import Annotated, Any
 
 import typer
 
-from outpost.agent.cli_common import (
+from outpost.agent.api.client import AgentNotRunning, ApiError
+from outpost.agent.cli.common import (
     ConfigOption,
     JsonOption,
     call_agent,
@@ -28,7 +29,6 @@ from outpost.agent.cli_common import (
     fail,
     print_json,
 )
-from outpost.agent.client import AgentNotRunning, ApiError
 from outpost.fsm.clock import format_duration, parse_duration
 
 mode_app = typer.Typer(
@@ -414,7 +414,7 @@ def events(
     config: ConfigOption = None,
 ) -> None:
     """Recorded events: alarm transitions, mode changes, operator actions, writes."""
-    from outpost.agent.api_control import parse_since, read_events
+    from outpost.agent.api.control import parse_since, read_events
 
     try:
         parse_since(since)

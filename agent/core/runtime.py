@@ -21,12 +21,12 @@ from typing import Any
 
 import structlog
 
-from outpost.agent.config import AgentConfig
-from outpost.agent.coordinator import DeviceCoordinator
-from outpost.agent.pipeline import Pipeline
-from outpost.agent.points import PointTable
-from outpost.agent.scheduler import Job, Scheduler, stagger_offset
-from outpost.agent.systemd import SystemdNotifier
+from outpost.agent.core.config import AgentConfig
+from outpost.agent.core.coordinator import DeviceCoordinator
+from outpost.agent.core.pipeline import Pipeline
+from outpost.agent.core.points import PointTable
+from outpost.agent.core.scheduler import Job, Scheduler, stagger_offset
+from outpost.agent.core.systemd import SystemdNotifier
 from outpost.buffer.store import Buffer
 from outpost.drivers.base import Driver, DriverContext, PointGroup
 from outpost.drivers.registry import driver_class
@@ -349,7 +349,7 @@ class Runtime:
             self.notifier.notify("READY=1")
             return False
         old_version = self.schedule.version if self.schedule else None
-        from outpost.agent import control_wiring
+        from outpost.agent.control import local as control_wiring
 
         control_wiring.on_schedule(self, schedule)
         self._install_schedule(schedule)
@@ -419,12 +419,12 @@ class Runtime:
 
     def _setup_control(self, schedule: Schedule) -> None:
         """Alarm engine, mode machine and guarded writes, when the fsm package provides them."""
-        from outpost.agent import control_wiring
+        from outpost.agent.control import local as control_wiring
 
         control_wiring.setup(self, schedule)
 
     async def _control_loop(self) -> None:
-        from outpost.agent import control_wiring
+        from outpost.agent.control import local as control_wiring
 
         await self._supervised("control", lambda: control_wiring.run(self))
 
@@ -515,7 +515,7 @@ class Runtime:
     async def _serve_api(self) -> None:
         import uvicorn
 
-        from outpost.agent.api import create_app
+        from outpost.agent.api.app import create_app
 
         sock = self.config.api.socket
         sock.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, HTTPException, Query
 
 if TYPE_CHECKING:
-    from outpost.agent.runtime import Runtime
+    from outpost.agent.core.runtime import Runtime
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -53,7 +53,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 def _extra_routers(runtime: Runtime) -> list[Any]:
     routers = []
     if runtime.alarms is not None:
-        from outpost.agent.api_control import control_router
+        from outpost.agent.api.control import control_router
 
         routers.append(control_router(runtime))
     return routers

@@ -9,8 +9,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from outpost.agent.client import AgentClient, AgentNotRunning, ApiError
-from outpost.agent.config import AgentConfig, ConfigError, load_config
+from outpost.agent.api.client import AgentClient, AgentNotRunning, ApiError
+from outpost.agent.core.config import AgentConfig, ConfigError, load_config
 
 ConfigOption = Annotated[
     Path | None,
