@@ -13,6 +13,7 @@ Polled drivers (Modbus, BACnet, SNMP) implement ``read``. Push drivers (MQTT) se
 from __future__ import annotations
 
 import abc
+import random
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,42 @@ class DriverContext:
                 if hasattr(result, "__await__"):
                     await result
         self.resources.clear()
+
+
+@dataclass(slots=True)
+class Backoff:
+    """The one reconnect policy of the drivers: a capped, doubling delay.
+
+    ``failed()`` after each failed attempt returns how long to wait before the next one:
+    ``minimum``, then twice the previous delay, never more than ``maximum``; ``reset()`` after a
+    success. ``jitter`` (a fraction, e.g. 0.2 for ±20 %) spreads the waits of many clients of
+    one server (a fleet of gateways and a restarted broker); ``delay`` stays the nominal value.
+    Callers either sleep the wait (a session loop, MQTT) or refuse attempts until it has passed
+    (a connection used by polls, Modbus: a poll never waits for a device that is down).
+    """
+
+    minimum: float
+    maximum: float
+    jitter: float = 0.0
+    delay: float = 0.0  # nominal delay after the last failure; 0 while healthy
+    rng: random.Random = field(default_factory=random.Random)
+
+    def failed(self) -> float:
+        self.delay = self.minimum if self.delay == 0.0 else min(self.delay * 2, self.maximum)
+        return self.wait()
+
+    def hold(self) -> float:
+        """A failure that retrying soon will not fix (e.g. rejected credentials): wait longest."""
+        self.delay = self.maximum
+        return self.wait()
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+    def wait(self) -> float:
+        if not self.jitter:
+            return self.delay
+        return self.delay * self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)
 
 
 class WriteError(Exception):

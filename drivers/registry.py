@@ -31,5 +31,5 @@ def driver_class(protocol: str) -> type[Driver]:
 
 
 def config_model(protocol: str) -> type[DeviceConfig]:
-    model: type[DeviceConfig] = driver_class(protocol).config_model  # type: ignore[attr-defined]
+    model: type[DeviceConfig] = driver_class(protocol).config_model
     return model

@@ -50,7 +50,7 @@ class LocalApplication(Application):
             else:
                 await ApplicationServiceAccessPoint.sap_response(asap, apdu)
 
-        asap.sap_response = sap_response  # type: ignore[method-assign]
+        asap.sap_response = sap_response
 
     async def send_raw(self, peer: Address, template: ConfirmedRequestPDU) -> bytes:
         """Send a copy of a pre-encoded confirmed request (RPM or RP); return the ACK's

@@ -41,6 +41,7 @@ from pymodbus.pdu.register_message import (
 )
 
 from outpost.drivers.base import (
+    Backoff,
     DeviceConfig,
     Driver,
     DriverContext,
@@ -159,8 +160,8 @@ class ModbusLink:
     def __init__(self, host: str, port: int, config: ModbusDeviceConfig) -> None:
         self.host = host
         self.port = port
-        self.backoff_min = config.reconnect_min
-        self.backoff_max = config.reconnect_max
+        # No jitter: a site's devices are polled by this agent alone, nobody else to spread from.
+        self.backoff = Backoff(config.reconnect_min, config.reconnect_max)
         self.client = AsyncModbusTcpClient(
             host,
             port=port,
@@ -173,7 +174,6 @@ class ModbusLink:
         self.client.register(FastReadHoldingRegistersResponse)
         self.client.register(FastReadInputRegistersResponse)
         self.lock = asyncio.Lock()
-        self.delay = 0.0  # current reconnect delay; 0 while connected / never failed
         self.next_attempt = 0.0  # monotonic time before which we do not try again
         self.connect_attempts = 0
         self.down = False  # a failure has been logged and not yet followed by a recovery
@@ -220,24 +220,23 @@ class ModbusLink:
                 if self.down:
                     log.info("modbus.reconnected", endpoint=self.endpoint)
                 self.down = False
-                self.delay = 0.0
+                self.backoff.reset()
                 self.next_attempt = 0.0
                 return True
-            self.delay = (
-                self.backoff_min if self.delay == 0.0 else min(self.delay * 2, self.backoff_max)
-            )
-            self.next_attempt = time.monotonic() + self.delay
+            self.next_attempt = time.monotonic() + self.backoff.failed()
             if not self.down:
                 log.warning(
                     "modbus.connect_failed",
                     endpoint=self.endpoint,
                     reason=reason,
-                    retry_in=self.delay,
+                    retry_in=self.backoff.delay,
                 )
                 self.down = True
             else:
                 log.debug(
-                    "modbus.connect_retry_failed", endpoint=self.endpoint, retry_in=self.delay
+                    "modbus.connect_retry_failed",
+                    endpoint=self.endpoint,
+                    retry_in=self.backoff.delay,
                 )
             return False
 
@@ -247,7 +246,7 @@ class ModbusLink:
         if not self.down:
             log.warning("modbus.connection_lost", endpoint=self.endpoint, reason=reason)
             self.down = True
-        self.delay = 0.0
+        self.backoff.reset()
         self.next_attempt = 0.0
 
     async def aclose(self) -> None:
@@ -301,7 +300,7 @@ class ModbusDriver(Driver):
     @property
     def reconnect_delay(self) -> float:
         """Current reconnect backoff in seconds (0 while connected)."""
-        return self._link.delay
+        return self._link.backoff.delay
 
     # ------------------------------------------------------------------ planning
     def prepare(self, group: PointGroup) -> None:

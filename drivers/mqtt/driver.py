@@ -38,7 +38,14 @@ import aiomqtt
 import structlog
 from pydantic import Field, model_validator
 
-from outpost.drivers.base import DeviceConfig, Driver, DriverContext, PointGroup, PollResult
+from outpost.drivers.base import (
+    Backoff,
+    DeviceConfig,
+    Driver,
+    DriverContext,
+    PointGroup,
+    PollResult,
+)
 from outpost.point_schedules.addresses import parse_json_path
 from outpost.point_schedules.model import MqttAddress
 from outpost.point_schedules.quality import Quality
@@ -330,7 +337,8 @@ class MqttDriver(Driver):
             if cfg.tls
             else None
         )
-        delay = cfg.reconnect_min
+        # Jitter keeps a fleet of gateways from reconnecting to a restarted broker in step.
+        backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max, jitter=0.2)
         outage_logged = False
         while True:
             try:
@@ -353,16 +361,15 @@ class MqttDriver(Driver):
                     else:
                         log.info("mqtt.connected", device=self.device_id, broker=self._broker())
                     outage_logged = False
-                    delay = cfg.reconnect_min
+                    backoff.reset()
                     self._reset_stale_clock()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 was_connected = self._connected
                 self._connected = False
                 refused = _credentials_refused(exc)
-                if refused:
-                    # Retrying fast will not fix a password: wait the longest delay.
-                    delay = cfg.reconnect_max
+                # Retrying fast will not fix a password: wait the longest delay.
+                wait = backoff.hold() if refused else backoff.failed()
                 if not outage_logged:
                     outage_logged = True
                     self._emit_all(
@@ -383,13 +390,13 @@ class MqttDriver(Driver):
                             device=self.device_id,
                             broker=self._broker(),
                             error=str(exc),
-                            retry_in_s=round(delay, 2),
+                            retry_in_s=round(wait, 2),
                         )
                 else:
                     log.debug("mqtt.reconnect_failed", device=self.device_id, error=str(exc))
-            # Jitter keeps a fleet of gateways from reconnecting to a restarted broker in step.
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, cfg.reconnect_max)
+            else:
+                wait = backoff.failed()  # the session ended without an error: start over
+            await asyncio.sleep(wait)
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         assert self._plan is not None
@@ -588,7 +595,7 @@ class MqttDriver(Driver):
 
 
 def _direct_queue(handler: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[Any]]:
-    class _DirectQueue(asyncio.Queue):  # type: ignore[type-arg]
+    class _DirectQueue(asyncio.Queue[Any]):
         """Hands each message to ``handler`` at once instead of queueing it."""
 
         def put_nowait(self, item: aiomqtt.Message) -> None:

@@ -257,7 +257,7 @@ def shared_engine(context: DriverContext, credentials: str = "") -> _SharedEngin
     shared = context.resources.get(key)
     if shared is None:
         shared = context.resources[key] = _SharedEngine()
-    return shared  # type: ignore[no-any-return]
+    return shared
 
 
 def _fingerprint(auth: CommunityData | UsmUserData) -> str:
@@ -412,7 +412,8 @@ class SnmpDriver(Driver):
                     type=socket.SOCK_DGRAM,
                 )
             except (SnmpConfigError, OSError) as exc:
-                return self._setup_failed(exc)
+                self._setup_failed(exc)
+                return None
             udp = self.context.resources.get(_FAST_KEY)
             if udp is None:
                 udp = self.context.resources[_FAST_KEY] = FastUdp()
@@ -453,7 +454,8 @@ class SnmpDriver(Driver):
                     retries=self.config.retries,
                 )
             except Exception as exc:  # pysnmp wraps resolution errors in its own types
-                return self._setup_failed(exc)
+                self._setup_failed(exc)
+                return None
             shared = self._engine = shared_engine(self.context, _fingerprint(auth))
             addr_name, _params = shared.lcd.configure(
                 shared.engine, auth, transport, self.config.context_name.encode()
