@@ -13,14 +13,24 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from outpost.cloud.config import CloudConfig
 from outpost.drivers.base import DeviceConfig
 from outpost.drivers.registry import PROTOCOLS, config_model
+from outpost.fsm.config import AlarmsConfig, ModesConfig
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -52,16 +62,18 @@ class SchedulesSection(_Section):
 
 class BufferSection(_Section):
     path: Path = Path("buffer.db")
-    max_size_mb: float = Field(1024, gt=0)
-    retention_days: float = Field(7, gt=0)
-    commit_interval_s: float = Field(1.0, gt=0, le=60)
-    commit_rows: int = Field(50_000, ge=1)
+    max_size_mb: float = Field(default=1024, gt=0)
+    retention_days: float = Field(default=7, gt=0)
+    commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    commit_rows: int = Field(default=50_000, ge=1)
 
 
 class ApiSection(_Section):
     socket: Path = Path("outpost.sock")
-    bind: str | None = Field("127.0.0.1:8710", description="status page / HTTP API; empty = off")
-    token_env: str | None = Field(None, description="env var holding the LAN access token")
+    bind: str | None = Field(
+        default="127.0.0.1:8710", description="status page / HTTP API; empty = off"
+    )
+    token_env: str | None = Field(default=None, description="env var holding the LAN access token")
 
     @field_validator("bind")
     @classmethod
@@ -76,10 +88,10 @@ class ApiSection(_Section):
 
 class SchedulerSection(_Section):
     stagger_s: float = Field(
-        0.25, ge=0, description="max offset spreading devices with the same interval"
+        default=0.25, ge=0, description="max offset spreading devices with the same interval"
     )
     watchdog_stall_s: float = Field(
-        30.0, gt=0, description="no poll or buffer progress for this long = unhealthy"
+        default=30.0, gt=0, description="no poll or buffer progress for this long = unhealthy"
     )
 
 
@@ -116,14 +128,13 @@ class AgentConfig(BaseSettings):
     api: ApiSection = Field(default_factory=ApiSection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
-    # Sections owned by other packages (fsm, cloud) are validated by their own models in
-    # load_config (see _SECTION_MODELS), so agent/config.py does not hard-wire their keys.
-    alarms: dict[str, Any] | Any = Field(default_factory=dict)
-    modes: dict[str, Any] | Any = Field(default_factory=dict)
-    cloud: dict[str, Any] | Any = None
+    # Sections whose models belong to the package that uses them (fsm, cloud).
+    alarms: AlarmsConfig = Field(default_factory=lambda: AlarmsConfig.model_validate({}))
+    modes: ModesConfig = Field(default_factory=lambda: ModesConfig.model_validate({}))
+    cloud: CloudConfig | None = None  # absent: edge-only
     # Validated per protocol after the base model (see _validate_devices) so that each device's
-    # errors name its own keys instead of a union's guesses.
-    devices: dict[str, Any] = Field(default_factory=dict)
+    # errors name its own keys instead of a union's guesses; until then the tables stay raw.
+    devices: SkipValidation[dict[str, DeviceConfig]] = Field(default_factory=dict)
 
     # Set by load_config, not by the file.
     config_path: Path = Field(default=Path(DEFAULT_CONFIG_NAME), exclude=True)
@@ -187,7 +198,7 @@ def _problems_from(exc: ValidationError, prefix: str = "") -> list[str]:
     return out
 
 
-def _validate_devices(raw: dict[str, Any]) -> tuple[dict[str, DeviceConfig], list[str]]:
+def _validate_devices(raw: Mapping[str, object]) -> tuple[dict[str, DeviceConfig], list[str]]:
     devices: dict[str, DeviceConfig] = {}
     problems: list[str] = []
     for name, body in raw.items():
@@ -218,29 +229,6 @@ def _validate_devices(raw: dict[str, Any]) -> tuple[dict[str, DeviceConfig], lis
     return devices, problems
 
 
-_SECTION_MODELS: dict[str, tuple[str, str]] = {
-    "alarms": ("outpost.fsm.config", "AlarmsConfig"),
-    "modes": ("outpost.fsm.config", "ModesConfig"),
-    "cloud": ("outpost.cloud.config", "CloudConfig"),
-}
-
-
-def _validate_sections(cfg: AgentConfig) -> list[str]:
-    import importlib
-
-    problems: list[str] = []
-    for name, (module_name, class_name) in _SECTION_MODELS.items():
-        raw = getattr(cfg, name)
-        if raw is None:
-            continue
-        model = getattr(importlib.import_module(module_name), class_name)
-        try:
-            setattr(cfg, name, model.model_validate(raw))
-        except ValidationError as exc:
-            problems.extend(_problems_from(exc, prefix=f"{name}."))
-    return problems
-
-
 def _resolve_device_paths(cfg: AgentConfig) -> None:
     """Secret and CA files named in a device table are relative to the config file's folder."""
     base = cfg.config_dir
@@ -263,8 +251,7 @@ def _resolve_cloud_paths(cfg: AgentConfig) -> None:
     updates = {
         field: (base / value).resolve()
         for field in ("ca_file", "enrollment_token_file")
-        if isinstance(value := getattr(cfg.cloud, field, None), str | Path)
-        and not Path(value).is_absolute()
+        if isinstance(value := getattr(cfg.cloud, field), Path) and not value.is_absolute()
     }
     if updates:
         cfg.cloud = cfg.cloud.model_copy(update=updates)
@@ -320,7 +307,6 @@ def load_config(path: Path | str | None = None, *, check_files: bool = True) -> 
 
     devices, device_problems = _validate_devices(cfg.devices)
     problems.extend(device_problems)
-    problems.extend(_validate_sections(cfg))
     cfg.devices = devices
     cfg.config_path = config_path
     cfg = _resolve_paths(cfg)
