@@ -23,6 +23,7 @@ import structlog
 
 from outpost.cloud.wire import Command, Heartbeat, IngestAck, IngestBatch, PointMeta
 
+from . import live
 from .migrate import migrate, migrations_pending, setup_timescaledb, try_timescaledb
 
 log = structlog.get_logger(__name__)
@@ -316,6 +317,19 @@ class Storage:
                     [json.dumps(e.detail) for e in ev],
                 )
                 events_inserted = _count(status)
+            # Live dashboards (live.py): NOTIFY in this transaction is sent on commit only, and
+            # reaches every receiver process's SSE clients; one round trip per batch.
+            notes = (
+                live.reading_payloads(gw, r.point_ids, r.point, ts_ms, r.value, r.quality)
+                if inserted
+                else []
+            )
+            if events_inserted:
+                n_alarm = sum(1 for e in batch.events if live.is_alarm_event(e.kind))
+                if n_alarm:
+                    notes.append(live.alarm_payload(gw, n_alarm))
+            if notes:
+                await conn.execute(live.NOTIFY_MANY_SQL, notes)
             duplicate = len(r) - inserted
             await conn.execute(
                 "INSERT INTO ingest_log (gateway_id, first_seq, last_seq, inserted, duplicate, "
@@ -375,10 +389,14 @@ class Storage:
     # --- heartbeat and commands -------------------------------------------------------------
 
     async def heartbeat(self, hb: Heartbeat) -> None:
+        # the NOTIFY (live.py: fleet pages refresh the row) rides on the same statement
         await self.pool.execute(
-            "UPDATE gateways SET last_heartbeat = $2::jsonb, last_seen = now() WHERE id = $1",
+            "WITH u AS (UPDATE gateways SET last_heartbeat = $2::jsonb, last_seen = now() "
+            "WHERE id = $1 RETURNING id) SELECT pg_notify($3, $4) FROM u",
             hb.gateway_id,
             hb.model_dump_json(),
+            live.CHANNEL,
+            live.heartbeat_payload(hb.gateway_id),
         )
 
     async def create_command(
