@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from outpost.buffer.inspect import export_events, export_readings, file_stats
 from outpost.buffer.schema import BufferFileError
+from outpost.buffer.source import SyncSource
 from outpost.buffer.store import Buffer, BufferClosedError
 from outpost.point_schedules.quality import Quality
 
@@ -734,3 +735,8 @@ def test_a_malformed_batch_is_dropped_and_counted_without_stalling_the_rest(buf:
     assert buf.dropped_rows == 3 and buf.stats().dropped_rows == 3
     assert len(buf.read_unsynced_events(10)) == 1
     assert sum(e["event"] == "buffer.item_dropped" for e in logs) == 2
+
+
+def test_buffer_satisfies_the_uplinks_sync_source(buf: Buffer) -> None:
+    # Method names at runtime; the signatures are checked by mypy in outpost.buffer.store.
+    assert isinstance(buf, SyncSource)

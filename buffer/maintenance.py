@@ -1,0 +1,193 @@
+"""Size bound and retention. Runs in the writer thread, on the writer connection, in bounded
+chunks (~20-40 ms each) with the queued appends committed in between, so appends never wait
+long behind it.
+
+Size bound (``max_size_mb``), in this order (DESIGN.md): synced rows oldest first (at or below
+the cursor, then the islands acknowledged out of order), then unsynced rows oldest first —
+counted in ``evicted_unsynced``, reported through ``on_unsynced_evicted`` and the cursor moves
+past them (they cannot be sent any more). Once over the bound it evicts down to 90 % of it, so
+it does not evict on every tick.
+
+Retention (``retention_days``): synced rows (whole commit blocks) and synced events older than
+the limit are dropped, in chunks; unsynced data is never expired. After retention frees a lot,
+pages are given back to the file system in small steps.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+import structlog
+
+from outpost.buffer.files import BufferFiles
+from outpost.buffer.schema import bump_meta, transaction
+from outpost.buffer.sync import advance_cursor, cursor, events_cursor
+
+log = structlog.get_logger(__name__)
+
+# Rows deleted per eviction/retention transaction: ~20-40 ms of work, then queued appends go
+# first again.
+EVICT_CHUNK = 20_000
+# Low-water mark: once over the bound, evict down to this fraction so we don't evict every tick.
+LOW_WATER = 0.9
+
+#: Called after each chunk: record the progress (for the watchdog) and commit what was appended
+#: meanwhile; False means stop for now (a commit failed or the file was replaced by a recovery).
+Between = Callable[[], bool]
+
+
+class Maintenance:
+    def __init__(
+        self,
+        files: BufferFiles,
+        *,
+        max_bytes: int,
+        retention_s: float,
+        on_unsynced_evicted: Callable[[int], None] | None,
+    ) -> None:
+        self._files = files
+        self.max_bytes = max_bytes
+        self.retention_s = retention_s
+        self.on_unsynced_evicted = on_unsynced_evicted
+
+    def run(self, between: Between) -> None:
+        """Size bound, then retention, then give pages back. sqlite3 errors propagate (the
+        writer decides between recovery and a log line)."""
+        conn = self._files.writer
+        if conn is None:
+            return
+        self.enforce_size(conn, between)
+        if conn is self._files.writer:
+            self.expire(conn, between)
+        if conn is self._files.writer:
+            self._give_back_pages(conn)
+
+    # ------------------------------------------------------------------ size bound
+
+    def enforce_size(self, conn: sqlite3.Connection, between: Between) -> None:
+        used = self._files.used_bytes(conn)
+        if used <= self.max_bytes:
+            return
+        target = int(self.max_bytes * LOW_WATER)
+        for _ in range(1000):
+            rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+            if rows == 0 or used <= target:
+                break
+            per_row = max(1.0, used / rows)
+            need = max(1, min(rows, int((used - target) / per_row) + 1))
+            while need > 0:
+                n = self._evict_chunk(conn, min(need, EVICT_CHUNK))
+                if n == 0:
+                    break
+                need -= n
+                # Appends that queued meanwhile go in before the next chunk.
+                if not between() or conn is not self._files.writer:
+                    return
+            new_used = self._files.used_bytes(conn)
+            if new_used >= used:
+                # Deleting rows freed no whole page yet (or the WAL dominates): stop, try later.
+                break
+            used = new_used
+        log.info("buffer.size_enforced", used_bytes=used, max_bytes=self.max_bytes)
+
+    def _evict_chunk(self, conn: sqlite3.Connection, limit: int) -> int:
+        """Delete up to ``limit`` rows, synced first (oldest first), then unsynced oldest first."""
+        unsynced = 0
+        with transaction(conn):
+            cur = cursor(conn)
+            lo = conn.execute("SELECT min(seq) FROM readings").fetchone()[0]
+            if lo is None:
+                return 0
+            if lo <= cur:
+                hi = min(cur, lo + limit - 1)
+                n = conn.execute(
+                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)
+                ).rowcount
+                conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (hi,))
+                bump_meta(conn, "evicted_synced", n)
+                return int(n)
+            island = conn.execute(
+                "SELECT m, last_seq FROM (SELECT (SELECT min(seq) FROM readings r "
+                "WHERE r.seq BETWEEN s.first_seq AND s.last_seq) AS m, s.last_seq "
+                "FROM synced_ranges s WHERE s.last_seq > ? ORDER BY s.first_seq) "
+                "WHERE m IS NOT NULL LIMIT 1",
+                (cur,),
+            ).fetchone()
+            if island is not None:
+                m, last = island
+                n = conn.execute(
+                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (m, min(last, m + limit - 1))
+                ).rowcount
+                bump_meta(conn, "evicted_synced", n)
+                return int(n)
+            hi = lo + limit - 1
+            n = conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)).rowcount
+            conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (hi,))
+            bump_meta(conn, "evicted_unsynced", n)
+            # Lost for good: the cursor moves past them so the uplink does not wait for them.
+            advance_cursor(conn, hi)
+            unsynced = int(n)
+        if unsynced:
+            log.warning(
+                "buffer.evicted_unsynced", rows=unsynced, through_seq=hi, path=str(self._files.path)
+            )
+            if self.on_unsynced_evicted is not None:
+                try:
+                    self.on_unsynced_evicted(unsynced)
+                except Exception:
+                    log.exception("buffer.on_unsynced_evicted_failed")
+        return unsynced
+
+    # ------------------------------------------------------------------ retention
+
+    def expire(self, conn: sqlite3.Connection, between: Between) -> None:
+        """Retention: drop synced rows (and synced events) older than ``retention_days``, whole
+        commit blocks at a time, in chunks."""
+        cutoff = round((time.time() - self.retention_s) * 1000.0)
+        total = 0
+        while True:
+            with transaction(conn):
+                cur = cursor(conn)
+                # The oldest blocks only, up to the first one still needed: a bounded read per
+                # tick instead of scanning every block for a match.
+                blocks = []
+                for first, last, max_ts in conn.execute(
+                    "SELECT first_seq, last_seq, max_ts FROM blocks ORDER BY first_seq LIMIT 64"
+                ):
+                    if max_ts >= cutoff or last > cur:
+                        break
+                    blocks.append((first, last))
+                if not blocks:
+                    break
+                n = 0
+                taken = []
+                for first, last in blocks:
+                    n += conn.execute(
+                        "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (first, last)
+                    ).rowcount
+                    taken.append((first,))
+                    if n >= EVICT_CHUNK:
+                        break
+                conn.executemany("DELETE FROM blocks WHERE first_seq = ?", taken)
+                bump_meta(conn, "expired_rows", n)
+            total += n
+            if not between() or conn is not self._files.writer:
+                return
+        with transaction(conn):
+            ne = conn.execute(
+                "DELETE FROM events WHERE id <= ? AND ts < ?", (events_cursor(conn), cutoff)
+            ).rowcount
+            if ne:
+                bump_meta(conn, "expired_events", ne)
+        if total or ne:
+            log.info("buffer.expired", rows=total, events=ne)
+
+    def _give_back_pages(self, conn: sqlite3.Connection) -> None:
+        """Return free pages to the file system in small steps once a lot is free (after
+        retention); below that, free pages are simply reused by new rows."""
+        count = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if count and free > count // 4:
+            conn.execute("PRAGMA incremental_vacuum(2048)").fetchall()
