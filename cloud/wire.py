@@ -38,10 +38,10 @@ import zlib
 from collections.abc import Iterable, Sequence
 from enum import Enum
 from itertools import accumulate
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from outpost.point_schedules.model import (
     LIMIT_FIELDS,
@@ -67,6 +67,71 @@ class WireModel(BaseModel):
     """Strict: no coercion ("1" is not 1), unknown keys rejected, NaN/inf rejected."""
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=False)
+
+
+# --- values PostgreSQL can store --------------------------------------------------------------
+# JSON and pydantic accept text and numbers that PostgreSQL refuses (a NUL character, a lone
+# UTF-16 surrogate, an integer past bigint, NaN inside jsonb). Refusing them here turns what
+# was a 500 at insert time -- and a batch that failed forever -- into a 422 naming the field.
+
+INT64_MAX = 2**63 - 1
+DETAIL_MAX_DEPTH = 16
+DETAIL_MAX_BYTES = 64 * 1024
+
+
+def check_text(value: str) -> str:
+    """Text PostgreSQL can store: no NUL character, no lone surrogate."""
+    if "\x00" in value:
+        raise ValueError("text must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (lone surrogate)") from None
+    return value
+
+
+def check_json_value(value: Any, depth: int = 0) -> Any:
+    """A JSON document jsonb can store, bounded in depth: finite numbers within bigint range
+    (floats any size), text per :func:`check_text`, string keys."""
+    if depth > DETAIL_MAX_DEPTH:
+        raise ValueError(f"nested deeper than {DETAIL_MAX_DEPTH} levels")
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ValueError("integer outside the 64-bit range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite (no NaN or infinity)")
+        return value
+    if isinstance(value, str):
+        return check_text(value)
+    if isinstance(value, list):
+        return [check_json_value(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError("object keys must be strings")
+            check_text(key)
+        return {k: check_json_value(v, depth + 1) for k, v in value.items()}
+    raise ValueError(f"unsupported JSON value of type {type(value).__name__}")
+
+
+def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    checked = check_json_value(value)
+    size = len(json.dumps(checked, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > DETAIL_MAX_BYTES:
+        raise ValueError(f"{size} bytes of JSON, at most {DETAIL_MAX_BYTES} allowed")
+    return checked  # type: ignore[no-any-return]
+
+
+#: Text that crosses into PostgreSQL.
+SafeText = Annotated[str, AfterValidator(check_text)]
+#: A JSON object stored as jsonb (event detail, command args, heartbeat uplink figures).
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json_object)]
+#: A count or sequence number stored as bigint.
+Int64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 
 # --- enrollment ---------------------------------------------------------------------------
@@ -95,7 +160,7 @@ class Readings(WireModel):
 
     point_ids: list[str] = Field(default_factory=list)
     point: list[int] = Field(default_factory=list)
-    ts0: int = 0
+    ts0: int = Field(default=0, ge=-INT64_MAX, le=INT64_MAX)
     ts: list[int] = Field(default_factory=list)
     value: list[float | None] = Field(default_factory=list)
     quality: list[int] = Field(default_factory=list)
@@ -133,12 +198,12 @@ class Readings(WireModel):
 
 
 class WireEvent(WireModel):
-    id: int = Field(ge=0)  # the agent's event id, monotonically increasing per gateway
+    id: Int64  # the agent's event id, monotonically increasing per gateway
     ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)  # epoch ms
-    kind: str = Field(min_length=1, max_length=64)
-    source: str = Field(default="", max_length=256)
-    actor: str = Field(default="", max_length=256)
-    detail: dict[str, Any] = Field(default_factory=dict)
+    kind: SafeText = Field(min_length=1, max_length=64)
+    source: SafeText = Field(default="", max_length=256)
+    actor: SafeText = Field(default="", max_length=256)
+    detail: JsonObject = Field(default_factory=dict)
 
 
 class PointMeta(WireModel):
@@ -149,10 +214,10 @@ class PointMeta(WireModel):
     """
 
     point_id: str = Field(pattern=ID_PATTERN, max_length=POINT_ID_MAX)
-    device: str = ""
-    data_type: str | None = None
-    units: str = ""
-    description: str = ""
+    device: SafeText = ""
+    data_type: SafeText | None = None
+    units: SafeText = ""
+    description: SafeText = ""
     writable: bool = False
     min: float | None = None
     max: float | None = None
@@ -161,12 +226,12 @@ class PointMeta(WireModel):
     alarm_l: float | None = None
     alarm_ll: float | None = None
     alarm_state: float | None = None
-    alarm_priority: str | None = None
+    alarm_priority: SafeText | None = None
     alarm_deadband: float | None = None
     alarm_delay: float | None = None
     alarm_clear_delay: float | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
-    schedule_version: str | None = None
+    tags: dict[SafeText, SafeText] = Field(default_factory=dict)
+    schedule_version: SafeText | None = Field(default=None, max_length=128)
 
     @classmethod
     def from_point(cls, point: Point, schedule_version: str | None = None) -> PointMeta:
@@ -190,12 +255,12 @@ def _plain(value: object) -> object:
 
 class IngestBatch(WireModel):
     gateway_id: str = Field(pattern=ID_PATTERN, max_length=128)
-    first_seq: int = Field(ge=0)
-    last_seq: int = Field(ge=0)  # inclusive; the range may contain gaps (evicted rows)
+    first_seq: Int64
+    last_seq: Int64  # inclusive; the range may contain gaps (evicted rows)
     readings: Readings = Field(default_factory=Readings)
     events: list[WireEvent] = Field(default_factory=list)
     points: list[PointMeta] = Field(default_factory=list)
-    schedule_version: str | None = None
+    schedule_version: SafeText | None = Field(default=None, max_length=128)
 
     @model_validator(mode="after")
     def _check_range(self) -> IngestBatch:
@@ -218,23 +283,23 @@ class IngestAck(WireModel):
 
 class DeviceHealth(WireModel):
     connected: bool
-    last_ok_ts: int | None = None  # epoch ms of the last successful poll
-    error: str | None = None
+    last_ok_ts: int | None = Field(default=None, ge=0, le=TS_MAX_MS)  # epoch ms, last good poll
+    error: SafeText | None = Field(default=None, max_length=2048)
 
 
 class Heartbeat(WireModel):
     gateway_id: str = Field(pattern=ID_PATTERN, max_length=128)
-    ts: int  # epoch ms, the agent's clock
-    mode: str
-    agent_version: str
-    schedule_version: str | None = None
-    devices: dict[str, DeviceHealth] = Field(default_factory=dict)
-    buffer_rows: int = Field(default=0, ge=0)
-    unsynced_rows: int = Field(default=0, ge=0)
+    ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)  # epoch ms, the agent's clock
+    mode: SafeText = Field(min_length=1, max_length=64)
+    agent_version: SafeText = Field(max_length=64)
+    schedule_version: SafeText | None = Field(default=None, max_length=128)
+    devices: dict[SafeText, DeviceHealth] = Field(default_factory=dict, max_length=10_000)
+    buffer_rows: Int64 = 0
+    unsynced_rows: Int64 = 0
     oldest_unsynced_age_s: float | None = None
-    uplink: dict[str, Any] = Field(default_factory=dict)
+    uplink: JsonObject = Field(default_factory=dict)
     #: active alarms by priority ("critical": 1, ...), for the fleet page
-    active_alarms: dict[str, int] = Field(default_factory=dict)
+    active_alarms: dict[SafeText, Int64] = Field(default_factory=dict, max_length=16)
 
 
 class HeartbeatAck(WireModel):
