@@ -64,8 +64,14 @@ def bucket_range(start: datetime, end: datetime, width: timedelta) -> tuple[date
     """[start, end) widened to whole buckets aligned on 2000-01-01T00:00Z (date_bin's and
     time_bucket's common origin for these widths)."""
     origin = datetime(2000, 1, 1, tzinfo=UTC)
-    first = origin + ((start - origin) // width) * width
-    last = origin + -((origin - end) // width) * width
+    try:
+        first = origin + ((start - origin) // width) * width
+    except OverflowError:  # before year 1: nothing is stored there anyway
+        first = start
+    try:
+        last = origin + -((origin - end) // width) * width
+    except OverflowError:  # the bucket holding 9999-12-31 would end past the calendar
+        last = end
     return first, last
 
 
