@@ -101,7 +101,7 @@ def _value(v: object) -> str:
 
 
 def _where(p: Point) -> str:
-    return f"  [{p.source.file}:{p.source.line}]" if p.source is not None else ""
+    return f"  [{p.source}]" if p.source is not None else ""
 
 
 def _summary(p: Point) -> str:

@@ -1,6 +1,6 @@
-"""Point schedule CSV loader and validator.
+"""Point schedule loader and validator: CSV files and .xlsx workbooks.
 
-A schedule is one or more CSV files, one row per point (see DESIGN.md "Point schedule" and
+A schedule is one or more CSV files or workbooks, one row per point (see DESIGN.md "Point schedule" and
 ``point_schedules/examples/README.md``). Loading is all-or-nothing: every problem in every file
 is collected as a ``ScheduleIssue`` (file, physical line, column, message) and reported at
 once; a ``Schedule`` is only built when there are none.
@@ -13,6 +13,14 @@ File format details that matter to people writing schedules in a spreadsheet:
 - Blank lines, rows whose cells are all empty, and lines starting with ``#`` are comments. The
   first non-comment line is the header.
 - Cells are stripped of surrounding white space; an empty cell means "use the default".
+- A workbook (``.xlsx``, recognised by its content, not its name) is read from its first sheet
+  or the sheet named by ``sheet=``; its rows follow the same rules, numbers and booleans are
+  read as the spreadsheet shows them, formulas as their last computed value. Issues name the
+  cell: ``site.xlsx:Points!C14: column "address": ...``.
+
+Some findings are warnings (``ScheduleIssue.severity``): the schedule still loads, unless
+``strict=True`` makes them errors. Today that is two points reading the same address of the
+same device with the same data type.
 
 The version of a schedule (``schedule_version``) is a content hash of the file bytes. It does not
 depend on the order the files are given in nor on their names: the same files make the same
@@ -32,11 +40,16 @@ import operator
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from pathlib import Path
+from typing import Literal
 
 from outpost.point_schedules.addresses import AddressError, parse_address
 from outpost.point_schedules.model import (
     POINT_COLUMNS,
+    POINT_ID_MAX_LENGTH,
+    POINT_ID_PATTERN,
+    Address,
     AlarmPriority,
     ByteOrder,
     DataType,
@@ -63,25 +76,52 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("point_id", "device", "address")
 _COLUMN_SET = frozenset(COLUMNS)
 
 
+Severity = Literal["error", "warning"]
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleIssue:
-    """One problem in a schedule. ``line`` 0 means the file as a whole."""
+    """One problem in a schedule. ``line`` 0 means the file as a whole.
+
+    In a workbook ``line`` is the row number, ``sheet`` the sheet's name and ``cell`` the cell
+    reference (``C14``) when the problem is in one cell.
+    """
 
     file: str
     line: int
     column: str | None
     message: str
+    severity: Severity = "error"
+    sheet: str | None = None
+    cell: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    @property
+    def location(self) -> str:
+        """``site.csv:14``, ``site.xlsx:Points!C14``, ``site.xlsx:Points!14`` (a whole row)."""
+        where = self.file
+        if self.sheet is not None:
+            where = f"{where}:{self.sheet}"
+            if self.cell or self.line > 0:
+                where = f"{where}!{self.cell or self.line}"
+        elif self.line > 0:
+            where = f"{where}:{self.line}"
+        return where
 
     def __str__(self) -> str:
-        where = self.file
-        if self.line > 0:
-            where = f"{where}:{self.line}"
+        where = self.location
         text = f'column "{self.column}": {self.message}' if self.column else self.message
+        if self.severity == "warning":
+            text = "warning: " + text
         return f"{where}: {text}" if where else text
 
 
 class ScheduleError(Exception):
-    """The schedule is invalid; ``issues`` lists every problem found, in file and line order."""
+    """The schedule is invalid; ``issues`` lists every problem found (errors, and warnings
+    when there are any), in file and line order."""
 
     def __init__(self, issues: Sequence[ScheduleIssue]) -> None:
         self.issues: list[ScheduleIssue] = list(issues)
@@ -94,21 +134,37 @@ class ScheduleError(Exception):
 # ----------------------------------------------------------------------------- public functions
 
 
-def load_schedule(files: Sequence[str | Path], devices: Mapping[str, str]) -> Schedule:
-    """Load and validate schedule files. ``devices`` maps device id → protocol.
+def load_schedule(
+    files: Sequence[str | Path],
+    devices: Mapping[str, str],
+    *,
+    strict: bool = False,
+    sheet: str | None = None,
+) -> Schedule:
+    """Load and validate schedule files (CSV or .xlsx). ``devices`` maps device id → protocol.
 
-    Raises ``ScheduleError`` carrying every problem across all files.
+    Raises ``ScheduleError`` carrying every problem across all files. Warnings do not stop a
+    load; use ``validate_schedule`` to see them, or ``strict=True`` to make them errors.
+    ``sheet`` names the sheet to read in every workbook (default: each workbook's first).
     """
-    schedule, issues = validate_schedule(files, devices)
+    schedule, issues = validate_schedule(files, devices, strict=strict, sheet=sheet)
     if schedule is None:
         raise ScheduleError(issues)
     return schedule
 
 
 def validate_schedule(
-    files: Sequence[str | Path], devices: Mapping[str, str]
+    files: Sequence[str | Path],
+    devices: Mapping[str, str],
+    *,
+    strict: bool = False,
+    sheet: str | None = None,
 ) -> tuple[Schedule | None, list[ScheduleIssue]]:
-    """Like ``load_schedule`` but returns ``(schedule or None, issues)`` instead of raising."""
+    """Like ``load_schedule`` but returns ``(schedule or None, issues)`` instead of raising.
+
+    The schedule is None exactly when an issue is an error; a valid schedule may come with
+    warnings.
+    """
     sources: list[tuple[str, bytes]] = []
     read_issues: list[ScheduleIssue] = []
     for f in files:
@@ -122,7 +178,7 @@ def validate_schedule(
             read_issues.append(ScheduleIssue(name, 0, None, f"cannot read file: {reason}"))
     if not files:
         read_issues.append(ScheduleIssue("", 0, None, "no schedule files given"))
-    schedule, issues = parse_schedule(sources, devices)
+    schedule, issues = parse_schedule(sources, devices, strict=strict, sheet=sheet)
     if read_issues:
         # Keep the report in the order the files were given; sort is stable within a file.
         order = {str(f): i for i, f in reversed(list(enumerate(files)))}
@@ -132,18 +188,25 @@ def validate_schedule(
 
 
 def parse_schedule(
-    sources: Sequence[tuple[str, bytes]], devices: Mapping[str, str]
+    sources: Sequence[tuple[str, bytes]],
+    devices: Mapping[str, str],
+    *,
+    strict: bool = False,
+    sheet: str | None = None,
 ) -> tuple[Schedule | None, list[ScheduleIssue]]:
     """Validate schedule contents already in memory, e.g. a schedule pushed from the receiver.
 
-    ``sources`` are ``(name, content)`` pairs; the names appear in issues and ``Point.source``.
+    ``sources`` are ``(name, content)`` pairs, CSV text or .xlsx workbooks; the names appear in
+    issues and ``Point.source``.
     """
     issues: list[ScheduleIssue] = []
     points: list[Point] = []
     seen: dict[str, SourceRef] = {}
+    readers: dict[_ReadKey, Point] = {}
     for name, data in sources:
-        _FileParser(name, devices, issues, seen).parse(data, points)
-    if issues or not sources:
+        parser = _FileParser(name, devices, issues, seen, readers, strict, sheet)
+        parser.parse(data, points)
+    if any(i.is_error for i in issues) or not sources:
         return None, issues
     schedule = Schedule(
         points=tuple(points),
@@ -168,7 +231,9 @@ def schedule_version(contents: Sequence[bytes]) -> str:
 
 # ------------------------------------------------------------------------------ cell vocabulary
 
-_POINT_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_POINT_ID_RE = re.compile(POINT_ID_PATTERN)
+# What a point reads: two points with the same key read the same value.
+_ReadKey = tuple[str, Address, DataType | None]
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BIT_TYPE_RE = re.compile(r"bit([0-9]{1,2})")
 _TAG_NAME_RE = re.compile(r"[^\s=;]+")
@@ -235,6 +300,29 @@ def _fmt(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
+def _column_letter(position: int) -> str:
+    """Spreadsheet column name of a 0-based cell index: 0 -> A, 25 -> Z, 26 -> AA."""
+    name = ""
+    n = position + 1
+    while n:
+        n, rem = divmod(n - 1, 26)
+        name = chr(ord("A") + rem) + name
+    return name
+
+
+def _cell_text(value: object) -> str:
+    """A workbook cell as the text a CSV export of it would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _fmt(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return str(value)
+
+
 # ------------------------------------------------------------------------------------- parsing
 
 
@@ -244,6 +332,10 @@ class _FileParser:
     devices: Mapping[str, str]
     issues: list[ScheduleIssue]
     seen: dict[str, SourceRef]
+    readers: dict[_ReadKey, Point]
+    strict: bool = False
+    wanted_sheet: str | None = None
+    sheet: str | None = None  # the sheet being read, None for CSV
     index: dict[str, int] = field(default_factory=dict)
     missing_data_type_lines: list[int] = field(default_factory=list)
     names: tuple[str, ...] = ()
@@ -251,20 +343,33 @@ class _FileParser:
     numeric: list[tuple[str, str]] = field(default_factory=list)
     numbers: dict[str, float] = field(default_factory=dict)
 
-    def issue(self, line: int, column: str | None, message: str) -> None:
-        self.issues.append(ScheduleIssue(self.name, line, column, message))
+    def issue(
+        self,
+        line: int,
+        column: str | None,
+        message: str,
+        *,
+        position: int | None = None,
+        severity: Severity = "error",
+    ) -> None:
+        """Record an issue; ``position`` is the 0-based cell index when ``column`` is not (yet)
+        a known column, e.g. in the header."""
+        cell = None
+        if self.sheet is not None and line > 0:
+            if position is None and column is not None:
+                position = self.index.get(column)
+            if position is not None:
+                cell = f"{_column_letter(position)}{line}"
+        self.issues.append(
+            ScheduleIssue(self.name, line, column, message, severity, self.sheet, cell)
+        )
+
+    def source(self, line: int) -> SourceRef:
+        return SourceRef(self.name, line, self.sheet)
 
     # -------------------------------------------------------------------------------- file level
 
     def decode(self, data: bytes) -> str | None:
-        if data.startswith(b"PK\x03\x04"):
-            self.issue(
-                0,
-                None,
-                "is a zip archive (an .xlsx/.ods workbook?), not CSV: "
-                'export the sheet as "CSV UTF-8"',
-            )
-            return None
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):
             self.issue(0, None, 'is UTF-16 encoded: save it as UTF-8 ("CSV UTF-8")')
             return None
@@ -333,11 +438,59 @@ class _FileParser:
                 continue
             yield state["start"], cells
 
+    def workbook_records(self, data: bytes) -> Iterator[tuple[int, list[str]]] | None:
+        """The rows of one sheet as ``(row number, cells as text)``, or None (issue recorded)."""
+        import openpyxl  # only workbooks pay for importing it
+
+        try:
+            book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        except Exception:  # whatever a third-party parser raises on a user's file: one line
+            self.issue(
+                0,
+                None,
+                "is a zip archive but not an .xlsx workbook (an .ods or .xls?): save it "
+                'as .xlsx ("Excel 2007-365") or export the sheet as "CSV UTF-8"',
+            )
+            return None
+        if self.wanted_sheet is None:
+            sheet = book.worksheets[0]
+        elif self.wanted_sheet in book.sheetnames:
+            sheet = book[self.wanted_sheet]
+        else:
+            names = ", ".join(f'"{n}"' for n in book.sheetnames)
+            self.issue(0, None, f'has no sheet "{self.wanted_sheet}": its sheets are {names}')
+            book.close()
+            return None
+        self.sheet = sheet.title
+
+        def rows() -> Iterator[tuple[int, list[str]]]:
+            number = 0
+            try:
+                for number, values in enumerate(sheet.iter_rows(min_row=1, values_only=True), 1):
+                    cells = [_cell_text(v) for v in values]
+                    # A sheet is as wide as its widest row: trailing empty cells are not cells.
+                    while cells and not cells[-1].strip():
+                        cells.pop()
+                    if not cells or cells[0].lstrip().startswith("#"):
+                        continue
+                    yield number, cells
+            except Exception as e:  # a corrupt sheet inside a readable workbook: one line
+                self.issue(number + 1, None, f"cannot read this row of the workbook: {e}")
+            finally:
+                book.close()
+
+        return rows()
+
     def parse(self, data: bytes, out: list[Point]) -> None:
-        text = self.decode(data)
-        if text is None:
-            return
-        records = self.records(text)
+        if data.startswith(b"PK\x03\x04"):
+            records = self.workbook_records(data)
+            if records is None:
+                return
+        else:
+            text = self.decode(data)
+            if text is None:
+                return
+            records = self.records(text)
         first = next(records, None)
         if first is None:
             self.issue(
@@ -353,16 +506,24 @@ class _FileParser:
         rows = 0
         for line, cells in records:
             rows += 1
-            if len(cells) != width:
-                hint = " (a cell containing a comma must be quoted)" if len(cells) > width else ""
-                self.issue(
-                    line,
-                    None,
-                    f"expected {width} cells (one per header column), found {len(cells)}{hint}",
-                )
+            present = len(cells)
+            if present != width:
+                self.wrong_width(line, cells, width)
+                # The cells that are there are still checked, so one missing comma does not
+                # hide the row's other mistakes; the row itself is never loaded.
+                cells = cells[:width] + [""] * (width - present)
+                n_issues = len(self.issues)
+                self.row(line, cells)
+                # A cell that is not there is not "empty": drop what row() said about those.
+                self.issues[n_issues:] = [
+                    i
+                    for i in self.issues[n_issues:]
+                    if i.column is None or self.index.get(i.column, 0) < present
+                ]
                 continue
             point = self.row(line, cells)
             if point is not None:
+                self.check_same_reading(point)
                 out.append(point)
         if rows == 0:
             self.issue(0, None, "no points: the file has a header but no rows")
@@ -375,6 +536,43 @@ class _FileParser:
                 "required column is missing: modbus register "
                 f"points need a data_type (lines {shown})",
             )
+
+    def wrong_width(self, line: int, cells: list[str], width: int) -> None:
+        if self.sheet is not None:  # only longer rows reach here: trailing blanks are cut
+            refs = [
+                f"{_column_letter(i)}{line}" for i in range(width, len(cells)) if cells[i].strip()
+            ]
+            self.issue(
+                line,
+                None,
+                f"cells right of the last header column hold values ({', '.join(refs[:5])}"
+                f"{', ...' if len(refs) > 5 else ''}): give the column a header or clear them",
+            )
+            return
+        hint = " (a cell containing a comma must be quoted)" if len(cells) > width else ""
+        self.issue(
+            line,
+            None,
+            f"expected {width} cells (one per header column), found {len(cells)}{hint}",
+        )
+
+    def check_same_reading(self, point: Point) -> None:
+        """Two points reading one value is usually a copy-paste slip (a warning; strict: an
+        error)."""
+        key: _ReadKey = (point.device, point.address, point.data_type)
+        first = self.readers.setdefault(key, point)
+        if first is point or point.source is None:
+            return
+        what = f"{point.device} {point.address}"
+        if point.data_type is not None:
+            what += f" as {point.data_type.value}"
+        self.issue(
+            point.source.line,
+            "address",
+            f'"{point.point_id}" reads the same value as "{first.point_id}" at {first.source} '
+            f"({what}); a second point for one value is usually a copy-paste slip",
+            severity="error" if self.strict else "warning",
+        )
 
     def read_header(self, line: int, header: list[str]) -> None:
         if len(header) == 1:
@@ -395,10 +593,14 @@ class _FileParser:
                     None,
                     f"header cell {i + 1} is empty: every column needs a name "
                     "(remove trailing separators)",
+                    position=i,
                 )
             elif name in self.index:
                 self.issue(
-                    line, name, f"column given twice (cells {self.index[name] + 1} and {i + 1})"
+                    line,
+                    name,
+                    f"column given twice (cells {self.index[name] + 1} and {i + 1})",
+                    position=i,
                 )
             elif name not in _COLUMN_SET:
                 close = difflib.get_close_matches(name.lower(), COLUMNS, n=1, cutoff=0.6)
@@ -407,7 +609,7 @@ class _FileParser:
                     if close
                     else "known columns: " + ", ".join(COLUMNS)
                 )
-                self.issue(line, name, f"unknown column ({hint})")
+                self.issue(line, name, f"unknown column ({hint})", position=i)
             else:
                 self.index[name] = i
         self.names = tuple(self.index)
@@ -434,6 +636,13 @@ class _FileParser:
         if "point_id" in index:
             if not point_id:
                 self.issue(line, "point_id", "required, the cell is empty")
+            elif len(point_id) > POINT_ID_MAX_LENGTH:
+                self.issue(
+                    line,
+                    "point_id",
+                    f"{_show(point_id)} is {len(point_id)} characters long: "
+                    f"a point id has at most {POINT_ID_MAX_LENGTH}",
+                )
             elif _POINT_ID_RE.fullmatch(point_id) is None:
                 self.issue(
                     line,
@@ -447,11 +656,10 @@ class _FileParser:
                     self.issue(
                         line,
                         "point_id",
-                        f'duplicate point_id "{point_id}": first '
-                        f"defined at {first.file}:{first.line}",
+                        f'duplicate point_id "{point_id}": first defined at {first}',
                     )
                 else:
-                    self.seen[point_id] = SourceRef(self.name, line)
+                    self.seen[point_id] = self.source(line)
 
         device = get("device", "")
         protocol: str | None = None
@@ -625,7 +833,7 @@ class _FileParser:
             device=device,
             address=address,
             data_type=data_type,
-            source=SourceRef(self.name, line),
+            source=self.source(line),
             **kw,  # type: ignore[arg-type]
         )
 

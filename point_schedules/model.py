@@ -147,10 +147,19 @@ _LIMIT: dict[str, Any] = {"role": "limit"}
 
 @dataclass(frozen=True, slots=True)
 class SourceRef:
-    """Where a point was declared, for error messages and `schedule diff`."""
+    """Where a point was declared, for error messages and `schedule diff`.
+
+    ``line`` is the physical line of a CSV file or the row number in a workbook's ``sheet``.
+    """
 
     file: str
     line: int
+    sheet: str | None = None
+
+    def __str__(self) -> str:
+        if self.sheet is not None:
+            return f"{self.file}:{self.sheet}!{self.line}"
+        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True, slots=True)

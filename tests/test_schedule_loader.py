@@ -787,3 +787,88 @@ def test_ten_thousand_rows_load(tmp_path: Path) -> None:
     print(f"\n10,000-row schedule loaded in {elapsed * 1000:.0f} ms")
     assert len(schedule.points) == 10_000
     assert schedule.points[-1].source.line == 10_001
+
+
+# ------------------------------------------------------------------ validation additions (#12)
+
+
+def test_same_reading_twice_is_a_warning_naming_both_lines(tmp_path: Path) -> None:
+    text = (
+        HEADER + "\ncdu-01.a,cdu-01,hr:1,int16\n"
+        "cdu-01.b,cdu-01,hr:1,uint16\n"  # same register, other type: a deliberate view
+        "cdu-01.c,cdu-01,hr:1,int16\n"
+        "b.x,ahu-1,ai:1,\nb.y,ahu-1,analog-input:1/present-value,\n"
+    )
+    path = write(tmp_path, text)
+    schedule, issues = validate_schedule([path], DEVICES)
+    assert schedule is not None and len(schedule.points) == 5
+    assert [str(i) for i in issues] == [
+        f'{path}:4: warning: column "address": "cdu-01.c" reads the same value as "cdu-01.a" '
+        f"at {path}:2 (cdu-01 hr:1 as int16); a second point for one value is usually a "
+        "copy-paste slip",
+        f'{path}:6: warning: column "address": "b.y" reads the same value as "b.x" at {path}:5 '
+        "(ahu-1 analog-input:1); a second point for one value is usually a copy-paste slip",
+    ]
+    assert all(i.severity == "warning" and not i.is_error for i in issues)
+    assert load_schedule([path], DEVICES) == schedule
+
+    strict, strict_issues = validate_schedule([path], DEVICES, strict=True)
+    assert strict is None
+    assert [(i.line, i.severity) for i in strict_issues] == [(4, "error"), (6, "error")]
+    with pytest.raises(ScheduleError) as err:
+        load_schedule([path], DEVICES, strict=True)
+    assert "warning" not in str(err.value) and '"cdu-01.c" reads the same value' in str(err.value)
+
+
+def test_same_reading_across_files(tmp_path: Path) -> None:
+    a = write(tmp_path, HEADER + "\ncdu-01.a,cdu-01,coil:3,\n", "a.csv")
+    b = write(tmp_path, HEADER + "\n\ncdu-01.b,cdu-01,coil:3,bool\n", "b.csv")
+    schedule, issues = validate_schedule([a, b], DEVICES)
+    assert schedule is not None
+    assert [(i.file, i.line, i.column) for i in issues] == [(str(b), 3, "address")]
+    assert f"at {a}:2" in issues[0].message
+
+
+def test_point_id_length_limit(tmp_path: Path) -> None:
+    longest = "cdu-01." + "x" * (200 - 7)
+    assert len(load(tmp_path, f"{HEADER}\n{longest},cdu-01,hr:1,int16\n").points) == 1
+    line, column, message = one_problem(tmp_path, f"{HEADER}\n{longest}x,cdu-01,hr:1,int16\n")
+    assert (line, column) == (2, "point_id")
+    assert message.endswith("is 201 characters long: a point id has at most 200")
+    # the receiver takes every id the loader takes, and no longer one
+    from outpost.cloud.wire import PointMeta
+
+    assert PointMeta(point_id=longest).point_id == longest
+
+
+def test_wrong_number_of_cells_does_not_hide_other_errors(tmp_path: Path) -> None:
+    text = (
+        HEADER + "\ncdu-01.a,cdu-09,hr:1\n"  # short, and an unknown device
+        "cdu-01.b,cdu-01,hr:2,int99,extra\n"  # long, and an unknown data type
+        "cdu-01.a,cdu-01,hr:3,int16\n"  # the id of the short row is still taken
+    )
+    found = problems(tmp_path, text)
+    assert [f[:2] for f in found] == [
+        (2, None),
+        (2, "device"),
+        (3, None),
+        (3, "data_type"),
+        (4, "point_id"),
+    ]
+    assert found[0][2] == "expected 4 cells (one per header column), found 3"
+    assert sum("cells (one per header column)" in f[2] for f in found) == 2
+    assert 'unknown data_type "int99"' in found[3][2]
+    assert "duplicate point_id" in found[4][2]
+
+
+def test_warning_formatting() -> None:
+    warning = ScheduleIssue("f.csv", 4, "address", "twice", severity="warning")
+    assert str(warning) == 'f.csv:4: warning: column "address": twice'
+    cell = ScheduleIssue("site.xlsx", 14, "address", "bad", sheet="Points", cell="C14")
+    assert str(cell) == 'site.xlsx:Points!C14: column "address": bad'
+    assert str(ScheduleIssue("site.xlsx", 14, None, "bad", sheet="Points")) == (
+        "site.xlsx:Points!14: bad"
+    )
+    assert str(ScheduleIssue("site.xlsx", 0, None, "bad", sheet="Points")) == (
+        "site.xlsx:Points: bad"
+    )
