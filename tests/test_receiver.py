@@ -345,30 +345,7 @@ async def test_heartbeat_and_commands(receiver: ReceiverHandle) -> None:
         body, headers = encode_body(hb, "gzip")
         r = await c.post("/api/v1/gateways/gw-1/heartbeat", content=body, headers=headers)
         assert r.status_code == 200 and r.json()["gateway_id"] == "gw-1"
-        assert (await c.get("/api/v1/gateways/gw-1/commands", params={"wait": 0})).json() == []
-
-        async def create() -> int:
-            await asyncio.sleep(0.2)
-            async with httpx.AsyncClient(
-                base_url=receiver.url, headers=receiver.admin_headers
-            ) as admin:
-                r = await admin.post(
-                    "/api/v1/gateways/gw-1/commands", json={"kind": "ack", "args": {"alarm_id": 7}}
-                )
-                return r.json()["id"]
-
-        # a long-poll waiting when the command arrives answers with it
-        poll, cid = await asyncio.gather(
-            c.get("/api/v1/gateways/gw-1/commands", params={"wait": 20}), create()
-        )
-        cmds = poll.json()
-        assert [(x["id"], x["kind"], x["args"]) for x in cmds] == [(cid, "ack", {"alarm_id": 7})]
-        # delivered: not again without a cursor; again with after= (at-least-once replay)
-        assert (await c.get("/api/v1/gateways/gw-1/commands", params={"wait": 0})).json() == []
-        again = await c.get("/api/v1/gateways/gw-1/commands", params={"after": 0, "wait": 0})
-        assert [x["id"] for x in again.json()] == [cid]
-        after = await c.get("/api/v1/gateways/gw-1/commands", params={"after": cid, "wait": 0})
-        assert after.json() == []
+        # the command channel (queue, long-poll, results) is tested in test_commands_receiver.py
     async with httpx.AsyncClient(base_url=receiver.url, headers=receiver.admin_headers) as c:
         gw = (await c.get("/api/v1/gateways/gw-1")).json()
     assert gw["status"] == "online"

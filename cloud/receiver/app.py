@@ -28,7 +28,6 @@ from pydantic import BaseModel, Field, ValidationError
 from outpost.cloud.wire import (
     ID_PATTERN,
     BodyError,
-    Command,
     EnrollRequest,
     EnrollResponse,
     Heartbeat,
@@ -40,6 +39,7 @@ from outpost.cloud.wire import (
 )
 
 from .auth import NotAuthenticated, require
+from .commands import commands_router
 from .settings import ReceiverSettings
 from .storage import BUCKETS, EnrollError, Storage, auto_resolution
 
@@ -132,11 +132,6 @@ class EnrollmentTokenOut(BaseModel):
     gateway_id: str
     enrollment_token: str
     expires_at: datetime
-
-
-class CommandIn(BaseModel):
-    kind: str = Field(min_length=1, max_length=64)
-    args: dict[str, Any] = Field(default_factory=dict)
 
 
 class RevokeOut(BaseModel):
@@ -356,32 +351,6 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         await storage.heartbeat(hb)
         return HeartbeatAck(gateway_id=authed, received_at=int(time.time() * 1000))
 
-    @app.get(
-        "/api/v1/gateways/{gateway_id}/commands",
-        response_model=list[Command],
-        tags=["gateway"],
-        responses=auth_errors,
-    )
-    async def commands(
-        gateway_id: GwPath,
-        authed: GatewayAuth,
-        storage: StorageDep,
-        after: Annotated[
-            int | None,
-            Query(
-                description="id of the last command the agent has; returns all newer ones "
-                "(at-least-once). Without it: the not yet delivered ones."
-            ),
-        ] = None,
-        wait: Annotated[float | None, Query(ge=0, le=60, description="long-poll seconds")] = None,
-    ) -> list[Command]:
-        """Long-poll: answers as soon as a command exists, else `[]` after `wait` seconds."""
-        if gateway_id != authed:
-            raise HTTPException(403, f"token belongs to gateway {authed}, not {gateway_id}")
-        return await storage.wait_commands(
-            gateway_id, after, settings.command_wait_s if wait is None else wait
-        )
-
     # --- admin endpoints --------------------------------------------------------------------
 
     @app.post(
@@ -412,16 +381,6 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         if not await storage.revoke(gateway_id):
             raise HTTPException(404, f"unknown gateway {gateway_id}")
         return RevokeOut(gateway_id=gateway_id, revoked=True)
-
-    @app.post(
-        "/api/v1/gateways/{gateway_id}/commands",
-        response_model=Command,
-        dependencies=Admin,
-        tags=["admin"],
-    )
-    async def create_command(gateway_id: GwPath, body: CommandIn, storage: StorageDep) -> Command:
-        """Queue a command for the gateway; a waiting long-poll answers at once."""
-        return await storage.create_command(gateway_id, body.kind, body.args, "admin")
 
     # --- read API ---------------------------------------------------------------------------
 
@@ -610,6 +569,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             return JSONResponse(status_code=503, content=body.model_dump())
         return body
 
+    app.include_router(commands_router(settings))
     return app
 
 
