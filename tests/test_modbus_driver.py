@@ -169,6 +169,44 @@ async def test_illegal_address_spoils_only_its_points_and_is_logged_once() -> No
     await server.stop()
 
 
+async def test_requests_merge_again_around_an_isolated_bad_address_and_after_it_heals() -> None:
+    """Issue 13 item 7: once the bad address stands alone, the other points are merged again
+    (no reload); when the device later accepts the address, it merges back in."""
+    server = await start_server({1: Tables(hr=((0, 40), (44, 60)), ir=((0, 10),))})
+    port = server.port
+    driver = ModbusDriver("dev", config(port))
+    addresses = (0, 10, 20, 30, 39, 42, 45, 50, 60, 70)
+    points = [*(mkpoint(f"h{a}", f"hr:{a}") for a in addresses), mkpoint("i5", "ir:5")]
+    group = group_of(driver, points)
+    spans = lambda: [(r.table, r.start, r.count) for r in group.plan.requests]  # noqa: E731
+    assert spans() == [("hr", 0, 71), ("ir", 5, 1)]
+    result = await driver.read(group)
+    assert result.quality[addresses.index(42)] == Quality.BAD_CONFIG_ERROR
+    # the bisection's pieces are gone: before the bad address, the bad address, after it
+    assert spans() == [("hr", 0, 40), ("hr", 42, 1), ("hr", 45, 26), ("ir", 5, 1)]
+    n = len(server.reads())
+    result = await driver.read(group)
+    assert len(server.reads()) - n == 4
+    assert [q for i, q in enumerate(result.quality) if i != addresses.index(42)] == [
+        Quality.GOOD
+    ] * 10
+
+    # the device is reconfigured and now has hr 40..43: the isolated request heals and merges
+    await server.stop()
+    server = await start_server(port=port)
+    await server.set("hr", 42, [4242])
+    deadline = time.monotonic() + 5
+    while True:
+        result = await driver.read(group)
+        if result.quality[addresses.index(42)] == Quality.GOOD or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert result.value[addresses.index(42)] == 4242
+    assert spans() == [("hr", 0, 71), ("ir", 5, 1)]
+    await driver.close()
+    await server.stop()
+
+
 async def test_device_down_then_back_on_the_same_port() -> None:
     port = free_port()
     driver = ModbusDriver("dev", config(port))

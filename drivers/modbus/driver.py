@@ -60,6 +60,7 @@ from outpost.drivers.modbus.planner import (
     compile_point,
     decode_into,
     fail_into,
+    remerge,
     split_request,
 )
 from outpost.point_schedules.model import DataType, ModbusAddress, Point
@@ -349,13 +350,14 @@ class ModbusDriver(Driver):
         work: deque[Request] = deque(plan.requests)
         done: list[Request] = []
         stop_quality: int | None = None
-        changed = False
+        changed = recovered = False
         while work:
             req = work.popleft()
             if stop_quality is not None:
                 fail_into(req, value, tsa, quality, stop_quality, time.time())
                 done.append(req)
                 continue
+            failing = req.failures > 0
             outcome = await self._execute(req, value, tsa, quality)
             if outcome is None:  # split: run the halves next, in this same poll
                 changed = True
@@ -367,7 +369,19 @@ class ModbusDriver(Driver):
             done.append(req)
             if outcome.stop:
                 stop_quality = outcome.quality
-        if changed:
+            elif failing and outcome.quality is None:
+                recovered = True  # it may merge with its neighbours again
+        if stop_quality is None and (changed or recovered):
+            # Every request ran this poll, so each one's failure count is current: merge the
+            # working ones again around those still failing (no reload needed).
+            plan.requests = remerge(
+                done,
+                max_registers=self.config.max_registers_per_request,
+                max_bits=self.config.max_bits_per_request,
+                max_gap=self.config.max_gap,
+            )
+            log.debug("modbus.replanned", device=self.device_id, requests=plan.request_count)
+        elif changed:
             plan.requests = done
         self._last_ok = stop_quality is None
         return result

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from outpost.drivers.modbus.codec import (
@@ -300,8 +301,16 @@ def split_request(req: Request) -> list[Request]:
     return [build_request(req.table, low), build_request(req.table, high)]
 
 
-def group_specs(table: str, specs: list[PointSpec], max_count: int, max_gap: int) -> list[Request]:
-    """Greedy merge of the address-sorted spans (optimal for span-count minimisation)."""
+def group_specs(
+    table: str,
+    specs: list[PointSpec],
+    max_count: int,
+    max_gap: int,
+    barriers: Sequence[tuple[int, int]] = (),
+) -> list[Request]:
+    """Greedy merge of the address-sorted spans (optimal for span-count minimisation).
+
+    No request spans a ``barrier`` (start, end): addresses the device is known to refuse."""
     requests: list[Request] = []
     specs = sorted(specs, key=lambda s: (s.start, s.pos))
     current: list[PointSpec] = []
@@ -309,7 +318,11 @@ def group_specs(table: str, specs: list[PointSpec], max_count: int, max_gap: int
     for s in specs:
         if current:
             new_end = max(cur_end, s.end)
-            if s.start - cur_end <= max_gap and new_end - cur_start <= max_count:
+            if (
+                s.start - cur_end <= max_gap
+                and new_end - cur_start <= max_count
+                and not any(b0 < new_end and cur_start < b1 for b0, b1 in barriers)
+            ):
                 current.append(s)
                 cur_end = new_end
                 continue
@@ -346,6 +359,34 @@ def build_plan(
         else:
             requests += group_specs(table, specs, max_registers, max_gap)
     return ModbusPlan(len(points), requests, errors)
+
+
+_TABLE_ORDER = {"coil": 0, "di": 1, "hr": 2, "ir": 3}
+
+
+def remerge(
+    requests: list[Request], *, max_registers: int, max_bits: int, max_gap: int
+) -> list[Request]:
+    """Re-plan after splits: requests that are failing (an isolated bad address, a register
+    the device keeps refusing) stay as they are and become barriers; every other point is
+    merged again as ``build_plan`` would, around them. So isolating one bad address costs one
+    extra request per poll instead of the whole bisection's worth."""
+    kept = [r for r in requests if r.failures > 0]
+    barriers: dict[str, list[tuple[int, int]]] = {}
+    for r in kept:
+        barriers.setdefault(r.table, []).append((r.start, r.start + r.count))
+    specs: dict[str, list[PointSpec]] = {}
+    for r in requests:
+        if r.failures == 0:
+            specs.setdefault(r.table, []).extend(r.specs)
+    out = list(kept)
+    for table, table_specs in specs.items():
+        if table in ("coil", "di"):
+            out += group_specs(table, table_specs, max_bits, max_gap * 16, barriers.get(table, ()))
+        else:
+            out += group_specs(table, table_specs, max_registers, max_gap, barriers.get(table, ()))
+    out.sort(key=lambda r: (_TABLE_ORDER[r.table], r.start))
+    return out
 
 
 def decode_into(
