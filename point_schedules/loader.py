@@ -61,6 +61,7 @@ from outpost.point_schedules.model import (
 
 __all__ = [
     "COLUMNS",
+    "NUMERIC_COLUMNS",
     "REQUIRED_COLUMNS",
     "ScheduleError",
     "ScheduleIssue",
@@ -282,6 +283,8 @@ _NUMERIC: tuple[tuple[str, str], ...] = (
     ("alarm_delay", "nonneg"),
     ("alarm_clear_delay", "nonneg"),
 )
+#: Columns holding a number (alarm_state also takes true/false).
+NUMERIC_COLUMNS: frozenset[str] = frozenset([c for c, _ in _NUMERIC] + ["alarm_state"])
 _CONSTRAINT_TEXT = {
     "nonzero": "must not be 0",
     "positive": "must be greater than 0",
@@ -507,6 +510,9 @@ class _FileParser:
         for line, cells in records:
             rows += 1
             present = len(cells)
+            if self.sheet is not None and present < width:  # a sheet's trailing blanks
+                cells += [""] * (width - present)
+                present = width
             if present != width:
                 self.wrong_width(line, cells, width)
                 # The cells that are there are still checked, so one missing comma does not
@@ -538,7 +544,7 @@ class _FileParser:
             )
 
     def wrong_width(self, line: int, cells: list[str], width: int) -> None:
-        if self.sheet is not None:  # only longer rows reach here: trailing blanks are cut
+        if self.sheet is not None:  # only longer rows reach here
             refs = [
                 f"{_column_letter(i)}{line}" for i in range(width, len(cells)) if cells[i].strip()
             ]

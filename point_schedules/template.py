@@ -2,15 +2,22 @@
 
 Each template is a valid schedule for a device of that protocol named as in
 ``agent.example.toml`` (``cdu-01``, ``ahu-1``, ``pdu-a``, ``rack-sensors``), or under the
-device id passed in. Lines starting with ``#`` are comments the loader skips.
+device id passed in. As CSV (:func:`template`), lines starting with ``#`` are comments the
+loader skips; as a workbook (:func:`template_xlsx`), the points are on the first sheet with
+drop-down lists for the enumerated columns, and the help is on a second sheet, "Notes".
 """
 
 from __future__ import annotations
 
-from outpost.point_schedules.addresses import PROTOCOLS
-from outpost.point_schedules.loader import COLUMNS
+import io
 
-__all__ = ["DEFAULT_DEVICES", "template"]
+from outpost.point_schedules.addresses import PROTOCOLS
+from outpost.point_schedules.loader import COLUMNS, NUMERIC_COLUMNS
+from outpost.point_schedules.model import AlarmPriority, ByteOrder, DataType
+
+__all__ = ["DEFAULT_DEVICES", "TEMPLATE_FORMATS", "template", "template_xlsx"]
+
+TEMPLATE_FORMATS = ("csv", "xlsx")
 
 DEFAULT_DEVICES: dict[str, str] = {
     "modbus": "cdu-01",
@@ -252,19 +259,107 @@ def _cell(text: str) -> str:
     return text
 
 
-def template(protocol: str, device: str | None = None) -> str:
-    """A commented example schedule for ``protocol`` that validates as it is."""
+def _rows(protocol: str, device: str | None) -> tuple[str, list[dict[str, str]]]:
     if protocol not in _ROWS:
         raise ValueError(f'unknown protocol "{protocol}": expected one of {", ".join(PROTOCOLS)}')
     device = device or DEFAULT_DEVICES[protocol]
+    rows = []
+    for row in _ROWS[protocol]:
+        values = {k: v.replace("{d}", device) for k, v in row.items()}
+        values["device"] = device
+        rows.append(values)
+    return device, rows
+
+
+def template(protocol: str, device: str | None = None) -> str:
+    """A commented example schedule for ``protocol`` that validates as it is."""
+    device, rows = _rows(protocol, device)
     lines = [
         _COMMON_HELP
         + _ADDRESS_HELP[protocol]
         + f'# Example rows for the {protocol} device "{device}":',
         ",".join(_USED),
     ]
-    for row in _ROWS[protocol]:
-        values = {k: v.replace("{d}", device) for k, v in row.items()}
-        values["device"] = device
+    for values in rows:
         lines.append(",".join(_cell(values.get(col, "")) for col in _USED))
     return "\n".join(lines) + "\n"
+
+
+# Drop-down lists: (column, allowed values, whether other text is refused). data_type only
+# warns, because bit0..bit15 are valid too and do not fit in a list.
+_CHOICES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("data_type", tuple(t.value for t in DataType), False),
+    ("byte_order", tuple(b.value for b in ByteOrder), True),
+    ("alarm_priority", tuple(p.value for p in AlarmPriority), True),
+    ("writable", ("true", "false"), True),
+)
+_VALIDATED_ROWS = 5000  # rows of the Points sheet that get the drop-down lists
+
+
+def _notes(protocol: str) -> list[str]:
+    """The CSV template's help, reworded for a workbook."""
+    lines = [
+        "Outpost point schedule (workbook): one row per point on the first sheet, Points.",
+        'Rows starting with # and empty rows are skipped. An empty cell means "use the default".',
+        "Check it with:  outpost schedule validate THIS.xlsx -c agent.toml "
+        "(or --sheet NAME for another sheet)",
+        'Problems are reported by cell, e.g. site.xlsx:Points!C14: column "address": ...',
+        "",
+    ]
+    help_text = _COMMON_HELP.split("# Columns", 1)[1]
+    for raw in ("# Columns" + help_text + _ADDRESS_HELP[protocol]).splitlines():
+        lines.append(raw.removeprefix("#").removeprefix(" ").rstrip())
+    return lines
+
+
+def _typed(column: str, text: str) -> str | int | float:
+    """Numbers as numbers, so the spreadsheet sorts and sums them; everything else as text."""
+    if column in NUMERIC_COLUMNS and text:
+        number = float(text)
+        return int(number) if number.is_integer() and "." not in text else number
+    return text
+
+
+def template_xlsx(protocol: str, device: str | None = None) -> bytes:
+    """The template as an .xlsx workbook: Points (with drop-down lists) and Notes."""
+    from openpyxl import Workbook  # only the workbook template pays for importing it
+    from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    device, rows = _rows(protocol, device)
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None  # a new Workbook always has one sheet
+    sheet.title = "Points"
+    sheet.append(list(_USED))
+    for cell in sheet[1]:
+        cell.font = Font(bold=True)
+    for values in rows:
+        sheet.append([_typed(col, values.get(col, "")) for col in _USED])
+    sheet.freeze_panes = "A2"
+    for i, col in enumerate(_USED, 1):
+        longest = max([len(col)] + [len(r.get(col, "")) for r in rows])
+        sheet.column_dimensions[get_column_letter(i)].width = min(max(longest + 2, 8), 48)
+    for column, choices, refuse in _CHOICES:
+        letter = get_column_letter(_USED.index(column) + 1)
+        check = DataValidation(
+            type="list",
+            formula1='"' + ",".join(choices) + '"',
+            allow_blank=True,
+            showErrorMessage=True,
+            errorStyle="stop" if refuse else "warning",
+            errorTitle=f"{column}: not in the list",
+            error=f"{column} is one of: {', '.join(choices)}"
+            + ("" if refuse else " (or bit0..bit15 for a bit of a register)"),
+        )
+        check.add(f"{letter}2:{letter}{_VALIDATED_ROWS}")
+        sheet.add_data_validation(check)
+    notes = book.create_sheet("Notes")
+    for line in _notes(protocol):
+        notes.append([line])
+    notes.column_dimensions["A"].width = 110
+    notes["A1"].font = Font(bold=True)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
