@@ -1,7 +1,7 @@
 """Local-control API and CLI end to end over a real Unix socket: uvicorn serves the control
-router on a host built from the real alarm engine, mode machine, write service (real
-ModbusDriver → real pymodbus server) and a real SQLite buffer; the typer commands talk to it
-through ``AgentClient`` exactly as `outpost …` does.
+router over a real ``LocalControl`` (alarm engine, mode machine, write service through a real
+ModbusDriver → real pymodbus server) recording into a real SQLite buffer; the typer commands
+talk to it through ``AgentClient`` exactly as `outpost …` does.
 
 The one stand-in: ``GET /points/{id}`` (the live value shown before a write is confirmed)
 belongs to the lead's runtime API; a two-line route of our own plays it here.
@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,17 +27,18 @@ from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from outpost.agent.api.client import AgentClient, ApiError
-from outpost.agent.api.control import control_router, parse_since
+from outpost.agent.api.control import control_router
 from outpost.agent.cli.control import register
-from outpost.agent.control.writes import WriteService
+from outpost.agent.control.events import parse_since
+from outpost.agent.control.local import LocalControl
+from outpost.agent.core.coordinator import DeviceHealth
 from outpost.buffer.store import Buffer
 from outpost.drivers.modbus import ModbusDeviceConfig, ModbusDriver
 from outpost.fsm.alarms import AlarmEngine
 from outpost.fsm.clock import ManualClock
 from outpost.fsm.config import AlarmsConfig, ModesConfig
 from outpost.fsm.modes import ModeMachine
-from outpost.fsm.persist import JsonFileStore
-from outpost.point_schedules.model import DataType
+from outpost.point_schedules.model import DataType, Schedule
 from outpost.point_schedules.quality import Quality
 from tests.modbus_server import ModbusTestServer, start_server
 from tests.modbus_server import point as mkpoint
@@ -119,30 +119,21 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     buffer = Buffer(data / "buffer.db")
     buffer.open()
     clock = ManualClock()
-    alarms = AlarmEngine(
-        points,
-        AlarmsConfig(stale_alarms=False),
-        clock=clock,
+    control = LocalControl(
+        Schedule(points=tuple(points), version="test"),
+        alarms_config=AlarmsConfig(stale_alarms=False),
+        modes_config=ModesConfig(),
+        devices={"cdu-01": driver.config},
+        drivers={"cdu-01": driver},
         emit=buffer.append_event,
-        state_store=JsonFileStore(data / "alarms.json"),
-    )
-    modes = ModeMachine(
-        ModesConfig(),
-        clock=clock,
-        emit=buffer.append_event,
-        state_store=JsonFileStore(data / "mode.json"),
-        on_suppression=alarms.set_suppression,
-    )
-    writes = WriteService(
-        {p.point_id: p for p in points},
-        {"cdu-01": driver},
-        emit=buffer.append_event,
-        device_up=lambda d: True,
+        device_health=lambda: {"cdu-01": DeviceHealth(connected=True)},
+        uplink_last_success=None,
+        live_values=dict,
+        state_dir=data,
         clock=clock,
     )
-    host = SimpleNamespace(alarms=alarms, modes=modes, writes=writes, buffer=buffer)
     api = FastAPI()
-    api.include_router(control_router(host))
+    api.include_router(control_router(control, lambda: buffer))
 
     @api.get("/points/{point_id}")
     async def live(point_id: str) -> dict[str, Any]:
@@ -161,7 +152,9 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         """outpost (test root)"""
 
     register(app)
-    s = Site(clock, alarms, modes, server, buffer, config_path, socket, uv, task, app)
+    s = Site(
+        clock, control.alarms, control.modes, server, buffer, config_path, socket, uv, task, app
+    )
     await s.evaluate()
     # the daemon side logs to stdout in this same process: keep it out of the CLI's output
     with capture_logs():

@@ -1,16 +1,31 @@
-"""The daemon's local HTTP API (served on its Unix socket; the CLI is its main client)."""
+"""The daemon's local HTTP API (served on its Unix socket; the CLI is its main client).
+
+Built from an ``AgentView`` (read-only views of the running agent), the ``LocalControl`` whose
+methods the control routes call, and the one daemon action, ``request_reload``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    from outpost.agent.core.runtime import Runtime
+from outpost.agent.api.control import control_router
+from outpost.agent.api.view import AgentView
+from outpost.agent.control.local import LocalControl
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+class ReloadBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str = Field(min_length=1)
+
+
+def create_app(
+    view: AgentView, control: LocalControl, *, request_reload: Callable[[str], None]
+) -> FastAPI:
+    """``request_reload(actor)``: re-read the schedule files, as SIGHUP does."""
     app = FastAPI(
         title="Outpost agent local API",
         version="1",
@@ -19,49 +34,29 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/status")
     async def status() -> dict[str, Any]:
-        import asyncio
-
-        body = runtime.status()
-        if runtime.buffer is not None:
-            stats = await asyncio.to_thread(runtime.buffer.stats)
-            body["buffer"] = stats.as_dict() if hasattr(stats, "as_dict") else _plain(stats)
+        body = view.status()
+        stats = await view.buffer_stats()
+        if stats is not None:
+            body["buffer"] = stats
         return body
 
     @app.get("/points")
     async def points(device: str | None = Query(None)) -> list[dict[str, Any]]:
-        if device is not None and device not in runtime.config.devices:
+        if device is not None and not view.knows_device(device):
             raise HTTPException(404, f"unknown device {device!r}")
-        return runtime.live_points(device)
+        return view.live_points(device)
 
     @app.get("/points/{point_id}")
     async def point(point_id: str) -> dict[str, Any]:
-        found = runtime.live_point(point_id)
+        found = view.live_point(point_id)
         if found is None:
             raise HTTPException(404, f"unknown point {point_id!r}")
         return found
 
     @app.post("/reload")
-    async def reload() -> dict[str, Any]:
-        runtime.request_reload()
+    async def reload(body: ReloadBody | None = None) -> dict[str, Any]:
+        request_reload(body.actor if body is not None else "local")
         return {"requested": True}
 
-    for router in _extra_routers(runtime):
-        app.include_router(router)
+    app.include_router(control_router(control, lambda: view.events))
     return app
-
-
-def _extra_routers(runtime: Runtime) -> list[Any]:
-    routers = []
-    if runtime.alarms is not None:
-        from outpost.agent.api.control import control_router
-
-        routers.append(control_router(runtime))
-    return routers
-
-
-def _plain(obj: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    return obj

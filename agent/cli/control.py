@@ -9,7 +9,6 @@ is there after a crash too.
 
 from __future__ import annotations
 
-import getpass
 import math
 import sys
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from outpost.agent.api.client import AgentNotRunning, ApiError
 from outpost.agent.cli.common import (
     ConfigOption,
     JsonOption,
+    actor,
     call_agent,
     client_for,
     config_or_exit,
@@ -36,19 +36,6 @@ mode_app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
 )
-
-
-def actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers): still name something
-        return f"uid:{_uid()}"
-
-
-def _uid() -> str:
-    import os
-
-    return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
 def _duration(text: str, option: str) -> float:
@@ -414,7 +401,7 @@ def events(
     config: ConfigOption = None,
 ) -> None:
     """Recorded events: alarm transitions, mode changes, operator actions, writes."""
-    from outpost.agent.api.control import parse_since, read_events
+    from outpost.agent.control.events import parse_since, read_events
 
     try:
         parse_since(since)

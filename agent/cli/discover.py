@@ -92,7 +92,7 @@ def bacnet(
 ) -> None:
     """Who-Is, then read every device's object list, names and units into a skeleton CSV."""
     from outpost.drivers.bacnet import parse_host_port
-    from outpost.drivers.bacnet_discovery import config_snippet, discover_bacnet_devices
+    from outpost.drivers.bacnet.discovery import config_snippet, discover_bacnet_devices
 
     _quiet_logs()
     try:
@@ -161,7 +161,7 @@ def snmp(
             "another variable with --community-env",
             2,
         )
-    from outpost.drivers.snmp_discovery import DiscoveryError, discover_snmp
+    from outpost.drivers.snmp.discovery import DiscoveryError, discover_snmp
 
     _quiet_logs()
     typer.echo(f"discovering SNMP points on {host}:{port} …", err=True)

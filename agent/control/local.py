@@ -1,124 +1,261 @@
-"""Wires the alarm engine, the mode machine and guarded writes into the runtime.
+"""Local control: the alarm engine, the mode machine and guarded writes of one agent, and the
+operator actions on them.
 
-Kept apart from runtime.py so the runtime reads as plumbing and this file as the local-control
-policy. Per poll: alarmed points' readings go to ``AlarmEngine.update`` (through the pipeline's
-alarm hook, only for points that have alarm definitions). Per tick (1 s): device comms health,
-``AlarmEngine.tick`` (delays, shelve expiry, stale, flood, persistence), then the mode machine
-re-decides from the facts (comms loss, uplink age, active alarms, live values).
+Built from explicit inputs (the schedule, the config sections, the drivers, an event sink and
+three read-only views of the daemon: device health, the uplink's last success, live values),
+so it neither knows nor imports the runtime. Per poll, alarmed points' readings reach
+``alarms.update`` through the pipeline's alarm hook. Per tick (1 s, ``run()``): device comms
+health, ``AlarmEngine.tick`` (delays, shelve expiry, stale, flood, persistence), then the mode
+machine re-decides from the facts (comms loss, uplink age, active alarms, live values).
+
+Operator actions (the CLI through the local API, and the command channel) call the methods
+below with an explicit ``actor``; each returns what it did (``AlarmView``, the mode state,
+``WriteOutcome``) or raises ``ControlRefused`` with one sentence saying why nothing happened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-from typing import TYPE_CHECKING, Any
+import builtins
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, ParamSpec, Protocol
 
 import structlog
 
-from outpost.agent.control.writes import WriteService
-from outpost.fsm.alarms import AlarmEngine
-from outpost.fsm.clock import SystemClock
-from outpost.fsm.modes import ModeMachine
+from outpost.agent.control.writes import UnknownPoint, WriteOutcome, WriteRefused, WriteService
+from outpost.drivers.base import DeviceConfig, Driver
+from outpost.fsm.alarms import AlarmActionRefused, AlarmEngine, AlarmView, UnknownAlarm
+from outpost.fsm.clock import Clock, Emit, SystemClock
+from outpost.fsm.config import AlarmsConfig, ModesConfig, Scope
+from outpost.fsm.modes import ModeMachine, ModeRefused
 from outpost.fsm.persist import JsonFileStore
 from outpost.point_schedules.model import Schedule
-
-if TYPE_CHECKING:
-    from outpost.agent.core.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
 TICK_S = 1.0
 
+P = ParamSpec("P")
 
-def setup(runtime: Runtime, schedule: Schedule) -> None:
-    cfg = runtime.config
-    clock = SystemClock()
-    data_dir = cfg.agent.data_dir
-    devices = [d for d, dev in cfg.devices.items() if dev.enabled]
-    engine = AlarmEngine(
-        schedule.points,
-        cfg.alarms,
-        clock=clock,
-        emit=runtime.emit,
-        state_store=JsonFileStore(data_dir / cfg.alarms.state_file),
-        device_poll_intervals={d: dev.poll_interval for d, dev in cfg.devices.items()},
-        devices=devices,
-    )
-
-    def device_up(device: str) -> bool:
-        coord = runtime.coordinators.get(device)
-        return coord is not None and coord.health.connected
-
-    writes = WriteService(
-        schedule.by_id(), runtime.drivers, emit=runtime.emit, device_up=device_up, clock=clock
-    )
-
-    async def failsafe_write(point_id: str, value: float, actor: str) -> Any:
-        return await writes.write(point_id, value, actor=actor)
-
-    modes = ModeMachine(
-        cfg.modes,
-        clock=clock,
-        emit=runtime.emit,
-        write=failsafe_write,
-        has_uplink=cfg.cloud is not None,
-        state_store=JsonFileStore(data_dir / cfg.modes.state_file),
-        on_suppression=engine.set_suppression,
-    )
-    runtime.alarms, runtime.modes, runtime.writes = engine, modes, writes
+MaintenanceScope = str | list[str] | dict[str, list[str]] | Scope | None
 
 
-def on_schedule(runtime: Runtime, schedule: Schedule) -> None:
-    """A reloaded schedule: alarms keep the state of definitions that still exist."""
-    if runtime.alarms is not None:
-        runtime.alarms.reload(
-            schedule.points, [d for d, dev in runtime.config.devices.items() if dev.enabled]
+class DeviceHealthView(Protocol):
+    """What local control reads of a device's health (``core.coordinator.DeviceHealth``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def last_poll_ts(self) -> float | None: ...
+
+
+class ControlRefused(Exception):
+    """The action was not carried out and nothing changed. ``reason``: ``unknown`` (no such
+    alarm or point) or ``refused`` (it does not apply now: nothing to acknowledge, write out
+    of range, emergency still active …). The message is one sentence for the operator."""
+
+    def __init__(self, message: str, reason: Literal["unknown", "refused"] = "refused") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LocalControl:
+    def __init__(
+        self,
+        schedule: Schedule,
+        *,
+        alarms_config: AlarmsConfig,
+        modes_config: ModesConfig,
+        devices: Mapping[str, DeviceConfig],
+        drivers: Mapping[str, Driver],
+        emit: Emit,
+        device_health: Callable[[], Mapping[str, DeviceHealthView]],
+        uplink_last_success: Callable[[], float | None] | None,
+        live_values: Callable[[], Mapping[str, float]],
+        state_dir: Path,
+        clock: Clock | None = None,
+    ) -> None:
+        """``devices``: the configured devices (enabled or not; their poll intervals time the
+        stale alarms). ``drivers``: the running drivers by device id, read at each write.
+        ``uplink_last_success``: wall time of the last successful sync (None before the
+        first), or None when the agent has no uplink. ``live_values``: the latest good value
+        of every point (read only when a custom mode has point triggers)."""
+        self._clock = clock or SystemClock()
+        self._devices = devices
+        self._device_health = device_health
+        self._uplink_last_success = uplink_last_success
+        self._live_values = live_values
+        self._wants_values = any(m.triggers for m in modes_config.custom)
+        self.alarms = AlarmEngine(
+            schedule.points,
+            alarms_config,
+            clock=self._clock,
+            emit=emit,
+            state_store=JsonFileStore(state_dir / alarms_config.state_file),
+            device_poll_intervals={d: dev.poll_interval for d, dev in devices.items()},
+            devices=self._enabled_devices(),
         )
-    if runtime.writes is not None:
-        runtime.writes.set_points(schedule.by_id())
+        self.writes = WriteService(
+            schedule.by_id(), drivers, emit=emit, device_up=self._device_up, clock=self._clock
+        )
+        self.modes = ModeMachine(
+            modes_config,
+            clock=self._clock,
+            emit=emit,
+            write=self._failsafe_write,
+            has_uplink=uplink_last_success is not None,
+            state_store=JsonFileStore(state_dir / modes_config.state_file),
+            on_suppression=self.alarms.set_suppression,
+        )
 
+    # ------------------------------------------------------------------ daemon side
 
-def _uplink_age(runtime: Runtime, now: float) -> float | None:
-    if runtime.uplink is None:
-        return None
-    last = runtime.uplink.status().get("last_success_ts")
-    return None if not last else max(0.0, now - float(last))
+    def on_schedule(self, schedule: Schedule) -> None:
+        """A reloaded schedule: alarms keep the state of definitions that still exist."""
+        self.alarms.reload(schedule.points, self._enabled_devices())
+        self.writes.set_points(schedule.by_id())
 
+    async def run(self) -> None:
+        """The 1 s tick: comms health → alarm timers → mode decision. Runs until cancelled;
+        alarm state is flushed to disk on the way out."""
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        try:
+            while True:
+                next_tick += TICK_S
+                await asyncio.sleep(max(0.0, next_tick - loop.time()))
+                await self.tick()
+        finally:
+            self.alarms.flush()
 
-def _live_values(runtime: Runtime) -> dict[str, float]:
-    table = runtime.table
-    if table is None:
-        return {}
-    out = {}
-    for i, pid in enumerate(table.ids):
-        v = table.value[i]
-        if table.quality[i] < 64 and not math.isnan(v):
-            out[pid] = v
-    return out
+    async def tick(self) -> None:
+        now = self._clock.now()
+        for device_id, health in self._device_health().items():
+            if health.last_poll_ts is not None:
+                self.alarms.device_comms(device_id, health.connected, now)
+        self.alarms.tick()
+        active = self.alarms.active_alarms()
+        in_loss = {a.device for a in active if a.kind == "comms_loss" and a.device}
+        await self.modes.evaluate(
+            devices_in_comms_loss=in_loss,
+            uplink_ok_age_s=self._uplink_age(now),
+            active_alarms=active,
+            point_values=self._live_values() if self._wants_values else None,
+        )
 
+    def close(self) -> None:
+        self.alarms.flush()
 
-async def run(runtime: Runtime) -> None:
-    engine: AlarmEngine = runtime.alarms
-    modes: ModeMachine = runtime.modes
-    wants_values = any(getattr(m, "triggers", None) for m in runtime.config.modes.custom)
-    loop = asyncio.get_running_loop()
-    next_tick = loop.time()
-    try:
-        while True:
-            next_tick += TICK_S
-            await asyncio.sleep(max(0.0, next_tick - loop.time()))
-            now = runtime.clock()
-            for device_id, coord in runtime.coordinators.items():
-                if coord.health.last_poll_ts is not None:
-                    engine.device_comms(device_id, coord.health.connected, now)
-            engine.tick()
-            active = engine.active_alarms()
-            in_loss = {a.device for a in active if a.kind == "comms_loss" and a.device}
-            await modes.evaluate(
-                devices_in_comms_loss=in_loss,
-                uplink_ok_age_s=_uplink_age(runtime, now),
-                active_alarms=active,
-                point_values=_live_values(runtime) if wants_values else None,
+    def mode_name(self) -> str:
+        return self.modes.mode
+
+    # ------------------------------------------------------------------ views
+
+    def list_alarms(self, *, include_inactive: bool = False) -> builtins.list[AlarmView]:
+        return self.alarms.list(include_inactive=include_inactive)
+
+    def get_alarm(self, alarm_id: str) -> AlarmView:
+        return self._alarm_action(self.alarms.get, alarm_id)
+
+    def mode_state(self) -> dict[str, Any]:
+        return self.modes.state()
+
+    def mode_graph(self, fmt: Literal["text", "mermaid"] = "text") -> str:
+        return self.modes.graph(fmt)
+
+    # ------------------------------------------------------------------ operator actions
+
+    def ack(self, alarm_id: str, *, actor: str, note: str | None = None) -> AlarmView:
+        return self._alarm_action(self.alarms.ack, alarm_id, actor, note)
+
+    def shelve(
+        self, alarm_id: str, *, actor: str, duration_s: float | None, note: str | None = None
+    ) -> AlarmView:
+        """``duration_s`` None: one-shot, until the alarm next returns to normal."""
+        return self._alarm_action(self.alarms.shelve, alarm_id, actor, duration_s, note)
+
+    def unshelve(self, alarm_id: str, *, actor: str, note: str | None = None) -> AlarmView:
+        return self._alarm_action(self.alarms.unshelve, alarm_id, actor, note)
+
+    def set_out_of_service(
+        self, alarm_id: str, on: bool, *, actor: str, note: str | None = None
+    ) -> AlarmView:
+        return self._alarm_action(self.alarms.set_out_of_service, alarm_id, on, actor, note)
+
+    async def set_maintenance(
+        self,
+        duration_s: float,
+        reason: str,
+        *,
+        actor: str,
+        scope: MaintenanceScope = None,
+    ) -> dict[str, Any]:
+        try:
+            return await self.modes.set_maintenance(duration_s, reason, actor, scope)
+        except ModeRefused as exc:
+            raise ControlRefused(str(exc)) from None
+
+    async def clear_mode(self, *, actor: str, reason: str | None = None) -> dict[str, Any]:
+        try:
+            return await self.modes.clear(actor, reason)
+        except ModeRefused as exc:
+            raise ControlRefused(str(exc)) from None
+
+    async def write(
+        self,
+        point_id: str,
+        value: float,
+        *,
+        actor: str,
+        priority: int | None = None,
+        verify: bool = True,
+    ) -> WriteOutcome:
+        """A sent write that failed or read back differently is an outcome, not a refusal:
+        the action did happen (``outcome.ok`` is False)."""
+        try:
+            return await self.writes.write(
+                point_id, value, actor=actor, priority=priority, verify=verify
             )
-    finally:
-        engine.flush()
+        except UnknownPoint as exc:
+            raise ControlRefused(str(exc), "unknown") from None
+        except WriteRefused as exc:
+            raise ControlRefused(str(exc)) from None
+
+    async def relinquish(
+        self, point_id: str, *, actor: str, priority: int | None = None
+    ) -> WriteOutcome:
+        try:
+            return await self.writes.relinquish(point_id, actor=actor, priority=priority)
+        except UnknownPoint as exc:
+            raise ControlRefused(str(exc), "unknown") from None
+        except WriteRefused as exc:
+            raise ControlRefused(str(exc)) from None
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _alarm_action(fn: Callable[P, AlarmView], *args: P.args, **kwargs: P.kwargs) -> AlarmView:
+        try:
+            return fn(*args, **kwargs)
+        except UnknownAlarm as exc:
+            raise ControlRefused(str(exc), "unknown") from None
+        except AlarmActionRefused as exc:
+            raise ControlRefused(str(exc)) from None
+
+    def _enabled_devices(self) -> list[str]:
+        return [d for d, dev in self._devices.items() if dev.enabled]
+
+    def _device_up(self, device: str) -> bool:
+        health = self._device_health().get(device)
+        return health is not None and health.connected
+
+    async def _failsafe_write(self, point_id: str, value: float, actor: str) -> WriteOutcome:
+        return await self.writes.write(point_id, value, actor=actor)
+
+    def _uplink_age(self, now: float) -> float | None:
+        if self._uplink_last_success is None:
+            return None
+        last = self._uplink_last_success()
+        return None if not last else max(0.0, now - last)

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from outpost.drivers.base import Driver, WriteError
+from outpost.drivers.base import Driver, SupportsReadBack, SupportsRelinquish, WriteError
 from outpost.fsm.actions import WriteOutcome, WriteRefused, WriteResult
 from outpost.fsm.clock import Clock, Emit
 from outpost.point_schedules.model import DataType, ModbusAddress, Point
@@ -199,14 +199,13 @@ class WriteService:
         except (OSError, TimeoutError) as exc:
             result, message = "failed", f"{point_id}: write failed: {exc!r}"
         else:
-            reader = getattr(driver, "read_back", None)
             if not verify:
                 result = "sent"
-            elif reader is None:
+            elif not isinstance(driver, SupportsReadBack):
                 result, message = "unverified", f"{point.device}: driver cannot read back"
             else:
                 try:
-                    read_back = float(await reader(point))
+                    read_back = float(await driver.read_back(point))
                 except (WriteError, OSError, TimeoutError) as exc:
                     result, message = "failed", f"written, but the read-back failed: {exc}"
                 else:
@@ -245,7 +244,7 @@ class WriteService:
             if priority is not None and not 1 <= priority <= 16:
                 raise WriteRefused(f"{point_id}: priority must be 1..16 (BACnet), got {priority}")
             driver = self._drivers.get(point.device)
-            if driver is None or not hasattr(driver, "relinquish"):
+            if not isinstance(driver, SupportsRelinquish):
                 raise WriteRefused(
                     f"{point_id}: relinquish is a BACnet command; device {point.device} "
                     "is not a BACnet device"

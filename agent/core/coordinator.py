@@ -1,12 +1,14 @@
 """One coordinator per device, in the manner of Home Assistant's DataUpdateCoordinator: it
 owns the driver, polls its point groups and fans the results out through the pipeline.
-Nothing else talks to the device for reads."""
+Nothing else talks to the device for reads: the runtime drives ``poll`` from the scheduler for
+polled drivers and runs ``stream`` for push drivers (``Runtime._build_scheduler``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
@@ -58,6 +60,10 @@ class DeviceCoordinator:
         result = await self.driver.read(group)
         self._account(result)
         self.pipeline.ingest(group.index, result, self._alarm_positions.get(id(group), ()))
+
+    async def stream(self, group: PointGroup) -> None:
+        """Push drivers: run the driver's stream, every update going through ``push``."""
+        await self.driver.stream(partial(self.push, group))
 
     def push(self, group: PointGroup, positions: Sequence[int], result: PollResult) -> None:
         """Sink for push drivers: ``positions`` index ``group.points``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from outpost.agent.core.points import PointTable
 from outpost.drivers.base import PollResult
@@ -18,8 +19,8 @@ from outpost.point_schedules.quality import Quality
 AlarmHook = Callable[[str, float, float, int], None]  # point_id, ts, value, quality
 
 
-class ReadingSink:
-    """What the pipeline stores into (the buffer satisfies it)."""
+class ReadingSink(Protocol):
+    """What the pipeline stores into (``buffer.store.Buffer`` is one)."""
 
     def append(
         self,
@@ -27,8 +28,7 @@ class ReadingSink:
         keys: Sequence[int],
         values: Sequence[float],
         quality: Sequence[int],
-    ) -> None:  # pragma: no cover - protocol
-        ...
+    ) -> None: ...
 
 
 @dataclass(slots=True)

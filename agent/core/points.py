@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from outpost.point_schedules.model import Point, Schedule
-from outpost.point_schedules.quality import QUALITY_LABEL
+from outpost.point_schedules.quality import QUALITY_LABEL, Quality
 
 NEVER = 255  # quality code meaning "nothing stored yet" (real codes are < 255)
 
@@ -64,6 +64,15 @@ class PointTable:
                 self.stored_value[i] = old.stored_value[j]
                 self.stored_ts[i] = old.stored_ts[j]
                 self.stored_quality[i] = old.stored_quality[j]
+
+    def good_values(self) -> dict[str, float]:
+        """The latest value of every point whose last reading was good."""
+        value, quality = self.value, self.quality
+        return {
+            pid: value[i]
+            for i, pid in enumerate(self.ids)
+            if quality[i] < Quality.UNCERTAIN and not math.isnan(value[i])
+        }
 
     def live(self, i: int) -> LiveValue:
         p = self.points[i]

@@ -15,19 +15,27 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from datetime import UTC, datetime
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import structlog
+import uvicorn
 
+from outpost.agent.api.app import create_app
+from outpost.agent.control.local import LocalControl
 from outpost.agent.core.config import AgentConfig
-from outpost.agent.core.coordinator import DeviceCoordinator
+from outpost.agent.core.coordinator import DeviceCoordinator, DeviceHealth
 from outpost.agent.core.pipeline import Pipeline
 from outpost.agent.core.points import PointTable
 from outpost.agent.core.scheduler import Job, Scheduler, stagger_offset
+from outpost.agent.core.supervise import supervise
 from outpost.agent.core.systemd import SystemdNotifier
 from outpost.buffer.store import Buffer
+from outpost.cloud.uplink import Uplink
 from outpost.drivers.base import Driver, DriverContext, PointGroup
 from outpost.drivers.registry import driver_class
 from outpost.point_schedules.loader import ScheduleError, load_schedule
@@ -71,24 +79,23 @@ class Runtime:
         self.pipeline: Pipeline | None = None
         self.scheduler: Scheduler | None = None
         self.buffer: Buffer | None = None
-        self.uplink: Any = None
-        self.alarms: Any = None
-        self.modes: Any = None
-        self.writes: Any = None
+        self.uplink: Uplink | None = None
+        self.control: LocalControl | None = None
         self.ready = asyncio.Event()
         self.reloads = 0
         self.reload_errors = 0
         self.last_reload_error: list[str] | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._api_server: Any = None
 
     # ------------------------------------------------------------------ control
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    def request_reload(self) -> None:
+    def request_reload(self, actor: str = SYSTEM_ACTOR) -> None:
+        """Re-read the schedule files (SIGHUP, `outpost reload`, the command channel)."""
+        log.info("schedule.reload_requested", actor=actor)
         self._reload.set()
 
     def emit(
@@ -132,9 +139,12 @@ class Runtime:
         table = PointTable(schedule, keys)
         if self.table is not None:
             table.carry_over(self.table)
-        pipeline = Pipeline(table, self.buffer, alarm_hook=self._alarm_hook())
-        if self.alarms is not None:
-            pipeline.set_alarm_points(frozenset(self.alarms.alarm_point_ids))
+        alarms = self.control.alarms if self.control is not None else None
+        pipeline = Pipeline(
+            table, self.buffer, alarm_hook=alarms.update if alarms is not None else None
+        )
+        if alarms is not None:
+            pipeline.set_alarm_points(alarms.alarm_point_ids)
         coordinators: dict[str, DeviceCoordinator] = {}
         by_device: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, p in enumerate(table.points):
@@ -172,36 +182,30 @@ class Runtime:
             coordinators,
         )
 
-    def _alarm_hook(self) -> Callable[[str, float, float, int], None] | None:
-        if self.alarms is None:
-            return None
-        return self.alarms.update  # type: ignore[no-any-return]
-
-    def _build_scheduler(self) -> tuple[Scheduler, list[tuple[DeviceCoordinator, PointGroup]]]:
+    def _build_scheduler(
+        self,
+    ) -> tuple[Scheduler, list[tuple[str, Callable[[], Awaitable[None]]]]]:
+        """Who reads each device: for a polled driver the scheduler calls
+        ``coordinator.poll(group)`` at the group's aligned slots (one job per device and
+        interval); a push driver runs ``coordinator.stream(group)``, in which the driver calls
+        ``coordinator.push`` as values arrive (one supervised task per device)."""
         scheduler = Scheduler(clock=self.clock)
-        push: list[tuple[DeviceCoordinator, PointGroup]] = []
+        streams: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         stagger = self.config.scheduler.stagger_s
         for device_id, coord in self.coordinators.items():
             for group in coord.groups:
-                if not coord.driver.polled:
-                    push.append((coord, group))
-                    continue
-                key = f"{device_id}@{group.interval:g}s"
-
-                async def action(
-                    coord: DeviceCoordinator = coord, group: PointGroup = group
-                ) -> None:
-                    await coord.poll(group)
-
-                scheduler.add(
-                    Job(
-                        key=key,
-                        interval=group.interval,
-                        action=action,
-                        offset=stagger_offset(device_id, group.interval, stagger),
+                if coord.driver.polled:
+                    scheduler.add(
+                        Job(
+                            key=f"{device_id}@{group.interval:g}s",
+                            interval=group.interval,
+                            action=partial(coord.poll, group),
+                            offset=stagger_offset(device_id, group.interval, stagger),
+                        )
                     )
-                )
-        return scheduler, push
+                else:
+                    streams.append((f"stream:{device_id}", partial(coord.stream, group)))
+        return scheduler, streams
 
     # ------------------------------------------------------------------ run
 
@@ -227,7 +231,7 @@ class Runtime:
         self.buffer.open()
         try:
             self._make_drivers()
-            self._setup_control(schedule)
+            self.control = self._make_control(schedule)
             self._install_schedule(schedule)
             self.emit(
                 self.clock(),
@@ -240,7 +244,7 @@ class Runtime:
                     "reason": "start",
                 },
             )
-            self._setup_uplink()
+            self.uplink = self._make_uplink()
             log.info(
                 "agent.start",
                 gateway=cfg.agent.id,
@@ -265,10 +269,10 @@ class Runtime:
                 tg.create_task(self._polling(), name="polling")
                 tg.create_task(self._serve_api(), name="api")
                 tg.create_task(self._health_loop(), name="health")
-                if self.alarms is not None:
-                    tg.create_task(self._control_loop(), name="control")
+                if self.control is not None:
+                    tg.create_task(supervise("control", self.control.run), name="control")
                 if self.uplink is not None:
-                    tg.create_task(self._supervised("uplink", self.uplink.run), name="uplink")
+                    tg.create_task(supervise("uplink", self.uplink.run), name="uplink")
                 tg.create_task(self._wait_stop(), name="stop")
         except* _Stop:
             pass
@@ -283,43 +287,15 @@ class Runtime:
         self.notifier.stopping()
         raise _Stop
 
-    async def _supervised(self, name: str, fn: Callable[[], Any]) -> None:
-        """Run a long-lived task; a crash is logged, counted and restarted with backoff."""
-        backoff = 1.0
-        while True:
-            started = time.monotonic()
-            try:
-                await fn()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("task.crashed", task=name, restart_in_s=backoff)
-            if time.monotonic() - started > 60:
-                backoff = 1.0
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 60.0)
-
     async def _polling(self) -> None:
         """Run the scheduler for the current schedule; rebuild it when a reload succeeds."""
         while True:
-            scheduler, push = self._build_scheduler()
+            scheduler, streams = self._build_scheduler()
             self.scheduler = scheduler
             async with asyncio.TaskGroup() as tg:
                 sched_task = tg.create_task(scheduler.run(), name="scheduler")
                 push_tasks = [
-                    tg.create_task(
-                        self._supervised(
-                            f"stream:{coord.device_id}",
-                            lambda coord=coord, group=group: coord.driver.stream(
-                                lambda pos, res, coord=coord, group=group: coord.push(
-                                    group, pos, res
-                                )
-                            ),
-                        ),
-                        name=f"stream:{coord.device_id}",
-                    )
-                    for coord, group in push
+                    tg.create_task(supervise(name, stream), name=name) for name, stream in streams
                 ]
                 if not self.ready.is_set():
                     tg.create_task(self._announce_ready(scheduler), name="ready")
@@ -349,9 +325,8 @@ class Runtime:
             self.notifier.notify("READY=1")
             return False
         old_version = self.schedule.version if self.schedule else None
-        from outpost.agent.control import local as control_wiring
-
-        control_wiring.on_schedule(self, schedule)
+        if self.control is not None:
+            self.control.on_schedule(schedule)
         self._install_schedule(schedule)
         self.reloads += 1
         self.last_reload_error = None
@@ -412,21 +387,43 @@ class Runtime:
         devices = len(self.coordinators)
         up = sum(1 for c in self.coordinators.values() if c.health.connected)
         points = len(self.table) if self.table is not None else 0
-        mode = self.modes.state()["mode"] if self.modes is not None else "normal"
-        return f"mode={mode} devices={up}/{devices} up points={points}"
+        return f"mode={self._mode()} devices={up}/{devices} up points={points}"
 
-    # ------------------------------------------------------------------ control (alarms, modes)
+    # ------------------------------------------------------------------ local control
 
-    def _setup_control(self, schedule: Schedule) -> None:
-        """Alarm engine, mode machine and guarded writes, when the fsm package provides them."""
-        from outpost.agent.control import local as control_wiring
+    def _make_control(self, schedule: Schedule) -> LocalControl:
+        cfg = self.config
+        uplink_last_success: Callable[[], float | None] | None = None
+        if cfg.cloud is not None:
+            # The uplink is made after local control; read it when asked, not now.
+            uplink_last_success = self._uplink_last_success
+        return LocalControl(
+            schedule,
+            alarms_config=cfg.alarms,
+            modes_config=cfg.modes,
+            devices=cfg.devices,
+            drivers=self.drivers,
+            emit=self.emit,
+            device_health=self.device_health,
+            uplink_last_success=uplink_last_success,
+            live_values=self._good_values,
+            state_dir=cfg.agent.data_dir,
+        )
 
-        control_wiring.setup(self, schedule)
+    def device_health(self) -> dict[str, DeviceHealth]:
+        return {d: c.health for d, c in self.coordinators.items()}
 
-    async def _control_loop(self) -> None:
-        from outpost.agent.control import local as control_wiring
+    def _uplink_last_success(self) -> float | None:
+        if self.uplink is None:
+            return None
+        last = self.uplink.status().get("last_success_ts")
+        return None if last is None else float(last)
 
-        await self._supervised("control", lambda: control_wiring.run(self))
+    def _good_values(self) -> dict[str, float]:
+        return self.table.good_values() if self.table is not None else {}
+
+    def _mode(self) -> str:
+        return self.control.mode_name() if self.control is not None else "normal"
 
     def _on_unsynced_evicted(self, count: int) -> None:
         # Called from the buffer writer thread: log now, record the event via the loop-safe path.
@@ -454,13 +451,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ uplink
 
-    def _setup_uplink(self) -> None:
+    def _make_uplink(self) -> Uplink | None:
         if self.config.cloud is None:
-            return
-        from outpost.cloud.uplink import Uplink
-
+            return None
         assert self.buffer is not None
-        self.uplink = Uplink(
+        return Uplink(
             self.config.cloud,
             gateway_id=self.config.agent.id,
             data_dir=self.config.agent.data_dir,
@@ -471,7 +466,7 @@ class Runtime:
 
     def heartbeat(self) -> dict[str, Any]:
         return {
-            "mode": self.modes.state()["mode"] if self.modes is not None else "normal",
+            "mode": self._mode(),
             "agent_version": _version(),
             "schedule_version": self.schedule.version if self.schedule else None,
             "active_alarms": self._alarm_counts() or {},
@@ -513,20 +508,15 @@ class Runtime:
     # ------------------------------------------------------------------ API
 
     async def _serve_api(self) -> None:
-        import uvicorn
-
-        from outpost.agent.api.app import create_app
-
+        assert self.control is not None
         sock = self.config.api.socket
         sock.parent.mkdir(parents=True, exist_ok=True)
         if sock.exists():
             sock.unlink()  # stale socket of a previous (killed) run
+        app = create_app(self, self.control, request_reload=self.request_reload)
         server = _QuietServer(
-            uvicorn.Config(
-                create_app(self), uds=str(sock), log_config=None, access_log=False, lifespan="off"
-            )
+            uvicorn.Config(app, uds=str(sock), log_config=None, access_log=False, lifespan="off")
         )
-        self._api_server = server
         try:
             await server.serve()
         finally:
@@ -553,7 +543,7 @@ class Runtime:
             "started_at": self.started_at,
             "uptime_s": round(now - self.started_at, 1),
             "ready": self.ready.is_set(),
-            "mode": self.modes.state() if self.modes is not None else {"mode": "normal"},
+            "mode": self.control.mode_state() if self.control is not None else {"mode": "normal"},
             "schedule": {
                 "version": self.schedule.version if self.schedule else None,
                 "points": len(self.schedule.points) if self.schedule else 0,
@@ -573,7 +563,20 @@ class Runtime:
         }
 
     def _alarm_counts(self) -> dict[str, int] | None:
-        return None if self.alarms is None else self.alarms.counts()
+        return None if self.control is None else self.control.alarms.counts()
+
+    async def buffer_stats(self) -> dict[str, Any] | None:
+        if self.buffer is None:
+            return None
+        stats = await asyncio.to_thread(self.buffer.stats)
+        return stats.to_dict()
+
+    @property
+    def events(self) -> Buffer | None:
+        return self.buffer
+
+    def knows_device(self, device_id: str) -> bool:
+        return device_id in self.config.devices
 
     def live_points(self, device: str | None = None) -> list[dict[str, Any]]:
         if self.table is None:
@@ -600,9 +603,9 @@ class Runtime:
                 await asyncio.wait_for(driver.close(), timeout=1.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.context.aclose(), timeout=1.0)
-        if self.alarms is not None:
+        if self.control is not None:
             with contextlib.suppress(Exception):
-                self.alarms.flush()
+                self.control.close()
         if self.buffer is not None:
             await asyncio.to_thread(self.buffer.close)
         self.notifier.close()
@@ -624,31 +627,26 @@ def _live_dict(table: PointTable, i: int) -> dict[str, Any]:
 def _iso(ts: float | None) -> str | None:
     if ts is None or math.isnan(ts):
         return None
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("outpost")
     except PackageNotFoundError:
         return "0+unknown"
 
 
-class _QuietServer:
+class _Server(uvicorn.Server):
     """uvicorn.Server without its own signal handling (the runtime owns SIGTERM/SIGINT/SIGHUP)."""
 
-    def __init__(self, config: Any) -> None:
-        import uvicorn
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):  # type: ignore[no-untyped-def,override]
-                yield
 
+class _QuietServer:
+    def __init__(self, config: uvicorn.Config) -> None:
         self._server = _Server(config)
 
     async def serve(self) -> None:

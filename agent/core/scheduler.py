@@ -17,8 +17,11 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
+
+from outpost.agent.core.supervise import supervise
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +55,9 @@ class JobStats:
     last_done: float | None = None
     last_duration_s: float | None = None
     jitter_s: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+
+    def count_crash(self, exc: BaseException) -> None:
+        self.errors += 1
 
     def as_dict(self) -> dict[str, object]:
         jit = sorted(self.jitter_s)
@@ -100,20 +106,12 @@ class Scheduler:
             self.first_cycle_done.set()
         async with asyncio.TaskGroup() as tg:
             for job in self.jobs.values():
-                tg.create_task(self._supervise(job), name=f"poll:{job.key}")
-
-    async def _supervise(self, job: Job) -> None:
-        backoff = 1.0
-        while True:
-            try:
-                await self._loop(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                job.stats.errors += 1
-                log.exception("scheduler.job_crashed", job=job.key, restart_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
+                tg.create_task(
+                    supervise(
+                        f"poll:{job.key}", partial(self._loop, job), on_crash=job.stats.count_crash
+                    ),
+                    name=f"poll:{job.key}",
+                )
 
     async def _loop(self, job: Job) -> None:
         running: asyncio.Task[None] | None = None
