@@ -3,7 +3,8 @@
 A point's address is a topic filter with an optional JSON path (``site/rack-3/env#$.temp``).
 Without a path the payload itself is the number (``23.4``, ``true``/``false``). A payload
 timestamp (``ts`` or ``timestamp`` at the top of a JSON object: ISO 8601 or epoch seconds or
-milliseconds) is used when it is plausible, else the arrival time.
+milliseconds) is used when it is plausible, else the arrival time. A retained message without
+such a timestamp is of unknown age: its readings are ``uncertain`` until a live message arrives.
 
 Hot path: messages are decoded in the client's receive callback. aiomqtt hands each message
 to its incoming queue; the queue class is a documented constructor argument (``queue_type``)
@@ -435,12 +436,15 @@ class MqttDriver(Driver):
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         try:
-            self._decode(message.topic.value, message.payload)
+            self._decode(message.topic.value, message.payload, bool(message.retain))
         except Exception as exc:  # never let one message break the client's receive path
             self.malformed += 1
             self._log_malformed(message.topic.value, f"{type(exc).__name__}: {exc}")
 
-    def _decode(self, topic: str, payload: Any) -> None:
+    def _decode(self, topic: str, payload: Any, retained: bool = False) -> None:
+        """Decode one message into the batch. A retained message is the broker's last copy,
+        of any age: without a usable payload timestamp its readings are ``uncertain`` (a live
+        message, or a timestamp that says when it was measured, makes them good again)."""
         plan = self._plan
         if plan is None:
             return
@@ -456,6 +460,7 @@ class MqttDriver(Driver):
         mono = time.monotonic()
         doc = _UNPARSED
         ts = now
+        dated = False  # the payload said when it was measured
         batch = self._batch
         problem = ""
         for e in entries:
@@ -469,7 +474,9 @@ class MqttDriver(Driver):
                 if doc is _UNPARSED:
                     doc = _loads(payload)
                     if doc is not _UNPARSED:
-                        ts = self._payload_ts(doc, now)
+                        stamp = self._payload_ts(doc, now)
+                        dated = stamp is not None
+                        ts = now if stamp is None else stamp
                 if doc is _UNPARSED:
                     raw = None
                     problem = "payload is not valid JSON"
@@ -485,6 +492,8 @@ class MqttDriver(Driver):
                 value = raw * e.scale + e.offset
                 if not e.lo <= value <= e.hi:
                     quality = Quality.UNCERTAIN_OUT_OF_RANGE
+                elif retained and not dated and quality == Quality.GOOD:
+                    quality = Quality.UNCERTAIN
             batch.positions.append(e.pos)
             batch.ts.append(ts)
             batch.value.append(value)
@@ -500,19 +509,20 @@ class MqttDriver(Driver):
             self._flush_scheduled = True
             self._loop.call_later(_FLUSH_DELAY_S, self._flush)
 
-    def _payload_ts(self, doc: Any, now: float) -> float:
+    def _payload_ts(self, doc: Any, now: float) -> float | None:
+        """The payload's own timestamp when it has a plausible one, else None."""
         if not isinstance(doc, dict):
-            return now
+            return None
         raw = doc.get("ts", doc.get("timestamp"))
         if raw is None:
-            return now
+            return None
         ts = _parse_ts(raw)
         if (
             ts is None
             or ts > now + self.config.max_clock_skew
             or ts < now - self.config.max_payload_age
         ):
-            return now
+            return None
         return ts
 
     def _log_malformed(self, topic: str, problem: str, payload: bytes = b"") -> None:
