@@ -443,7 +443,7 @@ async def test_bandwidth_cap(receiver_factory: ReceiverFactory, tmp_path: Path) 
 def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     import random
 
-    from outpost.cloud.uplink_support import Backoff, parse_retry_after
+    from outpost.cloud.uplink.support import Backoff, parse_retry_after
 
     b = Backoff(0.5, 8.0, rng=random.Random(3))
     delays = [b.next_delay() for _ in range(12)]
@@ -463,7 +463,7 @@ def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
 
 
 def test_token_file_is_written_atomically_0600(tmp_path: Path) -> None:
-    from outpost.cloud.uplink_support import read_token, write_token
+    from outpost.cloud.uplink.support import read_token, write_token
 
     path = tmp_path / "sub" / "gateway.token"
     old_umask = os.umask(0)

@@ -1,4 +1,4 @@
-"""Small pieces the uplink is built from: backoff, bandwidth cap, gateway-token storage."""
+"""Small pieces the uplink is built from: the backoff policy, bandwidth cap, gateway-token file."""
 
 from __future__ import annotations
 

@@ -1,0 +1,284 @@
+"""Batch choice and encoding: what goes in the next request, and its body.
+
+Oldest first, live first: without a backlog every batch is simply the next unsynced rows.
+With a backlog (a full batch came back) fresh batches (the newest unsynced rows, via
+``SyncSource.read_latest``) alternate with backlog batches, so the dashboard stays current
+while history drains; the source keeps the out-of-order acknowledgements as islands.
+
+Events ride in at most one batch in flight (their cursor is a single "through id", so their
+acks must stay in order). Point metadata goes along when a point is new or changed.
+
+A batch without readings carries the range 0..0: acknowledging or dead-lettering it can never
+touch a reading's sync state. :func:`split` halves a refused batch kind by kind, so one bad
+row costs only itself.
+
+Runs in a worker thread (``asyncio.to_thread``): SQLite reads and zstd are blocking.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+from pydantic import ValidationError
+
+from outpost.buffer.models import EventRow, ReadingRows
+from outpost.buffer.source import SyncSource
+from outpost.cloud.uplink.session import Session
+from outpost.cloud.wire import (
+    IngestBatch,
+    PointMeta,
+    WireEvent,
+    columnar_readings,
+    encode_body,
+)
+
+log = structlog.get_logger(__name__)
+
+BatchKind = Literal["backlog", "live", "split"]
+
+#: Most metadata entries carried by one batch; more changed points go in the following batches.
+_META_PER_BATCH = 2000
+#: How often the (possibly large) point metadata is refreshed.
+_META_REFRESH_S = 5.0
+#: Under a bandwidth cap, aim for batches of about this many seconds of link time, so a fresh
+#: batch is never stuck behind minutes of backlog upload and requests stay within timeouts.
+_CAPPED_BATCH_SECONDS = 4.0
+
+
+@dataclass
+class Batch:
+    kind: BatchKind
+    rows: ReadingRows
+    events: list[EventRow]
+    metas: list[dict[str, Any]]
+    first_seq: int
+    last_seq: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # the last refusal, for the log and the dead-letter table
+    status: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + len(self.events) + len(self.metas)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "readings": len(self.rows),
+            "events": len(self.events),
+            "points": len(self.metas),
+        }
+
+
+@dataclass
+class ReadState:
+    """In-memory read positions of one run(); after any restart the persisted cursor rules."""
+
+    pos: int | None = None  # highest seq handed to a backlog batch (None: from the cursor)
+    high: int = 0  # highest seq handed to any batch
+    ev_high: int = 0  # highest event id handed to any batch
+    behind: bool = False  # the last backlog read was full: there is more
+    turn_live: bool = False
+    events_in_flight: bool = False
+    meta_sent: dict[str, str] = field(default_factory=dict)
+    meta_cache: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    meta_at: float = -1e9
+    meta_invalid: set[str] = field(default_factory=set)
+
+
+class Planner:
+    def __init__(
+        self,
+        session: Session,
+        source: SyncSource,
+        point_metadata: Callable[[], list[dict[str, Any]]] | None,
+    ) -> None:
+        self._session = session
+        self._source = source
+        self._point_metadata = point_metadata
+        self._bytes_per_row = 8.0  # running estimate (compressed), sizes batches under a cap
+
+    def row_limit(self) -> int:
+        limit = self._session.config.batch_size
+        bucket = self._session.bucket
+        if bucket is not None:
+            fit = int(bucket.rate * _CAPPED_BATCH_SECONDS / max(self._bytes_per_row, 0.5))
+            limit = max(50, min(limit, fit))
+        return limit
+
+    def prepare(self, st: ReadState) -> Batch | None:
+        """Pick, read and encode the next batch. Runs in a worker thread."""
+        cfg = self._session.config
+        source = self._source
+        limit = self.row_limit()
+        rows: ReadingRows | None = None
+        kind: BatchKind = "backlog"
+        if cfg.live_first and st.behind and st.turn_live:
+            st.turn_live = False
+            # Only rows committed after everything handed out so far count as fresh; skip the
+            # read entirely when there are none (the common case during a pure backfill).
+            newer = source.last_seq - st.high
+            if newer > 0:
+                fresh = rows_after(source.read_latest(min(limit, newer)), st.high)
+                if len(fresh):
+                    rows, kind = fresh, "live"
+        if rows is None:
+            rows = source.read_unsynced(limit, after_seq=st.pos)
+            st.behind = len(rows) >= limit
+            st.turn_live = True
+            if len(rows):
+                st.pos = rows.seq[-1]
+        if len(rows):
+            st.high = max(st.high, rows.seq[-1])
+        events: list[EventRow] = []
+        if not st.events_in_flight:
+            events = [
+                e for e in source.read_unsynced_events(cfg.event_batch_size) if e.id > st.ev_high
+            ]
+        if events:
+            st.ev_high = events[-1].id
+            st.events_in_flight = True
+        metas = self._changed_metas(st)
+        if not len(rows) and not events and not metas:
+            return None
+        first, last = (rows.seq[0], rows.seq[-1]) if len(rows) else (0, 0)
+        batch = Batch(kind, rows, events, metas, first, last)
+        self.encode(batch)
+        return batch
+
+    def _changed_metas(self, st: ReadState) -> list[dict[str, Any]]:
+        if self._point_metadata is None:
+            return []
+        now = time.monotonic()
+        if now - st.meta_at >= _META_REFRESH_S:
+            st.meta_at = now
+            cache = []
+            for raw in self._point_metadata():
+                try:
+                    meta = PointMeta.model_validate(meta_clean(raw), strict=False)
+                except ValidationError as exc:
+                    pid = str(raw.get("point_id"))
+                    if pid not in st.meta_invalid:
+                        st.meta_invalid.add(pid)
+                        log.warning(
+                            "uplink.point_meta_invalid",
+                            point_id=pid,
+                            error=str(exc).replace("\n", " "),
+                        )
+                    continue
+                dumped = meta.model_dump(mode="json")
+                digest = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+                cache.append((meta.point_id, digest, dumped))
+            st.meta_cache = cache
+        out = []
+        for pid, digest, dumped in st.meta_cache:
+            if st.meta_sent.get(pid) != digest:
+                # Optimistic: every prepared batch is delivered or dead-lettered, and a
+                # restart of run() forgets this map and sends everything once more.
+                st.meta_sent[pid] = digest
+                out.append(dumped)
+                if len(out) >= _META_PER_BATCH:
+                    break
+        return out
+
+    def encode(self, batch: Batch) -> None:
+        rows = batch.rows
+        readings = columnar_readings(rows.point_id, rows.ts, rows.value, rows.quality)
+        events = [
+            WireEvent.model_construct(
+                id=e.id,
+                ts=round(e.ts * 1000.0),
+                kind=e.kind,
+                source=e.source or "",
+                actor=e.actor or "",
+                detail=e.detail,
+            )
+            for e in batch.events
+        ]
+        points = [PointMeta.model_construct(**m) for m in batch.metas]
+        model = IngestBatch.model_construct(
+            gateway_id=self._session.gateway_id,
+            first_seq=batch.first_seq,
+            last_seq=batch.last_seq,
+            readings=readings,
+            events=events,
+            points=points,
+            schedule_version=None,
+        )
+        batch.body, batch.headers = encode_body(model, self._session.compression)
+        if len(rows) >= 100:
+            per_row = len(batch.body) / len(rows)
+            self._bytes_per_row = 0.7 * self._bytes_per_row + 0.3 * per_row
+
+
+def rows_after(rows: ReadingRows, seq: int) -> ReadingRows:
+    if not len(rows) or rows.seq[0] > seq:
+        return rows
+    i = 0
+    n = len(rows.seq)
+    while i < n and rows.seq[i] <= seq:
+        i += 1
+    return _slice(rows, i, n)
+
+
+def _slice(rows: ReadingRows, a: int, b: int) -> ReadingRows:
+    return ReadingRows(
+        seq=rows.seq[a:b],
+        ts=rows.ts[a:b],
+        point_id=rows.point_id[a:b],
+        value=rows.value[a:b],
+        quality=rows.quality[a:b],
+    )
+
+
+def split(batch: Batch) -> list[Batch]:
+    """Halves of a refused batch, kind by kind, so one bad row costs only itself."""
+    kinds = [bool(len(batch.rows)), bool(batch.events), bool(batch.metas)]
+    if sum(kinds) > 1:
+        parts = []
+        if len(batch.rows):
+            parts.append(Batch("split", batch.rows, [], [], batch.first_seq, batch.last_seq))
+        if batch.events:
+            parts.append(Batch("split", ReadingRows(), batch.events, [], 0, 0))
+        if batch.metas:
+            parts.append(Batch("split", ReadingRows(), [], batch.metas, 0, 0))
+        return parts
+    if len(batch.rows) > 1:
+        mid = len(batch.rows) // 2
+        lo, hi = _slice(batch.rows, 0, mid), _slice(batch.rows, mid, len(batch.rows))
+        return [
+            Batch("split", lo, [], [], lo.seq[0], lo.seq[-1]),
+            Batch("split", hi, [], [], hi.seq[0], hi.seq[-1]),
+        ]
+    if len(batch.events) > 1:
+        mid = len(batch.events) // 2
+        return [
+            Batch("split", ReadingRows(), half, [], batch.first_seq, batch.last_seq)
+            for half in (batch.events[:mid], batch.events[mid:])
+        ]
+    if len(batch.metas) > 1:
+        mid = len(batch.metas) // 2
+        return [
+            Batch("split", ReadingRows(), [], half, batch.first_seq, batch.last_seq)
+            for half in (batch.metas[:mid], batch.metas[mid:])
+        ]
+    return []
+
+
+def meta_clean(raw: dict[str, Any]) -> dict[str, Any]:
+    known = PointMeta.model_fields
+    out = {k: v for k, v in raw.items() if k in known and v is not None}
+    for key in ("device", "units", "description"):
+        if key in out:
+            out[key] = str(out[key])
+    if isinstance(out.get("tags"), dict):
+        out["tags"] = {str(k): "" if v is None else str(v) for k, v in out["tags"].items()}
+    return out
