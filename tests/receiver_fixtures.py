@@ -45,6 +45,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from outpost.cloud.receiver import users
 from outpost.cloud.receiver.embedded import EmbeddedPostgres
 from outpost.cloud.receiver.server import ReceiverServer
 from outpost.cloud.receiver.settings import ReceiverSettings
@@ -52,6 +53,7 @@ from outpost.cloud.receiver.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"
+PASSWORD = "correct horse battery"
 
 
 def dsn_with_database(dsn: str, database: str) -> str:
@@ -124,6 +126,31 @@ class ReceiverHandle(ReceiverServer):
             gateway_id,
         )
         return [(r["point_id"], r["ts_ms"], r["value"], r["quality"]) for r in rows]
+
+    async def add_user(
+        self, name: str, role: str, password: str = PASSWORD, sites: list[str] | None = None
+    ) -> None:
+        """A dashboard user, created directly in the database (as `outpost cloud user add`)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await users.add_user(conn, name, role, password, sites)
+        finally:
+            await conn.close()
+
+    async def login(self, client: httpx.AsyncClient, name: str, password: str = PASSWORD) -> str:
+        """Log ``client`` in (its cookie jar keeps the session); returns the CSRF token."""
+        r = await client.post(
+            self.url + "/login",
+            data={"username": name, "password": password},
+            headers={"Accept": "application/json"},
+        )
+        assert r.status_code == 200, r.text
+        return str(r.json()["csrf_token"])
+
+    async def audit_rows(self, action: str | None = None) -> list[asyncpg.Record]:
+        return await self.fetch(
+            "SELECT * FROM audit WHERE $1::text IS NULL OR action = $1 ORDER BY id", action
+        )
 
     async def event_ids(self, gateway_id: str) -> list[int]:
         rows = await self.fetch(

@@ -13,13 +13,13 @@ encoding (415/400), strict schema (422), gateway id matches the token (403).
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import asyncpg
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -35,13 +35,15 @@ from outpost.cloud.wire import (
     IngestAck,
     IngestBatch,
     decode_body,
-    quality_label,
 )
 
-from .auth import NotAuthenticated, require
+from . import api_auth, api_read, audit, read_store
+from .auth import Admin, NotAuthenticated, client_address
 from .commands import commands_router
 from .settings import ReceiverSettings
-from .storage import BUCKETS, EnrollError, Storage, auto_resolution
+from .storage import EnrollError, Storage
+from .users import SITE_PATTERN
+from .web import install_dashboard
 
 log = structlog.get_logger(__name__)
 
@@ -56,76 +58,18 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-class GatewayOut(BaseModel):
-    gateway_id: str
-    status: Literal["online", "stale", "offline", "revoked", "not_enrolled"]
-    enrolled_at: datetime | None
-    revoked_at: datetime | None
-    last_seen: datetime | None
-    points: int
-    heartbeat: dict[str, Any] | None = Field(description="the latest Heartbeat, as sent")
-
-
-class PointOut(BaseModel):
-    gateway_id: str
-    point_id: str
-    device: str
-    units: str
-    description: str
-    data_type: str | None
-    tags: dict[str, str]
-    limits: dict[str, Any]
-    writable: bool
-    schedule_version: str | None
-    updated_at: datetime
-
-
-class RawReadingOut(BaseModel):
-    ts: datetime
-    value: float | None
-    quality: str = Field(description='quality label, e.g. "good" or "bad:comm_failure"')
-
-
-class AggReadingOut(BaseModel):
-    ts: datetime = Field(description="bucket start")
-    min: float | None
-    max: float | None
-    avg: float | None
-    count: int
-    last: float | None
-
-
-class ReadingsOut(BaseModel):
-    gateway_id: str
-    point_id: str
-    resolution: Literal["raw", "1m", "5m", "1h", "1d"]
-    from_: datetime = Field(alias="from", serialization_alias="from")
-    to: datetime
-    truncated: bool = Field(description="true when more rows exist than max_rows")
-    max_rows: int
-    readings: list[RawReadingOut] | list[AggReadingOut] = Field(
-        description="raw rows {ts,value,quality} or aggregated rows {ts,min,max,avg,count,last};"
-        " aggregates cover readings that are not bad and have a value"
-    )
-
-
-class EventOut(BaseModel):
-    gateway_id: str
-    event_id: int
-    ts: datetime
-    kind: str
-    source: str
-    actor: str
-    detail: dict[str, Any]
-
-
-class EventsOut(BaseModel):
-    truncated: bool
-    events: list[EventOut]
-
-
 class EnrollmentTokenIn(BaseModel):
     ttl_s: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+    site: str | None = Field(default=None, pattern=SITE_PATTERN, description="gateway's site")
+
+
+class SiteIn(BaseModel):
+    site: str | None = Field(pattern=SITE_PATTERN, description="null: the heartbeat's site")
+
+
+class SiteOut(BaseModel):
+    gateway_id: str
+    site: str | None
 
 
 class EnrollmentTokenOut(BaseModel):
@@ -205,7 +149,6 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         return auth.gateway_id
 
     GatewayAuth = Annotated[str, Depends(gateway_auth)]
-    Admin = [Depends(require("admin"))]
     GwPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
     auth_errors: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorOut, "description": "missing, unknown or revoked token"},
@@ -356,15 +299,30 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
     @app.post(
         "/api/v1/gateways/{gateway_id}/enrollment-tokens",
         response_model=EnrollmentTokenOut,
-        dependencies=Admin,
         tags=["admin"],
     )
     async def create_enrollment_token(
-        gateway_id: GwPath, storage: StorageDep, body: EnrollmentTokenIn | None = None
+        request: Request,
+        gateway_id: GwPath,
+        storage: StorageDep,
+        principal: Admin,
+        body: EnrollmentTokenIn | None = None,
     ) -> EnrollmentTokenOut:
-        """Issue a one-time enrollment token (same as `outpost cloud enroll`)."""
-        ttl = timedelta(seconds=(body or EnrollmentTokenIn()).ttl_s)
-        tok = await storage.create_enrollment_token(gateway_id, ttl)
+        """Issue a one-time enrollment token (same as `outpost cloud enroll`); this response
+        is the only place it is shown. `site`, when given, becomes the gateway's site."""
+        req = body or EnrollmentTokenIn()
+        tok = await storage.create_enrollment_token(gateway_id, timedelta(seconds=req.ttl_s))
+        if req.site is not None:
+            await read_store.set_site(storage.pool, gateway_id, req.site)
+        await audit.record(
+            storage.pool,
+            principal,
+            "gateway.enrollment_token",
+            gateway_id,
+            "ok",
+            client_address(request),
+            {"expires_at": tok.expires_at.isoformat(), "site": req.site},
+        )
         return EnrollmentTokenOut(
             gateway_id=gateway_id, enrollment_token=tok.token, expires_at=tok.expires_at
         )
@@ -372,163 +330,49 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
     @app.post(
         "/api/v1/gateways/{gateway_id}/revoke",
         response_model=RevokeOut,
-        dependencies=Admin,
         tags=["admin"],
         responses={404: {"model": ErrorOut}},
     )
-    async def revoke(gateway_id: GwPath, storage: StorageDep) -> RevokeOut:
+    async def revoke(
+        request: Request, gateway_id: GwPath, storage: StorageDep, principal: Admin
+    ) -> RevokeOut:
         """Revoke the gateway's token (and its unused enrollment tokens)."""
-        if not await storage.revoke(gateway_id):
+        known = await storage.revoke(gateway_id)
+        await audit.record(
+            storage.pool,
+            principal,
+            "gateway.revoke",
+            gateway_id,
+            "ok" if known else "not_found",
+            client_address(request),
+        )
+        if not known:
             raise HTTPException(404, f"unknown gateway {gateway_id}")
         return RevokeOut(gateway_id=gateway_id, revoked=True)
 
-    # --- read API ---------------------------------------------------------------------------
-
-    def gateway_out(row: asyncpg.Record) -> GatewayOut:
-        return GatewayOut(
-            gateway_id=row["id"],
-            status=_status(row, settings),
-            enrolled_at=row["enrolled_at"],
-            revoked_at=row["revoked_at"],
-            last_seen=row["last_seen"],
-            points=row["points"],
-            heartbeat=_json(row["last_heartbeat"]),
-        )
-
-    @app.get("/api/v1/gateways", response_model=list[GatewayOut], dependencies=Admin, tags=["read"])
-    async def list_gateways(storage: StorageDep) -> list[GatewayOut]:
-        return [gateway_out(r) for r in await storage.gateways()]
-
-    @app.get(
-        "/api/v1/gateways/{gateway_id}",
-        response_model=GatewayOut,
-        dependencies=Admin,
-        tags=["read"],
-        responses={404: {"model": ErrorOut}},
+    @app.put(
+        "/api/v1/gateways/{gateway_id}/site",
+        response_model=SiteOut,
+        tags=["admin"],
     )
-    async def get_gateway(gateway_id: GwPath, storage: StorageDep) -> GatewayOut:
-        row = await storage.gateway(gateway_id)
-        if row is None:
-            raise HTTPException(404, f"unknown gateway {gateway_id}")
-        return gateway_out(row)
-
-    @app.get(
-        "/api/v1/gateways/{gateway_id}/points",
-        response_model=list[PointOut],
-        dependencies=Admin,
-        tags=["read"],
-    )
-    async def list_points(gateway_id: GwPath, storage: StorageDep) -> list[PointOut]:
-        return [
-            PointOut(
-                gateway_id=r["gateway_id"],
-                point_id=r["point_id"],
-                device=r["device"],
-                units=r["units"],
-                description=r["description"],
-                data_type=r["data_type"],
-                tags=_json(r["tags"]) or {},
-                limits=_json(r["limits"]) or {},
-                writable=r["writable"],
-                schedule_version=r["schedule_version"],
-                updated_at=r["updated_at"],
-            )
-            for r in await storage.points(gateway_id)
-        ]
-
-    @app.get(
-        "/api/v1/gateways/{gateway_id}/points/{point_id}/readings",
-        response_model=ReadingsOut,
-        response_model_by_alias=True,
-        dependencies=Admin,
-        tags=["read"],
-        responses={404: {"model": ErrorOut}},
-    )
-    async def readings(
-        gateway_id: GwPath,
-        point_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=256)],
-        storage: StorageDep,
-        from_: Annotated[
-            datetime | None, Query(alias="from", description="ISO 8601; default `to` minus 24 h")
-        ] = None,
-        to: Annotated[
-            datetime | None, Query(description="ISO 8601, exclusive; default now")
-        ] = None,
-        resolution: Annotated[
-            Literal["auto", "raw", "1m", "5m", "1h", "1d"],
-            Query(description="auto: raw < 2 h, 1m < 12 h, 5m < 7 d, 1h < 90 d, else 1d"),
-        ] = "auto",
-    ) -> ReadingsOut:
-        end = _utc(to) if to is not None else datetime.now(UTC)
-        start = _utc(from_) if from_ is not None else end - timedelta(hours=24)
-        if start >= end:
-            raise HTTPException(
-                422, f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})"
-            )
-        key = await storage.point_key(gateway_id, point_id)
-        if key is None:
-            raise HTTPException(404, f"unknown point {point_id} on gateway {gateway_id}")
-        res = auto_resolution(end - start) if resolution == "auto" else resolution
-        limit = settings.max_rows
-        rows_out: list[RawReadingOut] | list[AggReadingOut]
-        if res == "raw":
-            rows = await storage.raw_readings(key, start, end, limit + 1)
-            rows_out = [
-                RawReadingOut(ts=r["time"], value=r["value"], quality=quality_label(r["quality"]))
-                for r in rows[:limit]
-            ]
-        else:
-            assert res in BUCKETS
-            rows = await storage.aggregated_readings(key, start, end, res, limit + 1)
-            rows_out = [
-                AggReadingOut(
-                    ts=r["time"],
-                    min=r["min"],
-                    max=r["max"],
-                    avg=r["avg"],
-                    count=r["count"],
-                    last=r["last"],
-                )
-                for r in rows[:limit]
-            ]
-        return ReadingsOut(
-            gateway_id=gateway_id,
-            point_id=point_id,
-            resolution=res,
-            **{"from": start},
-            to=end,
-            truncated=len(rows) > limit,
-            max_rows=limit,
-            readings=rows_out,
+    async def set_site(
+        request: Request, gateway_id: GwPath, body: SiteIn, storage: StorageDep, principal: Admin
+    ) -> SiteOut:
+        """Assign the gateway to a site (null: back to the site its heartbeat reports)."""
+        await read_store.set_site(storage.pool, gateway_id, body.site)
+        await audit.record(
+            storage.pool,
+            principal,
+            "gateway.site",
+            gateway_id,
+            "ok",
+            client_address(request),
+            {"site": body.site},
         )
+        return SiteOut(gateway_id=gateway_id, site=body.site)
 
-    @app.get("/api/v1/events", response_model=EventsOut, dependencies=Admin, tags=["read"])
-    async def events(
-        storage: StorageDep,
-        gateway: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-        from_: Annotated[datetime | None, Query(alias="from")] = None,
-        to: Annotated[datetime | None, Query()] = None,
-        kind: Annotated[str | None, Query(max_length=64)] = None,
-    ) -> EventsOut:
-        """Events by time (default: the last 24 h), optionally of one gateway / kind."""
-        end = _utc(to) if to is not None else datetime.now(UTC)
-        start = _utc(from_) if from_ is not None else end - timedelta(hours=24)
-        rows = await storage.events(gateway, start, end, kind, settings.max_rows + 1)
-        return EventsOut(
-            truncated=len(rows) > settings.max_rows,
-            events=[
-                EventOut(
-                    gateway_id=r["gateway_id"],
-                    event_id=r["event_id"],
-                    ts=r["ts"],
-                    kind=r["kind"],
-                    source=r["source"],
-                    actor=r["actor"],
-                    detail=_json(r["detail"]) or {},
-                )
-                for r in rows[: settings.max_rows]
-            ],
-        )
+    app.include_router(api_auth.router())
+    app.include_router(api_read.router())
 
     def openapi() -> dict[str, Any]:
         # The raw-body endpoints (ingest, heartbeat) read and validate their body themselves
@@ -569,7 +413,10 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             return JSONResponse(status_code=503, content=body.model_dump())
         return body
 
+    install_dashboard(app, settings)  # pages, live SSE, UI static files, /docs without CDN
     app.include_router(commands_router(settings))
+    # last: the dashboard's own GET /login (if installed above) takes precedence
+    app.include_router(api_auth.fallback_login_router())
     return app
 
 
@@ -613,27 +460,3 @@ async def _read_body(request: Request, limit: int) -> bytes:
             f"(Content-Length {declared or 'not given'}); send smaller batches",
         )
     return b"".join(chunks)
-
-
-def _status(row: asyncpg.Record, settings: ReceiverSettings) -> Any:
-    if row["revoked_at"] is not None:
-        return "revoked"
-    if row["enrolled_at"] is None:
-        return "not_enrolled"
-    seen = row["last_seen"]
-    if seen is None:
-        return "offline"
-    age = (datetime.now(UTC) - seen).total_seconds()
-    if age < settings.online_s:
-        return "online"
-    return "stale" if age < settings.stale_s else "offline"
-
-
-def _json(text: str | None) -> Any:
-    import json
-
-    return None if text is None else json.loads(text)
-
-
-def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)

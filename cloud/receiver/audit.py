@@ -16,14 +16,23 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
 
-from .auth import Principal
 from .users import Executor
 
 CLI_KIND = "cli"
+
+
+@runtime_checkable
+class Actor(Protocol):
+    """Who acted: ``auth.Principal`` fits (kept structural so auth can import this module)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class AuditRow:
 
 async def record(
     conn: Executor,
-    principal: Principal | str | None,
+    principal: Actor | str | None,
     action: str,
     target: str = "",
     outcome: str = "ok",
@@ -52,7 +61,7 @@ async def record(
     login attempt, the local CLI), or None (nobody identified)."""
     actor, kind = (
         (principal.name, str(principal.kind))
-        if isinstance(principal, Principal)
+        if isinstance(principal, Actor)
         else (principal or "", "")
     )
     row_id = await conn.fetchval(

@@ -34,7 +34,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
-from . import users
+from . import audit, users
 from .settings import ReceiverSettings
 from .storage import Storage
 from .users import ROLE_RANK, Role
@@ -189,6 +189,14 @@ async def current_principal(
     if principal.kind == "session" and request.method not in SAFE_METHODS:
         assert principal.csrf_token is not None
         if not await _csrf_ok(request, principal.csrf_token):
+            await audit.record(
+                storage_of(request).pool,
+                principal,
+                "csrf_refused",
+                f"{request.method} {request.url.path}",
+                "denied",
+                client_address(request),
+            )
             raise HTTPException(
                 403,
                 f"CSRF token missing or wrong: send the session's token in the {CSRF_HEADER} "
@@ -213,9 +221,19 @@ def require(role: Role = "viewer") -> Callable[..., Awaitable[Principal]]:
         raise ValueError(f"unknown role {role!r}")
 
     async def dependency(
+        request: Request,
         principal: Annotated[Principal, Depends(current_principal)],
     ) -> Principal:
         if not principal.has(role):
+            await audit.record(
+                storage_of(request).pool,
+                principal,
+                "denied",
+                f"{request.method} {request.url.path}",
+                "denied",
+                client_address(request),
+                {"required": role, "role": principal.role},
+            )
             raise HTTPException(403, f"role {role} required; {principal.name} is {principal.role}")
         return principal
 

@@ -17,11 +17,12 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 import uvicorn
@@ -41,6 +42,7 @@ from .storage import EnrollmentToken, Storage
 log = structlog.get_logger(__name__)
 
 _START_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 @contextmanager
@@ -226,6 +228,23 @@ async def issue_enrollment_token(dsn: str, gateway_id: str, ttl: timedelta) -> E
         await storage.close()
 
 
+def run_with_storage(
+    fn: Callable[[Storage], Awaitable[T]], *, dsn: str | None, data_dir: Path
+) -> T:
+    """Run ``fn`` on a Storage (migrated) of the receiver's database, for one-shot admin
+    commands; the embedded server is shared with a running receiver or started just for it."""
+
+    async def go(url: str) -> T:
+        storage = await Storage.open(url, min_size=1, max_size=1)
+        try:
+            return await fn(storage)
+        finally:
+            await storage.close()
+
+    with database(dsn, data_dir.expanduser().resolve()) as url:
+        return asyncio.run(go(url))
+
+
 def revoke_gateway(gateway_id: str, *, dsn: str | None, data_dir: Path) -> bool:
     async def go(url: str) -> bool:
         storage = await Storage.open(url, min_size=1, max_size=1)
@@ -254,7 +273,8 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m outpost.cloud.receiver serve|enroll|revoke`` (same as ``outpost cloud ...``)."""
+    """``python -m outpost.cloud.receiver serve|enroll|revoke`` (same as ``outpost cloud ...``;
+    ``user ...`` is dispatched by ``__main__`` to ``user_cli``)."""
     parser = argparse.ArgumentParser(prog="python -m outpost.cloud.receiver")
     sub = parser.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)

@@ -60,6 +60,67 @@ CREATE INDEX audit_ts ON audit (ts, id);
 ALTER TABLE gateways ADD COLUMN site text;
 CREATE INDEX gateways_site ON gateways (site);
 
--- The alarm console asks for the latest transition of every alarm (events carrying base_to).
-CREATE INDEX events_alarm_latest ON events (gateway_id, source, ts DESC, event_id DESC)
-    WHERE detail ? 'base_to';
+-- The latest transition of every alarm, kept by a trigger on events (only events carrying
+-- base_to, i.e. alarm transitions and operator actions on alarms), so the alarm console reads
+-- one row per alarm instead of scanning the whole event history. Events arrive at most once
+-- (ON CONFLICT DO NOTHING fires no trigger); an older event arriving late changes nothing.
+CREATE TABLE alarm_latest (
+    gateway_id    text NOT NULL,
+    alarm_id      text NOT NULL,             -- the event's source (the agent's alarm id)
+    event_id      bigint NOT NULL,
+    ts            timestamptz NOT NULL,
+    kind          text NOT NULL,             -- kind of the last event: alarm, operator.ack, ...
+    actor         text NOT NULL,
+    base_state    text NOT NULL,             -- normal, unack_active, ack_active, rtn_unack
+    state         text NOT NULL,             -- display state (shelved, suppressed, ...)
+    priority      text NOT NULL DEFAULT '',
+    point_id      text,
+    detail        jsonb NOT NULL,
+    active_since  timestamptz,               -- when it last became active; NULL when not
+    acked_by      text,
+    acked_at      timestamptz,
+    PRIMARY KEY (gateway_id, alarm_id)
+);
+CREATE INDEX alarm_latest_active ON alarm_latest (gateway_id, alarm_id)
+    WHERE base_state IN ('unack_active', 'ack_active');
+
+CREATE FUNCTION alarm_latest_upsert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    base text := NEW.detail ->> 'base_to';
+    is_active boolean := (NEW.detail ->> 'base_to') IN ('unack_active', 'ack_active');
+BEGIN
+    INSERT INTO alarm_latest AS a (gateway_id, alarm_id, event_id, ts, kind, actor, base_state,
+                                   state, priority, point_id, detail, active_since, acked_by,
+                                   acked_at)
+    VALUES (NEW.gateway_id, NEW.source, NEW.event_id, NEW.ts, NEW.kind, NEW.actor, base,
+            coalesce(NEW.detail ->> 'to', base), coalesce(NEW.detail ->> 'priority', ''),
+            NEW.detail ->> 'point_id', NEW.detail,
+            CASE WHEN is_active THEN NEW.ts END,
+            CASE WHEN NEW.kind = 'operator.ack' THEN NEW.actor END,
+            CASE WHEN NEW.kind = 'operator.ack' THEN NEW.ts END)
+    ON CONFLICT (gateway_id, alarm_id) DO UPDATE SET
+        event_id = EXCLUDED.event_id, ts = EXCLUDED.ts, kind = EXCLUDED.kind,
+        actor = EXCLUDED.actor, base_state = EXCLUDED.base_state, state = EXCLUDED.state,
+        priority = EXCLUDED.priority, point_id = EXCLUDED.point_id, detail = EXCLUDED.detail,
+        active_since = CASE
+            WHEN NOT is_active THEN NULL
+            WHEN a.base_state IN ('unack_active', 'ack_active') THEN a.active_since
+            ELSE EXCLUDED.ts END,
+        acked_by = CASE
+            WHEN EXCLUDED.kind = 'operator.ack' THEN EXCLUDED.actor
+            WHEN EXCLUDED.base_state = 'unack_active' THEN NULL
+            ELSE a.acked_by END,
+        acked_at = CASE
+            WHEN EXCLUDED.kind = 'operator.ack' THEN EXCLUDED.ts
+            WHEN EXCLUDED.base_state = 'unack_active' THEN NULL
+            ELSE a.acked_at END
+    WHERE (EXCLUDED.ts, EXCLUDED.event_id) > (a.ts, a.event_id);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER events_alarm_latest AFTER INSERT ON events
+    FOR EACH ROW WHEN (NEW.detail ? 'base_to') EXECUTE FUNCTION alarm_latest_upsert();
+
+-- "mode since": the newest mode change per gateway
+CREATE INDEX events_mode_latest ON events (gateway_id, ts DESC)
+    WHERE kind IN ('mode', 'operator.mode');
