@@ -53,6 +53,16 @@ class CloudConfig(BaseModel):
     live_first: bool = Field(
         default=True, description="With a backlog, alternate fresh batches with backlog batches"
     )
+    allow_remote_writes: bool = Field(
+        default=False,
+        description="Run write/relinquish commands from the receiver (off: refused with reason)",
+    )
+    allow_remote_modes: bool = Field(
+        default=True, description="Run mode_set/mode_clear commands from the receiver"
+    )
+    command_wait_s: float = Field(
+        default=25.0, gt=0, le=60, description="Long-poll seconds for commands from the receiver"
+    )
 
     @field_validator("url")
     @classmethod
