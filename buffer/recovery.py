@@ -12,6 +12,13 @@ Guarantees:
 - Sequence numbers and event ids never repeat across a recovery: the fresh file continues
   after the old one's when it can still be read, otherwise above anything it can have held
   (wall-clock microseconds).
+- Event ids never repeat across a reset either (the file deleted or truncated to zero
+  length, which leaves nothing to continue from): every new file starts its event ids at the
+  wall-clock microsecond of its creation. The receiver keeps events unique on (gateway, event
+  id) and ignores repeats, so ids that restarted at 1 would silently drop every new event.
+  This assumes the clock never goes back past the old file's last event, microsecond for
+  event (a gateway whose clock is that wrong sends readings the receiver refuses anyway).
+  Readings need no such floor: the receiver keeps them unique on point and time, not seq.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ def open_checked(path: Path, *, quick_check: bool) -> tuple[sqlite3.Connection, 
             conn = schema.connect(path, cache_mb=8)
             reason = schema.check_database(conn, quick_check=quick_check)
             if reason is None:
-                schema.init_schema(conn)
+                # Only read by a file without any table yet (a first start or a reset).
+                schema.init_schema(conn, event_base=_id_floor())
                 return conn, None
         except sqlite3.DatabaseError as exc:
             if conn is not None:
@@ -54,10 +62,15 @@ def open_checked(path: Path, *, quick_check: bool) -> tuple[sqlite3.Connection, 
     moved_to, count = schema.move_aside(path, reason)
     # Seq and event ids must never repeat: continue after the old file's when readable,
     # otherwise start above anything it can have held (wall-clock microseconds).
-    seq_base, event_base = old if old is not None else (int(time.time() * 1_000_000),) * 2
+    seq_base, event_base = old if old is not None else (_id_floor(),) * 2
     conn = schema.connect(path, cache_mb=8)
     schema.init_schema(conn, seq_base=seq_base, event_base=event_base, corrupt_recoveries=count)
     return conn, moved_to
+
+
+def _id_floor() -> int:
+    """Above every id a previous file can have handed out: wall-clock microseconds."""
+    return int(time.time() * 1_000_000)
 
 
 def replace_running(

@@ -342,17 +342,18 @@ def test_retention_drops_only_old_synced_rows_and_events(tmp_path: Path) -> None
         _fill(b, 1000, t0=old)  # seq 1..1000, old, will be synced
         _fill(b, 1000, t0=old)  # seq 1001..2000, old, stays unsynced
         _fill(b, 1000)  # seq 2001..3000, recent
+        e0 = b.stats().last_event_id  # event ids start above any earlier file's
         b.append_event(old, "alarm", "fsm", None, {"n": 1})
         b.append_event(old, "alarm", "fsm", None, {"n": 2})
         b.flush_sync(10)
-        b.mark_events_synced(1)
+        b.mark_events_synced(e0 + 1)
         b.mark_synced(1000)
         b.mark_range_synced(2001, 2500)
         b.run_maintenance()
         st = b.stats()
         assert st.expired_rows == 1000
         assert _seqs(path) == list(range(1001, 3001))
-        assert [e.id for e in b.read_unsynced_events(10)] == [2]
+        assert [e.id for e in b.read_unsynced_events(10)] == [e0 + 2]
         assert st.events == 1  # the synced old event expired, the unsynced one did not
         b.mark_synced(3000)
         b.run_maintenance()
@@ -450,6 +451,7 @@ def test_healthy_file_is_never_moved_aside_on_reopen(tmp_path: Path) -> None:
 
 def test_events_have_monotonic_ids_and_a_cursor(buf: Buffer) -> None:
     t = time.time()
+    e0 = buf.stats().last_event_id  # event ids start above any earlier file's
     for i in range(5):
         buf.append_event(
             t + i,
@@ -460,18 +462,18 @@ def test_events_have_monotonic_ids_and_a_cursor(buf: Buffer) -> None:
         )
     buf.flush_sync(10)
     ev = buf.read_unsynced_events(3)
-    assert [e.id for e in ev] == [1, 2, 3]
+    assert [e.id for e in ev] == [e0 + 1, e0 + 2, e0 + 3]
     assert ev[1].actor == "alice" and ev[0].actor is None
     assert ev[2].detail["n"] == 2 and isinstance(ev[2].detail["when"], str)
-    buf.mark_events_synced(3)
-    buf.mark_events_synced(1)  # never backwards
-    buf.mark_events_synced(99)  # never past the last id
+    buf.mark_events_synced(e0 + 3)
+    buf.mark_events_synced(e0 + 1)  # never backwards
+    buf.mark_events_synced(e0 + 99)  # never past the last id
     assert buf.read_unsynced_events(10) == []
     buf.append_event(t, "mode", "operator", "bob", {})
     buf.flush_sync(10)
-    assert [e.id for e in buf.read_unsynced_events(10)] == [6]
+    assert [e.id for e in buf.read_unsynced_events(10)] == [e0 + 6]
     st = buf.stats()
-    assert (st.events, st.unsynced_events, st.last_event_id) == (6, 1, 6)
+    assert (st.events, st.unsynced_events, st.last_event_id) == (6, 1, e0 + 6)
 
 
 def test_history_of_one_point_by_time(buf: Buffer) -> None:
@@ -548,6 +550,7 @@ def test_export_csv_and_jsonl_exact_columns(tmp_path: Path) -> None:
 def test_export_events(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     b = _open(path)
+    e0 = b.stats().last_event_id  # event ids start above any earlier file's
     t = datetime(2026, 11, 24, 13, 0, tzinfo=UTC).timestamp()
     b.append_event(t, "alarm.activated", "alarms", None, {"point_id": "cdu-01.flow"})
     b.append_event(t + 1, "alarm.acked", "operator", "alice", {"id": 7})
@@ -556,7 +559,7 @@ def test_export_events(tmp_path: Path) -> None:
     assert export_events(path, out, "jsonl", None, None) == 2
     first, second = (json.loads(x) for x in out.getvalue().splitlines())
     assert first == {
-        "id": 1,
+        "id": e0 + 1,
         "ts": "2026-11-24T13:00:00.000Z",
         "kind": "alarm.activated",
         "source": "alarms",
@@ -568,7 +571,7 @@ def test_export_events(tmp_path: Path) -> None:
     export_events(path, out, "csv", datetime(2026, 11, 24, 13, 0, 1, tzinfo=UTC), None)
     assert list(csv.reader(io.StringIO(out.getvalue()))) == [
         ["id", "ts", "kind", "source", "actor", "detail"],
-        ["2", "2026-11-24T13:00:01.000Z", "alarm.acked", "operator", "alice", '{"id":7}'],
+        [str(e0 + 2), "2026-11-24T13:00:01.000Z", "alarm.acked", "operator", "alice", '{"id":7}'],
     ]
 
 
@@ -623,6 +626,7 @@ def test_corruption_under_the_running_writer_moves_on_to_a_fresh_file(tmp_path: 
     try:
         keys = b.point_keys(POINTS)
         _fill(b, 100, keys=keys)
+        e0 = b.stats().last_event_id
         b.append_event(time.time(), "mode", "fsm", None, {})
         b.flush_sync(10)
         # Break the file behind the agent's back the way SQLite's own tests do: point the
@@ -648,7 +652,7 @@ def test_corruption_under_the_running_writer_moves_on_to_a_fresh_file(tmp_path: 
         rows = b.read_unsynced(10)
         assert rows.seq == [101]  # seq continues, the queued reading was not lost
         assert rows.point_id == ["pdu-a.kw"] and rows.value == [7.0]
-        assert [e.id for e in b.read_unsynced_events(10)] == [2]
+        assert [e.id for e in b.read_unsynced_events(10)] == [e0 + 2]
         st = b.stats()
         assert st.corrupt_recoveries == 1 and st.last_seq == 101
     finally:
@@ -740,3 +744,30 @@ def test_a_malformed_batch_is_dropped_and_counted_without_stalling_the_rest(buf:
 def test_buffer_satisfies_the_uplinks_sync_source(buf: Buffer) -> None:
     # Method names at runtime; the signatures are checked by mypy in outpost.buffer.store.
     assert isinstance(buf, SyncSource)
+
+
+@pytest.mark.parametrize("reset", ["deleted", "zero_length"])
+def test_event_ids_survive_a_buffer_reset(tmp_path: Path, reset: str) -> None:
+    """The receiver keeps events unique on (gateway, event id) and ignores repeats: ids that
+    restarted after a reset would make every new event look like an old one and vanish."""
+    path = tmp_path / "buffer.db"
+    b = _open(path)
+    for i in range(3):
+        b.append_event(time.time(), "alarm", "fsm", None, {"n": i})
+    b.flush_sync(10)
+    before = b.stats().last_event_id
+    b.close()
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if reset == "deleted" or suffix:
+            p.unlink(missing_ok=True)
+        else:
+            p.write_bytes(b"")
+    b = _open(path)
+    try:
+        b.append_event(time.time(), "alarm", "fsm", None, {"n": "after"})
+        b.flush_sync(10)
+        ids = [e.id for e in b.read_unsynced_events(10)]
+    finally:
+        b.close()
+    assert len(ids) == 1 and ids[0] > before
