@@ -1,7 +1,9 @@
 """The point schedule as the rest of Outpost sees it: plain, frozen, already validated.
 
-The CSV loader (``outpost.point_schedules.loader``) is the only producer of these objects; drivers,
-the alarm engine and the agent consume them. Nothing here does I/O.
+The loader (``outpost.point_schedules.loader``, CSV files and .xlsx workbooks) is the only
+producer of these objects; drivers, the alarm engine and the agent consume them. ``Point``
+also declares which of its fields are point metadata (``METADATA_FIELDS``, the receiver's
+``PointMeta``) and which of those are limits (``LIMIT_FIELDS``). Nothing here does I/O.
 """
 
 from __future__ import annotations
