@@ -21,6 +21,7 @@ def write_config(
     *,
     extra: str = "",
     gateway_id: str = "gw-test",
+    log_level: str = "info",
 ) -> Path:
     (tmp_path / "site.csv").write_text(schedule_csv)
     lines = [
@@ -34,7 +35,7 @@ def write_config(
         "commit_interval_s = 0.2",
         "[logging]",
         'format = "json"',
-        'level = "info"',
+        f'level = "{log_level}"',
     ]
     for name, body in devices.items():
         lines.append(f"[devices.{name}]")

@@ -242,3 +242,58 @@ def test_agent_refuses_to_start_on_invalid_schedule_with_exit_78(tmp_path: Path)
     issues = [json.loads(x)["issue"] for x in agent.log().splitlines() if '"schedule.invalid"' in x]
     assert len(issues) == 1 and 'site.csv:2: column "address"' in issues[0]
     assert os.path.exists(cfg) and "Traceback" not in agent.log()
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    parsed = []
+    for n, line in enumerate(lines, 1):
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"line {n} of the agent's output is not JSON: {line!r}") from None
+    return parsed
+
+
+async def test_json_mode_every_line_is_json_library_records_included(tmp_path: Path) -> None:
+    """At level debug pymodbus, uvicorn and asyncio speak too: their records go through the
+    same formatter as our events, so every line the agent prints parses as JSON."""
+    server = await start_server()
+    await server.set("hr", 0, [235])
+    cfg = write_config(
+        tmp_path,
+        {"plc": {"protocol": "modbus", "host": "127.0.0.1", "port": server.port}},
+        "point_id,device,address,data_type\nplc.temp,plc,hr:0,int16\n",
+        log_level="debug",
+    )
+    agent = start_agent(cfg)
+    try:
+        await asyncio.to_thread(agent.wait_ready)
+
+        async def pymodbus_spoke() -> bool:
+            return '"logger": "pymodbus' in agent.log()
+
+        await _until(pymodbus_spoke)
+        r = await asyncio.to_thread(cli, cfg, "status", "--json")
+        assert r.returncode == 0, r.stderr
+    finally:
+        assert agent.stop() == 0
+        await server.stop()
+    events = _json_lines(agent.log())
+    loggers = {str(e.get("logger")) for e in events if "logger" in e}
+    assert any(name.startswith("pymodbus") for name in loggers), loggers
+    names = [e["event"] for e in events]
+    assert "agent.ready" in names and "agent.stopped" in names
+    assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
+
+
+def test_startup_failure_is_a_json_line_too(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path,
+        {"plc": {"protocol": "modbus", "host": "127.0.0.1", "port": 1502}},
+        "point_id,device,address,data_type\nplc.t,plc,hr:99999,int16\n",
+    )
+    agent = start_agent(cfg)
+    assert agent.proc.wait(timeout=30) == 78
+    failed = [e for e in _json_lines(agent.log()) if e["event"] == "agent.start_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "schedule invalid: 1 problem(s)"

@@ -6,6 +6,7 @@ import asyncio
 import math
 from typing import Annotated
 
+import structlog
 import typer
 from rich.table import Table
 
@@ -16,7 +17,6 @@ from outpost.agent.cli.common import (
     call_agent,
     config_or_exit,
     console,
-    fail,
     print_json,
 )
 
@@ -55,12 +55,18 @@ def run(config: ConfigOption = None) -> None:
 
     cfg = config_or_exit(config)
     configure_logging(cfg.logging.level, cfg.logging.format)
+    # From here on everything goes through the log, so in JSON mode every line is JSON.
+    log = structlog.get_logger("outpost.agent.run")
     try:
         asyncio.run(Runtime(cfg).run())
     except StartupError as exc:
-        fail(str(exc), EX_CONFIG)
+        log.error("agent.start_failed", error=str(exc), exit_code=EX_CONFIG)
+        raise typer.Exit(EX_CONFIG) from None
     except KeyboardInterrupt:
         pass
+    except Exception:
+        log.exception("agent.crashed")
+        raise typer.Exit(1) from None
 
 
 # ---------------------------------------------------------------------------- config
