@@ -12,6 +12,11 @@ PDU's schedule differs only in these addresses):
 OID                                type         meaning
 =================================  ===========  ==========================================
 1.3.6.1.2.1.1.1.0 / .3.0 / .5.0    system       sysDescr, sysUpTime, sysName
+1.3.6.1.2.1.1.2.0                  OID          sysObjectID = PDU (the enterprise subtree)
+1.3.6.1.2.1.99.1.1.1.C.1 / .2      Integer32    ENTITY-SENSOR-MIB: inlet temperature (0.1 degC)
+                                                and input voltage (0.1 V), C = 1 type,
+                                                2 scale, 3 precision, 4 value, 5 status
+1.3.6.1.2.1.47.1.1.1.1.7.1 / .2    OctetString  entPhysicalName of the two sensors
 PDU.1.1.0                          OctetString  PDU name
 PDU.1.2.0                          Gauge32      input voltage, 0.1 V   (scale 0.1)
 PDU.1.3.0                          Gauge32      input frequency, 0.01 Hz (scale 0.01)
@@ -69,6 +74,8 @@ __all__ = [
 ]
 
 PDU_OID = "1.3.6.1.4.1.99999.1"
+ENT_SENSOR = "1.3.6.1.2.1.99.1.1.1"  # ENTITY-SENSOR-MIB entPhySensorEntry
+ENT_PHYS_NAME = "1.3.6.1.2.1.47.1.1.1.1.7"  # ENTITY-MIB entPhysicalName
 COMMUNITY = "public"
 V3_USER = "outpost"
 V3_AUTH_KEY = "outpost-auth"
@@ -152,7 +159,19 @@ class _PduInstrum(AbstractMibInstrumController):
             _oid("1.3.6.1.2.1.1.3.0"): lambda: rfc1902.TimeTicks(
                 int((time.monotonic() - up) * 100)
             ),
+            _oid("1.3.6.1.2.1.1.2.0"): lambda: rfc1902.ObjectIdentifier(PDU_OID),
             _oid("1.3.6.1.2.1.1.5.0"): lambda: rfc1902.OctetString(m.name),
+            # ENTITY-SENSOR-MIB entPhySensorTable (type, scale, precision, value, status) and
+            # ENTITY-MIB entPhysicalName for two sensors: inlet temperature, input voltage
+            **{
+                _oid(f"{ENT_SENSOR}.{col}.{ix}"): partial(rfc1902.Integer32, value)
+                for ix, kind in ((1, 8), (2, 3))
+                for col, value in ((1, kind), (2, 9), (3, 1), (5, 1))
+            },
+            _oid(f"{ENT_SENSOR}.4.1"): lambda: rfc1902.Integer32(round(10 * float(m.inlet_temp()))),
+            _oid(f"{ENT_SENSOR}.4.2"): lambda: rfc1902.Integer32(m.voltage_dv()),
+            _oid(f"{ENT_PHYS_NAME}.1"): partial(rfc1902.OctetString, "inlet-temp"),
+            _oid(f"{ENT_PHYS_NAME}.2"): partial(rfc1902.OctetString, "input-voltage"),
             _oid(f"{PDU_OID}.1.1.0"): lambda: rfc1902.OctetString(m.name),
             _oid(f"{PDU_OID}.1.2.0"): lambda: rfc1902.Gauge32(m.voltage_dv()),
             _oid(f"{PDU_OID}.1.3.0"): lambda: rfc1902.Gauge32(
