@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from outpost.cloud.wire import IngestBatch, PointMeta, encode_body
+from outpost.cloud.wire import IngestBatch, PointMeta, columnar_readings, encode_body
 from outpost.point_schedules.loader import COLUMNS, load_schedule
 from outpost.point_schedules.model import (
     LIMIT_FIELDS,
@@ -148,3 +148,42 @@ async def test_receiver_refuses_unknown_metadata_keys(
     assert resp.status_code == 422
     assert "alarm_colour" in resp.text
     assert await receiver.count("points") == 0
+
+
+async def test_receiver_takes_the_longest_point_id_the_loader_takes(
+    receiver: ReceiverHandle, tmp_path: Path
+) -> None:
+    point_id = "cdu-01." + "x" * (POINT_ID_MAX_LENGTH - 7)
+    path = tmp_path / "long.csv"
+    path.write_text(f"point_id,device,address,data_type\n{point_id},cdu-01,hr:1,int16\n")
+    schedule = load_schedule([path], DEVICES)
+    token = await receiver.enroll("gw-1")
+    t0 = 1_763_900_000.0
+    batch = IngestBatch(
+        gateway_id="gw-1",
+        first_seq=1,
+        last_seq=2,
+        readings=columnar_readings([point_id] * 2, [t0, t0 + 5], [1.0, 2.0], [0, 0]),
+        points=[PointMeta.from_point(schedule.points[0], schedule.version)],
+    )
+    assert (await post(receiver, *encode_body(batch), token)).status_code == 200
+    assert set(await get_points(receiver, "gw-1")) == {point_id}
+    async with httpx.AsyncClient(base_url=receiver.url, headers=receiver.admin_headers) as c:
+        resp = await c.get(
+            f"/api/v1/gateways/gw-1/points/{point_id}/readings",
+            params={
+                "from": "2025-11-23T00:00:00Z",
+                "to": "2025-11-24T00:00:00Z",
+                "resolution": "raw",
+            },
+        )
+    assert resp.status_code == 200, resp.text
+    assert [r["value"] for r in resp.json()["readings"]] == [1.0, 2.0]
+    # one character more is refused by the loader and by the receiver alike
+    longer = IngestBatch.model_validate(
+        {"gateway_id": "gw-1", "first_seq": 3, "last_seq": 3, "points": []}
+    ).model_dump(mode="json")
+    longer["points"] = [{"point_id": point_id + "x"}]
+    body = json.dumps(longer).encode()
+    resp = await post(receiver, body, {"Content-Type": "application/json"}, token)
+    assert resp.status_code == 422
