@@ -4,7 +4,9 @@ Guarantees (each kept by one module):
 
 - Appends never block on I/O; ONE writer thread group-commits them, assigns ``seq`` in
   append order (contiguous, strictly increasing, never reused) and survives transient write
-  errors by keeping its queue (:mod:`.writer`).
+  errors (disk full, I/O) by keeping its queue and retrying once a second, visibly:
+  ``commit_failing``, ``on_commit_failure``, a ``last_commit_monotonic`` that stands still
+  (:mod:`.writer`).
 - A committed reading survives ``kill -9`` of the agent (WAL, :mod:`.schema`).
 - A corrupt file never stops the agent and is never deleted: it is moved aside and a fresh
   file continues seq, event ids and point keys (:mod:`.recovery`).
@@ -71,6 +73,7 @@ class Buffer:
         max_pending_rows: int = 5_000_000,
         quick_check: bool = True,
         on_corrupt_recovered: Callable[[Path], None] | None = None,
+        on_commit_failure: Callable[[bool, str | None], None] | None = None,
     ) -> None:
         """``on_unsynced_evicted(n)`` is called from the writer thread (use
         ``loop.call_soon_threadsafe`` to get back onto the loop). ``max_pending_rows`` bounds
@@ -80,6 +83,11 @@ class Buffer:
         ``on_corrupt_recovered(moved_to)`` is called after a corrupt file was moved aside and a
         fresh one started (from ``open()``'s thread, or the writer thread if it happens later),
         so the agent can raise its alarm; ``stats().corrupt_recoveries`` counts them.
+        ``on_commit_failure(failing, error)`` is called from the writer thread when commits
+        start failing (``True`` and the SQLite error: disk full, I/O error, locked) and once
+        when they work again (``False, None``): the agent's system alarm and ``degraded``
+        mode. Between the two, ``commit_failing`` is true and ``last_commit_monotonic`` stands
+        still, so a watchdog fed from it stops.
         """
         self.path = Path(path)
         self.max_bytes = int(max_size_mb * 1024 * 1024)
@@ -106,6 +114,7 @@ class Buffer:
             maintenance_interval=float(maintenance_interval),
             max_pending_rows=int(max_pending_rows),
             on_corrupt_recovered=self._recovered,
+            on_commit_failure=on_commit_failure,
         )
         self._sync = SyncReader(self._files, self._names)
         self._history = History(self._files, self._names)
@@ -219,6 +228,21 @@ class Buffer:
     @property
     def last_commit_monotonic(self) -> float:
         return self._writer.last_commit_monotonic
+
+    @property
+    def commit_failing(self) -> bool:
+        """The writer cannot commit right now (disk full, I/O error, locked); rows wait."""
+        return self._writer.commit_failing
+
+    @property
+    def commit_failing_since(self) -> float | None:
+        """``time.monotonic()`` when the current streak of failed commits began, or None."""
+        return self._writer.commit_failing_since
+
+    @property
+    def commit_failures(self) -> int:
+        """Failed commit attempts since open (the retry runs once a second)."""
+        return self._writer.commit_failures
 
     @property
     def writer_alive(self) -> bool:

@@ -9,8 +9,11 @@ Guarantees:
 - A flush (:meth:`Writer.flush_future`) resolves once everything appended before it is
   committed (or dropped as malformed); it fails if the writer stops first.
 - A transient SQLite error (locked, I/O, disk full) keeps the queue, in order, and retries
-  every second; ``last_commit_monotonic`` then stops advancing, which is what the watchdog
-  should see. A corrupt file is replaced (:mod:`.recovery`) and the queue goes into the fresh
+  once a second (an append or a flush arriving meanwhile does not hurry it). While it fails,
+  ``commit_failing`` is true, ``commit_failing_since`` says since when, ``commit_failures``
+  counts the attempts, ``on_commit_failure(True, error)`` was called once for the streak and
+  ``last_commit_monotonic`` stops advancing (what the watchdog should see);
+  ``on_commit_failure(False, None)`` follows the first commit that works again. A corrupt file is replaced (:mod:`.recovery`) and the queue goes into the fresh
   one. A malformed item (a NaN timestamp, a value that is not a number) is dropped, counted
   in ``dropped_rows`` and logged, never blocking the rest.
 - The queue is bounded (``max_pending_rows`` readings): beyond it readings are dropped and
@@ -89,6 +92,7 @@ class Writer:
         maintenance_interval: float,
         max_pending_rows: int,
         on_corrupt_recovered: Callable[[Path], None],
+        on_commit_failure: Callable[[bool, str | None], None] | None = None,
     ) -> None:
         self._files = files
         self._names = names
@@ -98,6 +102,7 @@ class Writer:
         self.maintenance_interval = maintenance_interval
         self.max_pending_rows = max_pending_rows
         self._on_corrupt_recovered = on_corrupt_recovered
+        self.on_commit_failure = on_commit_failure
 
         self._lock = threading.Lock()  # guards the queue and the counters below
         self._queue: deque[Item] = deque()
@@ -115,6 +120,9 @@ class Writer:
         self._last_drop_log = 0.0
         self._maint_request: threading.Event | None = None
         self._last_runtime_recovery = -1e9
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._last_error: str | None = None
         self.last_seq = 0
         self.last_event_id = 0
 
@@ -140,6 +148,21 @@ class Writer:
     @property
     def last_commit_monotonic(self) -> float:
         return self._last_commit
+
+    @property
+    def commit_failing(self) -> bool:
+        """The last commit attempt failed and its items wait for the retry."""
+        return self._failing_since is not None
+
+    @property
+    def commit_failing_since(self) -> float | None:
+        """``time.monotonic()`` of the first failed attempt of the current streak."""
+        return self._failing_since
+
+    @property
+    def commit_failures(self) -> int:
+        """Failed commit attempts since the writer started (each retry counts)."""
+        return self._failures
 
     @property
     def alive(self) -> bool:
@@ -246,15 +269,18 @@ class Writer:
                 self._wake.clear()
                 with self._lock:
                     stopping = self._stopping
-                if time.monotonic() >= retry_at:
-                    ok = self._commit_queue(inflight)
-                    if not ok:
-                        retry_at = time.monotonic() + 1.0
-                        if stopping:
-                            log.error("buffer.close_with_uncommitted", items=len(inflight))
-                            break
-                        continue
+                if time.monotonic() < retry_at:
+                    continue  # woken early (an append, a flush, close): the retry waits its second
+                ok = self._commit_queue(inflight)
+                if not ok:
+                    retry_at = time.monotonic() + 1.0
+                    self._failed(inflight)
+                    if stopping:
+                        log.error("buffer.close_with_uncommitted", items=len(inflight))
+                        break
+                    continue
                 retry_at = 0.0
+                self._recovered_commits()
                 if stopping:
                     with self._lock:
                         drained = not self._queue
@@ -275,6 +301,40 @@ class Writer:
             log.exception("buffer.writer_crashed", path=str(self._files.path))
         finally:
             self._fail_waiters()
+
+    def _failed(self, inflight: list[Item]) -> None:
+        self._failures += 1
+        if self._failing_since is not None:
+            return
+        self._failing_since = time.monotonic()
+        error = self._last_error or "commit failed"
+        log.error(
+            "buffer.commit_failing",
+            error=error,
+            items=len(inflight),
+            pending_rows=self._pending_rows,
+            hint="readings wait in memory (bounded by max_pending_rows) until a commit works",
+        )
+        self._notify_commit_failure(True, error)
+
+    def _recovered_commits(self) -> None:
+        if self._failing_since is None:
+            return
+        log.warning(
+            "buffer.commit_recovered",
+            failing_s=round(time.monotonic() - self._failing_since, 1),
+            attempts=self._failures,
+        )
+        self._failing_since = None
+        self._notify_commit_failure(False, None)
+
+    def _notify_commit_failure(self, failing: bool, error: str | None) -> None:
+        if self.on_commit_failure is None:
+            return
+        try:
+            self.on_commit_failure(failing, error)
+        except Exception:
+            log.exception("buffer.on_commit_failure_failed")
 
     def _maintain(self, inflight: list[Item]) -> None:
         conn = self._files.writer
@@ -324,6 +384,7 @@ class Writer:
                     return False
                 if isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError):
                     # Locked, I/O error, disk full: transient; keep the items and retry.
+                    self._last_error = str(exc)
                     log.error(
                         "buffer.commit_failed",
                         error=str(exc),
@@ -360,6 +421,7 @@ class Writer:
                 if isinstance(err, sqlite3.OperationalError | sqlite3.InternalError) or (
                     schema.is_corruption(err)
                 ):
+                    self._last_error = str(err)
                     log.error("buffer.commit_failed", error=str(err), items=len(inflight))
                     return False
                 self._drop(item, err)

@@ -771,3 +771,55 @@ def test_event_ids_survive_a_buffer_reset(tmp_path: Path, reset: str) -> None:
     finally:
         b.close()
     assert len(ids) == 1 and ids[0] > before
+
+
+def test_a_buffer_that_cannot_commit_says_so_and_retries_once_a_second(tmp_path: Path) -> None:
+    """Disk full (SQLITE_FULL, here through max_page_count on the writer's connection): the
+    failure is reported once, the watchdog's clock stands still while rows wait, appends do
+    not hurry the 1 s retry, and everything queued is committed once space is back."""
+    seen: list[tuple[bool, str | None]] = []
+    b = _open(tmp_path / "b.db", commit_rows=1, on_commit_failure=lambda f, e: seen.append((f, e)))
+    try:
+        keys = b.point_keys(POINTS)
+        _fill(b, 10, keys=keys)
+        b.flush_sync(10)
+        conn = b._files.writer
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        appended = 10
+        clock: float | None = None
+        start = time.monotonic()
+        # Load for ~3 s: every append of a full batch wakes the writer (commit_rows=1).
+        while time.monotonic() - start < 3.0 or clock is None:
+            t = time.time()
+            b.append(
+                array("d", [t + i * 1e-3 for i in range(500)]),
+                array("q", [keys[i % len(keys)] for i in range(500)]),
+                array("d", [float(i) for i in range(500)]),
+                array("B", [int(Quality.GOOD)] * 500),
+            )
+            appended += 500
+            if clock is None and b.commit_failing:
+                clock, failures0, t_fail = (
+                    b.last_commit_monotonic,
+                    b.commit_failures,
+                    time.monotonic(),
+                )
+            time.sleep(0.02)
+            assert time.monotonic() - start < 30, "the commit never failed"
+        window = time.monotonic() - t_fail
+        assert b.commit_failing and b.commit_failing_since is not None
+        assert b.last_commit_monotonic == clock  # no progress reported while rows wait
+        assert b.commit_failures - failures0 <= window / 1.0 + 2  # ~once a second, no spinning
+        assert len(seen) == 1 and seen[0][0] is True and "full" in (seen[0][1] or "")
+        assert b.pending_rows > 0
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        b.flush_sync(30)
+        assert not b.commit_failing and b.commit_failing_since is None
+        assert seen[-1] == (False, None) and len(seen) == 2
+        assert b.last_commit_monotonic > clock
+        st = b.stats()
+        assert st.rows == appended and st.dropped_rows == 0
+    finally:
+        b.close()
