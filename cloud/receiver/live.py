@@ -98,8 +98,19 @@ def command_payload(gateway_id: str, command_id: int, status: str) -> str:
     return json.dumps({"t": "command", "gw": gateway_id, "id": command_id, "status": status})
 
 
+#: event kinds that change an alarm's state (the agent's fsm/alarms.py emits these)
+ALARM_EVENT_KINDS = (
+    "alarm",
+    "operator.ack",
+    "operator.shelve",
+    "operator.unshelve",
+    "operator.out_of_service",
+    "operator.in_service",
+)
+
+
 def is_alarm_event(kind: str) -> bool:
-    return kind == "alarm" or kind.startswith(("alarm.", "operator."))
+    return kind in ALARM_EVENT_KINDS
 
 
 # --- fan-out --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Use from any FastAPI/Starlette app::
 
 Your page templates ``{% extends "ui/base.html" %}`` and
 ``{% import "ui/macros.html" as ui %}``. The base layout expects (all optional):
-``title``, ``nav`` (a list of :class:`NavItem`), ``principal`` (anything with ``.username``
+``title``, ``nav`` (a list of :class:`NavItem`), ``principal`` (anything with ``.name``
 and ``.role``), ``csrf_token`` (put in the logout form and in ``<meta name="csrf-token">`` for
 htmx requests), ``live_url`` (an SSE endpoint the page subscribes to), ``brand``.
 

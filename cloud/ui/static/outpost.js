@@ -39,6 +39,11 @@
     refreshTimers.set(el, setTimeout(function () {
       refreshTimers.delete(el);
       if (!window.htmx || !el.isConnected) return;
+      // never swap away a selection or a command in flight: retry once they are done
+      if (el.querySelector("input[type=checkbox]:checked, .cmd-pending, input:focus, select:focus")) {
+        setTimeout(function () { refresh(el); }, 1000);
+        return;
+      }
       var url = el.getAttribute("data-refresh-url");
       if (url) window.htmx.ajax("GET", url, { target: el, swap: "outerHTML" });
     }, 200));
@@ -48,7 +53,7 @@
     Object.keys(pts).forEach(function (pid) {
       var sample = pts[pid]; // [ts_ms, value, quality]
       var key = gw + "|" + pid;
-      document.querySelectorAll('[data-live-point="' + CSS.escape(key) + '"]').forEach(function (el) {
+      document.querySelectorAll('[data-live-point="' + CSS.escape(key) + '"]:not([data-chart])').forEach(function (el) {
         el.textContent = fmt(sample[1]);
         el.setAttribute("data-quality", qualityLabel(sample[2]));
         el.classList.remove("updated"); void el.offsetWidth; el.classList.add("updated");
@@ -97,6 +102,89 @@
     Outpost.eventSource = es;
     return es;
   };
+
+  /* --- commands (ack / shelve through the command channel) ------------------------------ */
+  /* A form with data-command-form holds checkboxes name="sel" value="GATEWAY|ALARM_ID", a
+     "note" field and a "duration" select; buttons with data-command="ack|shelve" act on the
+     selection (or on their own data-target). Each command is POSTed to the command endpoint
+     (JSON, X-CSRF-Token) and its row shows pending → done, or the refusal. */
+  var FINAL = { succeeded: "done", failed: "failed", refused: "refused", expired: "expired" };
+  Outpost.commandUrl = "/api/v1/gateways/{gw}/commands";
+
+  function csrfHeaders() {
+    var h = { "Content-Type": "application/json", Accept: "application/json" };
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    if (meta) h["X-CSRF-Token"] = meta.content;
+    return h;
+  }
+
+  function statusCell(key) {
+    var row = document.querySelector('tr[data-alarm="' + CSS.escape(key) + '"]');
+    return row && row.querySelector("[data-cmd-status]");
+  }
+
+  function showStatus(key, text, state) {
+    var cell = statusCell(key);
+    if (!cell) return;
+    cell.textContent = text;
+    cell.className = "badge st-" + state + (state === "pending" ? " cmd-pending" : "");
+    cell.setAttribute("data-state", state);
+  }
+
+  function follow(key, gw, id, deadline) {
+    var url = Outpost.commandUrl.replace("{gw}", encodeURIComponent(gw)) + "/" + id;
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.json(); })
+      .then(function (c) {
+        if (FINAL[c.state]) {
+          var msg = c.result && c.result.message ? ": " + c.result.message : "";
+          showStatus(key, FINAL[c.state] + (c.state === "succeeded" ? "" : msg), c.state === "succeeded" ? "done" : "refused");
+        } else if (Date.now() < deadline) {
+          showStatus(key, "pending (" + c.state + ")", "pending");
+          setTimeout(function () { follow(key, gw, id, deadline); }, 1000);
+        }
+      })
+      .catch(function () { if (Date.now() < deadline) setTimeout(function () { follow(key, gw, id, deadline); }, 2000); });
+  }
+
+  function sendCommand(kind, key, note, duration) {
+    var i = key.indexOf("|"), gw = key.slice(0, i), alarm = key.slice(i + 1);
+    var args = { alarm_id: alarm };
+    if (kind === "ack") { if (note) args.note = note; }
+    else if (kind === "shelve") {
+      args.reason = note;
+      if (duration === "one_shot") args.one_shot = true; else args.duration_s = parseFloat(duration);
+    }
+    showStatus(key, "pending", "pending");
+    return fetch(Outpost.commandUrl.replace("{gw}", encodeURIComponent(gw)), {
+      method: "POST", credentials: "same-origin", headers: csrfHeaders(),
+      body: JSON.stringify({ kind: kind, args: args }),
+    }).then(function (r) {
+      return r.json().then(function (body) {
+        if (!r.ok) { showStatus(key, "refused: " + (body.detail && body.detail.length ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)) : r.status), "refused"); return; }
+        follow(key, gw, body.id, Date.now() + 120000);
+      });
+    }).catch(function (err) { showStatus(key, "error: " + err, "refused"); });
+  }
+
+  document.addEventListener("click", function (e) {
+    var btn = e.target.closest && e.target.closest("button[data-command]");
+    if (!btn) return;
+    var form = btn.closest("form[data-command-form]");
+    if (!form) return;
+    e.preventDefault();
+    var kind = btn.getAttribute("data-command");
+    var keys = btn.hasAttribute("data-target") ? [btn.getAttribute("data-target")]
+      : Array.prototype.map.call(form.querySelectorAll('input[name="sel"]:checked'), function (cb) { return cb.value; });
+    var msg = form.querySelector("[data-command-message]");
+    var note = form.elements.note ? form.elements.note.value.trim() : "";
+    var duration = form.elements.duration ? form.elements.duration.value : "3600";
+    if (!keys.length) { if (msg) msg.textContent = "select one or more alarms first"; return; }
+    if (kind === "shelve" && !note) { if (msg) msg.textContent = "shelving needs a reason (the note)"; return; }
+    if (msg) msg.textContent = kind + ": " + keys.length + " alarm(s) sent";
+    keys.forEach(function (k) { sendCommand(kind, k, note, duration); });
+    form.querySelectorAll('input[type=checkbox]').forEach(function (cb) { cb.checked = false; });
+  });
 
   /* --- tables ---------------------------------------------------------------------------- */
   function cellValue(row, idx, kind) {
@@ -212,7 +300,16 @@
     var opts = {
       width: width, height: height, bands: bands,
       series: series,
-      scales: { x: { time: true } },
+      scales: { x: { time: true }, y: { range: function (u, lo, hi) {
+        // keep the nearest alarm limits in view so their bands show next to the data
+        var lim = data.limits || {};
+        [lim.alarm_h, lim.alarm_l].forEach(function (v) {
+          if (v != null && isFinite(v)) { lo = lo == null ? v : Math.min(lo, v); hi = hi == null ? v : Math.max(hi, v); }
+        });
+        if (lo == null || hi == null) return [0, 1];
+        var pad = (hi - lo) * 0.08 || 1;
+        return [lo - pad, hi + pad];
+      } } },
       axes: [{ stroke: "#8a98a6", grid: { stroke: "#2b3642" }, ticks: { stroke: "#2b3642" } },
              { stroke: "#8a98a6", grid: { stroke: "#2b3642" }, ticks: { stroke: "#2b3642" }, size: 60 }],
       plugins: [limitBandsPlugin(data.limits || {}, data.marks || [])],

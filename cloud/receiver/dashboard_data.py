@@ -1,0 +1,617 @@
+"""Read models of the dashboard pages that the receiver's JSON API does not (yet) answer:
+fleet rows, newest value per point, active alarms and alarm history from the event stream,
+ISA-18.2 health figures, KPI and floor (rack) layouts from point tags.
+
+Every function takes the pool and the caller's site scope (``sites``: None for every site) and
+returns plain dataclasses; the pages (web.py) and their JSON twins render them.
+
+Tag conventions (point tags from the schedule's ``tags`` column, ``k=v;flag``):
+
+- KPIs: ``kpi=it_power`` and ``kpi=facility_power`` (kW, summed per gateway) give total power
+  and PUE = facility / IT; ``kind=temperature`` (or the Haystack marker ``temp`` without
+  ``sp``) marks temperatures: average and hottest.
+- Floor: ``rack=A01`` places a point's rack, ``row=A`` and ``room=hall-1`` group racks (a
+  missing row is the rack name's leading letters, a missing room ``main``); the rack is coloured
+  by its temperature point and outlined by the worst active alarm of any of its points.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from outpost.cloud.ui import priority_rank
+from outpost.cloud.wire import quality_label
+
+from . import read_store
+from .live import ALARM_EVENT_KINDS
+from .read_store import SITE_EXPR
+from .settings import ReceiverSettings
+
+MODE_KINDS = ("mode", "operator.mode")
+INACTIVE = ("normal", "removed")
+STANDING_AFTER = timedelta(hours=24)
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _scope(sites: Sequence[str] | None) -> list[str] | None:
+    return None if sites is None else list(sites)
+
+
+# --- fleet ------------------------------------------------------------------------------------
+
+
+@dataclass
+class GatewayRow:
+    id: str
+    site: str
+    status: str
+    last_seen: datetime | None
+    mode: str | None
+    mode_since: datetime | None
+    alarms: dict[str, int]
+    devices_up: int
+    devices_total: int
+    backlog: int | None
+    oldest_unsynced_s: float | None
+    schedule_version: str | None
+    agent_version: str | None
+    points: int
+    heartbeat: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alarm_total(self) -> int:
+        return sum(self.alarms.values())
+
+    @property
+    def worst_priority_rank(self) -> int:
+        return min((priority_rank(p) for p, n in self.alarms.items() if n), default=9)
+
+
+def gateway_status(row: asyncpg.Record, settings: ReceiverSettings, now: datetime) -> str:
+    if row["revoked_at"] is not None:
+        return "revoked"
+    if row["enrolled_at"] is None:
+        return "not_enrolled"
+    seen = row["last_seen"]
+    if seen is None:
+        return "offline"
+    age = (now - seen).total_seconds()
+    if age < settings.online_s:
+        return "online"
+    return "stale" if age < settings.stale_s else "offline"
+
+
+async def fleet(
+    pool: asyncpg.Pool,
+    settings: ReceiverSettings,
+    sites: Sequence[str] | None,
+    *,
+    site: str | None = None,
+    gateway_id: str | None = None,
+) -> list[GatewayRow]:
+    if gateway_id is not None:
+        one = await read_store.gateway(pool, sites, gateway_id)
+        rows = [] if one is None else [one]
+    else:
+        rows = await read_store.gateways(pool, sites)
+    now = datetime.now(UTC)
+    out: list[GatewayRow] = []
+    for r in rows:
+        if site and (r["site"] or "") != site:
+            continue
+        hb = _json(r["last_heartbeat"]) or {}
+        devices = hb.get("devices") or {}
+        out.append(
+            GatewayRow(
+                id=r["id"],
+                site=r["site"] or "",
+                status=gateway_status(r, settings, now),
+                last_seen=r["last_seen"],
+                mode=hb.get("mode"),
+                mode_since=r["mode_since"],
+                alarms={p: int(n) for p, n in (hb.get("active_alarms") or {}).items() if n},
+                devices_up=sum(1 for d in devices.values() if d.get("connected")),
+                devices_total=len(devices),
+                backlog=hb.get("unsynced_rows"),
+                oldest_unsynced_s=hb.get("oldest_unsynced_age_s"),
+                schedule_version=hb.get("schedule_version"),
+                agent_version=hb.get("agent_version"),
+                points=r["points"],
+                heartbeat=hb,
+            )
+        )
+    return out
+
+
+async def site_of(pool: asyncpg.Pool, gateway_id: str) -> str | None:
+    """The gateway's site ('' when it has none), None when the gateway is unknown."""
+    row = await read_store.gateway(pool, None, gateway_id)
+    return None if row is None else (row["site"] or "")
+
+
+async def site_map(pool: asyncpg.Pool) -> dict[str, str]:
+    return {r["id"]: r["site"] or "" for r in await read_store.gateways(pool, None)}
+
+
+# --- points -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PointRow:
+    point_id: str
+    device: str
+    units: str
+    description: str
+    tags: dict[str, str]
+    limits: dict[str, Any]
+    ts: datetime | None
+    value: float | None
+    quality: str | None
+
+    def is_temperature(self) -> bool:
+        return is_temperature(self.tags)
+
+
+def is_temperature(tags: dict[str, str]) -> bool:
+    if tags.get("kind"):
+        return tags["kind"] == "temperature"
+    return "temp" in tags and "sp" not in tags
+
+
+async def latest(pool: asyncpg.Pool, gateway_id: str) -> list[PointRow]:
+    """Every point of the gateway (metadata) with its newest reading (read_store.latest)."""
+    meta = await pool.fetch(
+        "SELECT point_id, device, units, description, tags, limits FROM points "
+        "WHERE gateway_id = $1 ORDER BY point_id",
+        gateway_id,
+    )
+    values = {r["point_id"]: r for r in await read_store.latest(pool, gateway_id, None)}
+    return [_point(m, values.get(m["point_id"])) for m in meta]
+
+
+async def point(pool: asyncpg.Pool, gateway_id: str, point_id: str) -> PointRow | None:
+    meta = await pool.fetchrow(
+        "SELECT point_id, device, units, description, tags, limits FROM points "
+        "WHERE gateway_id = $1 AND point_id = $2",
+        gateway_id,
+        point_id,
+    )
+    if meta is None:
+        return None
+    found = await read_store.latest(pool, gateway_id, [point_id])
+    return _point(meta, found[0] if found else None)
+
+
+def _point(m: asyncpg.Record, v: asyncpg.Record | None) -> PointRow:
+    return PointRow(
+        point_id=m["point_id"],
+        device=m["device"],
+        units=m["units"],
+        description=m["description"],
+        tags=_json(m["tags"]) or {},
+        limits=_json(m["limits"]) or {},
+        ts=None if v is None else v["time"],
+        value=None if v is None else v["value"],
+        quality=None if v is None or v["quality"] is None else quality_label(v["quality"]),
+    )
+
+
+@dataclass
+class Kpis:
+    it_power: float | None = None
+    facility_power: float | None = None
+    pue: float | None = None
+    temp_avg: float | None = None
+    temp_max: float | None = None
+    temp_max_point: str | None = None
+    temperatures: int = 0
+
+
+def kpis(points: Iterable[PointRow]) -> Kpis:
+    k = Kpis()
+    it: list[float] = []
+    fac: list[float] = []
+    temps: list[tuple[float, str]] = []
+    for p in points:
+        if p.value is None or (p.quality or "").startswith("bad"):
+            continue
+        kind = p.tags.get("kpi")
+        if kind == "it_power":
+            it.append(p.value)
+        elif kind == "facility_power":
+            fac.append(p.value)
+        if is_temperature(p.tags):
+            temps.append((p.value, p.point_id))
+    if it:
+        k.it_power = sum(it)
+    if fac:
+        k.facility_power = sum(fac)
+    if k.it_power and k.facility_power is not None:
+        k.pue = k.facility_power / k.it_power
+    if temps:
+        k.temperatures = len(temps)
+        k.temp_avg = sum(v for v, _ in temps) / len(temps)
+        k.temp_max, k.temp_max_point = max(temps)
+    return k
+
+
+@dataclass
+class ModeChange:
+    ts: datetime
+    mode: str
+    source: str
+    actor: str
+    cause: str
+    reason: str
+
+
+async def mode_history(pool: asyncpg.Pool, gateway_id: str, limit: int = 20) -> list[ModeChange]:
+    rows = await pool.fetch(
+        """SELECT ts, kind, source, actor, detail FROM events
+           WHERE gateway_id = $1 AND kind = ANY($2::text[])
+           ORDER BY event_id DESC LIMIT $3""",
+        gateway_id,
+        list(MODE_KINDS),
+        limit,
+    )
+    out = []
+    for r in rows:
+        d = _json(r["detail"]) or {}
+        out.append(
+            ModeChange(
+                ts=r["ts"],
+                mode=str(d.get("to") or r["source"]),
+                source=str(d.get("from") or ""),
+                actor=r["actor"],
+                cause=str(d.get("cause") or ""),
+                reason=str(d.get("reason") or ""),
+            )
+        )
+    return out
+
+
+# --- alarms -----------------------------------------------------------------------------------
+
+
+@dataclass
+class AlarmRow:
+    gateway_id: str
+    site: str
+    alarm_id: str
+    point_id: str
+    device: str
+    kind: str
+    priority: str
+    state: str
+    value: float | None
+    limit: float | None
+    since: datetime
+    activated_at: datetime | None
+    acked_at: datetime | None
+    acked_by: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.gateway_id}|{self.alarm_id}"
+
+    @property
+    def unacked(self) -> bool:
+        return self.state in ("unack_active", "rtn_unack")
+
+
+# alarm_latest: one row per alarm, kept by a trigger on events (migration 0002); the
+# console also shows returned-unacknowledged, shelved, suppressed and out-of-service alarms
+_ACTIVE_SQL = f"""
+SELECT a.*, {SITE_EXPR} AS site FROM alarm_latest a JOIN gateways g ON g.id = a.gateway_id
+WHERE a.state <> ALL($1::text[]) AND a.base_state <> 'normal'
+  AND ($2::text IS NULL OR a.gateway_id = $2)
+  AND ($3::text[] IS NULL OR {SITE_EXPR} = ANY($3::text[]))"""
+
+
+async def active_alarms(
+    pool: asyncpg.Pool,
+    sites: Sequence[str] | None,
+    *,
+    gateway_id: str | None = None,
+    site: str | None = None,
+    priority: str | None = None,
+    state: str | None = None,
+) -> list[AlarmRow]:
+    """Alarms not normal (including shelved/suppressed/out of service), worst first."""
+    rows = await pool.fetch(_ACTIVE_SQL, list(INACTIVE), gateway_id, _scope(sites))
+    out: list[AlarmRow] = []
+    for r in rows:
+        d = _json(r["detail"]) or {}
+        a = AlarmRow(
+            gateway_id=r["gateway_id"],
+            site=r["site"] or "",
+            alarm_id=r["alarm_id"],
+            point_id=r["point_id"] or "",
+            device=str(d.get("device") or ""),
+            kind=str(d.get("kind") or ""),
+            priority=r["priority"],
+            state=r["state"],
+            value=d.get("value"),
+            limit=d.get("limit"),
+            since=r["ts"],
+            activated_at=r["active_since"],
+            acked_at=r["acked_at"],
+            acked_by=r["acked_by"],
+        )
+        if site and a.site != site:
+            continue
+        if priority and a.priority != priority:
+            continue
+        if state and a.state != state:
+            continue
+        out.append(a)
+    out.sort(
+        key=lambda a: (
+            priority_rank(a.priority),
+            not a.unacked,
+            -(a.activated_at or a.since).timestamp(),
+        )
+    )
+    return out
+
+
+@dataclass
+class AlarmEpisode:
+    """One activation of an alarm: when it came, who acked and when, when it cleared."""
+
+    gateway_id: str
+    alarm_id: str
+    point_id: str
+    priority: str
+    activated_at: datetime
+    acked_at: datetime | None = None
+    acked_by: str | None = None
+    ack_note: str | None = None
+    cleared_at: datetime | None = None
+    shelved_by: str | None = None
+
+    @property
+    def time_to_ack_s(self) -> float | None:
+        return (
+            None if self.acked_at is None else (self.acked_at - self.activated_at).total_seconds()
+        )
+
+    @property
+    def time_to_clear_s(self) -> float | None:
+        if self.cleared_at is None:
+            return None
+        return (self.cleared_at - self.activated_at).total_seconds()
+
+
+@dataclass
+class AlarmHealth:
+    """ISA-18.2 figures over ``window``: activations per 10 minutes (average and peak),
+    standing alarms (active longer than 24 h), the ten most frequent alarms."""
+
+    window: timedelta
+    activations: int
+    per_10min_avg: float
+    per_10min_max: int
+    standing: int
+    bad_actors: list[tuple[str, str, int]]  # (gateway, alarm id, activations)
+
+
+async def alarm_history(
+    pool: asyncpg.Pool,
+    sites: Sequence[str] | None,
+    *,
+    since: datetime,
+    gateway_id: str | None = None,
+    limit_events: int = 50_000,
+) -> list[AlarmEpisode]:
+    """Episodes (newest first) from the alarm events since ``since``."""
+    rows = await pool.fetch(
+        f"""SELECT e.gateway_id, e.source, e.ts, e.kind, e.actor, e.detail
+           FROM events e JOIN gateways g ON g.id = e.gateway_id
+           WHERE e.ts >= $1 AND e.kind = ANY($2::text[])
+             AND ($3::text IS NULL OR e.gateway_id = $3)
+             AND ($4::text[] IS NULL OR {SITE_EXPR} = ANY($4::text[]))
+           ORDER BY e.ts, e.event_id LIMIT $5""",
+        since,
+        list(ALARM_EVENT_KINDS),
+        gateway_id,
+        _scope(sites),
+        limit_events,
+    )
+    open_: dict[tuple[str, str], AlarmEpisode] = {}
+    episodes: list[AlarmEpisode] = []
+    for r in rows:
+        d = _json(r["detail"]) or {}
+        key = (r["gateway_id"], r["source"])
+        ep = open_.get(key)
+        if r["kind"] == "alarm" and d.get("base_from") == "normal" and d.get("base_to") != "normal":
+            ep = AlarmEpisode(
+                gateway_id=key[0],
+                alarm_id=key[1],
+                point_id=str(d.get("point_id") or ""),
+                priority=str(d.get("priority") or ""),
+                activated_at=r["ts"],
+            )
+            open_[key] = ep
+            episodes.append(ep)
+            continue
+        if ep is None:
+            continue
+        if r["kind"] == "operator.ack" and ep.acked_at is None:
+            ep.acked_at, ep.acked_by, ep.ack_note = r["ts"], r["actor"], d.get("note")
+        elif r["kind"] == "operator.shelve":
+            ep.shelved_by = r["actor"]
+        condition_gone = d.get("base_to") == "rtn_unack" or (
+            d.get("base_to") == "normal" and d.get("base_from") in ("ack_active", "unack_active")
+        )
+        if condition_gone and ep.cleared_at is None:
+            ep.cleared_at = r["ts"]
+        if d.get("base_to") == "normal" or d.get("to") == "removed":
+            open_.pop(key, None)  # the episode is over: the next activation starts another
+    episodes.reverse()
+    return episodes
+
+
+def alarm_health(
+    episodes: Sequence[AlarmEpisode],
+    active: Sequence[AlarmRow],
+    window: timedelta,
+    now: datetime | None = None,
+) -> AlarmHealth:
+    now = now or datetime.now(UTC)
+    start = now - window
+    recent = [e for e in episodes if e.activated_at >= start]
+    buckets = Counter(int((e.activated_at - start).total_seconds() // 600) for e in recent)
+    n_buckets = max(int(window.total_seconds() // 600), 1)
+    actors = Counter((e.gateway_id, e.alarm_id) for e in recent)
+    standing = sum(
+        1
+        for a in active
+        if a.state in ("unack_active", "ack_active")
+        and a.activated_at is not None
+        and now - a.activated_at > STANDING_AFTER
+    )
+    return AlarmHealth(
+        window=window,
+        activations=len(recent),
+        per_10min_avg=len(recent) / n_buckets,
+        per_10min_max=max(buckets.values(), default=0),
+        standing=standing,
+        bad_actors=[(gw, aid, n) for (gw, aid), n in actors.most_common(10)],
+    )
+
+
+async def alarm_marks(
+    pool: asyncpg.Pool, gateway_id: str, point_id: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """Alarm transitions of one point in [start, end): for the trend's time axis."""
+    rows = await pool.fetch(
+        """SELECT ts, kind, actor, detail FROM events
+           WHERE gateway_id = $1 AND ts >= $2 AND ts < $3 AND kind = ANY($4::text[])
+             AND detail->>'point_id' = $5
+           ORDER BY ts LIMIT 2000""",
+        gateway_id,
+        start,
+        end,
+        list(ALARM_EVENT_KINDS),
+        point_id,
+    )
+    out = []
+    for r in rows:
+        d = _json(r["detail"]) or {}
+        out.append(
+            {
+                "t": r["ts"].timestamp(),
+                "ts": r["ts"].isoformat(),
+                "label": f"{d.get('from')} → {d.get('to')}",
+                "kind": r["kind"],
+                "actor": r["actor"],
+                "priority": d.get("priority"),
+                "active": d.get("base_to") in ("unack_active", "ack_active"),
+            }
+        )
+    return out
+
+
+# --- floor ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rack:
+    name: str
+    gateway_id: str
+    temp_point: str | None = None
+    temp: float | None = None
+    units: str = ""
+    points: list[str] = field(default_factory=list)
+    alarm_priority: str | None = None
+    alarm_count: int = 0
+
+
+@dataclass
+class FloorRow:
+    name: str
+    racks: list[Rack]
+
+
+@dataclass
+class Room:
+    name: str
+    rows: list[FloorRow]
+
+
+def _leading_letters(name: str) -> str:
+    m = re.match(r"[A-Za-z]+", name)
+    return m.group(0) if m else ""
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+async def floor(pool: asyncpg.Pool, sites: Sequence[str] | None, site: str) -> list[Room]:
+    if sites is not None and site not in sites:
+        return []
+    rows = await pool.fetch(
+        f"""SELECT p.gateway_id, p.point_id, p.units, p.tags, l.value, l.quality
+           FROM points p JOIN gateways g ON g.id = p.gateway_id
+           LEFT JOIN LATERAL (SELECT r.value, r.quality FROM readings r
+                              WHERE r.point_key = p.key ORDER BY r.time DESC LIMIT 1) l
+               ON p.tags ? 'kind' OR p.tags ? 'temp'
+           WHERE {SITE_EXPR} = $1 AND p.tags ? 'rack'
+           ORDER BY p.gateway_id, p.point_id""",
+        site,
+    )
+    alarms = await active_alarms(pool, sites, site=site)
+    worst: dict[tuple[str, str], list[AlarmRow]] = defaultdict(list)
+    for a in alarms:
+        if a.state in ("unack_active", "ack_active", "rtn_unack"):
+            worst[(a.gateway_id, a.point_id)].append(a)
+    racks: dict[tuple[str, str, str], Rack] = {}
+    for r in rows:
+        tags: dict[str, str] = _json(r["tags"]) or {}
+        name = tags["rack"]
+        room = tags.get("room") or "main"
+        row = tags.get("row") or _leading_letters(name)
+        rack = racks.setdefault((room, row.upper(), name), Rack(name, r["gateway_id"]))
+        rack.points.append(r["point_id"])
+        if is_temperature(tags) and r["value"] is not None and (r["quality"] or 0) < 128:
+            if rack.temp is None or r["value"] > rack.temp:
+                rack.temp, rack.temp_point, rack.units = r["value"], r["point_id"], r["units"]
+        elif is_temperature(tags) and rack.temp_point is None:
+            rack.temp_point = r["point_id"]
+        for a in worst.get((r["gateway_id"], r["point_id"]), ()):
+            rack.alarm_count += 1
+            if rack.alarm_priority is None or priority_rank(a.priority) < priority_rank(
+                rack.alarm_priority
+            ):
+                rack.alarm_priority = a.priority
+    rooms: dict[str, dict[str, list[Rack]]] = defaultdict(lambda: defaultdict(list))
+    for (room, row, _), rack in racks.items():
+        rooms[room][row].append(rack)
+    return [
+        Room(
+            room,
+            [
+                FloorRow(row or "—", sorted(rs, key=lambda k: _natural(k.name)))
+                for row, rs in sorted(rows_.items(), key=lambda kv: _natural(kv[0]))
+            ],
+        )
+        for room, rows_ in sorted(rooms.items(), key=lambda kv: _natural(kv[0]))
+    ]
+
+
+async def sites(pool: asyncpg.Pool, scope: Sequence[str] | None) -> list[str]:
+    rows = await pool.fetch(f"SELECT DISTINCT {SITE_EXPR} AS s FROM gateways g ORDER BY 1")
+    return [r["s"] for r in rows if r["s"] and (scope is None or r["s"] in scope)]
