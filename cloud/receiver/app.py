@@ -43,7 +43,6 @@ from .commands import commands_router
 from .settings import ReceiverSettings
 from .storage import EnrollError, Storage
 from .users import SITE_PATTERN
-from .web import install_dashboard
 
 log = structlog.get_logger(__name__)
 
@@ -413,7 +412,6 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             return JSONResponse(status_code=503, content=body.model_dump())
         return body
 
-    install_dashboard(app, settings)  # pages, live SSE, UI static files, /docs without CDN
     app.include_router(commands_router(settings))
     # last: the dashboard's own GET /login (if installed above) takes precedence
     app.include_router(api_auth.fallback_login_router())
