@@ -43,6 +43,7 @@ from .commands import commands_router
 from .settings import ReceiverSettings
 from .storage import EnrollError, Storage
 from .users import SITE_PATTERN
+from .web import install_dashboard
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +122,10 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         lifespan=lifespan,
         description="Central receiver: gateways enroll, sync readings/events, send heartbeats "
         "and long-poll commands; operators read history. All times are UTC.",
+        # /docs and /redoc come from install_dashboard with vendored assets; FastAPI's own
+        # pages load Swagger UI / ReDoc from a CDN and render blank on air-gapped networks
+        docs_url=None,
+        redoc_url=None,
     )
 
     app.state.settings = settings
@@ -412,6 +417,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             return JSONResponse(status_code=503, content=body.model_dump())
         return body
 
+    install_dashboard(app, settings)  # pages, live SSE, UI static files, /docs without CDN
     app.include_router(commands_router(settings))
     # last: the dashboard's own GET /login (if installed above) takes precedence
     app.include_router(api_auth.fallback_login_router())
