@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import uvicorn
 
 from outpost.agent.api.app import create_app
-from outpost.agent.control.local import LocalControl
+from outpost.agent.api.server import LocalApiServer
+from outpost.agent.control.local import ControlRefused, LocalControl
 from outpost.agent.core.config import AgentConfig
 from outpost.agent.core.coordinator import DeviceCoordinator, DeviceHealth
 from outpost.agent.core.pipeline import Pipeline
@@ -35,6 +35,13 @@ from outpost.agent.core.scheduler import Job, Scheduler, stagger_offset
 from outpost.agent.core.supervise import supervise
 from outpost.agent.core.systemd import SystemdNotifier
 from outpost.buffer.store import Buffer
+from outpost.cloud.commands.client import CommandChannel
+from outpost.cloud.commands.executor import CommandExecutor, Policy
+from outpost.cloud.commands.schedule_apply import (
+    ProbeSnapshot,
+    ScheduleApplier,
+    pushed_schedule_files,
+)
 from outpost.cloud.uplink import Uplink
 from outpost.drivers.base import Driver, DriverContext, PointGroup
 from outpost.drivers.registry import driver_class
@@ -81,6 +88,12 @@ class Runtime:
         self.buffer: Buffer | None = None
         self.uplink: Uplink | None = None
         self.control: LocalControl | None = None
+        self.commands: CommandChannel | None = None
+        # the schedule files in force: the config's, or the last verified push
+        self.schedule_paths: list[Path] = list(config.schedules.files)
+        self._reload_done: asyncio.Future[ScheduleError | None] | None = None
+        self._reload_cause: tuple[str, str] = (SYSTEM_ACTOR, "reload")
+        self._install_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self.reloads = 0
         self.reload_errors = 0
@@ -115,8 +128,7 @@ class Runtime:
     # ------------------------------------------------------------------ set-up
 
     def _load_schedule(self) -> Schedule:
-        files = self.config.schedules.files
-        return load_schedule(files, self.config.device_protocols())
+        return load_schedule(self.schedule_paths, self.config.device_protocols())
 
     def _make_drivers(self) -> None:
         problems = []
@@ -211,7 +223,10 @@ class Runtime:
 
     async def run(self) -> None:
         cfg = self.config
-        cfg.agent.data_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_data_dir(cfg.agent.data_dir)
+        pushed = pushed_schedule_files(cfg.agent.data_dir, cfg.schedules.files)
+        if pushed is not None:
+            self.schedule_paths = pushed
         try:
             schedule = self._load_schedule()
         except ScheduleError as exc:
@@ -245,6 +260,7 @@ class Runtime:
                 },
             )
             self.uplink = self._make_uplink()
+            self.commands = self._make_commands()
             log.info(
                 "agent.start",
                 gateway=cfg.agent.id,
@@ -273,6 +289,8 @@ class Runtime:
                     tg.create_task(supervise("control", self.control.run), name="control")
                 if self.uplink is not None:
                     tg.create_task(supervise("uplink", self.uplink.run), name="uplink")
+                if self.commands is not None:
+                    tg.create_task(supervise("commands", self.commands.run), name="commands")
                 tg.create_task(self._wait_stop(), name="stop")
         except* _Stop:
             pass
@@ -323,6 +341,7 @@ class Runtime:
             for issue in exc.issues:
                 log.error("schedule.reload_rejected", issue=str(issue))
             self.notifier.notify("READY=1")
+            self._reload_finished(exc)
             return False
         old_version = self.schedule.version if self.schedule else None
         if self.control is not None:
@@ -330,12 +349,18 @@ class Runtime:
         self._install_schedule(schedule)
         self.reloads += 1
         self.last_reload_error = None
+        actor, reason = self._reload_cause
         self.emit(
             self.clock(),
             "schedule.load",
             schedule.version,
-            SYSTEM_ACTOR,
-            {"points": len(schedule.points), "previous": old_version, "reason": "reload"},
+            actor,
+            {
+                "points": len(schedule.points),
+                "previous": old_version,
+                "reason": reason,
+                "files": [str(f) for f in schedule.files],
+            },
         )
         log.info(
             "schedule.reloaded",
@@ -344,7 +369,52 @@ class Runtime:
             points=len(schedule.points),
         )
         self.notifier.notify("READY=1")
+        self._reload_finished(None)
         return True
+
+    def _reload_finished(self, error: ScheduleError | None) -> None:
+        done, self._reload_done = self._reload_done, None
+        self._reload_cause = (SYSTEM_ACTOR, "reload")
+        if done is not None and not done.done():
+            done.set_result(error)
+
+    # ------------------------------------------------------------------ schedule host
+    # (cloud.commands.schedule_apply.ScheduleHost: schedule_apply and reload commands)
+
+    def device_protocols(self) -> dict[str, str]:
+        return dict(self.config.device_protocols())
+
+    def schedule_files(self) -> list[Path]:
+        return list(self.schedule_paths)
+
+    async def install_schedule(
+        self, files: Sequence[Path] | None, *, actor: str, reason: str
+    ) -> str:
+        """Swap the schedule live through the reload path (``files`` None: the files in force
+        again). Raises ScheduleError and keeps the running schedule when they do not load."""
+        async with self._install_lock:
+            previous = self.schedule_paths
+            if files is not None:
+                self.schedule_paths = list(files)
+            done: asyncio.Future[ScheduleError | None] = asyncio.get_running_loop().create_future()
+            self._reload_done, self._reload_cause = done, (actor, reason)
+            self.request_reload(actor)
+            error = await done
+            if error is not None:
+                self.schedule_paths = previous
+                raise error
+            assert self.schedule is not None
+            return self.schedule.version
+
+    def probe(self) -> ProbeSnapshot:
+        table = self.table
+        points: dict[str, tuple[int, float | None]] = {}
+        if table is not None:
+            for i, pid in enumerate(table.ids):
+                ts = table.ts[i]
+                points[pid] = (table.quality[i], None if math.isnan(ts) else ts)
+        devices = {d: c.health.connected for d, c in self.coordinators.items()}
+        return ProbeSnapshot(points=points, devices=devices)
 
     async def _announce_ready(self, scheduler: Scheduler) -> None:
         await scheduler.first_cycle_done.wait()
@@ -464,6 +534,25 @@ class Runtime:
             point_metadata=self.point_metadata,
         )
 
+    def _make_commands(self) -> CommandChannel | None:
+        cloud = self.config.cloud
+        if cloud is None:
+            return None
+        assert self.control is not None
+        executor = CommandExecutor(
+            self.control,
+            ScheduleApplier(self, self.config.agent.data_dir),
+            policy=Policy(cloud.allow_remote_writes, cloud.allow_remote_modes),
+            refusals=(ControlRefused,),
+        )
+        return CommandChannel(
+            cloud,
+            gateway_id=self.config.agent.id,
+            data_dir=self.config.agent.data_dir,
+            executor=executor,
+            emit=self.emit,
+        )
+
     def heartbeat(self) -> dict[str, Any]:
         return {
             "mode": self._mode(),
@@ -509,19 +598,8 @@ class Runtime:
 
     async def _serve_api(self) -> None:
         assert self.control is not None
-        sock = self.config.api.socket
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        if sock.exists():
-            sock.unlink()  # stale socket of a previous (killed) run
         app = create_app(self, self.control, request_reload=self.request_reload)
-        server = _QuietServer(
-            uvicorn.Config(app, uds=str(sock), log_config=None, access_log=False, lifespan="off")
-        )
-        try:
-            await server.serve()
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                sock.unlink()
+        await LocalApiServer(app, self.config.api.socket).serve()
 
     # ------------------------------------------------------------------ views
 
@@ -547,7 +625,7 @@ class Runtime:
             "schedule": {
                 "version": self.schedule.version if self.schedule else None,
                 "points": len(self.schedule.points) if self.schedule else 0,
-                "files": [str(f) for f in self.config.schedules.files],
+                "files": [str(f) for f in self.schedule_paths],
                 "reloads": self.reloads,
                 "reload_errors": self.reload_errors,
                 "last_reload_error": self.last_reload_error,
@@ -560,6 +638,7 @@ class Runtime:
             },
             "alarms": self._alarm_counts(),
             "uplink": self.uplink.status() if self.uplink is not None else None,
+            "commands": self.commands.status() if self.commands is not None else None,
         }
 
     def _alarm_counts(self) -> dict[str, int] | None:
@@ -606,10 +685,25 @@ class Runtime:
         if self.control is not None:
             with contextlib.suppress(Exception):
                 self.control.close()
+        if self.commands is not None:
+            self.commands.close()
         if self.buffer is not None:
             await asyncio.to_thread(self.buffer.close)
         self.notifier.close()
         log.info("agent.stopped", shutdown_ms=round((time.monotonic() - t0) * 1e3, 1))
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """State, buffer and socket live here: only the agent's user and group may enter."""
+    path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o007:
+        log.warning(
+            "data_dir.world_accessible",
+            path=str(path),
+            mode=oct(mode),
+            hint="chmod 0750 it (systemd: StateDirectoryMode=0750)",
+        )
 
 
 def _live_dict(table: PointTable, i: int) -> dict[str, Any]:
@@ -635,23 +729,3 @@ def _version() -> str:
         return version("outpost")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-class _Server(uvicorn.Server):
-    """uvicorn.Server without its own signal handling (the runtime owns SIGTERM/SIGINT/SIGHUP)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class _QuietServer:
-    def __init__(self, config: uvicorn.Config) -> None:
-        self._server = _Server(config)
-
-    async def serve(self) -> None:
-        try:
-            await self._server.serve()
-        except asyncio.CancelledError:
-            self._server.should_exit = True
-            raise

@@ -257,15 +257,27 @@ class CommandStore:
         ]
         return CommandPoll(now=_ms(now), commands=commands)
 
-    async def wait(self, gateway_id: str, after: int, wait_s: float) -> CommandPoll:
+    async def wait(
+        self,
+        gateway_id: str,
+        after: int,
+        wait_s: float,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> CommandPoll:
         """Long-poll: answer as soon as an open command newer than ``after`` exists, else an
-        empty poll after ``wait_s``."""
+        empty poll after ``wait_s``. ``gone``: whether the client hung up meanwhile; then
+        nothing is taken (a command marked delivered to a dead connection would only be
+        delivered again later, but its state would say "delivered" to nobody)."""
         deadline = time.monotonic() + wait_s
         event = asyncio.Event()
         self._waiters.setdefault(gateway_id, set()).add(event)
+        first = True
         try:
             while True:
                 event.clear()
+                if not first and gone is not None and await gone():
+                    return CommandPoll(now=int(time.time() * 1000), commands=[])
+                first = False
                 found = await self.take(gateway_id, after)
                 remaining = deadline - time.monotonic()
                 if found.commands or remaining <= 0 or self._closing:

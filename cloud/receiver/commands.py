@@ -203,6 +203,7 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         responses=errors,
     )
     async def poll_commands(
+        request: Request,
         gateway_id: GwPath,
         authed: Gateway,
         store: Store,
@@ -220,7 +221,10 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         with none after ``wait`` seconds."""
         own(gateway_id, authed)
         return await store.wait(
-            gateway_id, after, settings.command_wait_s if wait is None else wait
+            gateway_id,
+            after,
+            settings.command_wait_s if wait is None else wait,
+            gone=request.is_disconnected,
         )
 
     @router.post(
