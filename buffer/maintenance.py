@@ -2,11 +2,15 @@
 chunks (~20-40 ms each) with the queued appends committed in between, so appends never wait
 long behind it.
 
-Size bound (``max_size_mb``), in this order (DESIGN.md): synced rows oldest first (at or below
-the cursor, then the islands acknowledged out of order), then unsynced rows oldest first —
-counted in ``evicted_unsynced``, reported through ``on_unsynced_evicted`` and the cursor moves
-past them (they cannot be sent any more). Once over the bound it evicts down to 90 % of it, so
-it does not evict on every tick.
+Size bound (``max_size_mb``), in this order (DESIGN.md): synced readings oldest first (at or
+below the cursor, then the islands acknowledged out of order), synced events oldest first,
+then unsynced readings oldest first — counted in ``evicted_unsynced``, reported through
+``on_unsynced_evicted`` and the cursor moves past them (they cannot be sent any more) — and
+last, once no reading is left, unsynced events oldest first, likewise counted
+(``evicted_unsynced_events``), reported (``on_unsynced_events_evicted``) and passed by the
+events cursor. Events go last because they are few and carry what people did and saw
+(alarms, modes, writes); but a bound that holds only until an alarm storm is no bound. Once
+over the bound it evicts down to 90 % of it, so it does not evict on every tick.
 
 Retention (``retention_days``): synced rows (whole commit blocks) and synced events older than
 the limit are dropped, in chunks; unsynced data is never expired. After retention frees a lot,
@@ -18,12 +22,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import structlog
 
 from outpost.buffer.files import BufferFiles
 from outpost.buffer.schema import bump_meta, transaction
-from outpost.buffer.sync import advance_cursor, cursor, events_cursor
+from outpost.buffer.sync import advance_cursor, advance_events_cursor, cursor, events_cursor
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +43,15 @@ LOW_WATER = 0.9
 Between = Callable[[], bool]
 
 
+class _Step(NamedTuple):
+    """One eviction step: how many went and, if they were unsynced, the last seq or event
+    id lost and which kind."""
+
+    n: int
+    lost_through: int | None = None
+    kind: Literal["readings", "events"] = "readings"
+
+
 class Maintenance:
     def __init__(
         self,
@@ -46,11 +60,13 @@ class Maintenance:
         max_bytes: int,
         retention_s: float,
         on_unsynced_evicted: Callable[[int], None] | None,
+        on_unsynced_events_evicted: Callable[[int], None] | None = None,
     ) -> None:
         self._files = files
         self.max_bytes = max_bytes
         self.retention_s = retention_s
         self.on_unsynced_evicted = on_unsynced_evicted
+        self.on_unsynced_events_evicted = on_unsynced_events_evicted
 
     def run(self, between: Between) -> None:
         """Size bound, then retention, then give pages back. sqlite3 errors propagate (the
@@ -72,7 +88,9 @@ class Maintenance:
             return
         target = int(self.max_bytes * LOW_WATER)
         for _ in range(1000):
-            rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+            rows = conn.execute(
+                "SELECT (SELECT count(*) FROM readings) + (SELECT count(*) FROM events)"
+            ).fetchone()[0]
             if rows == 0 or used <= target:
                 break
             per_row = max(1.0, used / rows)
@@ -93,52 +111,101 @@ class Maintenance:
         log.info("buffer.size_enforced", used_bytes=used, max_bytes=self.max_bytes)
 
     def _evict_chunk(self, conn: sqlite3.Connection, limit: int) -> int:
-        """Delete up to ``limit`` rows, synced first (oldest first), then unsynced oldest first."""
-        unsynced = 0
+        """Delete up to ``limit`` readings or events, in the order of the module docstring."""
         with transaction(conn):
-            cur = cursor(conn)
-            lo = conn.execute("SELECT min(seq) FROM readings").fetchone()[0]
-            if lo is None:
-                return 0
-            if lo <= cur:
-                hi = min(cur, lo + limit - 1)
-                n = conn.execute(
-                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)
-                ).rowcount
-                conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (hi,))
-                bump_meta(conn, "evicted_synced", n)
-                return int(n)
-            island = conn.execute(
-                "SELECT m, last_seq FROM (SELECT (SELECT min(seq) FROM readings r "
-                "WHERE r.seq BETWEEN s.first_seq AND s.last_seq) AS m, s.last_seq "
-                "FROM synced_ranges s WHERE s.last_seq > ? ORDER BY s.first_seq) "
-                "WHERE m IS NOT NULL LIMIT 1",
-                (cur,),
-            ).fetchone()
-            if island is not None:
-                m, last = island
-                n = conn.execute(
-                    "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (m, min(last, m + limit - 1))
-                ).rowcount
-                bump_meta(conn, "evicted_synced", n)
-                return int(n)
-            hi = lo + limit - 1
+            step = self._evict_in(conn, limit)
+        if step.lost_through is not None:
+            self._report_lost(step)
+        return step.n
+
+    def _evict_in(self, conn: sqlite3.Connection, limit: int) -> _Step:
+        """One eviction step inside the caller's transaction."""
+        cur = cursor(conn)
+        lo = conn.execute("SELECT min(seq) FROM readings").fetchone()[0]
+        if lo is None:
+            return self._evict_events(conn, limit, synced_only=False)
+        if lo <= cur:
+            hi = min(cur, lo + limit - 1)
             n = conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)).rowcount
             conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (hi,))
-            bump_meta(conn, "evicted_unsynced", n)
-            # Lost for good: the cursor moves past them so the uplink does not wait for them.
-            advance_cursor(conn, hi)
-            unsynced = int(n)
-        if unsynced:
+            bump_meta(conn, "evicted_synced", n)
+            return _Step(int(n))
+        island = conn.execute(
+            "SELECT m, last_seq FROM (SELECT (SELECT min(seq) FROM readings r "
+            "WHERE r.seq BETWEEN s.first_seq AND s.last_seq) AS m, s.last_seq "
+            "FROM synced_ranges s WHERE s.last_seq > ? ORDER BY s.first_seq) "
+            "WHERE m IS NOT NULL LIMIT 1",
+            (cur,),
+        ).fetchone()
+        if island is not None:
+            m, last = island
+            n = conn.execute(
+                "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (m, min(last, m + limit - 1))
+            ).rowcount
+            bump_meta(conn, "evicted_synced", n)
+            return _Step(int(n))
+        step = self._evict_events(conn, limit, synced_only=True)
+        if step.n:
+            return step
+        hi = lo + limit - 1
+        n = conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)).rowcount
+        conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (hi,))
+        bump_meta(conn, "evicted_unsynced", n)
+        # Lost for good: the cursor moves past them so the uplink does not wait for them.
+        advance_cursor(conn, hi)
+        return _Step(int(n), hi, "readings")
+
+    def _report_lost(self, step: _Step) -> None:
+        """After the commit: log and report unsynced data the bound dropped."""
+        n, through = step.n, step.lost_through
+        if step.kind == "readings":
             log.warning(
-                "buffer.evicted_unsynced", rows=unsynced, through_seq=hi, path=str(self._files.path)
+                "buffer.evicted_unsynced", rows=n, through_seq=through, path=str(self._files.path)
             )
-            if self.on_unsynced_evicted is not None:
-                try:
-                    self.on_unsynced_evicted(unsynced)
-                except Exception:
-                    log.exception("buffer.on_unsynced_evicted_failed")
-        return unsynced
+            callback = self.on_unsynced_evicted
+        else:
+            log.warning(
+                "buffer.evicted_unsynced_events",
+                events=n,
+                through_id=through,
+                path=str(self._files.path),
+            )
+            callback = self.on_unsynced_events_evicted
+        if callback is not None:
+            try:
+                callback(n)
+            except Exception:
+                log.exception("buffer.on_unsynced_evicted_failed", kind=step.kind)
+
+    def _evict_events(self, conn: sqlite3.Connection, limit: int, *, synced_only: bool) -> _Step:
+        """Synced events oldest first; then, unless ``synced_only``, unsynced ones oldest
+        first (the events cursor moves past them)."""
+        ev_cur = events_cursor(conn)
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM events WHERE id <= ? ORDER BY id LIMIT ?", (ev_cur, limit)
+            )
+        ]
+        if ids:
+            conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (ids[0], ids[-1]))
+            bump_meta(conn, "evicted_events", len(ids))
+            return _Step(len(ids))
+        if synced_only:
+            return _Step(0)
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?", (ev_cur, limit)
+            )
+        ]
+        if not ids:
+            return _Step(0)
+        conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (ids[0], ids[-1]))
+        bump_meta(conn, "evicted_unsynced_events", len(ids))
+        # Lost for good: the uplink must not wait for them.
+        advance_events_cursor(conn, ids[-1])
+        return _Step(len(ids), ids[-1], "events")
 
     # ------------------------------------------------------------------ retention
 

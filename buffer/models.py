@@ -73,6 +73,9 @@ class BufferStats:
     events_synced_through: int
     pending_rows: int = 0
     dropped_rows: int = 0
+    #: Events removed by the size bound: synced ones, and unsynced ones (lost, counted).
+    evicted_events: int = 0
+    evicted_unsynced_events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

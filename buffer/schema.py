@@ -53,6 +53,8 @@ META_KEYS = (
     "events_synced_through",
     "evicted_synced",
     "evicted_unsynced",
+    "evicted_events",  # synced events removed by the size bound
+    "evicted_unsynced_events",
     "expired_rows",  # synced rows removed by retention
     "expired_events",
     "rejected_batches",
@@ -352,6 +354,8 @@ def collect_stats(conn: sqlite3.Connection, path: Path, now: float | None = None
         free_bytes=int(free * page_size),
         evicted_synced=meta["evicted_synced"],
         evicted_unsynced=meta["evicted_unsynced"],
+        evicted_events=meta["evicted_events"],
+        evicted_unsynced_events=meta["evicted_unsynced_events"],
         expired_rows=meta["expired_rows"],
         rejected_batches=meta["rejected_batches"],
         corrupt_recoveries=meta["corrupt_recoveries"],

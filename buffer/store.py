@@ -12,9 +12,9 @@ Guarantees (each kept by one module):
   file continues seq, event ids and point keys (:mod:`.recovery`).
 - The uplink reads oldest-first or live-first and acknowledges exact ranges, in any order;
   refused batches are dead-lettered with their payload (:mod:`.sync`).
-- The file stays within ``max_size_mb``: synced rows go first, then unsynced rows oldest
-  first, counted and reported; synced data older than ``retention_days`` expires
-  (:mod:`.maintenance`).
+- The file stays within ``max_size_mb``: synced rows go first, then unsynced readings oldest
+  first, then unsynced events oldest first, counted and reported; synced data older than
+  ``retention_days`` expires (:mod:`.maintenance`).
 - History queries and statistics never delay the uplink (their own connection,
   :mod:`.history`, :mod:`.files`).
 
@@ -74,8 +74,10 @@ class Buffer:
         quick_check: bool = True,
         on_corrupt_recovered: Callable[[Path], None] | None = None,
         on_commit_failure: Callable[[bool, str | None], None] | None = None,
+        on_unsynced_events_evicted: Callable[[int], None] | None = None,
     ) -> None:
-        """``on_unsynced_evicted(n)`` is called from the writer thread (use
+        """``on_unsynced_evicted(n)`` / ``on_unsynced_events_evicted(n)`` are called from the
+        writer thread when the size bound drops unsynced readings / events (use
         ``loop.call_soon_threadsafe`` to get back onto the loop). ``max_pending_rows`` bounds
         the in-memory queue if the disk stalls: beyond it appends are dropped and counted
         (``stats().dropped_rows``) rather than exhausting memory. ``quick_check`` runs
@@ -104,6 +106,7 @@ class Buffer:
             max_bytes=self.max_bytes,
             retention_s=self.retention_s,
             on_unsynced_evicted=on_unsynced_evicted,
+            on_unsynced_events_evicted=on_unsynced_events_evicted,
         )
         self._writer = Writer(
             self._files,

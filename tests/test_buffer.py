@@ -311,7 +311,7 @@ def test_size_bound_then_evicts_unsynced_oldest_first_counted(tmp_path: Path) ->
         b.mark_synced(5_000)
         b.mark_range_synced(30_001, 35_000)  # an island acked out of order: synced, goes first
         b.run_maintenance()
-        assert len(b.read_unsynced_events(10)) == 1  # events are never evicted
+        assert len(b.read_unsynced_events(10)) == 1  # unsynced events go after every reading
         st = b.stats()
         seqs = set(_seqs(path))
         assert st.evicted_synced == 10_000
@@ -823,3 +823,33 @@ def test_a_buffer_that_cannot_commit_says_so_and_retries_once_a_second(tmp_path:
         assert st.rows == appended and st.dropped_rows == 0
     finally:
         b.close()
+
+
+def test_size_bound_evicts_events_too_synced_first_then_unsynced_oldest_first(
+    tmp_path: Path,
+) -> None:
+    """A buffer full of events (an alarm storm while the uplink is down) stays within its
+    bound: synced events go first, then unsynced ones oldest first, counted and reported,
+    and the events cursor moves past them."""
+    path = tmp_path / "b.db"
+    lost: list[int] = []
+    b = _open(path, max_size_mb=0.25, on_unsynced_events_evicted=lost.append)
+    try:
+        e0 = b.stats().last_event_id
+        for i in range(4000):
+            b.append_event(time.time(), "alarm", "fsm", None, {"n": i, "pad": "x" * 150})
+        b.flush_sync(30)
+        b.mark_events_synced(e0 + 1000)
+        b.run_maintenance()
+        st = b.stats()
+        left = [e.id for e in b.read_unsynced_events(5000)]
+    finally:
+        b.close()
+    assert st.evicted_events == 1000  # every synced event went before any unsynced one
+    assert st.evicted_unsynced_events > 0 and sum(lost) == st.evicted_unsynced_events
+    # The unsynced events lost are exactly the oldest ones; the rest is contiguous.
+    first_left = e0 + 1000 + st.evicted_unsynced_events + 1
+    assert left == list(range(first_left, e0 + 4001))
+    assert st.events_synced_through == first_left - 1
+    assert st.events + st.evicted_events + st.evicted_unsynced_events == 4000
+    assert _disk_bytes(path) <= 0.25 * 1024 * 1024
