@@ -19,20 +19,19 @@ FINAL = {"succeeded", "failed", "refused", "expired"}
 WRITE_FCS = {5, 6, 15, 16}
 
 
-def cloud_section(url: str, enrollment: str, **extra: Any) -> str:
-    lines = [
-        "[cloud]",
-        f'url = "{url}"',
-        f'enrollment_token = "{enrollment}"',
-        "heartbeat_interval = 0.5",
-        "flush_interval = 0.2",
-        "backoff_min = 0.05",
-        "backoff_max = 0.5",
-        "connect_timeout = 2",
-        "read_timeout = 5",
-        "command_wait_s = 5",
-    ]
-    for key, value in extra.items():
+def cloud_section(url: str, enrollment: str, **overrides: Any) -> str:
+    keys: dict[str, Any] = {
+        "heartbeat_interval": 0.5,
+        "flush_interval": 0.2,
+        "backoff_min": 0.05,
+        "backoff_max": 0.5,
+        "connect_timeout": 2,
+        "read_timeout": 5,
+        "command_wait_s": 5,
+        **overrides,
+    }
+    lines = ["[cloud]", f'url = "{url}"', f'enrollment_token = "{enrollment}"']
+    for key, value in keys.items():
         if isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
         else:
