@@ -1,15 +1,19 @@
 """Seed a receiver with a small, realistic dashboard fixture through its real HTTP API:
 enrolled gateways with sites, point metadata carrying the KPI and position tags, three hours
-of readings, alarm and mode events, heartbeats; plus users of each role."""
+of readings, alarm and mode events, heartbeats; plus users of each role. Also the dashboard
+tests' Chromium (:func:`launch_browser`) and form login."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
 import httpx
+from playwright.async_api import Browser, Page, async_playwright
 
 from outpost.cloud.receiver import users
 from outpost.cloud.wire import (
@@ -226,3 +230,36 @@ async def ingest_value(
     )
     seeded.next_seq += 1
     await post(url, "/api/v1/ingest", b, seeded.tokens[gateway_id])
+
+
+# --- browser -------------------------------------------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@asynccontextmanager
+async def launch_browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, no background traffic (never a downloaded browser)."""
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def login(page: Page, base: str, user: str, next_path: str = "/") -> None:
+    await page.goto(f"{base}/login?next={next_path}")
+    await page.fill("input[name=username]", user)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}{next_path}")

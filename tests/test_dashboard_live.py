@@ -1,14 +1,19 @@
 """Live updates: NOTIFY from the ingest/heartbeat path reaches LiveHub subscribers (the SSE
-fan-out of every receiver process), against a real receiver and real PostgreSQL."""
+fan-out of every receiver process), against a real receiver and real PostgreSQL; and two
+receivers behind Debian's nginx on one database: live updates and sessions cross over."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import pytest_asyncio
+from playwright.async_api import Browser, expect
 
 from outpost.cloud.receiver.live import (
     MAX_PAYLOAD,
@@ -18,11 +23,19 @@ from outpost.cloud.receiver.live import (
     reading_payloads,
 )
 from outpost.cloud.wire import Heartbeat, IngestBatch, WireEvent, columnar_readings, encode_body
+from tests.dashboard_seed import GW, ingest_value, launch_browser, login, seed
+from tests.receiver_fixtures import free_port
 
 if TYPE_CHECKING:
-    from tests.receiver_fixtures import ReceiverHandle
+    from tests.receiver_fixtures import ReceiverFactory, ReceiverHandle
 
 pytest_plugins = ("tests.receiver_fixtures",)
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launch_browser() as b:
+        yield b
 
 
 def batch(gw: str, seq: int, values: dict[str, float], events: list[WireEvent] = []) -> IngestBatch:  # noqa: B006
@@ -113,3 +126,100 @@ def test_reading_payloads_newest_sample_per_point_and_size_bound() -> None:
     assert [json.loads(p) for p in small] == [
         {"t": "reading", "gw": "gw", "pts": {"a": [3, 3.0, 0], "b": [2, None, 1]}, "more": False}
     ]
+
+
+# --- two receivers behind nginx ----------------------------------------------------------------
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+user root root;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream receivers {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://receivers;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            # SSE: no buffering, long reads
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+        }}
+    }}
+}}
+"""
+
+
+@pytest_asyncio.fixture
+async def two_receivers_behind_nginx(
+    receiver_factory: ReceiverFactory, tmp_path: Path
+) -> AsyncIterator[tuple[ReceiverHandle, ReceiverHandle, str]]:
+    a = await receiver_factory()
+    b = await receiver_factory(dsn=a.dsn)  # same database: two stateless receivers
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=tmp_path, a=a.port, b=b.port, port=port))
+    proc = await asyncio.create_subprocess_exec(
+        "/usr/sbin/nginx",
+        *("-c", str(conf), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as c:
+            for _ in range(200):  # bounded wait for nginx to listen
+                assert proc.returncode is None, (tmp_path / "error.log").read_text()
+                try:
+                    if (await c.get(url + "/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise TimeoutError("nginx did not start")
+        yield a, b, url
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_two_receivers_behind_nginx_share_live_updates_and_sessions(
+    two_receivers_behind_nginx: tuple[ReceiverHandle, ReceiverHandle, str], browser: Browser
+) -> None:
+    a, b, lb = two_receivers_behind_nginx
+    seeded = await seed(a.url, a.admin_token, a.dsn)
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    await login(page, lb, "olga", f"/gateways/{GW}")
+    await expect(page.locator("body[data-live=on]")).to_have_count(1)
+    cell = page.locator(f'[data-live-point="{GW}|cdu-01.supply_temp"]').first
+    # whichever receiver holds this browser's SSE stream, one of these ingests went through
+    # the other one: both values must reach the page
+    await ingest_value(a.url, seeded, GW, "cdu-01.supply_temp", 61.5)
+    await expect(cell).to_have_text("61.50", timeout=10_000)
+    await ingest_value(b.url, seeded, GW, "cdu-01.supply_temp", 62.5)
+    await expect(cell).to_have_text("62.50", timeout=10_000)
+
+    # the session made through the balancer is valid on each receiver directly
+    cookies = {c["name"]: c["value"] for c in await ctx.cookies()}
+    assert "outpost_session" in cookies
+    for rcv in (a, b):
+        async with httpx.AsyncClient(base_url=rcv.url, cookies=cookies) as c:
+            me = await c.get("/api/v1/me")
+            assert me.status_code == 200 and me.json()["name"] == "olga"
+            page_html = await c.get(f"/gateways/{GW}", headers={"Accept": "text/html"})
+            assert page_html.status_code == 200 and "cdu-01.supply_temp" in page_html.text
+    await ctx.close()

@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.dashboard_seed import (
     GW,
     OTHER_GW,
-    PASSWORD,
     SITE,
     Seeded,
     ingest_value,
+    launch_browser,
+    login,
     seed,
 )
 
@@ -29,42 +30,21 @@ if TYPE_CHECKING:
 
 pytest_plugins = ("tests.receiver_fixtures",)
 
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "var" / "test-artifacts" / "dashboard"
-SCREENSHOTS = REPO / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 @pytest_asyncio.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with launch_browser() as b:
+        yield b
+
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "var" / "test-artifacts" / "dashboard"
+SCREENSHOTS = REPO / "docs" / "screenshots"
 
 
 @pytest_asyncio.fixture
 async def seeded(receiver: ReceiverHandle) -> Seeded:
     return await seed(receiver.url, receiver.admin_token, receiver.dsn)
-
-
-async def login(page: Page, base: str, user: str, next_path: str = "/") -> None:
-    await page.goto(f"{base}/login?next={next_path}")
-    await page.fill("input[name=username]", user)
-    await page.fill("input[name=password]", PASSWORD)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{base}{next_path}")
 
 
 async def shot(page: Page, name: str) -> None:
