@@ -7,6 +7,7 @@ the other runs the CLI against a DSN.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -285,3 +286,95 @@ def test_receiver_sigkill_loses_no_acknowledged_batch(
             assert c.post("/api/v1/ingest", content=body, headers=headers).status_code == 200
     stored = asyncio.run(per_batch())
     assert stored == {i: size for i in range(count)}
+
+
+def user_cli(dsn: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m outpost.cloud.receiver user ...`` (what ``outpost cloud user`` runs)."""
+    return subprocess.run(
+        [sys.executable, "-m", "outpost.cloud.receiver", "user", *args, "--dsn", dsn],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+async def test_user_cli_add_token_passwd_remove(receiver: ReceiverHandle) -> None:
+    import asyncio
+
+    async def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(user_cli, receiver.dsn, *args, stdin=stdin)
+
+    async def login(password: str) -> int:
+        async with httpx.AsyncClient(base_url=receiver.url) as c:
+            r = await c.post(
+                "/login",
+                data={"username": "alice", "password": password},
+                headers={"Accept": "application/json"},
+            )
+            return r.status_code
+
+    async def me(token: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=receiver.url) as c:
+            return await c.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+
+    out = await run(
+        "add",
+        "alice",
+        "--role",
+        "operator",
+        "--sites",
+        "north,south",
+        "--password-stdin",
+        stdin="first password\n",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "" and "alice added" in out.stderr
+    again = await run("add", "alice", "--role", "viewer", "--password-stdin", stdin="x" * 12)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = await run("add", "bob", "--role", "root", "--password-stdin", stdin="long enough pw")
+    assert bad.returncode == 1 and "bad role 'root'" in bad.stderr
+    short = await run("add", "bob", "--role", "viewer", "--password-stdin", stdin="short")
+    assert short.returncode == 1 and "too short" in short.stderr
+    listed = await run("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(u["name"], u["role"], u["sites"]) for u in json.loads(listed.stdout)] == [
+        ("alice", "operator", ["north", "south"])
+    ]
+    assert await login("first password") == 200
+
+    tok = await run("token", "alice", "--label", "grafana")
+    assert tok.returncode == 0, tok.stderr
+    token = tok.stdout.strip()
+    assert tok.stdout.count("\n") == 1 and token.startswith("opu_")
+    who = (await me(token)).json()
+    assert who["name"] == "alice" and who["sites"] == ["north", "south"]
+    token_id = re.search(r"token (\d+) for alice", tok.stderr)
+    assert token_id is not None
+    out = await run("revoke-token", "alice", "--id", token_id.group(1))
+    assert out.returncode == 0, out.stderr
+    assert (await me(token)).status_code == 401
+    assert (await run("revoke-token", "alice")).returncode == 1  # neither --id nor --all
+
+    out = await run("passwd", "alice", "--password-stdin", stdin="second password\n")
+    assert out.returncode == 0, out.stderr
+    assert await login("first password") == 401
+    assert await login("second password") == 200
+    assert await receiver.count("sessions") == 1  # the session of the old password ended
+
+    out = await run("remove", "alice")
+    assert out.returncode == 0, out.stderr
+    assert await login("second password") == 401
+    assert (await run("remove", "alice")).returncode == 1
+    rows = await receiver.fetch(
+        "SELECT action, target, auth_kind, address FROM audit WHERE auth_kind = 'cli' ORDER BY id"
+    )
+    assert [(r["action"], r["target"]) for r in rows] == [
+        ("user.add", "alice"),
+        ("token.create", "alice"),
+        ("token.revoke", "alice"),
+        ("user.passwd", "alice"),
+        ("user.remove", "alice"),
+    ]
+    assert {r["address"] for r in rows} == {"local"}

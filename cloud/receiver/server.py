@@ -27,7 +27,6 @@ from typing import TypeVar
 import structlog
 import uvicorn
 
-from .app import create_app
 from .embedded import EmbeddedPostgres
 from .settings import (
     DEFAULT_BIND,
@@ -79,6 +78,8 @@ def serve(
     if token_file is not None:
         print(f"admin token (read API): {token_file}", file=sys.stderr)
     with database(dsn, data_dir) as url:
+        from .app import create_app  # the web app only for serving (admin commands start fast)
+
         settings = ReceiverSettings(dsn=url, admin_token=token, retention_days=retention_days)
         if max_body_bytes:
             settings = replace(
@@ -161,6 +162,8 @@ class ReceiverServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
+        from .app import create_app
+
         config = uvicorn.Config(
             create_app(self.settings),
             log_config=None,

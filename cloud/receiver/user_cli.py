@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from . import audit, users
-from .server import run_with_storage
+from .server import configure_logging, run_with_storage
 from .settings import DEFAULT_DATA_DIR, DSN_ENV
 from .storage import Storage
 from .users import ROLES, UserError
@@ -28,6 +28,13 @@ user_app = typer.Typer(
     help="Dashboard users: add, list, remove, passwd, token, revoke-token.",
     no_args_is_help=True,
 )
+
+
+@user_app.callback()
+def _stderr_logs() -> None:
+    """Logs to stderr: stdout carries only what scripts read (``token`` prints the token)."""
+    configure_logging()
+
 
 DsnOption = Annotated[
     str | None,

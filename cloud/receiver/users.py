@@ -10,6 +10,7 @@ session made through one receiver process is valid on every other one on the sam
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import secrets
@@ -33,8 +34,13 @@ MIN_PASSWORD = 8
 TOKEN_PREFIX = "opu_"  # tells a personal token apart from a gateway token in logs and greps
 
 _hasher = PasswordHasher()
-# verified against when the user does not exist, so timing does not reveal user names
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so timing does not reveal user names
+    (made on first use: hashing costs tens of milliseconds, not at import)."""
+    return _hasher.hash("not-a-real-password")
 
 
 class Executor(Protocol):
@@ -123,7 +129,9 @@ async def hash_password(password: str) -> str:
 async def verify_password(stored_hash: str | None, password: str) -> bool:
     def verify() -> bool:
         try:
-            return _hasher.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+            return (
+                _hasher.verify(stored_hash or _dummy_hash(), password) and stored_hash is not None
+            )
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
