@@ -11,23 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import grp
 import json
+import pwd
 import shutil
+import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import typer
-import uvicorn
 from fastapi import FastAPI
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from outpost.agent.api.client import AgentClient, ApiError
-from outpost.agent.api.control import control_router
+from outpost.agent.api.control import add_error_handlers, control_router
+from outpost.agent.api.server import LocalApiServer
 from outpost.agent.cli.control import register
 from outpost.agent.control.events import parse_since
 from outpost.agent.control.local import LocalControl
@@ -43,6 +49,7 @@ from outpost.point_schedules.quality import Quality
 from tests.modbus_server import ModbusTestServer, start_server
 from tests.modbus_server import point as mkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 TEMP = "cdu-01.supply_temp"
 USER = getpass.getuser()
 
@@ -56,7 +63,7 @@ class Site:
     buffer: Buffer
     config_path: Path
     socket: Path
-    uvicorn: uvicorn.Server
+    api: LocalApiServer
     task: asyncio.Task[None]
     app: typer.Typer
 
@@ -75,7 +82,7 @@ class Site:
         )
 
     async def stop_api(self) -> None:
-        self.uvicorn.should_exit = True
+        self.api.stop()
         await self.task
 
 
@@ -134,16 +141,15 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     )
     api = FastAPI()
     api.include_router(control_router(control, lambda: buffer))
+    add_error_handlers(api)
 
     @api.get("/points/{point_id}")
     async def live(point_id: str) -> dict[str, Any]:
         return {"point_id": point_id, "value": 20.0, "units": "degC"}
 
-    uv = uvicorn.Server(
-        uvicorn.Config(api, uds=str(socket), log_config=None, access_log=False, lifespan="off")
-    )
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+    server_api = LocalApiServer(api, socket)
+    task = asyncio.create_task(server_api.serve())
+    while not server_api.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.01)
     app = typer.Typer()
 
@@ -153,7 +159,16 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
 
     register(app)
     s = Site(
-        clock, control.alarms, control.modes, server, buffer, config_path, socket, uv, task, app
+        clock,
+        control.alarms,
+        control.modes,
+        server,
+        buffer,
+        config_path,
+        socket,
+        server_api,
+        task,
+        app,
     )
     await s.evaluate()
     # the daemon side logs to stdout in this same process: keep it out of the CLI's output
@@ -294,19 +309,131 @@ async def test_http_status_codes(site: Site) -> None:
             return exc.status
         return 200
 
-    assert await call("POST", "/alarms/nope:hi/ack", {"actor": "a"}) == 404
-    assert await call("POST", f"/alarms/{TEMP}:hi/ack", {"actor": "a"}) == 409
-    assert await call("POST", f"/alarms/{TEMP}:hi/ack", {}) == 422  # actor required
-    assert await call("POST", "/points/nope/write", {"value": 1, "actor": "a"}) == 404
-    assert await call("POST", f"/points/{TEMP}/write", {"value": 1, "actor": "a"}) == 409
-    body = {"mode": "maintenance", "duration_s": 60, "reason": "", "actor": "a"}
+    assert await call("POST", "/alarms/nope:hi/ack", {}) == 404
+    assert await call("POST", f"/alarms/{TEMP}:hi/ack", {}) == 409
+    # who acts is the user connected to the socket, never a name in the body
+    assert await call("POST", f"/alarms/{TEMP}:hi/ack", {"actor": "a"}) == 422
+    assert await call("POST", "/points/nope/write", {"value": 1}) == 404
+    assert await call("POST", f"/points/{TEMP}/write", {"value": 1}) == 409
+    body = {"mode": "maintenance", "duration_s": 60, "reason": ""}
     assert await call("POST", "/mode", body) == 422
-    assert await call("POST", "/mode/clear", {"actor": "a"}) == 409
+    assert await call("POST", "/mode/clear", {}) == 409
     assert await call("GET", "/mode/graph?format=dot") == 422
     assert await call("GET", "/events?since=yesterday-ish") == 422
-    body = {"actor": "a", "on": True, "note": "sensor removed"}
+    body = {"on": True, "note": "sensor removed"}
     assert await call("POST", f"/alarms/{TEMP}:hi/out_of_service", body) == 200
     assert site.alarms.get(f"{TEMP}:hi").state == "out_of_service"
+
+
+async def test_text_and_numbers_the_agent_cannot_store_are_422(site: Site) -> None:
+    """Bodies as a hostile client sends them (raw JSON: NaN, lone surrogates, NUL)."""
+    transport = httpx.AsyncHTTPTransport(uds=str(site.socket))
+    async with httpx.AsyncClient(transport=transport, base_url="http://outpost") as client:
+
+        async def post(path: str, raw: str) -> httpx.Response:
+            return await client.post(
+                path, content=raw, headers={"content-type": "application/json"}
+            )
+
+        for value in ("NaN", "Infinity", "-Infinity", "1e309"):
+            r = await post("/points/cdu-01.setpoint/write", f'{{"value": {value}}}')
+            assert r.status_code == 422, (value, r.text)
+        for reason in ("\\ud800", "filter\\u0000change"):
+            raw = f'{{"mode": "maintenance", "duration_s": 60, "reason": "{reason}"}}'
+            r = await post("/mode", raw)
+            assert r.status_code == 422, (reason, r.text)
+            assert "reason" in r.text
+        r = await post(f"/alarms/{TEMP}:hi/ack", '{"note": "a\\u0000b"}')
+        assert r.status_code == 422 and "note" in r.text
+    assert await site.server.get("hr", 10, 1) == [0]  # nothing was written
+    r = await site.cli("write", "cdu-01.setpoint", "nan", "--yes")
+    assert r.exit_code == 2 and "expected a finite number, got 'nan'" in r.output
+    r = await site.cli("write", "cdu-01.setpoint", "1e309", "--yes")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert site.modes.mode == "normal"
+
+
+def _as_user(uid: int, gid: int, *cmd: str, env: dict[str, str] | None = None) -> Any:
+    """Run ``cmd`` as another user (real uid/gid, no supplementary groups)."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", **(env or {})},
+    )
+
+
+def _cli_as(uid: int, gid: int, config: Path, *args: str) -> Any:
+    """`outpost ARGS` as another user: the system's python of our version, reading the
+    package through a link tree and the venv's site-packages (the venv's own interpreter
+    lives under /root, which other users cannot enter)."""
+    tree = Path(tempfile.mkdtemp(prefix="op-tree-", dir="/tmp"))
+    try:
+        tree.chmod(0o755)
+        (tree / "outpost").mkdir(mode=0o755)
+        for top in ("agent", "drivers", "fsm", "buffer", "cloud", "point_schedules"):
+            (tree / "outpost" / top).symlink_to(ROOT / top, target_is_directory=True)
+        cfg = tree / "agent.toml"
+        cfg.write_text(config.read_text())
+        cfg.chmod(0o644)
+        site_packages = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+        python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        return _as_user(
+            uid,
+            gid,
+            python,
+            "-m",
+            "outpost.agent",
+            *args,
+            "-c",
+            str(cfg),
+            env={"PYTHONPATH": f"{tree}:{site_packages}"},
+        )
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+async def test_only_the_agents_group_may_use_the_socket_and_the_actor_is_the_peer(
+    site: Site,
+) -> None:
+    """As the real user ``nobody``: without the socket's group nothing gets through (CLI says
+    why); with it, an acknowledgement is recorded as ``nobody`` whatever the body claims."""
+    nobody = pwd.getpwnam("nobody")
+    st = site.socket.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    group = st.st_gid
+    site.socket.parent.chmod(0o750)  # as the agent's data dir is
+    site.alarms.update(TEMP, site.clock.now(), 35.0, Quality.GOOD)
+    curl = ["curl", "-s", "-o", "/dev/stderr", "-w", "%{http_code}", "--unix-socket"]
+    ack = [str(site.socket), "-X", "POST", "-H", "content-type: application/json"]
+    url = f"http://outpost/alarms/{TEMP}:hi/ack"
+
+    # not in the group: cannot even reach the socket, by curl or by the CLI
+    r = await asyncio.to_thread(
+        _as_user, nobody.pw_uid, nobody.pw_gid, *curl, *ack, "-d", "{}", url
+    )
+    assert r.returncode != 0 and r.stdout == "000", r
+    r = await asyncio.to_thread(
+        _cli_as, nobody.pw_uid, nobody.pw_gid, site.config_path, "ack", f"{TEMP}:hi"
+    )
+    assert r.returncode == 1, r
+    assert r.stderr.startswith("outpost: permission denied:") and "Traceback" not in r.stderr
+    assert f"group {grp.getgrgid(group).gr_name!r}" in r.stderr
+    assert site.alarms.get(f"{TEMP}:hi").acked_by is None
+
+    # in the group: allowed, and recorded as who they are
+    r = await asyncio.to_thread(
+        _as_user, nobody.pw_uid, group, *curl, *ack, "-d", '{"actor": "root"}', url
+    )
+    assert r.stdout == "422", r  # a body cannot name the actor
+    r = await asyncio.to_thread(
+        _as_user, nobody.pw_uid, group, *curl, *ack, "-d", '{"note": "seen"}', url
+    )
+    assert r.stdout == "200", r
+    assert site.alarms.get(f"{TEMP}:hi").acked_by == "nobody"
+    r = await site.cli("events", "--json", "--kind", "operator")
+    assert [(e["kind"], e["actor"]) for e in json.loads(r.output)] == [("operator.ack", "nobody")]
 
 
 async def test_without_a_running_agent(site: Site) -> None:

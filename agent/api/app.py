@@ -7,19 +7,14 @@ methods the control routes call, and the one daemon action, ``request_reload``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, FastAPI, HTTPException, Query
 
-from outpost.agent.api.control import control_router
+from outpost.agent.api.control import add_error_handlers, control_router
+from outpost.agent.api.server import peer_user
 from outpost.agent.api.view import AgentView
 from outpost.agent.control.local import LocalControl
-
-
-class ReloadBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    actor: str = Field(min_length=1)
 
 
 def create_app(
@@ -54,9 +49,10 @@ def create_app(
         return found
 
     @app.post("/reload")
-    async def reload(body: ReloadBody | None = None) -> dict[str, Any]:
-        request_reload(body.actor if body is not None else "local")
+    async def reload(actor: Annotated[str, Depends(peer_user)]) -> dict[str, Any]:
+        request_reload(actor)
         return {"requested": True}
 
     app.include_router(control_router(control, lambda: view.events))
+    add_error_handlers(app)
     return app

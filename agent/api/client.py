@@ -6,6 +6,9 @@ A missing or dead socket is the everyday case of "no agent running": it becomes 
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,10 @@ import httpx
 
 class AgentNotRunning(Exception):
     pass
+
+
+class AgentAccessDenied(Exception):
+    """The socket (or the data dir holding it) is not open to this user."""
 
 
 class ApiError(Exception):
@@ -35,6 +42,9 @@ class AgentClient:
     def request(
         self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
+        denied = self._access_denied()
+        if denied is not None:
+            raise AgentAccessDenied(denied)
         if not self.socket_path.exists():
             raise AgentNotRunning(
                 f"no agent running: socket {self.socket_path} not found (start it with `outpost run`)"
@@ -58,8 +68,35 @@ class AgentClient:
             raise ApiError(response.status_code, str(detail))
         return response.json()
 
+    def _access_denied(self) -> str | None:
+        """Say who may use the socket, instead of a misleading "not found" or "no answer"."""
+        path = self.socket_path
+        for target, wanted in ((path.parent, os.X_OK), (path, os.R_OK | os.W_OK)):
+            if target.exists() and not os.access(target, wanted):
+                group = _group_name(target.stat().st_gid)
+                return (
+                    f"permission denied: {target} is open to the agent's user and group "
+                    f"{group!r} only (an administrator can add you: usermod -aG {group} "
+                    f"{_user_name()})"
+                )
+        return None
+
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, json: Any = None) -> Any:
         return self.request("POST", path, json=json)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

@@ -11,39 +11,59 @@ failed or read back differently is not an HTTP error: the answer is the outcome 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from outpost.agent.api.server import peer_user
 from outpost.agent.control.events import EventLog, parse_since, recent_events
 from outpost.agent.control.local import ControlRefused, LocalControl
 
 T = TypeVar("T")
+Actor = Annotated[str, Depends(peer_user)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Every action body: unknown keys are refused, and so is ``actor`` (who acts is the user
+    at the other end of the socket, see ``api.server``); text must be storable (no NUL, no
+    lone surrogates)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_actor(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "actor" in data:
+            raise ValueError(
+                "actor is not accepted in the request: the action is recorded as the user "
+                "connected to the socket"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _storable_text(self) -> Self:
+        for name in type(self).model_fields:
+            check_text(name, getattr(self, name))
+        return self
 
 
 class AckBody(_Body):
-    actor: str = Field(min_length=1)
     note: str | None = None
 
 
 class ShelveBody(_Body):
-    actor: str = Field(min_length=1)
     duration_s: float | None = Field(None, description="None = one-shot (until next return)")
     note: str | None = None
 
 
 class UnshelveBody(_Body):
-    actor: str = Field(min_length=1)
     note: str | None = None
 
 
 class OutOfServiceBody(_Body):
-    actor: str = Field(min_length=1)
     on: bool = True
     note: str | None = None
 
@@ -52,25 +72,62 @@ class ModeBody(_Body):
     mode: Literal["maintenance"]
     duration_s: float = Field(gt=0)
     reason: str = Field(min_length=1)
-    actor: str = Field(min_length=1)
     scope: str | list[str] | dict[str, list[str]] | None = None
 
 
 class ClearBody(_Body):
-    actor: str = Field(min_length=1)
     reason: str | None = None
 
 
 class WriteBody(_Body):
     value: float
-    actor: str = Field(min_length=1)
     priority: int | None = None
     verify: bool = True
 
 
 class RelinquishBody(_Body):
-    actor: str = Field(min_length=1)
     priority: int | None = None
+
+
+def check_text(name: str, value: object) -> None:
+    """Strings (also inside lists and dicts) with NUL or a lone surrogate cannot be stored
+    (SQLite, PostgreSQL, UTF-8 JSON): refuse them here, with the field's name."""
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError(f"{name}: text must not contain NUL characters")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{name}: text is not valid Unicode (lone surrogate)") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _safe(text: object) -> str | int:
+    if isinstance(text, int):
+        return text
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each field and what was expected, without echoing the input back: the
+    input may be what cannot be encoded (NaN, a lone surrogate)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {"loc": [_safe(part) for part in e["loc"]], "msg": _safe(e["msg"]), "type": e["type"]}
+        for e in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
 
 def _http(exc: ControlRefused) -> HTTPException:
@@ -104,26 +161,26 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         return _call(lambda: control.get_alarm(alarm_id)).to_dict()
 
     @router.post("/alarms/{alarm_id}/ack")
-    async def ack(alarm_id: str, body: AckBody) -> dict[str, Any]:
-        return _call(lambda: control.ack(alarm_id, actor=body.actor, note=body.note)).to_dict()
+    async def ack(alarm_id: str, body: AckBody, actor: Actor) -> dict[str, Any]:
+        return _call(lambda: control.ack(alarm_id, actor=actor, note=body.note)).to_dict()
 
     @router.post("/alarms/{alarm_id}/shelve")
-    async def shelve(alarm_id: str, body: ShelveBody) -> dict[str, Any]:
+    async def shelve(alarm_id: str, body: ShelveBody, actor: Actor) -> dict[str, Any]:
         view = _call(
             lambda: control.shelve(
-                alarm_id, actor=body.actor, duration_s=body.duration_s, note=body.note
+                alarm_id, actor=actor, duration_s=body.duration_s, note=body.note
             )
         )
         return view.to_dict()
 
     @router.post("/alarms/{alarm_id}/unshelve")
-    async def unshelve(alarm_id: str, body: UnshelveBody) -> dict[str, Any]:
-        return _call(lambda: control.unshelve(alarm_id, actor=body.actor, note=body.note)).to_dict()
+    async def unshelve(alarm_id: str, body: UnshelveBody, actor: Actor) -> dict[str, Any]:
+        return _call(lambda: control.unshelve(alarm_id, actor=actor, note=body.note)).to_dict()
 
     @router.post("/alarms/{alarm_id}/out_of_service")
-    async def out_of_service(alarm_id: str, body: OutOfServiceBody) -> dict[str, Any]:
+    async def out_of_service(alarm_id: str, body: OutOfServiceBody, actor: Actor) -> dict[str, Any]:
         view = _call(
-            lambda: control.set_out_of_service(alarm_id, body.on, actor=body.actor, note=body.note)
+            lambda: control.set_out_of_service(alarm_id, body.on, actor=actor, note=body.note)
         )
         return view.to_dict()
 
@@ -132,16 +189,16 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         return control.mode_state()
 
     @router.post("/mode")
-    async def set_mode(body: ModeBody) -> dict[str, Any]:
+    async def set_mode(body: ModeBody, actor: Actor) -> dict[str, Any]:
         return await _acall(
             lambda: control.set_maintenance(
-                body.duration_s, body.reason, actor=body.actor, scope=body.scope
+                body.duration_s, body.reason, actor=actor, scope=body.scope
             )
         )
 
     @router.post("/mode/clear")
-    async def clear_mode(body: ClearBody) -> dict[str, Any]:
-        return await _acall(lambda: control.clear_mode(actor=body.actor, reason=body.reason))
+    async def clear_mode(body: ClearBody, actor: Actor) -> dict[str, Any]:
+        return await _acall(lambda: control.clear_mode(actor=actor, reason=body.reason))
 
     @router.get("/mode/graph")
     async def mode_graph(
@@ -150,18 +207,18 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         return {"format": format, "graph": control.mode_graph(format)}
 
     @router.post("/points/{point_id}/write")
-    async def write_point(point_id: str, body: WriteBody) -> dict[str, Any]:
+    async def write_point(point_id: str, body: WriteBody, actor: Actor) -> dict[str, Any]:
         outcome = await _acall(
             lambda: control.write(
-                point_id, body.value, actor=body.actor, priority=body.priority, verify=body.verify
+                point_id, body.value, actor=actor, priority=body.priority, verify=body.verify
             )
         )
         return outcome.to_dict()
 
     @router.post("/points/{point_id}/relinquish")
-    async def relinquish_point(point_id: str, body: RelinquishBody) -> dict[str, Any]:
+    async def relinquish_point(point_id: str, body: RelinquishBody, actor: Actor) -> dict[str, Any]:
         outcome = await _acall(
-            lambda: control.relinquish(point_id, actor=body.actor, priority=body.priority)
+            lambda: control.relinquish(point_id, actor=actor, priority=body.priority)
         )
         return outcome.to_dict()
 

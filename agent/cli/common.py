@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from outpost.agent.api.client import AgentClient, AgentNotRunning, ApiError
+from outpost.agent.api.client import AgentAccessDenied, AgentClient, AgentNotRunning, ApiError
 from outpost.agent.core.config import AgentConfig, ConfigError, load_config
 
 ConfigOption = Annotated[
@@ -51,7 +49,7 @@ def call_agent(path: Path | None, method: str, route: str, **kwargs: Any) -> Any
     client = client_for(path)
     try:
         return client.request(method, route, **kwargs)
-    except AgentNotRunning as exc:
+    except (AgentNotRunning, AgentAccessDenied) as exc:
         fail(str(exc))
     except ApiError as exc:
         fail(exc.message)
@@ -70,11 +68,3 @@ def console() -> Any:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-def actor() -> str:
-    """Who is acting: the OS user running the command (recorded with every action)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers): still name something
-        return f"uid:{os.getuid()}"

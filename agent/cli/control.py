@@ -1,8 +1,9 @@
 """``outpost alarms | ack | shelve | unshelve | mode … | write | events``: local control.
 
-``register(app)`` adds the commands to the root app (``outpost.agent.cli`` calls it). They talk to the
-running daemon over its Unix socket (``agent.client.AgentClient`` via ``call_agent``); the actor
-recorded with every action is the OS user running the command. ``events`` asks the daemon
+``register(app)`` adds the commands to the root app (``outpost.agent.cli`` calls it). They talk to
+the running daemon over its Unix socket (``agent.api.client.AgentClient`` via ``call_agent``);
+the actor recorded with every action is the OS user running the command, as the daemon reads it
+from the socket (peer credentials), not from anything the command sends. ``events`` asks the daemon
 (``GET /events``) and, when no agent is running, reads the buffer file directly, so the history
 is there after a crash too.
 """
@@ -17,11 +18,10 @@ from typing import Annotated, Any
 
 import typer
 
-from outpost.agent.api.client import AgentNotRunning, ApiError
+from outpost.agent.api.client import AgentAccessDenied, AgentNotRunning, ApiError
 from outpost.agent.cli.common import (
     ConfigOption,
     JsonOption,
-    actor,
     call_agent,
     client_for,
     config_or_exit,
@@ -125,9 +125,7 @@ def ack(
     config: ConfigOption = None,
 ) -> None:
     """Acknowledge an alarm (recorded with your user name)."""
-    body = call_agent(
-        config, "POST", f"/alarms/{alarm_id}/ack", json={"actor": actor(), "note": note}
-    )
+    body = call_agent(config, "POST", f"/alarms/{alarm_id}/ack", json={"note": note})
     if json_out:
         print_json(body)
     else:
@@ -155,7 +153,7 @@ def shelve(
         config,
         "POST",
         f"/alarms/{alarm_id}/shelve",
-        json={"actor": actor(), "duration_s": duration, "note": note},
+        json={"duration_s": duration, "note": note},
     )
     if json_out:
         print_json(body)
@@ -175,9 +173,7 @@ def unshelve(
     config: ConfigOption = None,
 ) -> None:
     """End a shelve now; the alarm shows its true state at once."""
-    body = call_agent(
-        config, "POST", f"/alarms/{alarm_id}/unshelve", json={"actor": actor(), "note": note}
-    )
+    body = call_agent(config, "POST", f"/alarms/{alarm_id}/unshelve", json={"note": note})
     if json_out:
         print_json(body)
     else:
@@ -251,7 +247,6 @@ def mode_set(
             "mode": name,
             "duration_s": duration,
             "reason": reason,
-            "actor": actor(),
             "scope": scope,
         },
     )
@@ -268,7 +263,7 @@ def mode_clear(
     config: ConfigOption = None,
 ) -> None:
     """Leave maintenance, or emergency once its condition is gone."""
-    state = call_agent(config, "POST", "/mode/clear", json={"actor": actor(), "reason": reason})
+    state = call_agent(config, "POST", "/mode/clear", json={"reason": reason})
     if json_out:
         print_json(state)
     else:
@@ -313,6 +308,8 @@ def write(
         value = float(value_text)
     except ValueError:
         fail(f"VALUE: expected a number, got {value_text!r}", 2)
+    if not math.isfinite(value):  # nan, inf, and 1e309 (which float() makes inf)
+        fail(f"VALUE: expected a finite number, got {value_text!r}", 2)
     if not yes:
         live = call_agent(config, "GET", f"/points/{point_id}")
         units = f" {live.get('units')}" if live.get("units") else ""
@@ -324,7 +321,7 @@ def write(
         config,
         "POST",
         f"/points/{point_id}/write",
-        json={"value": value, "actor": actor(), "priority": priority, "verify": verify},
+        json={"value": value, "priority": priority, "verify": verify},
     )
     if json_out:
         print_json(outcome)
@@ -356,7 +353,7 @@ def relinquish(
         config,
         "POST",
         f"/points/{point_id}/relinquish",
-        json={"actor": actor(), "priority": priority},
+        json={"priority": priority},
     )
     if json_out:
         print_json(outcome)
@@ -421,6 +418,8 @@ def events(
         except (BufferFileError, OSError) as exc:
             fail(str(exc))
         typer.echo(f"(no agent running: read {path})", err=True)
+    except AgentAccessDenied as exc:
+        fail(str(exc))
     except ApiError as exc:
         fail(exc.message)
     if json_out:

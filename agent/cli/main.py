@@ -13,7 +13,6 @@ from rich.table import Table
 from outpost.agent.cli.common import (
     ConfigOption,
     JsonOption,
-    actor,
     call_agent,
     config_or_exit,
     console,
@@ -222,7 +221,7 @@ def read(
 @app.command()
 def reload(config: ConfigOption = None) -> None:
     """Ask the running agent to reload its schedule files (same as SIGHUP)."""
-    call_agent(config, "POST", "/reload", json={"actor": actor()})
+    call_agent(config, "POST", "/reload")
     typer.echo("reload requested; see `outpost status` for the schedule version")
 
 
