@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from outpost.agent.core.config import ConfigError, load_config
+from tests.agent_process import cli
 
 GOOD = """
 [agent]
@@ -128,3 +129,41 @@ def test_bad_cloud_key_from_environment_is_named(
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, GOOD))
     assert 'key "cloud.batch_size"' in str(err.value)
+
+
+BAD_EDGES = {
+    "infinite poll interval": (
+        GOOD.replace("port = 1502", "port = 1502\npoll_interval = 1e309"),
+        'key "devices.cdu-01.poll_interval": must be a finite number (got inf)',
+    ),
+    "nan in a section of another package": (
+        GOOD + "\n[alarms]\nshelve_max_s = nan\n",
+        'key "alarms.shelve_max_s": ',
+    ),
+    "deeply nested TOML": (
+        GOOD + "\n[alarms]\nfoo = " + "[" * 2000 + "]" * 2000 + "\n",
+        "nested deeper than 32 levels",
+    ),
+    "nested deep but parseable": (
+        GOOD + "\n[alarms]\nfoo = " + "[" * 40 + "]" * 40 + "\n",
+        'key "alarms.foo' + "[0]" * 31 + '": nested deeper than 32 levels',
+    ),
+    "data_dir is a file": (
+        GOOD.replace('data_dir = "state"', 'data_dir = "site.csv"'),
+        'key "agent.data_dir": not a directory: ',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EDGES))
+def test_hostile_values_are_one_line_errors_from_check_and_run(tmp_path: Path, case: str) -> None:
+    text, expected = BAD_EDGES[case]
+    cfg = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert any(expected in p for p in err.value.problems), err.value.problems
+    for command in (["config", "check"], ["run"]):
+        r = cli(cfg, *command, timeout=60)
+        assert r.returncode == 2, (command, r.stderr)
+        assert "Traceback" not in r.stderr and expected in r.stderr, (command, r.stderr)
+        assert all(line.startswith(f"{cfg}: ") for line in r.stderr.splitlines()), r.stderr

@@ -10,6 +10,7 @@ folder; ``buffer.path``, ``api.socket`` and the other state files are relative t
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -35,6 +36,7 @@ from outpost.fsm.config import AlarmsConfig, ModesConfig
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 _ID_RE = re.compile(ID_PATTERN)
 DEFAULT_CONFIG_NAME = "agent.toml"
+MAX_DEPTH = 32
 
 
 class ConfigError(Exception):
@@ -276,6 +278,44 @@ def _resolve_paths(cfg: AgentConfig) -> AgentConfig:
     return cfg
 
 
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels (arrays or tables); a config never needs that"
+
+
+def _too_deep(data: object) -> str | None:
+    """The key of the first value nested beyond MAX_DEPTH, or None (iterative: no recursion)."""
+    stack: list[tuple[object, str, int]] = [(data, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return key
+        if isinstance(value, dict):
+            stack.extend((v, f"{key}.{k}" if key else str(k), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value))
+    return None
+
+
+def _non_finite(cfg: BaseModel) -> list[tuple[str, float]]:
+    """Every float in the validated config that is inf or nan (``1e309`` in TOML is inf): a
+    poll interval or timeout of infinity passes ``gt=0`` and then silently never fires."""
+    found: list[tuple[str, float]] = []
+    stack: list[tuple[object, str]] = [(cfg, "")]
+    while stack:
+        value, key = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append((key, value))
+        elif isinstance(value, BaseModel):
+            stack.extend(
+                (getattr(value, name), f"{key}.{name}" if key else name)
+                for name in type(value).model_fields
+            )
+        elif isinstance(value, dict):
+            stack.extend((v, f"{key}.{k}") for k, v in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((v, f"{key}[{i}]") for i, v in enumerate(value))
+    return sorted(found)
+
+
 def load_config(path: Path | str | None = None, *, check_files: bool = True) -> AgentConfig:
     """Read, validate and resolve the agent config. Raises ConfigError listing every problem."""
     config_path = resolve_config_path(path)
@@ -294,6 +334,10 @@ def load_config(path: Path | str | None = None, *, check_files: bool = True) -> 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"TOML syntax: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(source, [_TOO_DEEP]) from None
+    if (deep := _too_deep(data)) is not None:
+        raise ConfigError(source, [f'key "{deep}": {_TOO_DEEP}'])
 
     problems: list[str] = []
     try:
@@ -308,6 +352,9 @@ def load_config(path: Path | str | None = None, *, check_files: bool = True) -> 
     devices, device_problems = _validate_devices(cfg.devices)
     problems.extend(device_problems)
     cfg.devices = devices
+    problems.extend(
+        f'key "{key}": must be a finite number (got {value})' for key, value in _non_finite(cfg)
+    )
     cfg.config_path = config_path
     cfg = _resolve_paths(cfg)
 
@@ -315,6 +362,9 @@ def load_config(path: Path | str | None = None, *, check_files: bool = True) -> 
         for i, f in enumerate(cfg.schedules.files):
             if not f.is_file():
                 problems.append(f'key "schedules.files[{i}]": file not found: {f}')
+        data_dir = cfg.agent.data_dir
+        if data_dir.exists() and not data_dir.is_dir():
+            problems.append(f'key "agent.data_dir": not a directory: {data_dir}')
     if problems:
         raise ConfigError(source, problems)
     return cfg
