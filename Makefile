@@ -80,3 +80,13 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+
+# Debian package (packaging/README.md): dist/outpost_<version>_<arch>.deb, built with Debian's
+# own /usr/bin/python3 so the venv under /opt/outpost uses the target box's interpreter.
+# DEB_SOURCE=head packages the committed tree only; DEB_COMPRESSION=zstd builds ~30x faster.
+DEB_SOURCE ?= worktree
+DEB_COMPRESSION ?= xz
+.PHONY: deb
+deb:
+	$(call apt_install,python3-venv)
+	/usr/bin/python3 packaging/build_deb.py --out dist --source $(DEB_SOURCE) --compression $(DEB_COMPRESSION)
