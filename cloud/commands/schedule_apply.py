@@ -153,7 +153,7 @@ class ScheduleApplier:
         )
         base = {"version": version, "previous_version": previous, "probe": findings}
         if passed:
-            await asyncio.to_thread(self._activate, version, new_files)
+            await asyncio.to_thread(self._activate, version, new_files, previous_files)
             log.info("schedule.push_applied", version=version, previous=previous, actor=actor)
             return self._result(
                 "succeeded",
@@ -239,10 +239,11 @@ class ScheduleApplier:
             paths.append(path)
         return paths
 
-    def _activate(self, version: str, files: list[Path]) -> None:
-        base = [str(p) for p in self.host.schedule_files() if PUSHED_DIR not in p.parts]
+    def _activate(self, version: str, files: list[Path], replaced: list[Path]) -> None:
+        # "base": the config's own files this push stands in for (see pushed_schedule_files)
+        base = [str(p) for p in replaced]
         previous = read_active(self.root.parent)
-        if previous is not None:
+        if previous is not None and any(self.root / PUSHED_DIR in p.parents for p in replaced):
             base = previous.get("base", base)
         body = {"version": version, "files": [str(f) for f in files], "base": base}
         _atomic_write(self.root / ACTIVE_FILE, json.dumps(body, indent=1).encode())
