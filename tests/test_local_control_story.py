@@ -99,11 +99,15 @@ async def test_alarm_ack_return_events_maintenance_and_write_without_uplink(tmp_
         alarm = await _alarm(cfg, "plc.temp:hi")
         assert alarm is not None and alarm["state"] == "ack_active" and alarm["acked_by"] == me
 
-        # back inside the deadband (29.5 > 30 - 1): still active
+        # back inside the deadband (29.5 > 30 - 1): once the alarm has seen 29.5, still active
         await server.set("hr", 0, [295])
-        await asyncio.sleep(1.5)
-        alarm = await _alarm(cfg, "plc.temp:hi")
-        assert alarm is not None and alarm["state"] == "ack_active"
+
+        async def saw_295():  # type: ignore[no-untyped-def]
+            a = await _alarm(cfg, "plc.temp:hi")
+            return a if a and a["value"] == 29.5 else None
+
+        alarm = await _until(saw_295)
+        assert alarm["state"] == "ack_active"
 
         # beyond the deadband → normal (it was acknowledged)
         await server.set("hr", 0, [240])

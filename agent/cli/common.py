@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from outpost.agent.api.client import AgentAccessDenied, AgentClient, AgentNotRunning, ApiError
 from outpost.agent.core.config import AgentConfig, ConfigError, load_config
@@ -55,7 +58,7 @@ def call_agent(path: Path | None, method: str, route: str, **kwargs: Any) -> Any
         fail(exc.message)
 
 
-def console() -> Any:
+def console() -> Console:
     """A rich console that never truncates ids when piped (scripts, `| grep`, CI logs)."""
     from rich.console import Console
 

@@ -15,11 +15,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from outpost.agent.cli.common import ConfigOption, config_or_exit, fail
+from outpost.agent.core.config import AgentConfig
 
 RECEIVER_BIND = "127.0.0.1:8720"
 
@@ -170,9 +171,11 @@ def _port_free(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) != 0
 
 
-def _start_broker(cfg: Any, log_dir: Path) -> _Child | None:
+def _start_broker(cfg: AgentConfig, log_dir: Path) -> _Child | None:
     """mosquitto for the MQTT rack sensors, when installed and the port is free."""
-    mqtt = [d for d in cfg.devices.values() if d.protocol == "mqtt"]
+    from outpost.drivers.mqtt import MqttDeviceConfig
+
+    mqtt = [d for d in cfg.devices.values() if isinstance(d, MqttDeviceConfig)]
     exe = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )

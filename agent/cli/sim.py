@@ -18,11 +18,14 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from outpost.agent.cli.common import fail, print_json
+
+if TYPE_CHECKING:  # the simulators load only when a sim command runs
+    from outpost.drivers.sim.site import SimConfig, SimSite
 
 sim_app = typer.Typer(
     help="Simulated site (Modbus CDU/UPS/PDU, BACnet AHU, SNMP PDU on loopback) and its controls.",
@@ -49,7 +52,7 @@ ControlOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
-def _load(site: Path | None) -> Any:
+def _load(site: Path | None) -> SimConfig:
     from outpost.drivers.sim.site import SimConfigError, load_sim_config
 
     try:
@@ -93,7 +96,7 @@ def sim(ctx: typer.Context, site: SiteOption = None) -> None:
     typer.echo("simulated site stopped", err=True)
 
 
-async def _serve(config: Any) -> None:
+async def _serve(config: SimConfig) -> None:
     from outpost.drivers.sim.site import SimSite
 
     site = SimSite(config)
@@ -120,7 +123,7 @@ async def _serve(config: Any) -> None:
             pass
 
 
-def _print_served(site: Any) -> None:
+def _print_served(site: SimSite) -> None:
     lines = ["Simulated site serving:"]
     for name, kind in site.kinds.items():
         where = site.endpoints.get(name)
