@@ -70,6 +70,8 @@ ALARM_STATES = (
     "suppressed",
     "out_of_service",
 )
+#: the console lists the worst alarms first; more rows than this are for filters, not for eyes
+CONSOLE_ROWS = 500
 GwPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
 PointPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=256)]
 SitePath = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -438,7 +440,10 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
             else await dashboard_data.active_alarms(pool, scope(p))
         )
         return {
-            "alarms": active,
+            "alarms": active[:CONSOLE_ROWS],
+            "all_alarms": active,
+            "active_total": len(active),
+            "unacked_total": sum(1 for a in active if a.unacked),
             "history": episodes[:200],
             "health": dashboard_data.alarm_health(episodes, every_active, window, now),
             "filters": {
@@ -493,7 +498,7 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
         return JSONResponse(
             jsonable_encoder(
                 {
-                    "active": [asdict(a) for a in ctx["alarms"]],
+                    "active": [asdict(a) for a in ctx["all_alarms"]],
                     "history": [
                         asdict(e)
                         | {"time_to_ack_s": e.time_to_ack_s, "time_to_clear_s": e.time_to_clear_s}
