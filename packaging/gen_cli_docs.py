@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import enum
 import inspect
+import os
 import re
 import typing
 from collections.abc import Iterator
@@ -127,7 +128,10 @@ def option_rows(cmd: Any, ctx: Any) -> list[tuple[str, str]]:
 
 
 def man_page(root: Any, ctx: Any) -> str:
-    date = dt.date.today().isoformat()
+    # SOURCE_DATE_EPOCH: reproducible builds (https://reproducible-builds.org/specs/source-date-epoch/)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    day = dt.datetime.fromtimestamp(int(epoch), dt.UTC).date() if epoch else dt.date.today()
+    date = day.isoformat()
     out = [
         f'.TH OUTPOST 1 "{date}" "outpost" "User Commands"',
         ".SH NAME",
@@ -139,19 +143,28 @@ def man_page(root: Any, ctx: Any) -> str:
         roff(clean_help(root.help)),
         ".PP",
         "Every command has \\fB\\-\\-help\\fR; the sections below repeat that help for each.",
+        ".SH OPTIONS",
+        *options(root, ctx),
         ".SH COMMANDS",
     ]
     for path, cmd, sub_ctx in walk(root, ctx, ("outpost",)):
+        if cmd is root:
+            continue
         usage = " ".join(cmd.collect_usage_pieces(sub_ctx))
         out.append(f'.SS "{roff(" ".join(path))} {roff(usage)}"')
         if cmd.help:
             out.append(roff(clean_help(cmd.help)))
-        for names, help_text in option_rows(cmd, sub_ctx):
-            if names == "--help":
-                continue
-            out += [".TP", f"\\fB{roff(names)}\\fR", roff(help_text)]
+        out += options(cmd, sub_ctx)
     out.append(MAN_TAIL)
     return "\n".join(out)
+
+
+def options(cmd: Any, ctx: Any) -> list[str]:
+    out = []
+    for names, help_text in option_rows(cmd, ctx):
+        if names != "--help":
+            out += [".TP", f"\\fB{roff(names)}\\fR", roff(help_text)]
+    return out
 
 
 def bash_completion(root: Any, ctx: Any) -> str:

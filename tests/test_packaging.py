@@ -81,10 +81,10 @@ def service_env(root: DebianRoot) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def outpost_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def outpost_deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     clock = Clock("deb")
     out = tmp_path_factory.mktemp("deb")
-    subprocess.run(
+    built = subprocess.run(
         [
             "/usr/bin/python3",
             str(PACKAGING / "build_deb.py"),
@@ -97,13 +97,15 @@ def outpost_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--source",
             os.environ.get("OUTPOST_DEB_SOURCE", "worktree"),
         ],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     shutil.rmtree(out / "work")
     (deb,) = out.glob("outpost_*_*.deb")
     clock.step(f"built {deb.name} ({deb.stat().st_size / 1e6:.1f} MB)")
-    return deb
+    yield deb
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def install(root: DebianRoot, deb: Path) -> None:
@@ -114,13 +116,14 @@ def install(root: DebianRoot, deb: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def installed(outpost_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> DebianRoot:
+def installed(outpost_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianRoot]:
     clock = Clock("root")
     root = DebianRoot.fresh(tmp_path_factory.mktemp("debian") / "root")
     clock.step("clean bookworm root ready")
     install(root, outpost_deb)
     clock.step("dpkg -i")
-    return root
+    yield root
+    shutil.rmtree(root.path, ignore_errors=True)  # ~0.5 GB; pytest would keep it for 3 runs
 
 
 # ---------------------------------------------------------------------------- units, alerts
