@@ -205,6 +205,12 @@ async def test_cli_against_dsn(receiver: ReceiverHandle) -> None:
     assert await asyncio.to_thread(ingest, receiver.url, gateway_token) == 401
     out = await asyncio.to_thread(cli, "cloud", "revoke", "nope", "--dsn", receiver.dsn)
     assert out.returncode == 1 and "unknown gateway" in out.stderr
+    rows = await receiver.fetch("SELECT action, target, outcome, auth_kind FROM audit ORDER BY id")
+    assert [(r["action"], r["target"], r["outcome"], r["auth_kind"]) for r in rows] == [
+        ("gateway.enrollment_token", "gw-1", "ok", "cli"),
+        ("gateway.revoke", "gw-1", "ok", "cli"),
+        ("gateway.revoke", "nope", "not_found", "cli"),
+    ]
 
 
 def test_receiver_sigkill_loses_no_acknowledged_batch(
@@ -350,6 +356,18 @@ async def test_user_cli_add_token_passwd_remove(receiver: ReceiverHandle) -> Non
     assert tok.stdout.count("\n") == 1 and token.startswith("opu_")
     who = (await me(token)).json()
     assert who["name"] == "alice" and who["sites"] == ["north", "south"]
+    # a gateway enrolled with --site is visible to the user scoped to that site
+    for gw, site in (("gw-9", "north"), ("gw-8", "west")):
+        enroll = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "outpost.cloud.receiver", "enroll", gw, "--site", site,
+             "--dsn", receiver.dsn],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+        assert enroll.returncode == 0, enroll.stderr
+    async with httpx.AsyncClient(base_url=receiver.url) as c:
+        r = await c.get("/api/v1/gateways", headers={"Authorization": f"Bearer {token}"})
+        assert [(g["gateway_id"], g["site"]) for g in r.json()] == [("gw-9", "north")]
     token_id = re.search(r"token (\d+) for alice", tok.stderr)
     assert token_id is not None
     out = await run("revoke-token", "alice", "--id", token_id.group(1))
@@ -373,6 +391,8 @@ async def test_user_cli_add_token_passwd_remove(receiver: ReceiverHandle) -> Non
     assert [(r["action"], r["target"]) for r in rows] == [
         ("user.add", "alice"),
         ("token.create", "alice"),
+        ("gateway.enrollment_token", "gw-9"),
+        ("gateway.enrollment_token", "gw-8"),
         ("token.revoke", "alice"),
         ("user.passwd", "alice"),
         ("user.remove", "alice"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import getpass
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,17 +80,31 @@ async def record(
     return row_id
 
 
+def os_user() -> str:
+    """The local account running a CLI command (the actor of its audit rows)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 async def record_cli(
-    conn: Executor, os_user: str, action: str, target: str, detail: Mapping[str, Any] | None = None
+    conn: Executor,
+    os_user: str,
+    action: str,
+    target: str,
+    detail: Mapping[str, Any] | None = None,
+    outcome: str = "ok",
 ) -> None:
-    """A change made with ``outpost cloud user ...`` on the database directly."""
+    """A change made with ``outpost cloud ...`` on the database directly (address "local")."""
     await conn.execute(
         "INSERT INTO audit (actor, auth_kind, action, target, outcome, address, detail) "
-        "VALUES ($1, $2, $3, $4, 'ok', 'local', $5::jsonb)",
+        "VALUES ($1, $2, $3, $4, $5, 'local', $6::jsonb)",
         os_user,
         CLI_KIND,
         action,
         target,
+        outcome,
         json.dumps(dict(detail or {}), default=str),
     )
 

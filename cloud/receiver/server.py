@@ -27,6 +27,7 @@ from typing import TypeVar
 import structlog
 import uvicorn
 
+from . import audit, read_store, users
 from .embedded import EmbeddedPostgres
 from .settings import (
     DEFAULT_BIND,
@@ -209,24 +210,60 @@ def parse_ttl(text: str) -> timedelta:
 
 
 def create_enrollment_token(
-    gateway_id: str, ttl: timedelta, *, dsn: str | None, data_dir: Path
+    gateway_id: str,
+    ttl: timedelta,
+    *,
+    dsn: str | None,
+    data_dir: Path,
+    site: str | None = None,
 ) -> EnrollmentToken:
-    async def go(url: str) -> EnrollmentToken:
-        storage = await Storage.open(url, min_size=1, max_size=1)
-        try:
-            return await storage.create_enrollment_token(gateway_id, ttl)
-        finally:
-            await storage.close()
+    """``outpost cloud enroll``: a one-time token (audited with the OS user as actor)."""
 
-    with database(dsn, data_dir.expanduser().resolve()) as url:
-        return asyncio.run(go(url))
+    async def go(storage: Storage) -> EnrollmentToken:
+        return await _enrollment_token(storage, gateway_id, ttl, site)
+
+    return run_with_storage(go, dsn=dsn, data_dir=data_dir)
 
 
-async def issue_enrollment_token(dsn: str, gateway_id: str, ttl: timedelta) -> EnrollmentToken:
+async def issue_enrollment_token(
+    dsn: str, gateway_id: str, ttl: timedelta, site: str | None = None
+) -> EnrollmentToken:
     """Async form for callers inside an event loop (e.g. ``outpost demo``)."""
     storage = await Storage.open(dsn, min_size=1, max_size=1)
     try:
-        return await storage.create_enrollment_token(gateway_id, ttl)
+        return await _enrollment_token(storage, gateway_id, ttl, site)
+    finally:
+        await storage.close()
+
+
+async def _enrollment_token(
+    storage: Storage, gateway_id: str, ttl: timedelta, site: str | None
+) -> EnrollmentToken:
+    tok = await storage.create_enrollment_token(gateway_id, ttl)
+    if site is not None:
+        await read_store.set_site(storage.pool, gateway_id, site)
+    await audit.record_cli(
+        storage.pool,
+        audit.os_user(),
+        "gateway.enrollment_token",
+        gateway_id,
+        {"expires_at": tok.expires_at.isoformat(), "site": site},
+    )
+    return tok
+
+
+async def create_user(
+    dsn: str, name: str, role: str, password: str, sites: list[str] | None = None
+) -> None:
+    """A dashboard user, for callers inside an event loop (``outpost demo`` makes its admin
+    with a generated password this way). Raises ``users.UserError`` (e.g. it exists)."""
+    storage = await Storage.open(dsn, min_size=1, max_size=1)
+    try:
+        async with storage.pool.acquire() as conn, conn.transaction():
+            await users.add_user(conn, name, role, password, sites)
+            await audit.record_cli(
+                conn, audit.os_user(), "user.add", name, {"role": role, "sites": sites}
+            )
     finally:
         await storage.close()
 
@@ -249,15 +286,20 @@ def run_with_storage(
 
 
 def revoke_gateway(gateway_id: str, *, dsn: str | None, data_dir: Path) -> bool:
-    async def go(url: str) -> bool:
-        storage = await Storage.open(url, min_size=1, max_size=1)
-        try:
-            return await storage.revoke(gateway_id)
-        finally:
-            await storage.close()
+    """``outpost cloud revoke``: False for an unknown gateway (audited either way)."""
 
-    with database(dsn, data_dir.expanduser().resolve()) as url:
-        return asyncio.run(go(url))
+    async def go(storage: Storage) -> bool:
+        known = await storage.revoke(gateway_id)
+        await audit.record_cli(
+            storage.pool,
+            audit.os_user(),
+            "gateway.revoke",
+            gateway_id,
+            outcome="ok" if known else "not_found",
+        )
+        return known
+
+    return run_with_storage(go, dsn=dsn, data_dir=data_dir)
 
 
 def configure_logging() -> None:
@@ -291,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("enroll", parents=[common])
     p.add_argument("gateway_id")
     p.add_argument("--ttl", default="24h")
+    p.add_argument("--site", default=None, help="the gateway's site (for site-scoped users)")
     p = sub.add_parser("revoke", parents=[common])
     p.add_argument("gateway_id")
     args = parser.parse_args(argv)
@@ -307,7 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "enroll":
         tok = create_enrollment_token(
-            args.gateway_id, parse_ttl(args.ttl), dsn=args.dsn, data_dir=args.data_dir
+            args.gateway_id,
+            parse_ttl(args.ttl),
+            dsn=args.dsn,
+            data_dir=args.data_dir,
+            site=args.site,
         )
         print(
             f"enrollment token for {tok.gateway_id}, valid until "

@@ -9,7 +9,6 @@ for humans goes to stderr.
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from datetime import datetime
@@ -56,13 +55,6 @@ PasswordStdin = Annotated[
         "--password-stdin", help="Read the password from the first line of stdin (no prompt)."
     ),
 ]
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -113,7 +105,7 @@ def add(
         async with storage.pool.acquire() as conn, conn.transaction():
             user = await users.add_user(conn, name, role, password, site_list)
             await audit.record_cli(
-                conn, _os_user(), "user.add", name, {"role": role, "sites": site_list}
+                conn, audit.os_user(), "user.add", name, {"role": role, "sites": site_list}
             )
             return user
 
@@ -180,7 +172,7 @@ def remove(
         async with storage.pool.acquire() as conn, conn.transaction():
             done = await users.remove_user(conn, name)
             if done:
-                await audit.record_cli(conn, _os_user(), "user.remove", name)
+                await audit.record_cli(conn, audit.os_user(), "user.remove", name)
             return done
 
     if not run_with_storage(go, dsn=dsn, data_dir=data_dir):
@@ -202,7 +194,7 @@ def passwd(
         async with storage.pool.acquire() as conn, conn.transaction():
             done = await users.set_password(conn, name, password)
             if done:
-                await audit.record_cli(conn, _os_user(), "user.passwd", name)
+                await audit.record_cli(conn, audit.os_user(), "user.passwd", name)
             return done
 
     if not run_with_storage(go, dsn=dsn, data_dir=data_dir):
@@ -225,7 +217,7 @@ def token(
         async with storage.pool.acquire() as conn, conn.transaction():
             info, tok = await users.create_token(conn, name, label)
             await audit.record_cli(
-                conn, _os_user(), "token.create", name, {"token_id": info.id, "label": label}
+                conn, audit.os_user(), "token.create", name, {"token_id": info.id, "label": label}
             )
             return info, tok
 
@@ -260,7 +252,7 @@ def revoke_token(
             n = await users.revoke_token(conn, name, token_id)
             if n:
                 await audit.record_cli(
-                    conn, _os_user(), "token.revoke", name, {"token_id": token_id, "count": n}
+                    conn, audit.os_user(), "token.revoke", name, {"token_id": token_id, "count": n}
                 )
             return n
 
