@@ -87,10 +87,17 @@ class Job:
 
 
 class Scheduler:
-    """Runs jobs at aligned wall-clock slots. ``clock`` is injectable for tests."""
+    """Runs jobs at aligned wall-clock slots. ``clock`` and ``sleep`` are injectable so tests
+    can run the scheduler in virtual time."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self.jobs: dict[str, Job] = {}
         self.last_progress = time.monotonic()
         self.first_cycle_done = asyncio.Event()
@@ -122,7 +129,7 @@ class Scheduler:
             while True:
                 delay = due - self._clock()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
                 now = self._clock()
                 if now - due > job.interval:
                     # The loop itself was held up (suspend, clock step): realign, count it.
