@@ -4,6 +4,7 @@ and the audit rows each of these leaves."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import httpx
@@ -120,6 +121,20 @@ async def test_wrong_password_refused_then_rate_limited(
     # an unknown user name is refused the same way (and counted)
     rows = await rcv.fetch("SELECT key FROM login_failures WHERE key LIKE 'user:%'")
     assert sorted({r["key"] for r in rows}) == ["user:ann", "user:bob"]
+
+
+async def test_parallel_guesses_cannot_pass_the_limit(receiver_factory: ReceiverFactory) -> None:
+    rcv = await receiver_factory(login_max_per_user=3, login_max_per_ip=100)
+    await rcv.add_user("ann", "admin")
+    async with client(rcv) as c:
+        replies = await asyncio.gather(
+            *(
+                c.post("/login", data={"username": "ann", "password": f"guess-{i}"}, headers=JSON)
+                for i in range(10)
+            )
+        )
+    assert sorted(r.status_code for r in replies) == [401] * 3 + [429] * 7
+    assert all(r.headers.get("retry-after") == "900" for r in replies if r.status_code == 429)
 
 
 async def test_roles_enforced_and_csrf_required(receiver: ReceiverHandle) -> None:

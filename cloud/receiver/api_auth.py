@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, Form, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
@@ -32,6 +33,7 @@ from .auth import (
     settings_of,
     storage_of,
 )
+from .settings import ReceiverSettings
 from .users import NAME_PATTERN, SITE_PATTERN, Role, UserError
 
 # --- models ------------------------------------------------------------------------------------
@@ -177,6 +179,40 @@ def login_form_html(error: str | None = None, next_path: str = "/") -> str:
 UserName = Annotated[str, Path(pattern=NAME_PATTERN)]
 
 
+async def _attempt(
+    pool: asyncpg.Pool, settings: ReceiverSettings, username: str, password: str, address: str
+) -> tuple[
+    Literal["ok", "failed", "rate_limited"],
+    users.User | None,
+    str | None,
+    users.SessionInfo | None,
+]:
+    """One login attempt, serialised per user name and per address (advisory locks held for
+    the transaction), so parallel guesses cannot slip past the failure limits."""
+    window = timedelta(seconds=settings.login_window_s)
+    user_key, ip_key = f"user:{username}", f"ip:{address}"
+    async with pool.acquire() as conn, conn.transaction():
+        await users.lock_login(conn, user_key, ip_key)
+        counts = await users.failures(conn, [user_key, ip_key], window)
+        if (
+            counts.get(user_key, 0) >= settings.login_max_per_user
+            or counts.get(ip_key, 0) >= settings.login_max_per_ip
+        ):
+            await audit.record(conn, username, "login", username, "rate_limited", address)
+            return "rate_limited", None, None, None
+        user = await users.authenticate_password(conn, username, password)
+        if user is None:
+            await users.record_failure(conn, [user_key, ip_key])
+            await audit.record(conn, username, "login", username, "failed", address)
+            return "failed", None, None, None
+        await users.clear_failures(conn, user_key)
+        await users.purge_expired(conn, window)
+        lifetime = timedelta(seconds=settings.session_max_s)
+        sid, info = await users.create_session(conn, user, address, lifetime)
+        await audit.record(conn, user.name, "login", user.name, "ok", address, {"role": user.role})
+        return "ok", user, sid, info
+
+
 # --- router ------------------------------------------------------------------------------------
 
 
@@ -202,16 +238,11 @@ def router() -> APIRouter:
         """Log in with a user name and password (form fields). Sets the session cookie
         (HttpOnly, SameSite=Lax, Secure behind HTTPS)."""
         settings = settings_of(request)
-        db = storage_of(request).pool
         address = client_address(request)
-        window = timedelta(seconds=settings.login_window_s)
-        user_key, ip_key = f"user:{username}", f"ip:{address}"
-        counts = await users.failures(db, [user_key, ip_key], window)
-        if (
-            counts.get(user_key, 0) >= settings.login_max_per_user
-            or counts.get(ip_key, 0) >= settings.login_max_per_ip
-        ):
-            await audit.record(db, username, "login", username, "rate_limited", address)
+        outcome, user, sid, info = await _attempt(
+            storage_of(request).pool, settings, username, password, address
+        )
+        if outcome == "rate_limited":
             retry = str(int(settings.login_window_s))
             msg = "too many failed logins; try again later"
             if wants_json(request):
@@ -219,19 +250,12 @@ def router() -> APIRouter:
             page = _login_failed_page(request, msg, 429)
             page.headers["Retry-After"] = retry
             return page
-        user = await users.authenticate_password(db, username, password)
-        if user is None:
-            await users.record_failure(db, [user_key, ip_key])
-            await audit.record(db, username, "login", username, "failed", address)
+        if outcome == "failed":
             msg = "wrong user name or password"
             if wants_json(request):
                 return JSONResponse({"detail": msg}, 401)
             return _login_failed_page(request, msg, 401)
-        await users.clear_failures(db, user_key)
-        await users.purge_expired(db, window)
-        lifetime = timedelta(seconds=settings.session_max_s)
-        sid, info = await users.create_session(db, user, address, lifetime)
-        await audit.record(db, user.name, "login", user.name, "ok", address, {"role": user.role})
+        assert user is not None and sid is not None and info is not None
         resp: Response
         if wants_json(request):
             resp = JSONResponse(

@@ -290,13 +290,23 @@ async def revoke_token(db: Executor, name: str, token_id: int | None = None) -> 
 
 
 async def user_for_token(db: Executor, token: str) -> User | None:
+    """The user of an active personal token; its last use is written at most once a minute
+    (a script polling the API must not cost a write per request)."""
     row = await db.fetchrow(
-        f"""UPDATE user_tokens t SET last_used_at = now() FROM users u
-            WHERE u.id = t.user_id AND t.token_hash = $1 AND t.revoked_at IS NULL
-            RETURNING {_USER_COLS}""",
+        f"""SELECT {_USER_COLS}, t.id AS token_id,
+                   t.last_used_at IS NULL OR t.last_used_at < now() - INTERVAL '60 seconds'
+                       AS touch
+            FROM user_tokens t JOIN users u ON u.id = t.user_id
+            WHERE t.token_hash = $1 AND t.revoked_at IS NULL""",
         sha256(token),
     )
-    return _user(row) if row is not None else None
+    if row is None:
+        return None
+    if row["touch"]:
+        await db.execute(
+            "UPDATE user_tokens SET last_used_at = now() WHERE id = $1", row["token_id"]
+        )
+    return _user(row)
 
 
 # --- sessions -----------------------------------------------------------------------------------
@@ -352,6 +362,13 @@ async def purge_expired(db: Executor, failure_window: timedelta) -> None:
 
 
 # --- failed-login throttling --------------------------------------------------------------------
+
+
+async def lock_login(db: Executor, user_key: str, ip_key: str) -> None:
+    """Transaction-scoped advisory locks on the user name and the address (always in this
+    order, in two lock spaces, so two attempts never wait on each other in a cycle)."""
+    await db.execute("SELECT pg_advisory_xact_lock(1, hashtext($1))", user_key)
+    await db.execute("SELECT pg_advisory_xact_lock(2, hashtext($1))", ip_key)
 
 
 async def failures(db: Executor, keys: Sequence[str], window: timedelta) -> dict[str, int]:
