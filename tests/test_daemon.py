@@ -5,6 +5,7 @@ systemd notify messages on a real datagram socket."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import signal
@@ -148,6 +149,25 @@ async def test_agent_polls_serves_cli_reloads_and_stops_cleanly(tmp_path: Path) 
         await _until(extra_live)
         r = await asyncio.to_thread(cli, cfg, "status", "--json")
         assert json.loads(r.stdout)["schedule"]["version"] != first_version
+
+        # `outpost reload` does the same, and the event names who asked
+        (tmp_path / "site.csv").write_text(SCHEDULE + "plc.more,plc,hr:21,uint16,,,,,,\n")
+        await server.set("hr", 21, [778])
+        r = await asyncio.to_thread(cli, cfg, "reload")
+        assert r.returncode == 0, r.stderr
+
+        async def more_live():  # type: ignore[no-untyped-def]
+            r = await asyncio.to_thread(cli, cfg, "read", "plc.more", "--json")
+            return r.returncode == 0 and json.loads(r.stdout)["value"] == 778.0
+
+        await _until(more_live)
+        r = await asyncio.to_thread(cli, cfg, "events", "--kind", "schedule", "--json")
+        loads = [(e["actor"], e["detail"]["reason"]) for e in json.loads(r.stdout)]
+        assert loads == [
+            ("system", "start"),
+            ("system", "reload"),
+            (getpass.getuser(), "reload"),
+        ], loads
 
         # SIGTERM: stops within 5 s, flushes the buffer, removes its socket
         t0 = time.monotonic()

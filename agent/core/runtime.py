@@ -107,8 +107,11 @@ class Runtime:
         self._stop.set()
 
     def request_reload(self, actor: str = SYSTEM_ACTOR) -> None:
-        """Re-read the schedule files (SIGHUP, `outpost reload`, the command channel)."""
+        """Re-read the schedule files (SIGHUP, `outpost reload`, the command channel); the
+        ``schedule.load`` event names ``actor``."""
         log.info("schedule.reload_requested", actor=actor)
+        if self._reload_done is None:  # install_schedule() has set its own actor and reason
+            self._reload_cause = (actor, "reload")
         self._reload.set()
 
     def emit(
