@@ -311,12 +311,42 @@ class AlarmRow:
 
 
 # alarm_latest: one row per alarm, kept by a trigger on events (migration 0002); the
-# console also shows returned-unacknowledged, shelved, suppressed and out-of-service alarms
-_ACTIVE_SQL = f"""
-SELECT a.*, {SITE_EXPR} AS site FROM alarm_latest a JOIN gateways g ON g.id = a.gateway_id
-WHERE a.state <> ALL($1::text[]) AND a.base_state <> 'normal'
+# console also shows returned-unacknowledged, shelved, suppressed and out-of-service alarms.
+# Filtering, ordering (worst first) and the row limit happen in SQL; detail fields are
+# extracted there too (no JSON decoding per alarm in Python).
+_ALARM_WHERE = f"""a.state <> ALL($1::text[]) AND a.base_state <> 'normal'
   AND ($2::text IS NULL OR a.gateway_id = $2)
-  AND ($3::text[] IS NULL OR {SITE_EXPR} = ANY($3::text[]))"""
+  AND ($3::text[] IS NULL OR {SITE_EXPR} = ANY($3::text[]))
+  AND ($4::text IS NULL OR {SITE_EXPR} = $4)
+  AND ($5::text IS NULL OR a.priority = $5)
+  AND ($6::text IS NULL OR a.state = $6)"""
+_NUM = "CASE WHEN jsonb_typeof(a.detail->'{0}') = 'number' THEN (a.detail->>'{0}')::float8 END"
+_ACTIVE_SQL = f"""
+SELECT a.gateway_id, a.alarm_id, a.point_id, a.priority, a.state, a.ts, a.active_since,
+       a.acked_at, a.acked_by, a.detail->>'device' AS device, a.detail->>'kind' AS akind,
+       {_NUM.format("value")} AS value, {_NUM.format("limit")} AS lim,
+       {SITE_EXPR} AS site, count(*) OVER () AS matching
+FROM alarm_latest a JOIN gateways g ON g.id = a.gateway_id
+WHERE {_ALARM_WHERE}
+ORDER BY CASE a.priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2
+                         WHEN 'low' THEN 3 ELSE 4 END,
+         a.state NOT IN ('unack_active', 'rtn_unack'), coalesce(a.active_since, a.ts) DESC,
+         a.gateway_id, a.alarm_id
+LIMIT $7"""
+_SUMMARY_SQL = f"""
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE a.state IN ('unack_active', 'rtn_unack')) AS unacked,
+       count(*) FILTER (WHERE a.base_state IN ('unack_active', 'ack_active')
+                          AND a.active_since < now() - $7::interval) AS standing,
+       coalesce(array_agg(DISTINCT a.gateway_id), '{{}}') AS gateways
+FROM alarm_latest a JOIN gateways g ON g.id = a.gateway_id
+WHERE {_ALARM_WHERE}"""
+
+
+@dataclass
+class AlarmPage:
+    rows: list[AlarmRow]
+    matching: int  # rows before the limit
 
 
 async def active_alarms(
@@ -327,43 +357,56 @@ async def active_alarms(
     site: str | None = None,
     priority: str | None = None,
     state: str | None = None,
-) -> list[AlarmRow]:
-    """Alarms not normal (including shelved/suppressed/out of service), worst first."""
-    rows = await pool.fetch(_ACTIVE_SQL, list(INACTIVE), gateway_id, _scope(sites))
-    out: list[AlarmRow] = []
-    for r in rows:
-        d = _json(r["detail"]) or {}
-        a = AlarmRow(
+    limit: int | None = None,
+) -> AlarmPage:
+    """Alarms not normal (including shelved/suppressed/out of service), worst first:
+    priority, then unacknowledged, then newest."""
+    rows = await pool.fetch(
+        _ACTIVE_SQL,
+        list(INACTIVE),
+        gateway_id,
+        _scope(sites),
+        site,
+        priority,
+        state,
+        limit,
+    )
+    out = [
+        AlarmRow(
             gateway_id=r["gateway_id"],
             site=r["site"] or "",
             alarm_id=r["alarm_id"],
             point_id=r["point_id"] or "",
-            device=str(d.get("device") or ""),
-            kind=str(d.get("kind") or ""),
+            device=r["device"] or "",
+            kind=r["akind"] or "",
             priority=r["priority"],
             state=r["state"],
-            value=d.get("value"),
-            limit=d.get("limit"),
+            value=r["value"],
+            limit=r["lim"],
             since=r["ts"],
             activated_at=r["active_since"],
             acked_at=r["acked_at"],
             acked_by=r["acked_by"],
         )
-        if site and a.site != site:
-            continue
-        if priority and a.priority != priority:
-            continue
-        if state and a.state != state:
-            continue
-        out.append(a)
-    out.sort(
-        key=lambda a: (
-            priority_rank(a.priority),
-            not a.unacked,
-            -(a.activated_at or a.since).timestamp(),
-        )
+        for r in rows
+    ]
+    return AlarmPage(out, rows[0]["matching"] if rows else 0)
+
+
+@dataclass
+class AlarmSummary:
+    total: int
+    unacked: int
+    standing: int  # active (unack or ack) for longer than STANDING_AFTER
+    gateways: list[str]
+
+
+async def alarm_summary(pool: asyncpg.Pool, sites: Sequence[str] | None) -> AlarmSummary:
+    r = await pool.fetchrow(
+        _SUMMARY_SQL, list(INACTIVE), None, _scope(sites), None, None, None, STANDING_AFTER
     )
-    return out
+    assert r is not None
+    return AlarmSummary(r["total"], r["unacked"], r["standing"], sorted(r["gateways"]))
 
 
 @dataclass
@@ -417,7 +460,10 @@ async def alarm_history(
 ) -> list[AlarmEpisode]:
     """Episodes (newest first) from the alarm events since ``since``."""
     rows = await pool.fetch(
-        f"""SELECT e.gateway_id, e.source, e.ts, e.kind, e.actor, e.detail
+        f"""SELECT e.gateway_id, e.source, e.ts, e.kind, e.actor,
+                  e.detail->>'base_from' AS base_from, e.detail->>'base_to' AS base_to,
+                  e.detail->>'to' AS "to", e.detail->>'point_id' AS point_id,
+                  e.detail->>'priority' AS priority, e.detail->>'note' AS note
            FROM events e JOIN gateways g ON g.id = e.gateway_id
            WHERE e.ts >= $1 AND e.kind = ANY($2::text[])
              AND ($3::text IS NULL OR e.gateway_id = $3)
@@ -432,7 +478,7 @@ async def alarm_history(
     open_: dict[tuple[str, str], AlarmEpisode] = {}
     episodes: list[AlarmEpisode] = []
     for r in rows:
-        d = _json(r["detail"]) or {}
+        d = r  # the detail fields, extracted by the query
         key = (r["gateway_id"], r["source"])
         ep = open_.get(key)
         if r["kind"] == "alarm" and d.get("base_from") == "normal" and d.get("base_to") != "normal":
@@ -465,7 +511,7 @@ async def alarm_history(
 
 def alarm_health(
     episodes: Sequence[AlarmEpisode],
-    active: Sequence[AlarmRow],
+    standing: int,
     window: timedelta,
     now: datetime | None = None,
 ) -> AlarmHealth:
@@ -475,13 +521,6 @@ def alarm_health(
     buckets = Counter(int((e.activated_at - start).total_seconds() // 600) for e in recent)
     n_buckets = max(int(window.total_seconds() // 600), 1)
     actors = Counter((e.gateway_id, e.alarm_id) for e in recent)
-    standing = sum(
-        1
-        for a in active
-        if a.state in ("unack_active", "ack_active")
-        and a.activated_at is not None
-        and now - a.activated_at > STANDING_AFTER
-    )
     return AlarmHealth(
         window=window,
         activations=len(recent),
@@ -563,33 +602,40 @@ def _natural(text: str) -> list[Any]:
 async def floor(pool: asyncpg.Pool, sites: Sequence[str] | None, site: str) -> list[Room]:
     if sites is not None and site not in sites:
         return []
+    # tags read in SQL (no JSON decoding per point); the newest value only for temperatures
+    # (the lateral's condition on the outer row is a one-time filter: no probe otherwise)
     rows = await pool.fetch(
-        f"""SELECT p.gateway_id, p.point_id, p.units, p.tags, l.value, l.quality
+        f"""SELECT p.gateway_id, p.point_id, p.units, p.tags->>'rack' AS rack,
+                  p.tags->>'row' AS "row", p.tags->>'room' AS room, t.is_temp,
+                  l.value, l.quality
            FROM points p JOIN gateways g ON g.id = p.gateway_id
+           CROSS JOIN LATERAL (SELECT CASE WHEN p.tags ? 'kind'
+                                           THEN p.tags->>'kind' = 'temperature'
+                                           ELSE p.tags ? 'temp' AND NOT p.tags ? 'sp'
+                                      END AS is_temp) t
            LEFT JOIN LATERAL (SELECT r.value, r.quality FROM readings r
-                              WHERE r.point_key = p.key ORDER BY r.time DESC LIMIT 1) l
-               ON p.tags ? 'kind' OR p.tags ? 'temp'
+                              WHERE t.is_temp AND r.point_key = p.key
+                              ORDER BY r.time DESC LIMIT 1) l ON true
            WHERE {SITE_EXPR} = $1 AND p.tags ? 'rack'
            ORDER BY p.gateway_id, p.point_id""",
         site,
     )
     alarms = await active_alarms(pool, sites, site=site)
     worst: dict[tuple[str, str], list[AlarmRow]] = defaultdict(list)
-    for a in alarms:
+    for a in alarms.rows:
         if a.state in ("unack_active", "ack_active", "rtn_unack"):
             worst[(a.gateway_id, a.point_id)].append(a)
     racks: dict[tuple[str, str, str], Rack] = {}
     for r in rows:
-        tags: dict[str, str] = _json(r["tags"]) or {}
-        name = tags["rack"]
-        room = tags.get("room") or "main"
-        row = tags.get("row") or _leading_letters(name)
+        name = r["rack"]
+        room = r["room"] or "main"
+        row = r["row"] or _leading_letters(name)
         rack = racks.setdefault((room, row.upper(), name), Rack(name, r["gateway_id"]))
         rack.points.append(r["point_id"])
-        if is_temperature(tags) and r["value"] is not None and (r["quality"] or 0) < 128:
+        if r["is_temp"] and r["value"] is not None and (r["quality"] or 0) < 128:
             if rack.temp is None or r["value"] > rack.temp:
                 rack.temp, rack.temp_point, rack.units = r["value"], r["point_id"], r["units"]
-        elif is_temperature(tags) and rack.temp_point is None:
+        elif r["is_temp"] and rack.temp_point is None:
             rack.temp_point = r["point_id"]
         for a in worst.get((r["gateway_id"], r["point_id"]), ()):
             rack.alarm_count += 1

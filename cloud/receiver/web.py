@@ -71,7 +71,7 @@ ALARM_STATES = (
     "out_of_service",
 )
 #: the console lists the worst alarms first; more rows than this are for filters, not for eyes
-CONSOLE_ROWS = 500
+CONSOLE_ROWS = 200
 GwPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
 PointPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=256)]
 SitePath = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -245,7 +245,7 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
             "points": points,
             "kpis": dashboard_data.kpis(points),
             "devices": sorted(devices.values(), key=lambda d: d["name"]),
-            "alarms": await dashboard_data.active_alarms(pool, None, gateway_id=gw),
+            "alarms": (await dashboard_data.active_alarms(pool, None, gateway_id=gw)).rows,
             "modes": await dashboard_data.mode_history(pool, gw),
         }
 
@@ -419,6 +419,7 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
         gateway: str | None,
         priority: str | None,
         state: str | None,
+        limit: int | None = CONSOLE_ROWS,
     ) -> dict[str, Any]:
         pool = pool_of(request)
         active = await dashboard_data.active_alarms(
@@ -428,24 +429,20 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
             site=site or None,
             priority=priority or None,
             state=state or None,
+            limit=limit,
         )
+        summary = await dashboard_data.alarm_summary(pool, scope(p))
         window = timedelta(hours=24)
         now = datetime.now(UTC)
         episodes = await dashboard_data.alarm_history(
             pool, scope(p), since=now - window, gateway_id=gateway or None
         )
-        every_active = (
-            active
-            if not (site or gateway or priority or state)
-            else await dashboard_data.active_alarms(pool, scope(p))
-        )
         return {
-            "alarms": active[:CONSOLE_ROWS],
-            "all_alarms": active,
-            "active_total": len(active),
-            "unacked_total": sum(1 for a in active if a.unacked),
+            "alarms": active.rows,
+            "matching": active.matching,
+            "summary": summary,
             "history": episodes[:200],
-            "health": dashboard_data.alarm_health(episodes, every_active, window, now),
+            "health": dashboard_data.alarm_health(episodes, summary.standing, window, now),
             "filters": {
                 "site": site or "",
                 "gateway": gateway or "",
@@ -453,7 +450,7 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
                 "state": state or "",
             },
             "sites": await dashboard_data.sites(pool, scope(p)),
-            "gateways": sorted({a.gateway_id for a in every_active}),
+            "gateways": summary.gateways,
             "states": ALARM_STATES,
             "can_act": p.has("operator"),
         }
@@ -493,12 +490,13 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
     ) -> JSONResponse:
         """The alarm console: active alarms (filtered), the last 24 h of episodes (who acked,
         time to ack, time to clear) and ISA-18.2 health figures."""
-        ctx = await alarms_ctx(request, p, site, gateway, priority, state)
+        ctx = await alarms_ctx(request, p, site, gateway, priority, state, limit=None)
         h = ctx["health"]
         return JSONResponse(
             jsonable_encoder(
                 {
-                    "active": [asdict(a) for a in ctx["all_alarms"]],
+                    "active": [asdict(a) for a in ctx["alarms"]],
+                    "summary": asdict(ctx["summary"]),
                     "history": [
                         asdict(e)
                         | {"time_to_ack_s": e.time_to_ack_s, "time_to_clear_s": e.time_to_clear_s}

@@ -167,6 +167,10 @@
     }).catch(function (err) { showStatus(key, "error: " + err, "refused"); });
   }
 
+  // replaceable: the agent's status page acts on its local API instead of the command channel
+  Outpost.sendCommand = sendCommand;
+  Outpost.showCommandStatus = showStatus;
+
   document.addEventListener("click", function (e) {
     var btn = e.target.closest && e.target.closest("button[data-command]");
     if (!btn) return;
@@ -182,7 +186,7 @@
     if (!keys.length) { if (msg) msg.textContent = "select one or more alarms first"; return; }
     if (kind === "shelve" && !note) { if (msg) msg.textContent = "shelving needs a reason (the note)"; return; }
     if (msg) msg.textContent = kind + ": " + keys.length + " alarm(s) sent";
-    keys.forEach(function (k) { sendCommand(kind, k, note, duration); });
+    keys.forEach(function (k) { Outpost.sendCommand(kind, k, note, duration); });
     form.querySelectorAll('input[type=checkbox]').forEach(function (cb) { cb.checked = false; });
   });
 
