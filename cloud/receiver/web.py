@@ -568,7 +568,13 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
         storage: Storage = request.app.state.storage
         tok = await storage.create_enrollment_token(gateway_id, timedelta(hours=ttl_h))
         await audit.record(
-            pool, p, "gateway.enroll", gateway_id, "ok", client_address(request), {"ttl_h": ttl_h}
+            pool,
+            p,
+            "gateway.enrollment_token",
+            gateway_id,
+            "ok",
+            client_address(request),
+            {"ttl_h": ttl_h},
         )
         return await admin_page(request, p, enrolled=tok)
 
