@@ -11,7 +11,7 @@ failed or read back differently is not an HTTP error: the answer is the outcome 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +23,6 @@ from outpost.agent.control.events import EventLog, parse_since, recent_events
 from outpost.agent.control.local import ControlRefused, LocalControl
 
 T = TypeVar("T")
-Actor = Annotated[str, Depends(peer_user)]
 
 
 class _Body(BaseModel):
@@ -148,8 +147,16 @@ async def _acall(fn: Callable[[], Awaitable[T]]) -> T:
         raise _http(exc) from None
 
 
-def control_router(control: LocalControl, events: Callable[[], EventLog | None]) -> APIRouter:
-    """``events()``: where the agent records its events (None while the buffer is closed)."""
+def control_router(
+    control: LocalControl,
+    events: Callable[[], EventLog | None],
+    *,
+    actor_of: Callable[..., str] = peer_user,
+) -> APIRouter:
+    """``events()``: where the agent records its events (None while the buffer is closed).
+    ``actor_of``: the FastAPI dependency naming who acts; on the Unix socket the peer's user
+    (``server.peer_user``), elsewhere whatever authenticated the request, never the body."""
+    who = Depends(actor_of)
     router = APIRouter(tags=["local control"])
 
     @router.get("/alarms", summary="Alarms: active/unacked/shelved, or all with ?all=true")
@@ -161,11 +168,11 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         return _call(lambda: control.get_alarm(alarm_id)).to_dict()
 
     @router.post("/alarms/{alarm_id}/ack")
-    async def ack(alarm_id: str, body: AckBody, actor: Actor) -> dict[str, Any]:
+    async def ack(alarm_id: str, body: AckBody, actor: str = who) -> dict[str, Any]:
         return _call(lambda: control.ack(alarm_id, actor=actor, note=body.note)).to_dict()
 
     @router.post("/alarms/{alarm_id}/shelve")
-    async def shelve(alarm_id: str, body: ShelveBody, actor: Actor) -> dict[str, Any]:
+    async def shelve(alarm_id: str, body: ShelveBody, actor: str = who) -> dict[str, Any]:
         view = _call(
             lambda: control.shelve(
                 alarm_id, actor=actor, duration_s=body.duration_s, note=body.note
@@ -174,11 +181,13 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         return view.to_dict()
 
     @router.post("/alarms/{alarm_id}/unshelve")
-    async def unshelve(alarm_id: str, body: UnshelveBody, actor: Actor) -> dict[str, Any]:
+    async def unshelve(alarm_id: str, body: UnshelveBody, actor: str = who) -> dict[str, Any]:
         return _call(lambda: control.unshelve(alarm_id, actor=actor, note=body.note)).to_dict()
 
     @router.post("/alarms/{alarm_id}/out_of_service")
-    async def out_of_service(alarm_id: str, body: OutOfServiceBody, actor: Actor) -> dict[str, Any]:
+    async def out_of_service(
+        alarm_id: str, body: OutOfServiceBody, actor: str = who
+    ) -> dict[str, Any]:
         view = _call(
             lambda: control.set_out_of_service(alarm_id, body.on, actor=actor, note=body.note)
         )
@@ -189,7 +198,7 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         return control.mode_state()
 
     @router.post("/mode")
-    async def set_mode(body: ModeBody, actor: Actor) -> dict[str, Any]:
+    async def set_mode(body: ModeBody, actor: str = who) -> dict[str, Any]:
         return await _acall(
             lambda: control.set_maintenance(
                 body.duration_s, body.reason, actor=actor, scope=body.scope
@@ -197,7 +206,7 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         )
 
     @router.post("/mode/clear")
-    async def clear_mode(body: ClearBody, actor: Actor) -> dict[str, Any]:
+    async def clear_mode(body: ClearBody, actor: str = who) -> dict[str, Any]:
         return await _acall(lambda: control.clear_mode(actor=actor, reason=body.reason))
 
     @router.get("/mode/graph")
@@ -207,7 +216,7 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         return {"format": format, "graph": control.mode_graph(format)}
 
     @router.post("/points/{point_id}/write")
-    async def write_point(point_id: str, body: WriteBody, actor: Actor) -> dict[str, Any]:
+    async def write_point(point_id: str, body: WriteBody, actor: str = who) -> dict[str, Any]:
         outcome = await _acall(
             lambda: control.write(
                 point_id, body.value, actor=actor, priority=body.priority, verify=body.verify
@@ -216,7 +225,9 @@ def control_router(control: LocalControl, events: Callable[[], EventLog | None])
         return outcome.to_dict()
 
     @router.post("/points/{point_id}/relinquish")
-    async def relinquish_point(point_id: str, body: RelinquishBody, actor: Actor) -> dict[str, Any]:
+    async def relinquish_point(
+        point_id: str, body: RelinquishBody, actor: str = who
+    ) -> dict[str, Any]:
         outcome = await _acall(
             lambda: control.relinquish(point_id, actor=actor, priority=body.priority)
         )

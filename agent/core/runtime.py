@@ -1,9 +1,18 @@
 """The daemon: one asyncio process that wires schedule, drivers, pipeline, buffer, local
-control, uplink and local API together, and answers to systemd.
+control, uplink, command channel and local API together, and answers to systemd.
+
+Where things are: ``run()`` builds the parts (``_make_drivers``, ``_make_control`` → a
+``control.local.LocalControl``, ``_install_schedule`` → point table, pipeline and one
+``DeviceCoordinator`` per device, ``_make_uplink``, ``_make_commands``); ``_main()`` runs them
+as supervised tasks; ``_build_scheduler()`` is where each device gets read (scheduler jobs
+calling ``coordinator.poll`` for polled drivers, ``coordinator.stream`` tasks for push
+drivers). The read-only views the local API and the uplink use (``status``, ``live_points``,
+``heartbeat``, ``point_metadata`` …) satisfy ``api.view.AgentView``.
 
 Lifecycle: start → first poll cycle → READY=1 → run until SIGTERM/SIGINT → stop polling,
-flush the buffer, close drivers → exit. SIGHUP reloads the schedule files: the new schedule
-is validated first; on error the running one stays and the error is logged.
+flush the buffer, close drivers → exit. SIGHUP (or `outpost reload`) reloads the schedule
+files: the new schedule is validated first; on error the running one stays and the error is
+logged.
 """
 
 from __future__ import annotations
