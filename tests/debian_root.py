@@ -86,6 +86,9 @@ def pristine_tarball() -> Path:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
+            # man-db's trigger re-indexes every manual page on each dpkg run (seconds);
+            # `man outpost` finds the page without the index.
+            (work / "root/var/lib/man-db/auto-update").unlink(missing_ok=True)
             # Downloaded .debs are not needed in the copies.
             shutil.rmtree(work / "root/var/cache/apt/archives", ignore_errors=True)
             (work / "root/var/cache/apt/archives/partial").mkdir(parents=True)

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,8 @@ MODBUS_DEVICES = ("cdu-01", "ups-01", "pdu-01")
 EXPECTED_BAD = {"ups-01.bypass_voltage"}
 
 pytestmark = pytest.mark.slow
+# The units' UMask=0027 for a command run in the root.
+UNIT_UMASK = ["sh", "-c", 'umask 027 && exec "$@"', "sh"]
 
 
 class Clock:
@@ -349,14 +352,15 @@ def test_agent_polls_the_simulator_as_outpost(installed: DebianRoot, tmp_path: P
         if row and row[0] != "point_id"
     } - EXPECTED_BAD
     sim = ["outpost", "sim", "--site", "/" + str(sim_site.relative_to(root.path))]
-    agent = [
-        "/opt/outpost/bin/python",
-        "/tmp/mdwe_exec.py",
-        "/usr/bin/outpost",
-        "run",
-        "-c",
-        config,
-    ]
+    # As the unit runs it: UMask=0027, MemoryDenyWriteExecute (its kernel form), user outpost.
+    agent = [*UNIT_UMASK, "/opt/outpost/bin/python", "/tmp/mdwe_exec.py"]
+    agent += ["/usr/bin/outpost", "run", "-c", config]
+    # A technician in group outpost and a user outside it (the latter with a readable copy
+    # of the config, so that what stops them is the socket, not the config file).
+    root.run(["useradd", "--no-create-home", "--groups", "outpost", "tech"])
+    root.run(["useradd", "--no-create-home", "visitor"])
+    shutil.copy(config_path, root.path / "tmp/visitor.toml")
+    (root.path / "tmp/visitor.toml").chmod(0o644)
     with (
         root.background(sim, tmp_path / "sim.log", user="outpost") as sim_proc,
         root.background(agent, tmp_path / "agent.log", user="outpost") as agent_proc,
@@ -372,6 +376,15 @@ def test_agent_polls_the_simulator_as_outpost(installed: DebianRoot, tmp_path: P
         assert expected <= good.keys(), sorted(expected - good.keys())
         supply = good["cdu-01.supply_temp"]["value"]
         assert 5 < supply < 60, supply
+        socket_mode = root.run(["stat", "-c", "%U:%G %a", "/var/lib/outpost/outpost.sock"])
+        assert socket_mode.stdout.strip() == "outpost:outpost 660"
+        status = root.run(["outpost", "status", "-c", config, "--json"], user="tech")
+        assert set(json.loads(status.stdout)["devices"]) == set(MODBUS_DEVICES)
+        refused = root.run(
+            ["outpost", "status", "-c", "/tmp/visitor.toml"], user="visitor", check=False
+        )
+        assert refused.returncode != 0
+        assert "outpost" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
         agent_proc.terminate()
         assert agent_proc.wait(timeout=20) == 0, (tmp_path / "agent.log").read_text()
         clock.step("agent stopped cleanly")
@@ -380,10 +393,40 @@ def test_agent_polls_the_simulator_as_outpost(installed: DebianRoot, tmp_path: P
     )
     assert stats["rows"] >= len(expected), stats
     assert stats["path"] == "/var/lib/outpost/buffer.db"
-    owner = root.run(["stat", "-c", "%U", "/var/lib/outpost/buffer.db"]).stdout.strip()
-    assert owner == "outpost"
+    buffer_mode = root.run(["stat", "-c", "%U:%G %a", "/var/lib/outpost/buffer.db"])
+    assert buffer_mode.stdout.strip() == "outpost:outpost 640"
     log = (tmp_path / "agent.log").read_text()
     assert "Traceback" not in log, log
+
+
+def test_receiver_serves_as_outpost(installed: DebianRoot, tmp_path: Path) -> None:
+    """`outpost cloud serve` as its unit runs it (embedded PostgreSQL in its state directory)."""
+    clock = Clock("receiver")
+    root = installed
+    shutil.copy(Path(__file__).with_name("mdwe_exec.py"), root.path / "tmp/mdwe_exec.py")
+    port = free_port()
+    receiver = [*UNIT_UMASK, "/opt/outpost/bin/python", "/tmp/mdwe_exec.py", "/usr/bin/outpost"]
+    receiver += ["cloud", "serve", "--data-dir", "/var/lib/outpost-receiver"]
+    receiver += ["--bind", f"127.0.0.1:{port}"]
+    log = tmp_path / "receiver.log"
+    with root.background(receiver, log, user="outpost") as proc:
+        deadline = time.monotonic() + 120
+        ready: dict = {}
+        while time.monotonic() < deadline and not ready.get("ready"):
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                    ready = json.loads(r.read())
+            except (OSError, ValueError):
+                time.sleep(0.5)
+        clock.step("ready")
+        assert ready.get("ready") is True, log.read_text()
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        clock.step("stopped cleanly")
+    token = root.run(["stat", "-c", "%U:%G %a", "/var/lib/outpost-receiver/admin.token"])
+    assert token.stdout.strip() == "outpost:outpost 600"
+    assert "Traceback" not in log.read_text()
 
 
 # ---------------------------------------------------------------------------- remove, purge
@@ -425,7 +468,7 @@ def test_remove_keeps_config_and_data_purge_keeps_only_data(
     (root.path / "etc/outpost/agent.toml").write_text("# edited by the admin\n")
     clock.step("installed")
 
-    root.run(["dpkg", "--remove", "outpost"])
+    root.run(["dpkg", "--force-unsafe-io", "--remove", "outpost"])
     assert not (root.path / "opt/outpost").exists()
     assert not (root.path / "usr/bin/outpost").is_symlink()
     assert not (root.path / "lib/systemd/system/outpost.service").exists()
@@ -434,7 +477,7 @@ def test_remove_keeps_config_and_data_purge_keeps_only_data(
     assert (root.path / "var/lib/outpost/buffer.db").read_text() == "reading\n"
     clock.step("removed")
 
-    root.run(["dpkg", "--purge", "outpost"])
+    root.run(["dpkg", "--force-unsafe-io", "--purge", "outpost"])
     after = root.snapshot(NOT_OURS)
     added = sorted(after.keys() - before.keys())
     assert added == [
@@ -458,6 +501,6 @@ def test_remove_keeps_config_and_data_purge_keeps_only_data(
     owner = root.run(["stat", "-c", "%U:%G", "/var/lib/outpost/buffer.db"]).stdout.strip()
     assert owner == "outpost:outpost"
     # … and a purge with OUTPOST_PURGE_DATA=yes leaves the root as it was.
-    root.run(["dpkg", "--purge", "outpost"], env={"OUTPOST_PURGE_DATA": "yes"})
+    root.run(["dpkg", "--force-unsafe-io", "--purge", "outpost"], env={"OUTPOST_PURGE_DATA": "yes"})
     assert root.snapshot(NOT_OURS) == before
     clock.step("reinstalled and purged with the data")
