@@ -25,9 +25,9 @@ def test_kpis_from_tags() -> None:
             pt("r2.p", 6.0, {"kpi": "it_power"}),
             pt("m.p", 13.0, {"kpi": "facility_power"}),
             pt("r1.t", 24.0, {"kind": "temperature"}),
-            pt("r2.t", 30.0, {"temp": ""}),  # Haystack marker counts
-            pt("sp.t", 99.0, {"temp": "", "sp": ""}),  # a setpoint does not
-            pt("hum", 99.0, {"kind": "humidity", "temp": ""}),  # kind= decides
+            pt("r2.t", 30.0, {"kind": "temperature"}),
+            pt("sp.t", 99.0, {"temp": "", "sp": ""}),  # a bare marker does not count
+            pt("hum", 99.0, {"kind": "humidity", "temp": ""}),
             pt("bad.t", 80.0, {"kind": "temperature"}, quality="bad:comm_failure"),
         ]
     )
@@ -36,7 +36,7 @@ def test_kpis_from_tags() -> None:
     assert (k.temperatures, k.temp_avg, k.temp_max, k.temp_max_point) == (2, 27.0, 30.0, "r2.t")
     empty = kpis([pt("x", 1.0, {})])
     assert empty.pue is None and empty.temp_avg is None
-    assert is_temperature({"kind": "temperature"}) and not is_temperature({"temp": "", "sp": ""})
+    assert is_temperature({"kind": "temperature"}) and not is_temperature({"temp": ""})
 
 
 def test_alarm_health_figures() -> None:

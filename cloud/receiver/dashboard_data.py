@@ -8,8 +8,8 @@ returns plain dataclasses; the pages (web.py) and their JSON twins render them.
 Tag conventions (point tags from the schedule's ``tags`` column, ``k=v;flag``):
 
 - KPIs: ``kpi=it_power`` and ``kpi=facility_power`` (kW, summed per gateway) give total power
-  and PUE = facility / IT; ``kind=temperature`` (or the Haystack marker ``temp`` without
-  ``sp``) marks temperatures: average and hottest.
+  and PUE = facility / IT; ``kind=temperature`` marks the temperatures that count for the
+  average and the hottest (and colour the floor).
 - Floor: ``rack=A01`` places a point's rack, ``row=A`` and ``room=hall-1`` group racks (a
   missing row is the rack name's leading letters, a missing room ``main``); the rack is coloured
   by its temperature point and outlined by the worst active alarm of any of its points.
@@ -164,9 +164,9 @@ class PointRow:
 
 
 def is_temperature(tags: dict[str, str]) -> bool:
-    if tags.get("kind"):
-        return tags["kind"] == "temperature"
-    return "temp" in tags and "sp" not in tags
+    # explicit only: a "temp" marker also sits on setpoints, warnings and liquid loops, which
+    # must not move a room's average or hottest figure
+    return tags.get("kind") == "temperature"
 
 
 async def latest(pool: asyncpg.Pool, gateway_id: str) -> list[PointRow]:
@@ -609,10 +609,8 @@ async def floor(pool: asyncpg.Pool, sites: Sequence[str] | None, site: str) -> l
                   p.tags->>'row' AS "row", p.tags->>'room' AS room, t.is_temp,
                   l.value, l.quality
            FROM points p JOIN gateways g ON g.id = p.gateway_id
-           CROSS JOIN LATERAL (SELECT CASE WHEN p.tags ? 'kind'
-                                           THEN p.tags->>'kind' = 'temperature'
-                                           ELSE p.tags ? 'temp' AND NOT p.tags ? 'sp'
-                                      END AS is_temp) t
+           CROSS JOIN LATERAL (SELECT coalesce(p.tags->>'kind' = 'temperature', false)
+                                      AS is_temp) t
            LEFT JOIN LATERAL (SELECT r.value, r.quality FROM readings r
                               WHERE t.is_temp AND r.point_key = p.key
                               ORDER BY r.time DESC LIMIT 1) l ON true

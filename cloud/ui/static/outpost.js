@@ -46,7 +46,7 @@
       }
       var url = el.getAttribute("data-refresh-url");
       if (url) window.htmx.ajax("GET", url, { target: el, swap: "outerHTML" });
-    }, 200));
+    }, parseInt(el.getAttribute("data-refresh-delay") || "200", 10)));
   }
 
   function applyReading(gw, pts) {
