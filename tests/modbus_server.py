@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
@@ -46,7 +49,7 @@ class SeenRequest:
 
 @dataclass
 class ModbusTestServer:
-    server: ModbusTcpServer
+    server: ModbusTcpServer | ModbusSerialServer
     port: int
     requests: list[SeenRequest] = field(default_factory=list)
 
@@ -101,16 +104,7 @@ def sim_device(
     )
 
 
-async def start_server(
-    units: dict[int, Tables] | None = None,
-    *,
-    port: int = 0,
-    action: Callable[..., Any] | None = None,
-) -> ModbusTestServer:
-    """Serve ``units`` (unit id → tables) on 127.0.0.1:``port`` (0 = ephemeral)."""
-    units = units or {1: Tables()}
-    seen: list[SeenRequest] = []
-
+def _tracer(seen: list[SeenRequest]) -> Callable[[bool, ModbusPDU], ModbusPDU]:
     def trace_pdu(sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:
             seen.append(
@@ -123,11 +117,100 @@ async def start_server(
             )
         return pdu
 
+    return trace_pdu
+
+
+async def start_server(
+    units: dict[int, Tables] | None = None,
+    *,
+    port: int = 0,
+    action: Callable[..., Any] | None = None,
+    framer: FramerType = FramerType.SOCKET,
+) -> ModbusTestServer:
+    """Serve ``units`` (unit id → tables) on 127.0.0.1:``port`` (0 = ephemeral); with
+    ``framer=FramerType.RTU`` it is a serial server (RTU frames over TCP)."""
+    units = units or {1: Tables()}
+    seen: list[SeenRequest] = []
     devices = [sim_device(unit, tables, action) for unit, tables in units.items()]
-    server = ModbusTcpServer(devices, address=("127.0.0.1", port), trace_pdu=trace_pdu)
+    server = ModbusTcpServer(
+        devices,
+        address=("127.0.0.1", port),
+        framer=framer,
+        trace_pdu=_tracer(seen),
+    )
     await server.serve_forever(background=True)
     bound = server.transport.sockets[0].getsockname()[1]
     return ModbusTestServer(server, bound, seen)
+
+
+async def start_serial_server(
+    path: Path,
+    units: dict[int, Tables] | None = None,
+    *,
+    silent: tuple[int, ...] = (),
+    baudrate: int = 19200,
+) -> ModbusTestServer:
+    """RTU slaves (several unit ids) on the serial device ``path``. The ``silent`` unit ids
+    hear their requests but never answer, like a dead unit on a real bus (their answers are
+    dropped before they reach the line: pymodbus' simulator answers unknown ids itself)."""
+    units = units or {1: Tables()}
+    seen: list[SeenRequest] = []
+    devices = [sim_device(unit, tables) for unit, tables in units.items()]
+    devices += [sim_device(unit) for unit in silent if unit not in units]
+    mute = frozenset(silent)
+
+    def drop_silent(sending: bool, frame: bytes) -> bytes:
+        return b"" if sending and frame and frame[0] in mute else frame
+
+    server = ModbusSerialServer(
+        devices,
+        framer=FramerType.RTU,
+        port=str(path),
+        baudrate=baudrate,
+        parity="N",  # a pseudo-terminal refuses parity settings
+        trace_pdu=_tracer(seen),
+        trace_packet=drop_silent,
+    )
+    await server.serve_forever(background=True)
+    return ModbusTestServer(server, 0, seen)
+
+
+@dataclass
+class PtyPair:
+    """A null-modem cable made of two linked pseudo-terminals (socat): the driver opens
+    ``a``, the RTU slave ``b``. ``stop`` pulls the cable; ``start`` again plugs it back at the
+    same paths."""
+
+    a: Path
+    b: Path
+    process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            "socat",
+            f"pty,raw,echo=0,link={self.a}",
+            f"pty,raw,echo=0,link={self.b}",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await _until(lambda: self.a.exists() and self.b.exists(), "socat made no pty pair")
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            if self.process.returncode is None:
+                self.process.terminate()
+            await asyncio.wait_for(self.process.wait(), 5)
+            self.process = None
+        # socat removes its links when it exits
+        await _until(lambda: not self.a.exists() and not self.b.exists(), "pty links left")
+
+
+async def _until(cond: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(what)
+        await asyncio.sleep(0.01)
 
 
 def free_port() -> int:

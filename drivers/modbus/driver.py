@@ -1,9 +1,11 @@
-"""Modbus TCP driver (pymodbus async client).
+"""Modbus driver (pymodbus async client): TCP, RTU on a serial line, RTU over TCP.
 
-One TCP connection per host:port, shared by every unit id behind it (a gateway) through the
-``DriverContext``; one request in flight per connection (pymodbus serialises requests per
-client, our link lock keeps connects and read-modify-writes atomic); different devices poll
-concurrently because the agent calls ``read`` for each device in its own task.
+One connection per host:port (TCP, RTU over TCP) or per serial line, shared by every unit id
+on it through the ``DriverContext``; one request in flight per connection (pymodbus serialises
+requests per client, our link lock keeps connects and read-modify-writes atomic). On RTU
+connections requests of all units queue first come, first served with the spec's silent
+interval between frames (``ModbusLink.exchange``). Different devices poll concurrently because
+the agent calls ``read`` for each device in its own task.
 
 Failure handling, by what the device did:
 
@@ -29,12 +31,13 @@ import math
 import struct
 import time
 from collections import deque
-from typing import Any, Literal
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import structlog
-from pydantic import Field, model_validator
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersResponse,
     ReadInputRegistersResponse,
@@ -50,6 +53,7 @@ from outpost.drivers.base import (
     WriteError,
 )
 from outpost.drivers.modbus.codec import EncodeError, encode_registers
+from outpost.drivers.modbus.config import ModbusDeviceConfig
 from outpost.drivers.modbus.planner import (
     TABLE_NAME,
     ModbusPlan,
@@ -65,6 +69,8 @@ from outpost.drivers.modbus.planner import (
 )
 from outpost.point_schedules.model import DataType, ModbusAddress, Point
 from outpost.point_schedules.quality import QUALITY_LABEL, Quality
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -87,32 +93,6 @@ _COMM = int(Quality.BAD_COMM_FAILURE)
 _TIMEOUT = int(Quality.BAD_TIMEOUT)
 _CONFIG = int(Quality.BAD_CONFIG_ERROR)
 _DEVICE = int(Quality.BAD_DEVICE_ERROR)
-
-
-class ModbusDeviceConfig(DeviceConfig):
-    """``[devices.<id>]`` keys of a Modbus TCP device."""
-
-    protocol: Literal["modbus"]
-    host: str = Field(min_length=1)
-    port: int = Field(502, ge=0, le=65535)
-    unit_id: int = Field(1, ge=0, le=255)
-    timeout: float = Field(1.0, gt=0, description="seconds to wait for one response")
-    retries: int = Field(1, ge=0, le=10)
-    poll_interval: float = Field(5.0, gt=0)
-    max_registers_per_request: int = Field(125, ge=1, le=125)
-    max_bits_per_request: int = Field(2000, ge=1, le=2000)
-    max_gap: int = Field(16, ge=0, le=125, description="unused registers a request may span")
-    reconnect_min: float = Field(0.5, gt=0, description="first reconnect delay, seconds")
-    reconnect_max: float = Field(30.0, gt=0, description="cap of the doubling reconnect delay")
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> ModbusDeviceConfig:
-        if self.reconnect_max < self.reconnect_min:
-            raise ValueError(
-                f"reconnect_max ({self.reconnect_max}) must be >= reconnect_min "
-                f"({self.reconnect_min})"
-            )
-        return self
 
 
 class _RawRegistersMixin:
@@ -152,38 +132,73 @@ def exception_text(code: int) -> str:
 
 
 class ModbusLink:
-    """One TCP connection to host:port with capped exponential reconnect backoff.
+    """One connection, shared by every unit id on it (kept in ``DriverContext.resources``):
+    a TCP connection to host:port (Modbus TCP, or RTU frames to a serial server), or a serial
+    line. The first device's timeout/retries/backoff (and line settings) apply to it.
 
-    Shared by every unit id at that host:port (kept in ``DriverContext.resources``); the
-    first device's timeout/retries/backoff settings apply to the connection.
+    One request is in flight at a time (pymodbus serialises a client's requests). On a line
+    of RTU frames, ``exchange`` also queues the requests of all its devices in arrival order
+    (``asyncio.Lock`` wakes waiters first come, first served) and keeps the line silent for
+    the spec's inter-frame interval after each answer; a unit that does not answer holds the
+    line for its own timeout only.
     """
 
-    def __init__(self, host: str, port: int, config: ModbusDeviceConfig) -> None:
-        self.host = host
-        self.port = port
+    def __init__(self, config: ModbusDeviceConfig) -> None:
+        self.line = config.line
+        self.transport = config.transport
         # No jitter: a site's devices are polled by this agent alone, nobody else to spread from.
         self.backoff = Backoff(config.reconnect_min, config.reconnect_max)
-        self.client = AsyncModbusTcpClient(
-            host,
-            port=port,
-            timeout=config.timeout,
-            retries=config.retries,
-            reconnect_delay=0,  # reconnecting is ours: pymodbus' own would bypass the backoff
-            name=f"{host}:{port}",
-            trace_connect=self._on_connect_change,
-        )
+        self.frame_gap = config.frame_gap
+        common: dict[str, Any] = {
+            "timeout": config.timeout,
+            "retries": config.retries,
+            "reconnect_delay": 0,  # reconnecting is ours: pymodbus' own would bypass the backoff
+            "name": config.line,
+            "trace_connect": self._on_connect_change,
+        }
+        self.client: ModbusBaseClient
+        if config.transport == "rtu":
+            self.client = AsyncModbusSerialClient(
+                config.serial_port,
+                framer=FramerType.RTU,
+                baudrate=config.baudrate,
+                parity=config.parity,
+                stopbits=config.stopbits,
+                bytesize=config.bytesize,
+                **common,
+            )
+        else:
+            framer = FramerType.RTU if config.transport == "rtu-over-tcp" else FramerType.SOCKET
+            self.client = AsyncModbusTcpClient(
+                config.host, port=config.port, framer=framer, **common
+            )
+        self.settings = _line_settings(config)
         self.client.register(FastReadHoldingRegistersResponse)
         self.client.register(FastReadInputRegistersResponse)
         self.lock = asyncio.Lock()
+        # RTU frames: requests of all devices on the line queue here, one exchange at a time
+        self.queue: asyncio.Lock | None = None if config.transport == "tcp" else asyncio.Lock()
         self.next_attempt = 0.0  # monotonic time before which we do not try again
         self.connect_attempts = 0
         self.down = False  # a failure has been logged and not yet followed by a recovery
         self.users = 0
         self.in_flight = 0  # requests awaiting an answer on this connection
 
+    async def exchange(self, request: Awaitable[T]) -> T:
+        """Send one request and await its answer, in turn with the line's other devices."""
+        if self.queue is None:
+            return await request
+        async with self.queue:
+            try:
+                return await request
+            finally:
+                if self.frame_gap:
+                    # the spec's silent interval before the next frame starts
+                    await asyncio.sleep(self.frame_gap)
+
     @property
     def endpoint(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.line
 
     @property
     def connected(self) -> bool:
@@ -254,6 +269,18 @@ class ModbusLink:
         self.client.close()
 
 
+def _line_settings(config: ModbusDeviceConfig) -> dict[str, Any]:
+    """What devices sharing one connection must agree on."""
+    if config.transport == "rtu":
+        return {
+            "baudrate": config.baudrate,
+            "parity": config.parity,
+            "stopbits": config.stopbits,
+            "bytesize": config.bytesize,
+        }
+    return {}
+
+
 class _Outcome:
     __slots__ = ("quality", "stop")
 
@@ -272,11 +299,19 @@ class ModbusDriver(Driver):
         if not isinstance(config, ModbusDeviceConfig):
             config = ModbusDeviceConfig.model_validate(config.model_dump())
         super().__init__(device_id, config, context)
-        key = f"modbus.link:{config.host}:{config.port}"
+        key = f"modbus.link:{config.line}"
         link = self.context.resources.get(key)
         if link is None:
-            link = ModbusLink(config.host, config.port, config)
+            link = ModbusLink(config)
             self.context.resources[key] = link
+        elif link.transport != config.transport or link.settings != _line_settings(config):
+            log.warning(
+                "modbus.line_settings_conflict",
+                device=device_id,
+                line=config.line,
+                used=link.settings,
+                ignored=_line_settings(config),
+            )
         link.users += 1
         self._link: ModbusLink = link
         self._key = key
@@ -394,8 +429,8 @@ class ModbusDriver(Driver):
             return _Outcome(_COMM, True)
         link.in_flight += 1
         try:
-            response = await self._readers[req.fc](
-                req.start, count=req.count, device_id=self.config.unit_id
+            response = await link.exchange(
+                self._readers[req.fc](req.start, count=req.count, device_id=self.config.unit_id)
             )
         except ConnectionException as exc:
             link.lost(str(exc))
@@ -489,7 +524,7 @@ class ModbusDriver(Driver):
     async def _call(self, point: Point, what: str, coro: Any) -> Any:
         self._link.in_flight += 1
         try:
-            response = await coro
+            response = await self._link.exchange(coro)
         except ConnectionException as exc:
             self._link.lost(str(exc))
             raise WriteError(f"{point.point_id}: connection lost during {what}: {exc}") from None
