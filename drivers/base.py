@@ -28,7 +28,8 @@ from outpost.point_schedules.quality import Quality
 class DeviceConfig(BaseModel):
     """Keys every ``[devices.<id>]`` table has; each driver subclasses it with its own keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: "poll_interval = 1e309" is infinity in TOML and would poll once, ever
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     protocol: str
     poll_interval: float = Field(5.0, gt=0, description="default poll interval in seconds")
