@@ -314,3 +314,28 @@ async def test_audit_api_pages_with_cursor(receiver: ReceiverHandle) -> None:
         only = (await c.get("/api/v1/audit", params={"action": "login", "limit": 10})).json()
         assert len(only["items"]) == 4
         assert (await c.get("/api/v1/audit", params={"cursor": "garbage"})).status_code == 422
+
+
+async def test_bad_input_is_422_not_500(receiver: ReceiverHandle) -> None:
+    """Cases schemathesis found: each used to be a 500."""
+    await receiver.add_user("olga", "operator")
+    async with client(receiver, headers=receiver.admin_headers) as c:
+        r = await c.patch("/api/v1/users/olga", json={"sites": []})
+        assert r.status_code == 422
+        r = await c.post(
+            "/api/v1/users", json={"name": "x1", "role": "viewer", "password": "long enough"}
+        )
+        assert r.status_code == 201
+        r = await c.post(
+            "/api/v1/users", json={"name": "x1", "role": "viewer", "password": "long enough"}
+        )
+        assert r.status_code == 409
+        r = await c.delete(f"/api/v1/users/olga/tokens/{2**70}")
+        assert r.status_code == 422
+        r = await c.get("/api/v1/audit", params={"actor": "a\x00b"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("invalid value")
+        r = await c.get("/api/v1/gateways/gw-1/latest", params={"points": "p\x00"})
+        assert r.status_code == 404  # the gateway does not exist: no query with the value
+        r = await c.get("/api/v1/events", params={"kind": "k\x00"})
+        assert r.status_code == 422
+    assert await receiver.count("users") == 2

@@ -34,13 +34,25 @@ from .auth import (
     storage_of,
 )
 from .settings import ReceiverSettings
-from .users import NAME_PATTERN, SITE_PATTERN, Role, UserError
+from .users import NAME_PATTERN, SITE_PATTERN, Role, UserError, UserExists
 
 # --- models ------------------------------------------------------------------------------------
 
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+class InvalidOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="what is wrong: a sentence, or FastAPI's list of {loc, msg, type}"
+    )
+
+
+INVALID: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the body could not be parsed"},
+    422: {"model": InvalidOut, "description": "invalid parameters or body"},
+}
 
 
 class SessionOut(BaseModel):
@@ -71,7 +83,7 @@ class UserIn(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     role: Role
     sites: list[Annotated[str, Field(pattern=SITE_PATTERN)]] | None = Field(
-        default=None, description="omit or null: every site"
+        default=None, min_length=1, max_length=1000, description="omit or null: every site"
     )
     password: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
 
@@ -79,7 +91,7 @@ class UserIn(BaseModel):
 class UserPatch(BaseModel):
     role: Role | None = None
     sites: list[Annotated[str, Field(pattern=SITE_PATTERN)]] | None = Field(
-        default=None, description="new site scope"
+        default=None, min_length=1, max_length=1000, description="new site scope"
     )
     all_sites: bool = Field(default=False, description="true: lift the site scope")
     password: str | None = Field(default=None, min_length=users.MIN_PASSWORD, max_length=1024)
@@ -225,6 +237,7 @@ def router() -> APIRouter:
         response_model=SessionOut,
         responses={
             303: {"description": "browser form: redirect to `next` with the session cookie"},
+            **INVALID,
             401: {"model": ErrorOut, "description": "wrong user name or password"},
             429: {"model": ErrorOut, "description": "too many failed logins; retry later"},
         },
@@ -317,7 +330,7 @@ def router() -> APIRouter:
         tags=["users"],
         response_model=UserOut,
         status_code=201,
-        responses={409: {"model": ErrorOut, "description": "the user exists"}},
+        responses={**INVALID, 409: {"model": ErrorOut, "description": "the user exists"}},
     )
     async def add_user(request: Request, body: UserIn, principal: Admin) -> UserOut:
         """Create a user (viewer, operator or admin; optionally scoped to sites)."""
@@ -326,8 +339,10 @@ def router() -> APIRouter:
         async with pool.acquire() as conn, conn.transaction():
             try:
                 user = await users.add_user(conn, body.name, body.role, body.password, body.sites)
-            except UserError as exc:
+            except UserExists as exc:
                 raise HTTPException(409, str(exc)) from None
+            except UserError as exc:
+                raise HTTPException(422, str(exc)) from None
             await audit.record(
                 conn,
                 principal,
@@ -343,7 +358,7 @@ def router() -> APIRouter:
         "/api/v1/users/{name}",
         tags=["users"],
         response_model=UserOut,
-        responses={404: {"model": ErrorOut}},
+        responses={**INVALID, 404: {"model": ErrorOut}},
     )
     async def update_user(
         request: Request, name: UserName, body: UserPatch, principal: Admin
@@ -351,9 +366,12 @@ def router() -> APIRouter:
         """Change role, site scope and/or password (a new password ends the user's sessions)."""
         pool = storage_of(request).pool
         async with pool.acquire() as conn, conn.transaction():
-            user = await users.update_user(
-                conn, name, role=body.role, sites=body.sites, all_sites=body.all_sites
-            )
+            try:
+                user = await users.update_user(
+                    conn, name, role=body.role, sites=body.sites, all_sites=body.all_sites
+                )
+            except UserError as exc:
+                raise HTTPException(422, str(exc)) from None
             if user is None:
                 raise HTTPException(404, f"unknown user {name}")
             if body.password is not None:
@@ -378,7 +396,7 @@ def router() -> APIRouter:
         "/api/v1/users/{name}",
         tags=["users"],
         status_code=204,
-        responses={404: {"model": ErrorOut}},
+        responses={**INVALID, 404: {"model": ErrorOut}},
     )
     async def remove_user(request: Request, name: UserName, principal: Admin) -> Response:
         """Delete a user, their sessions and tokens."""
@@ -393,7 +411,12 @@ def router() -> APIRouter:
         if principal.name != name and not principal.has("admin"):
             raise HTTPException(403, "only admins manage other users' tokens")
 
-    @r.get("/api/v1/users/{name}/tokens", tags=["users"], response_model=list[TokenOut])
+    @r.get(
+        "/api/v1/users/{name}/tokens",
+        tags=["users"],
+        response_model=list[TokenOut],
+        responses=INVALID,
+    )
     async def list_tokens(request: Request, name: UserName, principal: Viewer) -> list[TokenOut]:
         """A user's personal tokens (never the tokens themselves): the user or an admin."""
         own_or_admin(principal, name)
@@ -404,7 +427,7 @@ def router() -> APIRouter:
         tags=["users"],
         response_model=TokenCreatedOut,
         status_code=201,
-        responses={404: {"model": ErrorOut}},
+        responses={**INVALID, 404: {"model": ErrorOut}},
     )
     async def create_token(
         request: Request, name: UserName, principal: Viewer, body: TokenIn | None = None
@@ -434,10 +457,13 @@ def router() -> APIRouter:
         "/api/v1/users/{name}/tokens/{token_id}",
         tags=["users"],
         status_code=204,
-        responses={404: {"model": ErrorOut}},
+        responses={**INVALID, 404: {"model": ErrorOut}},
     )
     async def revoke_token(
-        request: Request, name: UserName, token_id: int, principal: Viewer
+        request: Request,
+        name: UserName,
+        token_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+        principal: Viewer,
     ) -> Response:
         """Revoke one personal token: the user themself or an admin."""
         own_or_admin(principal, name)
@@ -462,7 +488,7 @@ def router() -> APIRouter:
         "/api/v1/audit",
         tags=["audit"],
         response_model=AuditPageOut,
-        responses={422: {"model": ErrorOut, "description": "bad cursor"}},
+        responses=INVALID,
     )
     async def audit_log(
         request: Request,

@@ -32,6 +32,12 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+class InvalidOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="what is wrong: a sentence, or FastAPI's list of {loc, msg, type}"
+    )
+
+
 class GatewayOut(BaseModel):
     gateway_id: str
     site: str | None = Field(description="set by an admin, else reported by the heartbeat")
@@ -294,18 +300,20 @@ ResQ = Annotated[
     Literal["auto", "raw", "1m", "5m", "1h", "1d"],
     Query(description="auto: raw < 2 h, 1m < 12 h, 5m < 7 d, 1h < 90 d, else 1d"),
 ]
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": InvalidOut, "description": "invalid parameters (range, cursor, ...)"}
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut, "description": "unknown gateway or point (or another site's)"}
+    404: {"model": ErrorOut, "description": "unknown gateway or point (or another site's)"},
+    **INVALID,
 }
-BAD_CURSOR: dict[int | str, dict[str, Any]] = {
-    422: {"model": ErrorOut, "description": "bad cursor or parameters"}
-}
+BAD_CURSOR = INVALID
 
 
 def router() -> APIRouter:
     r = APIRouter(tags=["read"])
 
-    @r.get("/api/v1/gateways", response_model=list[GatewayOut])
+    @r.get("/api/v1/gateways", response_model=list[GatewayOut], responses=INVALID)
     async def list_gateways(
         request: Request,
         principal: Viewer,

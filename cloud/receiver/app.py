@@ -200,6 +200,15 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             content={"detail": f"database unavailable ({exc.__class__.__name__}); retry later"},
         )
 
+    @app.exception_handler(asyncpg.DataError)
+    async def _on_bad_value(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value PostgreSQL cannot take (a NUL character, a number beyond int8): the caller's
+        # input, so a 422, not a 500. Endpoints validate what they can before this point.
+        log.info("receiver.bad_value", path=request.url.path, error=str(exc).splitlines()[0])
+        return JSONResponse(
+            status_code=422, content={"detail": f"invalid value: {str(exc).splitlines()[0]}"}
+        )
+
     @app.exception_handler(NotAuthenticated)
     async def _on_not_authenticated(request: Request, exc: NotAuthenticated) -> Any:
         # A browser asking for a page goes to the login form; API clients get the 401.
@@ -304,6 +313,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         "/api/v1/gateways/{gateway_id}/enrollment-tokens",
         response_model=EnrollmentTokenOut,
         tags=["admin"],
+        responses=api_auth.INVALID,
     )
     async def create_enrollment_token(
         request: Request,
@@ -335,7 +345,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         "/api/v1/gateways/{gateway_id}/revoke",
         response_model=RevokeOut,
         tags=["admin"],
-        responses={404: {"model": ErrorOut}},
+        responses={**api_auth.INVALID, 404: {"model": ErrorOut}},
     )
     async def revoke(
         request: Request, gateway_id: GwPath, storage: StorageDep, principal: Admin
@@ -358,6 +368,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         "/api/v1/gateways/{gateway_id}/site",
         response_model=SiteOut,
         tags=["admin"],
+        responses=api_auth.INVALID,
     )
     async def set_site(
         request: Request, gateway_id: GwPath, body: SiteIn, storage: StorageDep, principal: Admin

@@ -56,6 +56,10 @@ class UserError(ValueError):
     """A user operation that cannot be done as asked (unknown user, bad name...)."""
 
 
+class UserExists(UserError):
+    pass
+
+
 @dataclass(frozen=True)
 class User:
     id: int
@@ -173,7 +177,7 @@ async def add_user(
             pw_hash,
         )
     except asyncpg.UniqueViolationError:
-        raise UserError(f"user {name!r} already exists") from None
+        raise UserExists(f"user {name!r} already exists") from None
     assert row is not None
     return _user(row)
 
