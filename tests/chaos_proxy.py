@@ -24,6 +24,7 @@ import random
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -55,6 +56,7 @@ class ChaosProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._canned: tuple[int, str, dict[str, str], int] | None = None
+        self._body_matches: Callable[[bytes], bool] | None = None
         self.answered = 0
 
     async def start(self) -> None:
@@ -87,10 +89,15 @@ class ChaosProxy:
         count: int,
         path_prefix: str = "/",
         headers: dict[str, str] | None = None,
+        body_matches: Callable[[bytes], bool] | None = None,
     ) -> None:
         """Answer the next `count` requests under `path_prefix` ourselves with `status` (like
-        an overloaded load balancer: 503/429 with Retry-After) instead of forwarding them."""
+        an overloaded load balancer: 503/429 with Retry-After) instead of forwarding them.
+
+        With `body_matches`, only requests whose (raw) body it accepts are answered, like a
+        receiver that fails on one poisoned row; the others are forwarded."""
         self._canned = (status, path_prefix, dict(headers or {}), count)
+        self._body_matches = body_matches
         self.answered = 0
         # Connections opened from now on are inspected request by request: make clients
         # reconnect.
@@ -150,7 +157,13 @@ class ChaosProxy:
             parts = head.split(b" ", 2)
             path = parts[1].decode("latin-1") if len(parts) > 2 else ""
             canned = self._canned
-            if canned is not None and canned[3] > 0 and path.startswith(canned[1]):
+            match = self._body_matches
+            if (
+                canned is not None
+                and canned[3] > 0
+                and path.startswith(canned[1])
+                and (match is None or match(body))
+            ):
                 status, prefix, headers, count = canned
                 self._canned = (status, prefix, headers, count - 1)
                 self.answered += 1

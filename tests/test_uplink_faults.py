@@ -16,8 +16,11 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+import zstandard
 
 if __name__ == "__main__":  # the child process: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -327,8 +330,16 @@ async def test_cancelled_at_random_moments(receiver, tmp_path: Path) -> None:
         uplink = make_uplink(cloud_config(receiver.url, batch_size=150), GW, tmp_path, buf)
         stop = asyncio.Event()
         wtask = asyncio.create_task(writer.run(stop, period=0.01))
-        for _ in range(25):
+        for i in range(25):
             task = asyncio.create_task(uplink.run())
+            if i % 2 == 0:
+                # Every other time, only once this run has delivered something, so the
+                # cancellations hit a syncing uplink however slow the machine is; the others
+                # land anywhere (enrollment, the first read, ...).
+                sent = uplink.status()["batches_sent"]
+                await wait_for(
+                    lambda sent=sent: uplink.status()["batches_sent"] > sent, 30, "a batch"
+                )
             await asyncio.sleep(rng.uniform(0.0, 0.15))
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -347,5 +358,104 @@ async def test_cancelled_at_random_moments(receiver, tmp_path: Path) -> None:
     finally:
         buf.close()
     assert sent_while_cancelled >= 10  # the cancellations really hit a syncing uplink
+    assert_identical(buffer_rows(tmp_path / "buffer.db"), await receiver.readings(GW))
+    assert await receiver.event_ids(GW) == buffer_event_ids(tmp_path / "buffer.db")
+
+
+def _json_body(body: bytes) -> bytes:
+    """An ingest body as the receiver reads it (the uplink compresses with zstd)."""
+    return zstandard.ZstdDecompressor().decompress(body) if body else body
+
+
+def _body_has(*markers: bytes) -> Callable[[bytes], bool]:
+    return lambda body: any(m in _json_body(body) for m in markers)
+
+
+async def test_receiver_failing_on_a_poisoned_row_dead_letters_only_that_row(
+    receiver, tmp_path: Path
+) -> None:
+    """A receiver that answers 500 to every batch holding one particular reading (a row it
+    cannot store) while it accepts the empty probe: the uplink bisects, dead-letters exactly
+    that reading with status 500, delivers everything else and does not stall."""
+    token = await receiver.enroll(GW)
+    (tmp_path / "gateway.token").write_text(token)
+    proxy = ChaosProxy("127.0.0.1", receiver.port)
+    await proxy.start()
+    proxy.answer(
+        500,
+        count=10**6,
+        path_prefix="/api/v1/ingest",
+        body_matches=_body_has(b'"poison.p00"'),
+    )
+    buf = open_buffer(tmp_path / "buffer.db")
+    try:
+        writer = Writer(buf, points=20)
+        base = int(time.time() * 1000) - 600_000
+        for i in range(30):
+            writer.round(base + i * 1000)
+        bad_key = buf.point_keys(["poison.p00"])
+        buf.append([(base + 30_500) / 1000.0], bad_key, [42.0], [0])
+        for i in range(30, 60):
+            writer.round(base + i * 1000)
+        await buf.flush()
+        bad_seq = buf.last_seq - 30 * 20
+        uplink = make_uplink(cloud_config(proxy.url, batch_size=200), GW, tmp_path, buf)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await wait_for(lambda: asyncio.to_thread(all_synced, buf), 60, "full sync")
+            status = uplink.status()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        rejected = buf.read_rejected()
+    finally:
+        buf.close()
+        await proxy.stop()
+    assert proxy.answered >= 3
+    assert [(r["first_seq"], r["last_seq"], r["status"]) for r in rejected] == [
+        (bad_seq, bad_seq, 500)
+    ]
+    assert status["rejected_batches"] == 1
+    expected = [r for r in buffer_rows(tmp_path / "buffer.db") if r[0] != "poison.p00"]
+    assert len(expected) == 60 * 20
+    assert_identical(expected, await receiver.readings(GW))
+    assert await receiver.event_ids(GW) == buffer_event_ids(tmp_path / "buffer.db")
+
+
+async def test_receiver_failing_every_write_dead_letters_nothing(receiver, tmp_path: Path) -> None:
+    """A receiver that answers 500 to every batch carrying data for a while, but accepts the
+    empty probe (its database refuses writes, say): batches get bisected, but with no data
+    acknowledged meanwhile no single row is blamed; once writes work, everything arrives."""
+    token = await receiver.enroll(GW)
+    (tmp_path / "gateway.token").write_text(token)
+    proxy = ChaosProxy("127.0.0.1", receiver.port)
+    await proxy.start()
+    proxy.answer(
+        500,
+        count=40,
+        path_prefix="/api/v1/ingest",
+        body_matches=_body_has(b'"point_ids":["', b'"events":[{'),
+    )
+    buf = open_buffer(tmp_path / "buffer.db")
+    try:
+        writer = Writer(buf, points=10)
+        for i in range(20):
+            writer.round(int(time.time() * 1000) - 100_000 + i * 1000)
+        await buf.flush()
+        uplink = make_uplink(cloud_config(proxy.url, batch_size=50), GW, tmp_path, buf)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await wait_for(lambda: asyncio.to_thread(all_synced, buf), 60, "full sync")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        rejected = buf.read_rejected()
+    finally:
+        buf.close()
+        await proxy.stop()
+    assert proxy.answered == 40
+    assert rejected == []
     assert_identical(buffer_rows(tmp_path / "buffer.db"), await receiver.readings(GW))
     assert await receiver.event_ids(GW) == buffer_event_ids(tmp_path / "buffer.db")

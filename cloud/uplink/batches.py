@@ -62,6 +62,9 @@ class Batch:
     headers: dict[str, str] = field(default_factory=dict)
     error: str | None = None  # the last refusal, for the log and the dead-letter table
     status: int = 0
+    #: Data acknowledged (readings + events) when server errors on this batch (or the batch it
+    #: was split from) began: a later ack proves the receiver stores data meanwhile.
+    acked_before_5xx: int | None = None
 
     @property
     def size(self) -> int:
@@ -241,6 +244,13 @@ def _slice(rows: ReadingRows, a: int, b: int) -> ReadingRows:
 
 def split(batch: Batch) -> list[Batch]:
     """Halves of a refused batch, kind by kind, so one bad row costs only itself."""
+    parts = _halves(batch)
+    for part in parts:
+        part.acked_before_5xx = batch.acked_before_5xx
+    return parts
+
+
+def _halves(batch: Batch) -> list[Batch]:
     kinds = [bool(len(batch.rows)), bool(batch.events), bool(batch.metas)]
     if sum(kinds) > 1:
         parts = []

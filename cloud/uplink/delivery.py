@@ -8,11 +8,18 @@ Guarantees:
 - Nothing is duplicated: a replay is harmless because the receiver writes idempotently
   (unique on point and time, events on gateway and event id).
 - Each answer is classified: acknowledged; refused for its content (400/413/422); auth
-  (401/403); transient (transport errors, 408, 429, 5xx, anything else). A content refusal is
+  (401/403); server error (a 5xx other than 503, without Retry-After); transient (transport
+  errors, 408, 429, 503, anything with Retry-After, anything else). A content refusal is
   checked against a well-formed empty batch first (a front end or a receiver in trouble can
   answer 400 to anything): only if the receiver accepts that is the batch bisected until the
   offending rows are isolated; those go to the source's dead letters and the rest is
   delivered. Data is never dead-lettered because of a credentials or link problem.
+- A batch that keeps failing with a server error (3 times; once for a part of a batch
+  already being bisected) while the empty batch is accepted is batch-specific too (a row the
+  receiver cannot store makes it fail every time, and would stall the sync for good): it is
+  bisected the same way. A single row or event is dead-lettered for a server error only once
+  the receiver has acknowledged other data since the failures began, so a receiver that
+  fails every write (but answers the empty batch) costs delay, never data.
 - Retries use one policy (:class:`~outpost.cloud.uplink.support.Backoff`): capped exponential
   backoff with full jitter, never below the receiver's ``Retry-After``.
 """
@@ -35,10 +42,12 @@ from outpost.cloud.wire import IngestAck, IngestBatch, encode_body
 
 log = structlog.get_logger(__name__)
 
-Outcome = Literal["acked", "rejected", "auth", "transient"]
+Outcome = Literal["acked", "rejected", "server_error", "auth", "transient"]
 
 #: Statuses that mean "this batch's content is unacceptable": bisect, then dead-letter.
 _BAD_BATCH = frozenset({400, 413, 422})
+#: Server errors in a row before a batch (not yet being bisected) counts as the cause.
+_SERVER_ERROR_STRIKES = 3
 
 
 class Delivery:
@@ -52,10 +61,18 @@ class Delivery:
         session = self._session
         cfg = session.config
         backoff = Backoff(cfg.backoff_min, cfg.backoff_max)
+        c = session.counters
+        strikes = 0
         while True:
+            acked = c.readings_sent + c.events_sent  # other data stored before this attempt
             outcome, delay_hint = await self._attempt(client, batch)
             if outcome == "acked":
                 return
+            if outcome == "server_error":
+                strikes += 1
+                if await self._server_error_is_batch_specific(client, batch, strikes, acked):
+                    await self._reject_or_split(client, batch)
+                    return
             if outcome == "rejected":
                 # Only this batch, or everything? A well-formed empty batch tells them apart.
                 if await self._probe(client):
@@ -160,8 +177,38 @@ class Delivery:
             return "transient", 0.0
         if status in _BAD_BATCH:
             return "rejected", None
-        # 404/405/408/409/429/5xx...: a link, deployment or load problem, not this batch.
+        if status >= 500 and status != 503 and retry_after is None:
+            return "server_error", None
+        # 404/405/408/409/429/503...: a link, deployment or load problem, not this batch.
         return "transient", retry_after
+
+    async def _server_error_is_batch_specific(
+        self, client: httpx.AsyncClient, batch: Batch, strikes: int, acked: int
+    ) -> bool:
+        """``acked``: data acknowledged before the attempt that just failed. A single row is
+        blamed only if other data was stored after the failures began and before it failed
+        again (an ack that comes later may just mean the receiver has recovered)."""
+        if batch.acked_before_5xx is None:
+            batch.acked_before_5xx = acked
+        if strikes < (1 if batch.kind == "split" else _SERVER_ERROR_STRIKES):
+            return False
+        if not await self._probe(client):
+            return False  # the receiver is in trouble, not this batch
+        if split(batch) or acked > batch.acked_before_5xx:
+            log.error(
+                "uplink.server_error_batch_specific",
+                error=batch.error,
+                strikes=strikes,
+                **batch.describe(),
+            )
+            return True
+        log.warning(
+            "uplink.server_error_unproven",
+            hint="no data acknowledged since the failures began: retrying, not dead-lettering",
+            error=batch.error,
+            **batch.describe(),
+        )
+        return False
 
     async def _mark_delivered(self, batch: Batch) -> None:
         source = self._source
@@ -199,7 +246,16 @@ class Delivery:
             )
             for part in parts:
                 await asyncio.to_thread(self._planner.encode, part)
-                await self.deliver(client, part)
+            if sum(1 for p in parts if p.events) > 1:
+                # Event halves go in order: their cursor is a single "through id".
+                for part in parts:
+                    await self.deliver(client, part)
+                return
+            # The others side by side: the good part's ack does not wait behind the bad
+            # part's retries (and proves that the receiver stores data meanwhile).
+            async with asyncio.TaskGroup() as tg:
+                for part in parts:
+                    tg.create_task(self.deliver(client, part))
             return
         reason = batch.error or "rejected"
         if batch.events:
