@@ -4,6 +4,8 @@ setpoint the supply air follows."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -22,7 +24,7 @@ async def test_ahu_values_scenarios_and_setpoint() -> None:
         group = PointGroup(device="ahu", points=points, interval=1.0)
         drv.prepare(group)
         try:
-            await asyncio.sleep(0.2)
+            await until(lambda: ahu.steps >= 10)  # the physics has settled past its start
             first = dict(zip(ahu_names(), (await drv.read(group)).value, strict=True))
             assert 15.0 < first["supply-air-temp"] < 21.0
             assert 20.0 < first["return-air-temp"] < 28.0
@@ -31,7 +33,8 @@ async def test_ahu_values_scenarios_and_setpoint() -> None:
 
             await drv.write(points[4], 14.0, priority=8)  # supply-air-temp-sp
             ahu.set_scenario("UNIT_FAULT")
-            await asyncio.sleep(0.4)
+            steps = ahu.steps
+            await until(lambda: ahu.steps >= steps + 20)  # the fault has had time to act
             res = await drv.read(group)
             later = dict(zip(ahu_names(), res.value, strict=True))
             assert list(res.quality) == [Quality.GOOD] * len(points)
@@ -44,6 +47,14 @@ async def test_ahu_values_scenarios_and_setpoint() -> None:
                 ahu.set_scenario("NOPE")
         finally:
             await drv.close()
+
+
+async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
 
 
 def ahu_names() -> list[str]:

@@ -235,8 +235,12 @@ async def test_device_down_then_back_on_the_same_port() -> None:
 
     # the server goes away mid-life: comm failure, then recovery again
     await server.stop()
-    await asyncio.sleep(0.05)
-    result = await driver.read(group)
+    deadline = time.monotonic() + 3
+    while True:
+        result = await driver.read(group)
+        if result.quality[0] != Quality.GOOD or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
     assert list(result.quality) == [Quality.BAD_COMM_FAILURE] * 2
     server = await start_server(port=port)
     await server.set("hr", 1, [78])

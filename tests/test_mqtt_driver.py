@@ -261,7 +261,8 @@ async def test_broker_restart_reconnects_and_resumes(mosquitto: Mosquitto) -> No
             assert not driver.connected
             down = [r for r in sink.readings if r.quality == Quality.BAD_COMM_FAILURE]
             assert {r.pos for r in down} == {0, 1}  # every point shows the outage
-            await asyncio.sleep(0.6)  # a few failed reconnect attempts
+            lost_at = driver.connect_attempts
+            await until(lambda: driver.connect_attempts >= lost_at + 2)  # failed reconnects
             mosquitto.start()
             await until(lambda: driver.connected)
         assert [e["event"] for e in logs].count("mqtt.broker_lost") == 1
@@ -296,12 +297,14 @@ async def test_broker_absent_at_start_then_available(tmp_path: Path) -> None:
 
 async def test_stale_after_three_intervals_once(mosquitto: Mosquitto) -> None:
     points = [point("fast", "s/fast", poll_interval=0.2), point("slow", "s/slow")]
-    async with running(mosquitto, points, poll_interval=60.0) as (_driver, sink):
+    async with running(mosquitto, points, poll_interval=60.0) as (driver, sink):
         await publish(mosquitto, ("s/fast", "1"), ("s/slow", "2"))
         await sink.wait_for(lambda r: r.pos == 0 and r.quality == Quality.GOOD)
         stale = await sink.wait_for(lambda r: r.pos == 0 and r.quality == Quality.BAD_STALE)
         assert math.isnan(stale.value)
-        await asyncio.sleep(0.8)  # several more intervals: still only one stale reading
+        # several more stale sweeps (every 0.1 s here): still only one stale reading
+        swept = driver.stale_checks
+        await until(lambda: driver.stale_checks >= swept + 6)
         assert [r.quality for r in sink.of(0)].count(Quality.BAD_STALE) == 1
         assert all(r.quality != Quality.BAD_STALE for r in sink.of(1))
         await publish(mosquitto, ("s/fast", "3"))
@@ -312,8 +315,10 @@ async def test_stale_after_three_intervals_once(mosquitto: Mosquitto) -> None:
 async def test_reprepare_resubscribes_while_streaming(mosquitto: Mosquitto) -> None:
     async with running(mosquitto, [point("a", "re/a")]) as (driver, sink):
         group = PointGroup("sensors", [point("b", "re/b"), point("a", "re/a")], 5.0)
+        subscribed = driver.subscriptions
         driver.prepare(group)
-        await asyncio.sleep(0.3)  # the driver swaps subscriptions on the live connection
+        # the driver swaps subscriptions on the live connection
+        await until(lambda: driver.subscriptions > subscribed)
         await publish(mosquitto, ("re/b", "4"), ("re/a", "6"))
         await until(lambda: {r.pos for r in sink.readings} >= {0, 1})
         assert {r.pos: r.value for r in sink.readings} == {0: 4.0, 1: 6.0}

@@ -226,6 +226,11 @@ class MqttDriver(Driver):
         self.malformed = 0
         #: Messages decoded (for benchmarks and the status page).
         self.messages = 0
+        #: Connection attempts, completed (re)subscriptions, stale sweeps: progress a caller
+        #: (a test, the status page) can wait for instead of guessing a duration.
+        self.connect_attempts = 0
+        self.subscriptions = 0
+        self.stale_checks = 0
         self.client_id = config.client_id or f"outpost-{device_id}-{random.getrandbits(32):08x}"
 
     @property
@@ -342,6 +347,7 @@ class MqttDriver(Driver):
         backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max, jitter=0.2)
         outage_logged = False
         while True:
+            self.connect_attempts += 1
             try:
                 client = aiomqtt.Client(
                     cfg.host,
@@ -405,6 +411,7 @@ class MqttDriver(Driver):
         filters = self._plan.filters
         if filters:
             await client.subscribe([(f, int(self.config.qos)) for f in filters])
+        self.subscriptions += 1
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Wait for broker loss (raises MqttError); resubscribe when the schedule changes."""
@@ -580,6 +587,7 @@ class MqttDriver(Driver):
             plan = self._plan
             shortest = min(plan.interval) if plan is not None and len(plan.interval) else 5.0
             await asyncio.sleep(min(max(shortest / 2, 0.05), 5.0))
+            self.stale_checks += 1
             if not self._connected or plan is None or self._sink is None:
                 continue
             now = time.monotonic()

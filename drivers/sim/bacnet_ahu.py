@@ -269,6 +269,7 @@ class BacnetAhu:
         self.rpm = rpm
         self.segmentation = segmentation
         self.tick = tick
+        self.steps = 0  # physics steps taken (tests wait for these, not for a duration)
         self.scenario: str | None = None
         self.app: Application | None = None
         self._rng = random.Random(seed)
@@ -321,6 +322,7 @@ class BacnetAhu:
         while True:
             await asyncio.sleep(self.tick)
             filter_dp = self._step(filter_dp)
+            self.steps += 1
 
     def _step(self, filter_dp: float) -> float:
         o = self._objects
