@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ import httpx
 import pytest
 import typer
 from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
@@ -434,6 +437,66 @@ async def test_only_the_agents_group_may_use_the_socket_and_the_actor_is_the_pee
     assert site.alarms.get(f"{TEMP}:hi").acked_by == "nobody"
     r = await site.cli("events", "--json", "--kind", "operator")
     assert [(e["kind"], e["actor"]) for e in json.loads(r.output)] == [("operator.ack", "nobody")]
+
+
+_NASTY = [float("nan"), float("inf"), -1e309, 2**64, "\ud800", "a\x00b", "", " ", -1, 0]
+_json = st.recursive(
+    st.sampled_from(_NASTY)
+    | st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_KEYS = ["note", "duration_s", "reason", "value", "priority", "verify", "scope", "mode", "on"]
+_bodies = _json | st.dictionaries(st.sampled_from(_KEYS), _json, max_size=4)
+_ids = st.sampled_from([f"{TEMP}:hi", "cdu-01.setpoint", "cdu-01:comms_loss"]) | st.text(
+    min_size=1, max_size=12
+)
+_ACTIONS = [
+    "/alarms/{}/ack",
+    "/alarms/{}/shelve",
+    "/alarms/{}/unshelve",
+    "/alarms/{}/out_of_service",
+    "/points/{}/write",
+    "/points/{}/relinquish",
+    "/mode",
+    "/mode/clear",
+]
+
+
+async def test_fuzzed_requests_are_answered_never_a_server_error(site: Site) -> None:
+    transport = httpx.HTTPTransport(uds=str(site.socket))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(action=st.sampled_from(_ACTIONS), target=_ids, body=_bodies)
+    def post(action: str, target: str, body: object) -> None:
+        path = action.format(urllib.parse.quote(target, safe=""))
+        r = client.post(
+            path, content=json.dumps(body), headers={"content-type": "application/json"}
+        )
+        assert r.status_code < 500, (path, body, r.status_code, r.text)
+        r.json()
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        path=st.sampled_from(["/events", "/alarms", "/mode/graph", "/alarms/x"]),
+        params=st.dictionaries(
+            st.sampled_from(["since", "kind", "limit", "all", "format"]), st.text(max_size=12)
+        ),
+    )
+    def get(path: str, params: dict[str, str]) -> None:
+        r = client.get(path, params=params)
+        assert r.status_code < 500, (path, params, r.status_code, r.text)
+        r.json()
+
+    with httpx.Client(transport=transport, base_url="http://outpost") as client:
+        await asyncio.to_thread(post)
+        await asyncio.to_thread(get)
 
 
 async def test_without_a_running_agent(site: Site) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from outpost.agent.core.config import ConfigError, load_config
 from tests.agent_process import cli
@@ -167,3 +171,77 @@ def test_hostile_values_are_one_line_errors_from_check_and_run(tmp_path: Path, c
         assert r.returncode == 2, (command, r.stderr)
         assert "Traceback" not in r.stderr and expected in r.stderr, (command, r.stderr)
         assert all(line.startswith(f"{cfg}: ") for line in r.stderr.splitlines()), r.stderr
+
+
+# ------------------------------------------------------------------------------ fuzz
+
+_SECTIONS = {
+    "agent": ["id", "site", "data_dir"],
+    "schedules": ["files"],
+    "buffer": ["path", "max_size_mb", "retention_days", "commit_interval_s", "commit_rows"],
+    "api": ["socket", "bind", "token_env"],
+    "scheduler": ["stagger_s", "watchdog_stall_s"],
+    "logging": ["level", "format"],
+    "alarms": ["shelve_max_s", "flood_threshold", "stale_alarms", "state_file"],
+    "modes": ["degraded_uplink_after_s", "state_file", "maintenance", "custom"],
+    "cloud": ["url", "batch_size", "ca_file", "enrollment_token"],
+    "devices.cdu-01": ["protocol", "host", "port", "poll_interval", "timeout", "unit_id"],
+}
+_scalars = (
+    st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.booleans()
+    | st.text(max_size=30)
+    | st.sampled_from(["modbus", "bacnet", "info", "json", "127.0.0.1:1", "site.csv", ""])
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON's escapes are TOML basic-string escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    assert isinstance(value, dict)
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+
+
+@st.composite
+def _configs(draw: st.DrawFn) -> str:
+    lines = ['[agent]\nid = "gw-1"\ndata_dir = "state"', '[schedules]\nfiles = ["site.csv"]']
+    lines.append('[devices.cdu-01]\nprotocol = "modbus"\nhost = "127.0.0.1"')
+    for section in draw(st.lists(st.sampled_from(sorted(_SECTIONS)), max_size=4, unique=True)):
+        keys = draw(st.lists(st.sampled_from(_SECTIONS[section]), max_size=3, unique=True))
+        body = "\n".join(f"{k} = {_toml_value(draw(_values))}" for k in keys)
+        lines.append(f"[{section}]\n{body}" if section not in ("agent", "schedules") else body)
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_configs())
+def test_fuzzed_configs_load_or_name_their_problems(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _write(Path(tmp), text)
+        try:
+            load_config(cfg)
+        except ConfigError as exc:
+            assert exc.problems, text
+            for problem in exc.problems:
+                assert "\n" not in problem and problem.strip(), (text, problem)
+                assert problem.startswith(('key "', "TOML syntax")), (text, problem)
