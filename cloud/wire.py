@@ -14,7 +14,7 @@ Endpoints (all JSON, bodies may be compressed, see :func:`encode_body` / :func:`
 Readings travel columnar (:class:`Readings`): a per-batch dictionary of point ids, an index per
 reading into it, timestamps as a base (epoch ms) plus per-reading deltas in ms, values, and
 quality codes (``point_schedules.quality.Quality``). With zstd this is ~4-6 bytes per reading
-on sim-like data (``python -m outpost.cloud.wire`` measures it).
+on sim-like data (``bench/wire_size.py`` measures it).
 
 Values are lossless (:func:`wire_value`): the receiver stores exactly the float the agent
 buffered, so "identical sets" between buffer and receiver means bit-identical values. Only NaN
@@ -33,7 +33,6 @@ import io
 import json
 import math
 import re
-import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -318,8 +317,6 @@ class Command(WireModel):
 
 # --- value normalisation and the columnar builder -----------------------------------------
 
-_F32 = struct.Struct("<f")
-
 
 def wire_value(v: float | None) -> float | None:
     """The value as it travels and as the receiver stores it: non-finite -> None, else as is."""
@@ -444,62 +441,6 @@ def _valid_id(text: str) -> bool:
     return len(text) <= POINT_ID_MAX and _ID_RE.fullmatch(text) is not None
 
 
-def _measure(points: int = 500, readings: int = 5000) -> None:
-    """Print bytes per reading for sim-like data (``python -m outpost.cloud.wire``)."""
-    import random
-
-    rng = random.Random(1)
-    ids = [f"dev-{i // 20:02d}.point_{i % 20:02d}" for i in range(points)]
-    regs = [rng.randint(100, 3000) for _ in range(points)]
-    kinds = [i % 4 for i in range(points)]  # 0: reg*0.1, 1: float32, 2: int, 3: reg*0.01
-    rows_p: list[str] = []
-    rows_t: list[float] = []
-    rows_v: list[float | None] = []
-    rows_q: list[int] = []
-    t = 1_763_900_000.0
-    k = 0
-    while len(rows_p) < readings:
-        t += 5.0
-        for i in range(points):
-            if rng.random() < 0.5:  # report-by-exception: about half the points move
-                continue
-            regs[i] += rng.randint(-3, 3)
-            kind = kinds[i]
-            if kind == 0:
-                v: float | None = regs[i] * 0.1
-            elif kind == 1:
-                v = _F32.unpack(_F32.pack(regs[i] / 7.0))[0]
-            elif kind == 2:
-                v = float(regs[i])
-            else:
-                v = regs[i] * 0.01
-            q = 0
-            if rng.random() < 0.01:
-                v, q = math.nan, 129
-            rows_p.append(ids[i])
-            rows_t.append(t + (k % 7) * 0.003)
-            rows_v.append(v)
-            rows_q.append(q)
-            k += 1
-    rows_p, rows_t, rows_v, rows_q = (x[:readings] for x in (rows_p, rows_t, rows_v, rows_q))
-    cols = columnar_readings(rows_p, rows_t, rows_v, rows_q)
-    batch = IngestBatch(gateway_id="site-01-gw-1", first_seq=1, last_seq=readings, readings=cols)
-    for enc in ("identity", "gzip", "zstd"):
-        body, _ = encode_body(batch, enc)  # type: ignore[arg-type]
-        print(f"{enc:9s} {len(body):8d} bytes  {len(body) / readings:6.2f} bytes/reading")
-    rounded = json.dumps(
-        {"v": [None if v is None else float(f"{v:.9g}") for v in cols.value]}
-    ).encode()
-    zs = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(rounded)
-    plain = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(
-        json.dumps({"v": cols.value}).encode()
-    )
-    print(
-        f"value column alone, zstd: lossless {len(plain) / readings:.2f} B/r, "
-        f"rounded to 9 significant digits {len(zs) / readings:.2f} B/r"
-    )
-
-
 def iter_rows(readings: Readings) -> Iterable[tuple[str, int, float | None, int]]:
     """(point_id, ts_ms, value, quality) per reading; for tests and tools, not the hot path."""
     ids = readings.point_ids
@@ -510,7 +451,3 @@ def iter_rows(readings: Readings) -> Iterable[tuple[str, int, float | None, int]
         readings.quality,
         strict=True,
     )
-
-
-if __name__ == "__main__":
-    _measure()
