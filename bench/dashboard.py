@@ -397,7 +397,7 @@ async def measure(url: str, args: argparse.Namespace, hist_keys: list[int], dsn:
             f"alarm console /alarms ({args.alarms} active)", await timed(c, ["/alarms"] * n), 300
         )
         r = await c.get("/alarms")
-        print(f"  (console page {len(r.content) / 1024:.0f} KiB, lists the 500 worst)")
+        print(f"  (console page {len(r.content) / 1024:.0f} KiB, lists the 200 worst)")
         report("floor /sites/site-0/floor", await timed(c, ["/sites/site-0/floor"] * n))
 
 

@@ -456,9 +456,10 @@ async def alarm_history(
     *,
     since: datetime,
     gateway_id: str | None = None,
-    limit_events: int = 50_000,
+    limit_events: int = 3000,
 ) -> list[AlarmEpisode]:
-    """Episodes (newest first) from the alarm events since ``since``."""
+    """Episodes (newest first) from the newest ``limit_events`` alarm events since ``since``
+    (a page shows the recent ones; the health figures are aggregated in SQL instead)."""
     rows = await pool.fetch(
         f"""SELECT e.gateway_id, e.source, e.ts, e.kind, e.actor,
                   e.detail->>'base_from' AS base_from, e.detail->>'base_to' AS base_to,
@@ -468,13 +469,14 @@ async def alarm_history(
            WHERE e.ts >= $1 AND e.kind = ANY($2::text[])
              AND ($3::text IS NULL OR e.gateway_id = $3)
              AND ($4::text[] IS NULL OR {SITE_EXPR} = ANY($4::text[]))
-           ORDER BY e.ts, e.event_id LIMIT $5""",
+           ORDER BY e.ts DESC, e.event_id DESC LIMIT $5""",
         since,
         list(ALARM_EVENT_KINDS),
         gateway_id,
         _scope(sites),
         limit_events,
     )
+    rows.reverse()  # oldest first for the fold
     open_: dict[tuple[str, str], AlarmEpisode] = {}
     episodes: list[AlarmEpisode] = []
     for r in rows:
@@ -528,6 +530,50 @@ def alarm_health(
         per_10min_max=max(buckets.values(), default=0),
         standing=standing,
         bad_actors=[(gw, aid, n) for (gw, aid), n in actors.most_common(10)],
+    )
+
+
+_ACTIVATIONS = f"""
+    SELECT e.gateway_id, e.source, e.ts FROM events e JOIN gateways g ON g.id = e.gateway_id
+    WHERE e.ts >= $1 AND e.kind = 'alarm' AND e.detail->>'base_from' = 'normal'
+      AND e.detail->>'base_to' <> 'normal'
+      AND ($2::text[] IS NULL OR {SITE_EXPR} = ANY($2::text[]))"""
+
+
+async def alarm_health_db(
+    pool: asyncpg.Pool,
+    sites: Sequence[str] | None,
+    standing: int,
+    window: timedelta,
+    now: datetime | None = None,
+) -> AlarmHealth:
+    """:func:`alarm_health` aggregated in SQL over every activation in the window."""
+    now = now or datetime.now(UTC)
+    start = now - window
+    row = await pool.fetchrow(
+        f"""WITH act AS ({_ACTIVATIONS})
+            SELECT (SELECT count(*) FROM act) AS n,
+                   (SELECT coalesce(max(c), 0) FROM (
+                        SELECT count(*) AS c FROM act
+                        GROUP BY floor(extract(epoch FROM ts - $1) / 600)) b) AS peak""",
+        start,
+        _scope(sites),
+    )
+    top = await pool.fetch(
+        f"""SELECT gateway_id, source, count(*) AS n FROM ({_ACTIVATIONS}) act
+            GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 10""",
+        start,
+        _scope(sites),
+    )
+    assert row is not None
+    n_buckets = max(int(window.total_seconds() // 600), 1)
+    return AlarmHealth(
+        window=window,
+        activations=row["n"],
+        per_10min_avg=row["n"] / n_buckets,
+        per_10min_max=row["peak"],
+        standing=standing,
+        bad_actors=[(r["gateway_id"], r["source"], r["n"]) for r in top],
     )
 
 

@@ -442,7 +442,9 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
             "matching": active.matching,
             "summary": summary,
             "history": episodes[:200],
-            "health": dashboard_data.alarm_health(episodes, summary.standing, window, now),
+            "health": await dashboard_data.alarm_health_db(
+                pool, scope(p), summary.standing, window, now
+            ),
             "filters": {
                 "site": site or "",
                 "gateway": gateway or "",
