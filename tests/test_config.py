@@ -69,7 +69,9 @@ def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
         "max_size_mb = 64", "max_size_mb = -1\nfoo = 1"
     )
     bad += (
-        '\n[devices.ups-01]\nprotocol = "modbus"\nport = "x"\n[devices.x-1]\nprotocol = "canbus"\n'
+        '\n[devices.ups-01]\nprotocol = "modbus"\nport = 502\n'
+        '[devices.ups-02]\nprotocol = "modbus"\nhost = "10.0.0.2"\nport = "x"\n'
+        '[devices.x-1]\nprotocol = "canbus"\n'
     )
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, bad))
@@ -77,8 +79,9 @@ def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
     assert 'key "agent.id"' in text
     assert 'key "buffer.max_size_mb"' in text and "greater than 0" in text
     assert 'key "buffer.foo": unknown key' in text
-    assert 'key "devices.ups-01.host": required key is missing' in text
-    assert 'key "devices.ups-01.port"' in text
+    # a Modbus TCP device without host (the model checks transport keys together)
+    assert 'key "devices.ups-01": Value error, transport = "tcp" needs host' in text
+    assert 'key "devices.ups-02.port"' in text
     assert 'key "devices.x-1.protocol": unknown protocol' in text
     assert len(err.value.problems) >= 6
 
@@ -135,10 +138,10 @@ def test_bad_cloud_key_from_environment_is_named(
     assert 'key "cloud.batch_size"' in str(err.value)
 
 
-BAD_EDGES = {
+BAD_EDGES: dict[str, tuple[str, str | tuple[str, ...]]] = {
     "infinite poll interval": (
         GOOD.replace("port = 1502", "port = 1502\npoll_interval = 1e309"),
-        'key "devices.cdu-01.poll_interval": must be a finite number (got inf)',
+        ('key "devices.cdu-01.poll_interval": ', "finite number (got inf)"),
     ),
     "nan in a section of another package": (
         GOOD + "\n[alarms]\nshelve_max_s = nan\n",
@@ -162,14 +165,16 @@ BAD_EDGES = {
 @pytest.mark.parametrize("case", sorted(BAD_EDGES))
 def test_hostile_values_are_one_line_errors_from_check_and_run(tmp_path: Path, case: str) -> None:
     text, expected = BAD_EDGES[case]
+    parts = (expected,) if isinstance(expected, str) else expected
     cfg = _write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
         load_config(cfg)
-    assert any(expected in p for p in err.value.problems), err.value.problems
+    assert any(all(x in p for x in parts) for p in err.value.problems), err.value.problems
     for command in (["config", "check"], ["run"]):
         r = cli(cfg, *command, timeout=60)
         assert r.returncode == 2, (command, r.stderr)
-        assert "Traceback" not in r.stderr and expected in r.stderr, (command, r.stderr)
+        assert "Traceback" not in r.stderr, (command, r.stderr)
+        assert any(all(x in line for x in parts) for line in r.stderr.splitlines()), r.stderr
         assert all(line.startswith(f"{cfg}: ") for line in r.stderr.splitlines()), r.stderr
 
 
