@@ -45,7 +45,11 @@ async def test_login_session_cookie_and_logout(receiver: ReceiverHandle) -> None
         # logout is state-changing: without the CSRF token it is refused and changes nothing
         assert (await c.post("/logout", headers=JSON)).status_code == 403
         assert (await c.get("/api/v1/me")).status_code == 200
-        out = await c.post("/logout", headers={**JSON, "X-CSRF-Token": body["csrf_token"]})
+        # logging in again replaces the browser's session (the old cookie is dead)
+        old_cookie = c.cookies["outpost_session"]
+        csrf = await receiver.login(c, "olga")
+        assert c.cookies["outpost_session"] != old_cookie and await receiver.count("sessions") == 1
+        out = await c.post("/logout", headers={**JSON, "X-CSRF-Token": csrf})
         assert out.status_code == 200
         assert (await c.get("/api/v1/me")).status_code == 401
     # the cookie value is a secret: only its hash is stored
@@ -56,6 +60,7 @@ async def test_login_session_cookie_and_logout(receiver: ReceiverHandle) -> None
     assert rows == [
         ("olga", "login", "ok"),
         ("olga", "csrf_refused", "denied"),
+        ("olga", "login", "ok"),
         ("olga", "logout", "ok"),
     ]
     assert all(r["address"] == "127.0.0.1" for r in await receiver.audit_rows())

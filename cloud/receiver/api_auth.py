@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from . import audit, users
 from .auth import (
+    SESSION_COOKIE,
     Admin,
     Principal,
     Viewer,
@@ -269,6 +270,9 @@ def router() -> APIRouter:
                 return JSONResponse({"detail": msg}, 401)
             return _login_failed_page(request, msg, 401)
         assert user is not None and sid is not None and info is not None
+        previous = request.cookies.get(SESSION_COOKIE)
+        if previous:  # the browser's earlier session ends: one live session per cookie jar
+            await users.end_session(storage_of(request).pool, previous)
         resp: Response
         if wants_json(request):
             resp = JSONResponse(
@@ -296,7 +300,7 @@ def router() -> APIRouter:
     async def logout(request: Request, principal: Viewer) -> Response:
         """End this session (needs its CSRF token, like every state-changing request)."""
         db = storage_of(request).pool
-        sid = request.cookies.get("outpost_session")
+        sid = request.cookies.get(SESSION_COOKIE)
         if sid:
             await users.end_session(db, sid)
         await audit.record(db, principal, "logout", principal.name, "ok", client_address(request))
