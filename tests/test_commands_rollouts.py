@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ GOOD = OLD + "plc.c,plc,hr:2,uint16\n"
 DEAD = OLD + "plc.c,plc,hr:500,uint16\nplc.d,plc,hr:501,uint16\nplc.e,plc,hr:502,uint16\n"
 INVALID = OLD + "plc.c,plc,hr:2,uint17\nplc.d,nodevice,hr:3,uint16\n"
 FAST = {"within_s": 8}
+ROLLOUT_CLI = (
+    "import sys; from outpost.cloud.receiver.rollout_cli import rollout_app; "
+    "sys.argv[0] = 'outpost cloud rollout'; rollout_app()"
+)
 
 
 class Site:
@@ -200,3 +206,48 @@ async def test_dead_address_rolls_back_canary_and_invalid_fails_validation(
         assert await site.version("gw-a") == old
     finally:
         await site.close()
+
+
+async def test_rollout_cli_start_status_abort(receiver: ReceiverHandle, tmp_path: Path) -> None:
+    for gw in ("gw-a", "gw-b"):
+        await receiver.enroll(gw)
+    csv = tmp_path / "site.csv"
+    csv.write_text(GOOD)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", ROLLOUT_CLI, *args, "--dsn", receiver.dsn],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    res = await asyncio.to_thread(
+        run, "start", "--schedule", str(csv), "--canary", "gw-a", "--gateways", "gw-b"
+    )
+    assert res.returncode == 0, res.stderr
+    rid = int(res.stdout.strip())
+    res = await asyncio.to_thread(run, "status", str(rid), "--json")
+    view = json.loads(res.stdout)
+    assert view["state"] == "running" and view["created_by"].endswith("@fleet")
+    assert [t["state"] for t in view["targets"]] == ["applying", "pending"]
+    res = await asyncio.to_thread(run, "status")
+    assert f"{rid}" in res.stdout and "running" in res.stdout
+    res = await asyncio.to_thread(run, "abort", str(rid))
+    assert res.returncode == 0, res.stderr
+    res = await asyncio.to_thread(run, "status", str(rid), "--json")
+    view = json.loads(res.stdout)
+    assert view["state"] == "aborted" and [t["state"] for t in view["targets"]] == [
+        "skipped",
+        "skipped",
+    ]
+    cmds = await receiver.fetch("SELECT state, result FROM commands WHERE rollout_id = $1", rid)
+    assert [c["state"] for c in cmds] == ["expired"] and "withdrawn" in cmds[0]["result"]
+    audit = await receiver.fetch("SELECT action FROM audit ORDER BY id")
+    assert [a["action"] for a in audit][-2:] == ["rollout.start", "rollout.abort"]
+    res = await asyncio.to_thread(run, "abort", str(rid))
+    assert res.returncode == 1 and "aborted" in res.stderr
+    res = await asyncio.to_thread(
+        run, "start", "--schedule", str(csv), "--canary", "gw-x", "--gateways", "all"
+    )
+    assert res.returncode == 1 and "gw-x" in res.stderr

@@ -339,9 +339,9 @@ class RolloutEngine:
     # --- reads ------------------------------------------------------------------------------
 
     async def get(self, rid: int) -> RolloutView | None:
+        if self.commands is not None:  # a canary that never came for its command
+            await self.commands.expire_due(None)
         async with self.pool.acquire() as conn:
-            if self.commands is not None:
-                await self.commands.expire_due(None)
             row = await conn.fetchrow("SELECT * FROM rollouts WHERE id = $1", rid)
             if row is None:
                 return None
