@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import random
+import sqlite3
 import struct
 
 import pytest
 
-from outpost.buffer.chunks import ChunkError, decode_chunk, encode_chunk, slice_rows
+from outpost.buffer import columnar
+from outpost.buffer.chunks import ChunkError, Columns, decode_chunk, encode_chunk, slice_rows
 
 
 def _sample(n: int, seed: int = 3) -> tuple[list[int], list[int], list[float], list[int]]:
@@ -75,3 +77,45 @@ def test_refuses_what_it_cannot_read() -> None:
         encode_chunk(1, ts, keys[:-1], values, quality)
     with pytest.raises(ValueError, match="at least one"):
         encode_chunk(1, [], [], [], [])
+
+
+# ---------------------------------------------------------------- the chunks table
+
+
+def _table(sizes: list[int]) -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    columnar.create(conn)
+    seq = 0
+    for n in sizes:
+        ts, keys, values, quality = _sample(n, seed=seq)
+        keys = list(range(seq + 1, seq + n + 1))  # key == seq: easy to check
+        assert columnar.insert(conn, seq + 1, ts, keys, values, quality) == seq + n
+        seq += n
+    return conn
+
+
+def _seqs(parts: list[Columns]) -> list[int]:
+    return [k for p in parts for k in p.keys]
+
+
+def test_chunks_table_reads_exact_seq_windows() -> None:
+    conn = _table([10, 5, 20])  # seqs 1..10, 11..15, 16..35
+    assert _seqs(columnar.read_range(conn, 0, None, 100)) == list(range(1, 36))
+    assert _seqs(columnar.read_range(conn, 7, None, 6)) == list(range(8, 14))
+    assert _seqs(columnar.read_range(conn, 7, 12, 100)) == list(range(8, 13))
+    assert _seqs(columnar.read_range(conn, 35, None, 100)) == []
+    # live-first: the newest, in seq order, never at or below lo
+    assert _seqs(columnar.read_range(conn, 0, None, 7, newest=True)) == list(range(29, 36))
+    assert _seqs(columnar.read_range(conn, 12, 15, 10, newest=True)) == [13, 14, 15]
+    assert _seqs(columnar.read_range(conn, 30, None, 10, newest=True)) == list(range(31, 36))
+    assert columnar.count_above(conn, 0) == 35
+    assert columnar.count_above(conn, 12) == 23
+    assert columnar.count_above(conn, 35) == 0
+
+
+def test_chunks_table_evicts_whole_chunks_and_counts_readings() -> None:
+    conn = _table([10, 5, 20])
+    assert columnar.delete_through(conn, 12) == 10  # 11..15 straddles: kept whole
+    assert _seqs(columnar.read_range(conn, 0, None, 100)) == list(range(11, 36))
+    assert columnar.delete_through(conn, 15) == 5
+    assert columnar.count_above(conn, 0) == 20

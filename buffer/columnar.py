@@ -1,0 +1,110 @@
+"""The ``chunks`` table: readings stored as columnar chunks (issue 14), not yet the default.
+
+What :mod:`.writer`, :mod:`.sync` and :mod:`.maintenance` will call once the columnar buffer
+replaces the row table (see :mod:`.chunks` for the plan and the codec). Each function runs
+inside the caller's transaction on the caller's connection, like the row-format SQL today.
+
+Guarantees this layer keeps, so the seams above keep theirs:
+
+- Reading i of a chunk has seq ``first_seq + i``; chunks never overlap and are written in
+  seq order, so ``first_seq`` (the INTEGER PRIMARY KEY) orders them and a seq window maps to
+  a range scan plus one slice at each end.
+- A read returns exactly the readings with ``lo < seq <= hi`` (oldest first, or the newest
+  first for live-first), at most ``limit`` of them, decoding only the chunks that overlap.
+- Eviction removes whole chunks only, and reports how many readings went, so the size bound
+  and retention keep counting per reading.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from outpost.buffer.chunks import Chunk, Columns, decode_chunk, encode_chunk, slice_rows
+
+DDL = """
+CREATE TABLE IF NOT EXISTS chunks (
+    first_seq INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL,
+    blob BLOB NOT NULL
+) STRICT
+"""
+
+
+def create(conn: sqlite3.Connection) -> None:
+    conn.execute(DDL)
+
+
+def insert(
+    conn: sqlite3.Connection,
+    first_seq: int,
+    ts_ms: list[int],
+    keys: list[int],
+    values: list[float],
+    quality: list[int],
+) -> int:
+    """Store one commit's readings as a chunk; returns the last seq."""
+    chunk = encode_chunk(first_seq, ts_ms, keys, values, quality)
+    conn.execute(
+        "INSERT INTO chunks(first_seq, n, min_ts, max_ts, blob) VALUES (?, ?, ?, ?, ?)",
+        (chunk.first_seq, chunk.n, chunk.min_ts_ms, chunk.max_ts_ms, chunk.blob),
+    )
+    return chunk.last_seq
+
+
+def read_range(
+    conn: sqlite3.Connection, lo: int, hi: int | None, limit: int, *, newest: bool = False
+) -> list[Columns]:
+    """Readings with ``lo < seq <= hi`` (``hi`` None: no upper end), at most ``limit``, as
+    column slices in seq order; ``newest`` takes them from the top end of the window."""
+    top = 2**62 if hi is None else hi
+    order = "DESC" if newest else ""
+    # The chunk holding lo+1 starts at or below it: the first one found from there upward.
+    start = conn.execute(
+        "SELECT max(first_seq) FROM chunks WHERE first_seq <= ?", (lo + 1,)
+    ).fetchone()[0]
+    floor = lo + 1 if start is None else start
+    out: list[Columns] = []
+    left = limit
+    for first, n, blob in conn.execute(
+        f"SELECT first_seq, n, blob FROM chunks WHERE first_seq >= ? AND first_seq <= ? "
+        f"ORDER BY first_seq {order}",
+        (floor, top),
+    ):
+        if left <= 0:
+            break
+        if first + n - 1 <= lo:
+            continue
+        cols = decode_chunk(Chunk(first, n, 0, 0, blob))
+        part = slice_rows(cols, lo + 1, top)
+        if len(part) > left:
+            a = len(part) - left if newest else 0
+            part = slice_rows(part, part.first_seq + a, part.first_seq + a + left - 1)
+        out.append(part)
+        left -= len(part)
+    if newest:
+        out.reverse()
+    return out
+
+
+def delete_through(conn: sqlite3.Connection, hi: int) -> int:
+    """Delete every chunk that lies wholly at or below ``hi``; returns the readings removed."""
+    n = conn.execute(
+        "SELECT coalesce(sum(n), 0) FROM chunks WHERE first_seq + n - 1 <= ?", (hi,)
+    ).fetchone()[0]
+    conn.execute("DELETE FROM chunks WHERE first_seq + n - 1 <= ?", (hi,))
+    return int(n)
+
+
+def count_above(conn: sqlite3.Connection, seq: int) -> int:
+    """Readings with seq above ``seq`` (whole chunks summed, the straddling one cut)."""
+    whole = conn.execute(
+        "SELECT coalesce(sum(n), 0) FROM chunks WHERE first_seq > ?", (seq,)
+    ).fetchone()[0]
+    part = conn.execute(
+        "SELECT first_seq, n FROM chunks WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1",
+        (seq,),
+    ).fetchone()
+    straddle = max(0, part[0] + part[1] - 1 - seq) if part else 0
+    return int(whole) + straddle
