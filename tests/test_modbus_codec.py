@@ -4,13 +4,17 @@ request planning (pure functions: no device involved)."""
 from __future__ import annotations
 
 import math
+import tomllib
+from array import array
+from pathlib import Path
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from outpost.drivers.modbus.codec import EncodeError, decode_registers, encode_registers
-from outpost.drivers.modbus.planner import build_plan, split_request
+from outpost.drivers.modbus.planner import build_plan, decode_into, split_request
 from outpost.point_schedules.model import ByteOrder, DataType
+from outpost.point_schedules.quality import QUALITY_LABEL
 from tests.modbus_server import point as mkpoint
 from tests.modbus_server import registers_for
 
@@ -154,3 +158,31 @@ def test_decode_fast_paths_still_flag_nan_inf_and_out_of_range() -> None:
     decode_into(req, regs, None, result.value, result.ts, result.quality, 1.0)
     assert list(result.value) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert not any(result.quality)
+
+
+WIRE_CASES = tomllib.loads(
+    (Path(__file__).resolve().parents[1] / "drivers/modbus/testcases/wire_values.toml").read_text(
+        "utf-8"
+    )
+)["case"]
+
+
+@pytest.mark.parametrize("case", WIRE_CASES, ids=[c["name"] for c in WIRE_CASES])
+def test_wire_values_through_the_block_decoder(case: dict) -> None:
+    """drivers/modbus/testcases/wire_values.toml: device answers → value and quality."""
+    order = ByteOrder(case.get("byte_order", "ABCD"))
+    extra = {k: case[k] for k in ("scale", "offset", "min", "max") if k in case}
+    p = mkpoint("p", case["address"], DataType(case["data_type"]), order, **extra)
+    plan = build_plan([p], max_registers=125, max_bits=2000, max_gap=16)
+    assert not plan.config_errors and len(plan.requests) == 1
+    req = plan.requests[0]
+    payload = case["bits"] if "bits" in case else case["registers"]
+    assert len(payload) == req.count
+    value, ts, quality = array("d", [0.0]), array("d", [0.0]), array("B", [0])
+    decode_into(req, payload, None, value, ts, quality, 1234.5)
+    assert QUALITY_LABEL[quality[0]] == case.get("quality", "good")
+    assert ts[0] == 1234.5
+    if "value" in case:
+        assert value[0] == pytest.approx(case["value"])
+    else:
+        assert math.isnan(value[0])
