@@ -120,23 +120,38 @@ def _tracer(seen: list[SeenRequest]) -> Callable[[bool, ModbusPDU], ModbusPDU]:
     return trace_pdu
 
 
+def _muting(silent: tuple[int, ...]) -> Callable[[bool, bytes], bytes]:
+    """Drops the answers of ``silent`` unit ids (an RTU frame starts with the unit id):
+    pymodbus' simulator answers unknown ids itself, a dead unit on a bus answers nothing."""
+    mute = frozenset(silent)
+
+    def drop(sending: bool, frame: bytes) -> bytes:
+        return b"" if sending and frame and frame[0] in mute else frame
+
+    return drop
+
+
 async def start_server(
     units: dict[int, Tables] | None = None,
     *,
     port: int = 0,
     action: Callable[..., Any] | None = None,
     framer: FramerType = FramerType.SOCKET,
+    silent: tuple[int, ...] = (),
 ) -> ModbusTestServer:
     """Serve ``units`` (unit id → tables) on 127.0.0.1:``port`` (0 = ephemeral); with
-    ``framer=FramerType.RTU`` it is a serial server (RTU frames over TCP)."""
+    ``framer=FramerType.RTU`` it is a serial server (RTU frames over TCP) and the ``silent``
+    unit ids behind it never answer."""
     units = units or {1: Tables()}
     seen: list[SeenRequest] = []
     devices = [sim_device(unit, tables, action) for unit, tables in units.items()]
+    devices += [sim_device(unit) for unit in silent if unit not in units]
     server = ModbusTcpServer(
         devices,
         address=("127.0.0.1", port),
         framer=framer,
         trace_pdu=_tracer(seen),
+        trace_packet=_muting(silent) if silent else None,
     )
     await server.serve_forever(background=True)
     bound = server.transport.sockets[0].getsockname()[1]
@@ -157,11 +172,6 @@ async def start_serial_server(
     seen: list[SeenRequest] = []
     devices = [sim_device(unit, tables) for unit, tables in units.items()]
     devices += [sim_device(unit) for unit in silent if unit not in units]
-    mute = frozenset(silent)
-
-    def drop_silent(sending: bool, frame: bytes) -> bytes:
-        return b"" if sending and frame and frame[0] in mute else frame
-
     server = ModbusSerialServer(
         devices,
         framer=FramerType.RTU,
@@ -169,7 +179,7 @@ async def start_serial_server(
         baudrate=baudrate,
         parity="N",  # a pseudo-terminal refuses parity settings
         trace_pdu=_tracer(seen),
-        trace_packet=drop_silent,
+        trace_packet=_muting(silent),
     )
     await server.serve_forever(background=True)
     return ModbusTestServer(server, 0, seen)

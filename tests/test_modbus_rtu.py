@@ -233,6 +233,30 @@ async def test_a_line_that_disappears_and_comes_back(cable: PtyPair) -> None:
         await server.stop()
 
 
+async def test_rtu_over_tcp_units_take_turns_and_a_silent_unit_times_out() -> None:
+    server = await start_server({1: Tables(), 2: Tables()}, framer=FramerType.RTU, silent=(3,))
+    ctx = DriverContext()
+    drivers = {u: ModbusDriver(f"u{u}", rtu_over_tcp(server.port, u), ctx) for u in (1, 2, 3)}
+    try:
+        for unit in (1, 2):
+            await server.set("hr", 0, [unit], unit=unit)
+            await server.set("hr", 40, [unit + 10], unit=unit)
+        groups = {
+            u: group_of(d, [mkpoint(f"r{a}", f"hr:{a}", device=d.device_id) for a in (0, 40)])
+            for u, d in drivers.items()
+        }
+        start = len(server.requests)
+        results = await asyncio.gather(*(drivers[u].read(groups[u]) for u in (1, 2, 3)))
+        assert [list(r.value) for r in results[:2]] == [[1, 11], [2, 12]]
+        assert list(results[2].quality) == [Quality.BAD_TIMEOUT] * 2
+        order = [r.unit for r in server.requests[start:]]
+        assert [u for u in order if u != 3] == [1, 2, 1, 2] and order.count(3) == 1
+    finally:
+        for driver in drivers.values():
+            await driver.close()
+        await server.stop()
+
+
 def test_inter_frame_delay_follows_the_spec() -> None:
     def gap(**kw: object) -> float:
         return rtu(Path("/dev/ttyS0"), **kw).frame_gap
