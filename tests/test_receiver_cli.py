@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import structlog
 
 from outpost.cloud.wire import IngestBatch, columnar_readings, encode_body
 
@@ -398,3 +399,35 @@ async def test_user_cli_add_token_passwd_remove(receiver: ReceiverHandle) -> Non
         ("user.remove", "alice"),
     ]
     assert {r["address"] for r in rows} == {"local"}
+
+
+async def test_user_cli_prompts_for_the_password(receiver: ReceiverHandle) -> None:
+    """The typer sub-app as `outpost cloud user` mounts it, password typed at the prompt."""
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from outpost.cloud.receiver.user_cli import user_app
+
+    runner = CliRunner()
+    saved = structlog.get_config()  # the sub-app configures logging for its process
+
+    def invoke(*args: str, stdin: str) -> tuple[int, str]:
+        res = runner.invoke(user_app, [*args, "--dsn", receiver.dsn], input=stdin)
+        return res.exit_code, res.output
+
+    try:
+        code, out = await asyncio.to_thread(
+            invoke, "add", "pia", "--role", "viewer", stdin="typed password\ntypo password\n"
+        )
+        assert code != 0 and await receiver.count("users") == 0  # confirmation did not match
+        code, out = await asyncio.to_thread(
+            invoke, "add", "pia", "--role", "viewer", stdin="typed password\ntyped password\n"
+        )
+        assert code == 0, out
+        assert "typed password" not in out  # hidden input is not echoed
+    finally:
+        structlog.configure(**saved)
+    async with httpx.AsyncClient(base_url=receiver.url) as c:
+        csrf = await receiver.login(c, "pia", "typed password")
+        assert csrf

@@ -302,11 +302,17 @@ def revoke_gateway(gateway_id: str, *, dsn: str | None, data_dir: Path) -> bool:
     return run_with_storage(go, dsn=dsn, data_dir=data_dir)
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging() -> None:
     """Structured logs to stderr (stdout stays clean for `enroll`'s token)."""
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # sys.stderr looked up per logger, not bound once: a caller that swaps it (typer's
+        # CliRunner, a test capturing output) and closes its stand-in leaves logging intact
+        logger_factory=_stderr_logger,
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
