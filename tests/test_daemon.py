@@ -14,7 +14,11 @@ import threading
 import time
 from pathlib import Path
 
-from outpost.point_schedules.model import ByteOrder, DataType
+from outpost.agent.core.config import load_config
+from outpost.agent.core.runtime import Runtime
+from outpost.cloud.wire import PointMeta
+from outpost.point_schedules.loader import load_schedule
+from outpost.point_schedules.model import METADATA_FIELDS, ByteOrder, DataType
 from tests.agent_process import cli, start_agent, write_config
 from tests.modbus_server import registers_for, start_server
 
@@ -317,3 +321,29 @@ def test_startup_failure_is_a_json_line_too(tmp_path: Path) -> None:
     assert agent.proc.wait(timeout=30) == 78
     failed = [e for e in _json_lines(agent.log()) if e["event"] == "agent.start_failed"]
     assert len(failed) == 1 and failed[0]["error"] == "schedule invalid: 1 problem(s)"
+
+
+def test_point_metadata_for_the_uplink_carries_every_field(tmp_path: Path) -> None:
+    """What the uplink sends as point metadata is PointMeta.from_point of each point: alarm
+    priority, state limit, deadband and delays included (they once were dropped here)."""
+    cfg_path = write_config(
+        tmp_path,
+        {"plc": {"protocol": "modbus", "host": "127.0.0.1", "port": 1502}},
+        "point_id,device,address,data_type,units,alarm_state,alarm_priority,alarm_deadband,"
+        "alarm_delay,tags\n"
+        "plc.leak,plc,coil:1,bool,,1,critical,0.5,10,zone=a\n",
+    )
+    runtime = Runtime(load_config(cfg_path), install_signal_handlers=False)
+    assert runtime.point_metadata() == []  # nothing loaded yet
+    runtime.schedule = load_schedule(runtime.config.schedules.files, {"plc": "modbus"})
+    (meta,) = runtime.point_metadata()
+    assert set(METADATA_FIELDS) <= meta.keys()
+    assert meta == PointMeta.from_point(
+        runtime.schedule.points[0], runtime.schedule.version
+    ).model_dump(mode="json")
+    assert (meta["alarm_state"], meta["alarm_priority"], meta["alarm_delay"]) == (
+        1.0,
+        "critical",
+        10.0,
+    )
+    assert meta["tags"] == {"zone": "a"} and meta["schedule_version"] == runtime.schedule.version

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from outpost.agent.api.app import create_app
 from outpost.agent.api.server import LocalApiServer
@@ -52,6 +53,7 @@ from outpost.cloud.commands.schedule_apply import (
     pushed_schedule_files,
 )
 from outpost.cloud.uplink import Uplink
+from outpost.cloud.wire import PointMeta
 from outpost.drivers.base import Driver, DriverContext, PointGroup
 from outpost.drivers.registry import driver_class
 from outpost.point_schedules.loader import ScheduleError, load_schedule
@@ -582,28 +584,21 @@ class Runtime:
         }
 
     def point_metadata(self) -> list[dict[str, Any]]:
+        """Every point's metadata in its wire form (``PointMeta.from_point``, the one source);
+        a point whose metadata the wire refuses is left out and logged."""
         if self.schedule is None:
             return []
+        version = self.schedule.version
         out = []
         for p in self.schedule.points:
-            out.append(
-                {
-                    "point_id": p.point_id,
-                    "device": p.device,
-                    "units": p.units,
-                    "description": p.description,
-                    "data_type": p.data_type.value if p.data_type else None,
-                    "tags": p.tags,
-                    "min": p.min,
-                    "max": p.max,
-                    "alarm_hh": p.alarm_hh,
-                    "alarm_h": p.alarm_h,
-                    "alarm_l": p.alarm_l,
-                    "alarm_ll": p.alarm_ll,
-                    "writable": p.writable,
-                    "schedule_version": self.schedule.version,
-                }
-            )
+            try:
+                meta = PointMeta.from_point(p, version)
+            except ValidationError as exc:
+                log.warning(
+                    "point_meta.invalid", point_id=p.point_id, error=str(exc).replace("\n", " ")
+                )
+                continue
+            out.append(meta.model_dump(mode="json"))
         return out
 
     # ------------------------------------------------------------------ API
