@@ -1,4 +1,5 @@
-"""Poll scheduler: wall-clock alignment, stagger, overrun counting, crash survival.
+"""Poll scheduler and task supervision: wall-clock alignment, stagger, overrun counting, crash
+survival, restart delays.
 
 The timing tests run the real scheduler in virtual time (its clock and sleep injected), so
 they assert exact slots instead of wall-clock bounds that a loaded machine can break."""
@@ -10,6 +11,7 @@ import heapq
 import itertools
 
 from outpost.agent.core.scheduler import Job, Scheduler, next_due, stagger_offset
+from outpost.agent.core.supervise import supervise
 
 
 def test_next_due_is_aligned_and_strictly_after_now() -> None:
@@ -139,3 +141,42 @@ async def test_crashing_poll_is_counted_and_polling_continues() -> None:
     # the job survives its own exceptions: it keeps being called after failing
     assert calls >= 3
     assert job.stats.errors >= 1 and job.stats.errors == (calls + 1) // 2
+
+
+async def test_supervise_restarts_with_doubling_delay_reset_after_a_healthy_run() -> None:
+    vt = VirtualTime(4000.0)
+    starts: list[float] = []
+    crashes: list[BaseException] = []
+    plan = iter([0.0, 0.0, 0.0, 61.0, 0.0, None])  # run time before crashing; None: return
+
+    async def task() -> None:
+        starts.append(vt.now)
+        ran = next(plan)
+        if ran is None:
+            return
+        await vt.sleep(ran)
+        raise RuntimeError("bug")
+
+    runner = asyncio.create_task(
+        supervise("t", task, on_crash=crashes.append, clock=vt.clock, sleep=vt.sleep)
+    )
+    await vt.run_for(200.0)
+    assert runner.done() and runner.exception() is None  # returned: supervision ends
+    offsets = [round(t - 4000.0, 6) for t in starts]
+    # crash, wait 1, crash, wait 2, crash, wait 4, run 61 s then crash: healthy, so wait 1
+    # again, crash, wait 2, return
+    assert offsets == [0.0, 1.0, 3.0, 7.0, 69.0, 71.0], offsets
+    assert len(crashes) == 5 and all(isinstance(c, RuntimeError) for c in crashes)
+
+
+async def test_supervise_passes_cancellation_through() -> None:
+    vt = VirtualTime(5000.0)
+
+    async def forever() -> None:
+        await vt.sleep(1e9)
+
+    runner = asyncio.create_task(supervise("t", forever, clock=vt.clock, sleep=vt.sleep))
+    await vt.run_for(1.0)
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    assert runner.cancelled()
