@@ -27,6 +27,8 @@ SUITE = "bookworm"
 # (its postinst), procps (/bin/kill for ExecReload), systemd (systemd-analyze verify,
 # security) and man-db (`man outpost`, Documentation=man:outpost(1)).
 INCLUDE = ("python3", "adduser", "procps", "systemd", "man-db")
+# Bump when pristine_tarball() changes what it does to the root: older caches are rebuilt.
+RECIPE = 2
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -63,9 +65,9 @@ def debian_mirror() -> str:
 
 def pristine_tarball() -> Path:
     """The cached tarball of a fresh root, made with debootstrap when missing (locked)."""
-    key = hashlib.sha256(" ".join(INCLUDE).encode()).hexdigest()[:8]
+    key = hashlib.sha256(f"{RECIPE} {' '.join(INCLUDE)}".encode()).hexdigest()[:8]
     name = f"{SUITE}-minbase-{dt.date.today():%Y%m%d}-{key}.tar"
-    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / "debs").mkdir(parents=True, exist_ok=True)
     target = CACHE / name
     with (CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building the same root
@@ -77,6 +79,8 @@ def pristine_tarball() -> Path:
                 [
                     "debootstrap",
                     "--variant=minbase",
+                    # Keeps the downloaded .debs: tomorrow's root needs no download.
+                    f"--cache-dir={CACHE / 'debs'}",
                     f"--include={','.join(INCLUDE)}",
                     SUITE,
                     str(work / "root"),
@@ -89,9 +93,6 @@ def pristine_tarball() -> Path:
             # man-db's trigger re-indexes every manual page on each dpkg run (seconds);
             # `man outpost` finds the page without the index.
             (work / "root/var/lib/man-db/auto-update").unlink(missing_ok=True)
-            # Downloaded .debs are not needed in the copies.
-            shutil.rmtree(work / "root/var/cache/apt/archives", ignore_errors=True)
-            (work / "root/var/cache/apt/archives/partial").mkdir(parents=True)
             subprocess.run(
                 ["tar", "-C", str(work / "root"), "-cf", str(work / "root.tar"), "."], check=True
             )
@@ -109,9 +110,10 @@ class DebianRoot:
     path: Path
 
     @classmethod
-    def fresh(cls, dest: Path) -> DebianRoot:
+    def fresh(cls, dest: Path, tarball: Path) -> DebianRoot:
+        """A copy of the pristine root (tarball from pristine_tarball()) at dest."""
         dest.mkdir(parents=True)
-        subprocess.run(["tar", "-C", str(dest), "-xf", str(pristine_tarball())], check=True)
+        subprocess.run(["tar", "-C", str(dest), "-xf", str(tarball)], check=True)
         return cls(dest)
 
     def argv(

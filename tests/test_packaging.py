@@ -21,11 +21,12 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.debian_root import DebianRoot
+from tests.debian_root import DebianRoot, pristine_tarball
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
@@ -84,7 +85,16 @@ def service_env(root: DebianRoot) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def outpost_deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def root_tarball() -> Iterator[Future[Path]]:
+    """The clean root, made (or found in the cache) while the package builds."""
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(pristine_tarball)
+
+
+@pytest.fixture(scope="session")
+def outpost_deb(
+    tmp_path_factory: pytest.TempPathFactory, root_tarball: Future[Path]
+) -> Iterator[Path]:
     clock = Clock("deb")
     out = tmp_path_factory.mktemp("deb")
     built = subprocess.run(
@@ -119,10 +129,14 @@ def install(root: DebianRoot, deb: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def installed(outpost_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianRoot]:
+def installed(
+    outpost_deb: Path, root_tarball: Future[Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DebianRoot]:
     clock = Clock("root")
-    root = DebianRoot.fresh(tmp_path_factory.mktemp("debian") / "root")
-    clock.step("clean bookworm root ready")
+    tarball = root_tarball.result()
+    clock.step("clean bookworm root ready (built alongside the package when not cached)")
+    root = DebianRoot.fresh(tmp_path_factory.mktemp("debian") / "root", tarball)
+    clock.step("root extracted")
     install(root, outpost_deb)
     clock.step("dpkg -i")
     yield root
@@ -451,8 +465,8 @@ NOT_OURS = (
 
 
 @pytest.fixture
-def fresh_root(tmp_path: Path) -> Iterator[DebianRoot]:
-    root = DebianRoot.fresh(tmp_path / "root")
+def fresh_root(tmp_path: Path, root_tarball: Future[Path]) -> Iterator[DebianRoot]:
+    root = DebianRoot.fresh(tmp_path / "root", root_tarball.result())
     yield root
     shutil.rmtree(tmp_path / "root", ignore_errors=True)
 
