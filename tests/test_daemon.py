@@ -184,7 +184,10 @@ async def test_agent_polls_serves_cli_reloads_and_stops_cleanly(tmp_path: Path) 
         agent.stop()
         await server.stop()
 
-    await asyncio.sleep(0.3)
+    async def stopping_seen() -> bool:  # the listener has read what the agent sent last
+        return "STOPPING=1" in messages
+
+    await _until(stopping_seen, within=5.0, interval=0.05)
     listening.clear()
     listener.join()
     notify.close()
