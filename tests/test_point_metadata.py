@@ -7,6 +7,7 @@ metadata keys are refused at the receiver, not dropped.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from enum import Enum
@@ -26,6 +27,9 @@ from outpost.point_schedules.model import (
     Point,
     Schedule,
 )
+from tests.agent_process import start_agent, write_config
+from tests.modbus_server import start_server
+from tests.uplink_harness import wait_for
 
 if TYPE_CHECKING:
     from tests.receiver_fixtures import ReceiverHandle
@@ -187,3 +191,37 @@ async def test_receiver_takes_the_longest_point_id_the_loader_takes(
     body = json.dumps(longer).encode()
     resp = await post(receiver, body, {"Content-Type": "application/json"}, token)
     assert resp.status_code == 422
+
+
+async def test_schedule_to_agent_to_receiver_points(
+    receiver: ReceiverHandle, tmp_path: Path
+) -> None:
+    """The whole path: schedule CSV -> the real agent (`outpost run`) -> uplink -> receiver."""
+    gateway = "gw-meta"
+    server = await start_server()
+    enrollment = await receiver.enrollment_token(gateway)
+    cloud = (
+        "[cloud]\n"
+        f'url = "{receiver.url}"\n'
+        f'enrollment_token = "{enrollment}"\n'
+        "heartbeat_interval = 0.5\nflush_interval = 0.1\n"
+        "backoff_min = 0.05\nbackoff_max = 0.5\n"
+    )
+    device = {"protocol": "modbus", "host": "127.0.0.1", "port": server.port, "poll_interval": 1}
+    cfg = write_config(tmp_path, {"cdu-01": device}, FULL_CSV, extra=cloud, gateway_id=gateway)
+    schedule = load_schedule([tmp_path / "site.csv"], DEVICES)
+    agent = start_agent(cfg)
+
+    async def arrived() -> bool:
+        async with httpx.AsyncClient(base_url=receiver.url, headers=receiver.admin_headers) as c:
+            resp = await c.get(f"/api/v1/gateways/{gateway}/points")
+        return resp.status_code == 200 and len(resp.json()) == len(schedule.points)
+
+    try:
+        await asyncio.to_thread(agent.wait_ready)
+        await wait_for(arrived, 30, "point metadata at the receiver")
+    finally:
+        code = agent.stop()
+        await server.stop()
+    assert code == 0, agent.log()
+    assert_points_match(await get_points(receiver, gateway), schedule)
