@@ -424,10 +424,12 @@ class Storage:
     async def take_commands(self, gateway_id: str, after: int | None) -> list[Command]:
         """Commands for the gateway: with ``after``, every command with a larger id (the agent
         keeps its cursor: at-least-once); without, the undelivered ones. Marks them delivered."""
+        args: list[object] = [gateway_id]
         if after is None:
-            where, args = "delivered_at IS NULL", [gateway_id]
+            where = "delivered_at IS NULL"
         else:
-            where, args = "id > $2", [gateway_id, after]
+            where = "id > $2"
+            args.append(after)
         rows = await self.pool.fetch(
             f"""UPDATE commands SET delivered_at = coalesce(delivered_at, now())
                 WHERE gateway_id = $1 AND {where}
