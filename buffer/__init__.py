@@ -1,11 +1,16 @@
 """SQLite store-and-forward buffer: readings and events, sync cursor, size bound, retention.
 
-``buffer.store.Buffer`` is what the running agent uses; ``outpost.buffer.inspect`` reads a buffer file
-directly (CLI stats and exports, safe while the agent runs).
+``outpost.buffer.store.Buffer`` is what the running agent uses (a facade over ``writer``,
+``recovery``, ``maintenance``, ``sync``, ``history``, ``points``, ``files``; its docstring
+lists the guarantees and which module keeps each); ``outpost.buffer.source.SyncSource`` is what
+the uplink needs of it; ``outpost.buffer.inspect`` reads a buffer file directly (CLI stats and
+exports, safe while the agent runs). ``chunks``/``columnar`` are the columnar storage of
+issue 14, not yet used by ``Buffer``.
 """
 
 from outpost.buffer.models import BufferStats, EventRow, ReadingRows
 from outpost.buffer.schema import BufferFileError
+from outpost.buffer.source import SyncSource
 from outpost.buffer.store import Buffer, BufferClosedError
 
 __all__ = [
@@ -15,4 +20,5 @@ __all__ = [
     "BufferStats",
     "EventRow",
     "ReadingRows",
+    "SyncSource",
 ]

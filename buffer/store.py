@@ -9,7 +9,8 @@ Guarantees (each kept by one module):
   (:mod:`.writer`).
 - A committed reading survives ``kill -9`` of the agent (WAL, :mod:`.schema`).
 - A corrupt file never stops the agent and is never deleted: it is moved aside and a fresh
-  file continues seq, event ids and point keys (:mod:`.recovery`).
+  file continues seq, event ids and point keys; event ids never repeat after a reset
+  (deleted or zero-length file) either (:mod:`.recovery`).
 - The uplink reads oldest-first or live-first and acknowledges exact ranges, in any order;
   refused batches are dead-lettered with their payload (:mod:`.sync`).
 - The file stays within ``max_size_mb``: synced rows go first, then unsynced readings oldest
