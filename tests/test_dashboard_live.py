@@ -223,3 +223,32 @@ async def test_two_receivers_behind_nginx_share_live_updates_and_sessions(
             page_html = await c.get(f"/gateways/{GW}", headers={"Accept": "text/html"})
             assert page_html.status_code == 200 and "cdu-01.supply_temp" in page_html.text
     await ctx.close()
+
+
+async def test_batch_larger_than_the_notifications_still_updates_the_page(
+    receiver: ReceiverHandle, browser: Browser
+) -> None:
+    seeded = await seed(receiver.url, receiver.admin_token, receiver.dsn)
+    ids = [f"bulk.p{i:04d}" for i in range(2000)]
+
+    async def bulk(value: float) -> None:
+        now = time.time()
+        b = IngestBatch(
+            gateway_id=GW,
+            first_seq=seeded.next_seq,
+            last_seq=seeded.next_seq + len(ids) - 1,
+            readings=columnar_readings(ids, [now] * len(ids), [value] * len(ids), [0] * len(ids)),
+        )
+        seeded.next_seq += len(ids)
+        await post(receiver.url, "/api/v1/ingest", b, seeded.tokens[GW])
+
+    await bulk(1.0)
+    page = await (await browser.new_context()).new_page()
+    await login(page, receiver.url, "olga", f"/gateways/{GW}")
+    await expect(page.locator("body[data-live=on]")).to_have_count(1)
+    first = page.locator(f'[data-live-point="{GW}|bulk.p0000"]')
+    last = page.locator(f'[data-live-point="{GW}|bulk.p1999"]')
+    await expect(last).to_have_text("1")
+    await bulk(2.5)  # more points than 8 notifications carry: "more" makes the page re-read
+    await expect(first).to_have_text("2.50", timeout=10_000)
+    await expect(last).to_have_text("2.50", timeout=10_000)

@@ -91,7 +91,7 @@ def mount_static(app: Any, path: str = STATIC_PREFIX, name: str = "ui-static") -
 
 
 def _as_datetime(value: datetime | float | int | str | None) -> datetime | None:
-    if value is None or value == "":
+    if value is None or value == "" or isinstance(value, jinja2.Undefined):
         return None
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -111,7 +111,7 @@ def iso(value: datetime | float | int | str | None) -> str:
 
 def duration(seconds: float | None) -> str:
     """Compact duration: ``45s``, ``12m``, ``3h 5m``, ``2d 4h``; ``—`` for None."""
-    if seconds is None or not math.isfinite(seconds):
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
         return "—"
     s = int(max(seconds, 0))
     if s < 60:
@@ -136,7 +136,7 @@ def ago(value: datetime | float | int | str | None, now: datetime | None = None)
 
 def fmt_value(value: float | int | bool | str | None, digits: int = 4) -> str:
     """A reading for display: up to ``digits`` significant decimals, no float noise."""
-    if value is None:
+    if value is None or isinstance(value, jinja2.Undefined):
         return "—"
     if isinstance(value, bool) or isinstance(value, str):
         return str(value)
@@ -151,7 +151,7 @@ def fmt_value(value: float | int | bool | str | None, digits: int = 4) -> str:
 
 def temp_colour(value: float | None, cold: float = 18.0, hot: float = 35.0) -> str:
     """Cool blue → hot red for a temperature, as an ``hsl()`` colour (grey when unknown)."""
-    if value is None or not math.isfinite(value):
+    if not isinstance(value, int | float) or not math.isfinite(value):
         return "hsl(0 0% 45%)"
     t = min(max((value - cold) / (hot - cold), 0.0), 1.0)
     return f"hsl({round(220 * (1 - t))} 75% 45%)"

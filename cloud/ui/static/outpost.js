@@ -49,32 +49,78 @@
     }, parseInt(el.getAttribute("data-refresh-delay") || "200", 10)));
   }
 
+  // one pass over the live elements per message (a page may hold thousands of points)
+  function liveIndex() {
+    var idx = {};
+    function add(key, kind, el) {
+      var e = idx[key] || (idx[key] = { val: [], q: [], ts: [], chart: [] });
+      e[kind].push(el);
+    }
+    document.querySelectorAll("[data-live-point],[data-live-quality],[data-live-ts]").forEach(function (el) {
+      var k = el.getAttribute("data-live-point");
+      if (k !== null) add(k, el.hasAttribute("data-chart") ? "chart" : "val", el);
+      k = el.getAttribute("data-live-quality");
+      if (k !== null) add(k, "q", el);
+      k = el.getAttribute("data-live-ts");
+      if (k !== null) add(k, "ts", el);
+    });
+    return idx;
+  }
+
   function applyReading(gw, pts) {
+    var idx = liveIndex(), flashed = [];
     Object.keys(pts).forEach(function (pid) {
       var sample = pts[pid]; // [ts_ms, value, quality]
-      var key = gw + "|" + pid;
-      document.querySelectorAll('[data-live-point="' + CSS.escape(key) + '"]:not([data-chart])').forEach(function (el) {
+      var e = idx[gw + "|" + pid];
+      if (!e) return;
+      var q = qualityLabel(sample[2]);
+      e.val.forEach(function (el) {
         el.textContent = fmt(sample[1]);
-        el.setAttribute("data-quality", qualityLabel(sample[2]));
-        el.classList.remove("updated"); void el.offsetWidth; el.classList.add("updated");
+        el.setAttribute("data-quality", q);
+        el.classList.remove("updated");
+        flashed.push(el);
       });
-      document.querySelectorAll('[data-live-quality="' + CSS.escape(key) + '"]').forEach(function (el) {
-        var q = qualityLabel(sample[2]);
+      e.q.forEach(function (el) {
         el.textContent = q;
         el.className = "q " + (q === "good" ? "q-good" : q.indexOf("uncertain") === 0 ? "q-uncertain" : "q-bad");
       });
-      document.querySelectorAll('[data-live-ts="' + CSS.escape(key) + '"]').forEach(function (el) {
+      e.ts.forEach(function (el) {
         el.textContent = new Date(sample[0]).toISOString().replace(/\.\d+Z$/, "Z");
       });
-      document.querySelectorAll('[data-chart][data-live-point="' + CSS.escape(key) + '"]').forEach(function (el) {
+      e.chart.forEach(function (el) {
         if (el.uplot && sample[1] !== null) appendToChart(el, sample[0] / 1000, sample[1]);
       });
     });
+    if (flashed.length) {
+      void document.body.offsetWidth; // one reflow restarts every flash animation
+      flashed.forEach(function (el) { el.classList.add("updated"); });
+    }
+  }
+
+  /* A batch with more points than the notifications carry says "more": re-read the newest
+     values of that gateway (at most once a second) from the JSON API. */
+  var latestPending = {};
+  Outpost.latestUrl = "/api/v1/gateways/{gw}/latest";
+  function rereadLatest(gw) {
+    if (latestPending[gw]) return;
+    latestPending[gw] = setTimeout(function () {
+      fetch(Outpost.latestUrl.replace("{gw}", encodeURIComponent(gw)), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : []; })
+        .then(function (rows) {
+          var pts = {};
+          rows.forEach(function (row) {
+            if (row.ts) pts[row.point_id] = [Date.parse(row.ts), row.value, row.quality];
+          });
+          applyReading(gw, pts);
+        })
+        .finally(function () { delete latestPending[gw]; });
+    }, 1000);
   }
 
   function onLive(type, msg) {
     var gw = msg.gw || "";
     if (type === "reading" && msg.pts) applyReading(gw, msg.pts);
+    if (type === "reading" && msg.more) rereadLatest(gw);
     document.querySelectorAll("[data-refresh-on]").forEach(function (el) {
       var keys = el.getAttribute("data-refresh-on").split(/\s+/);
       if (keys.indexOf(type + ":" + gw) >= 0 || keys.indexOf(type + ":*") >= 0) refresh(el);
