@@ -131,6 +131,7 @@ async def test_every_kind_end_to_end(receiver: ReceiverHandle, tmp_path: Path) -
         assert status["last_command"]["kind"] == "reload"
         human = await asyncio.to_thread(cli, cfg, "status")
         assert human.returncode == 0
+        assert "commands: connected, last #" in human.stdout and "reload succeeded" in human.stdout
     finally:
         await op.aclose()
         assert agent.stop() == 0, agent.log()

@@ -160,6 +160,20 @@ def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
             f"oldest unsynced {_secs(up.get('oldest_unsynced_age_s'))}, rejected {up.get('rejected_batches', 0)}"
             + (f", last error: {up['last_error']}" if up.get("last_error") else "")
         )
+    cmds = body.get("commands")
+    if cmds is not None:
+        last = cmds.get("last_command")
+        con.print(
+            f"commands: {'connected' if cmds.get('connected') else 'NOT connected'}, last "
+            + (
+                f"#{last['id']} {last['kind']} {last['status']} {_age(last.get('at'), body)}"
+                if last
+                else "none"
+            )
+            + f", pending results {cmds.get('pending_results', 0)}, remote writes "
+            + ("on" if cmds.get("remote_writes") else "off")
+            + (f", last error: {cmds['last_error']}" if cmds.get("last_error") else "")
+        )
     alarms = body.get("alarms")
     if alarms is not None:
         con.print("alarms: " + (", ".join(f"{k} {v}" for k, v in alarms.items()) or "none active"))
