@@ -1,4 +1,5 @@
-"""``outpost cloud {serve,enroll,revoke}``: the central receiver and its gateway enrollment.
+"""``outpost cloud {serve,enroll,revoke,user,rollout}``: the central receiver, its gateway
+enrollment, its dashboard users and schedule rollouts.
 
 These commands run on the receiver host and work on the receiver's database directly (the
 ``--dsn`` one, ``$OUTPOST_RECEIVER_DSN``, or the embedded server in ``--data-dir``), so
@@ -22,7 +23,7 @@ import typer
 from outpost.cloud.receiver.settings import DEFAULT_BIND, DEFAULT_DATA_DIR, DSN_ENV
 
 cloud_app = typer.Typer(
-    help="Central receiver: serve it, enroll and revoke gateways.",
+    help="Central receiver: serve it, enroll and revoke gateways, manage users, roll out schedules.",
     no_args_is_help=True,
 )
 
@@ -148,3 +149,15 @@ def revoke(
         typer.echo(f"outpost: unknown gateway {gateway_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"gateway {gateway_id} revoked", err=True)
+
+
+def _mount_receiver_groups() -> None:
+    """`outpost cloud user …` and `outpost cloud rollout …` live with the receiver they manage."""
+    from outpost.cloud.receiver.rollout_cli import rollout_app
+    from outpost.cloud.receiver.user_cli import user_app
+
+    cloud_app.add_typer(user_app, name="user")
+    cloud_app.add_typer(rollout_app, name="rollout")
+
+
+_mount_receiver_groups()
