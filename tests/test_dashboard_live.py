@@ -252,3 +252,23 @@ async def test_batch_larger_than_the_notifications_still_updates_the_page(
     await bulk(2.5)  # more points than 8 notifications carry: "more" makes the page re-read
     await expect(first).to_have_text("2.50", timeout=10_000)
     await expect(last).to_have_text("2.50", timeout=10_000)
+
+
+async def test_page_catches_up_after_its_receiver_restarts(
+    receiver_factory: ReceiverFactory, browser: Browser
+) -> None:
+    a = await receiver_factory()
+    b = await receiver_factory(dsn=a.dsn)
+    seeded = await seed(a.url, a.admin_token, a.dsn)
+    page = await (await browser.new_context()).new_page()
+    await login(page, a.url, "olga", f"/gateways/{GW}")
+    await expect(page.locator("body[data-live=on]")).to_have_count(1)
+    cell = page.locator(f'[data-live-point="{GW}|cdu-01.supply_temp"]').first
+    await a.stop()
+    await expect(page.locator("body[data-live=off]")).to_have_count(1)
+    # while the page's receiver is down, a value arrives through the other one: nobody
+    # pushes it to this page, which re-reads what it shows once its stream is back
+    await ingest_value(b.url, seeded, GW, "cdu-01.supply_temp", 44.25)
+    await a.start()
+    await expect(page.locator("body[data-live=on]")).to_have_count(1, timeout=15_000)
+    await expect(cell).to_have_text("44.25", timeout=10_000)

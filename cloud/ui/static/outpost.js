@@ -137,9 +137,20 @@
         try { onLive(type, JSON.parse(ev.data)); } catch (err) { console.error(err); }
       });
     });
+    var connectedBefore = false;
     es.addEventListener("ready", function () {
       if (state) state.className = "live-dot on";
       document.body.setAttribute("data-live", "on");
+      if (connectedBefore) {
+        // back after a cut: whatever changed meanwhile was not pushed, so re-read it
+        onLive("gateway", { gw: "*" });
+        var gws = {};
+        document.querySelectorAll("[data-live-point]").forEach(function (el) {
+          gws[el.getAttribute("data-live-point").split("|")[0]] = true;
+        });
+        Object.keys(gws).forEach(rereadLatest);
+      }
+      connectedBefore = true;
     });
     es.onerror = function () {
       if (state) state.className = "live-dot off";
