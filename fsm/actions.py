@@ -1,6 +1,6 @@
 """What a write returns, shared by the agent's write service and the mode machine's failsafe
 writes. It lives in ``fsm`` because the mode machine (which may not import ``agent``) consumes
-it; ``outpost.agent.writes`` produces it and re-exports both names."""
+it; ``outpost.agent.control.writes`` produces it and re-exports both names."""
 
 from __future__ import annotations
 

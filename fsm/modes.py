@@ -85,12 +85,17 @@ class ModeRefused(Exception):
 class AlarmLike(Protocol):
     """What the machine needs of an alarm (``fsm.alarms.AlarmView`` and ``Alarm`` fit)."""
 
-    id: str
-    point_id: str | None
-    device: str | None
-    kind: str
-    tags: Mapping[str, str]
-
+    # Read-only properties: a frozen dataclass (AlarmView) satisfies them, plain attributes too.
+    @property
+    def id(self) -> str: ...
+    @property
+    def point_id(self) -> str | None: ...
+    @property
+    def device(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def tags(self) -> Mapping[str, str]: ...
     @property
     def priority(self) -> Any: ...
 

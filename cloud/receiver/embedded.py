@@ -35,7 +35,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict
 
 import structlog
 
@@ -221,7 +221,13 @@ class EmbeddedPostgres:
             )
 
 
-def _identity(user: str | None) -> dict[str, object]:
+class _Identity(TypedDict, total=False):
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def _identity(user: str | None) -> _Identity:
     """subprocess kwargs to run as ``user`` with ITS group too: with root's group kept, a
     root-group directory's group bits (often none) would deny access before the "other" bits."""
     if user is None:
