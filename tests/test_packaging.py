@@ -156,6 +156,16 @@ def test_units_exposure_scores(unit: str, limit: float) -> None:
     assert score <= limit
 
 
+def test_agent_unit_sees_its_peers_as_themselves() -> None:
+    """The local API records operator actions under the peer's user name (SO_PEERCRED); in a
+    user namespace (PrivateUsers=) every technician would be "nobody"."""
+    unit = (PACKAGING / "systemd/outpost.service").read_text()
+    settings = [line.split("=", 1) for line in unit.splitlines() if "=" in line]
+    assert [v for k, v in settings if k.strip() == "PrivateUsers"] in ([], ["false"], ["no"])
+    dropin = (PACKAGING / "systemd/serial/serial.conf").read_text()
+    assert not re.search(r"^PrivateUsers=(true|yes)", dropin, re.M)
+
+
 def test_alert_rules_check_and_unit_tests() -> None:
     rules = PACKAGING / "prometheus"
     check = subprocess.run(
