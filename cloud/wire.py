@@ -289,6 +289,8 @@ class DeviceHealth(WireModel):
 class Heartbeat(WireModel):
     gateway_id: str = Field(pattern=ID_PATTERN, max_length=128)
     ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)  # epoch ms, the agent's clock
+    #: ``[agent] site``: the fleet groups gateways by it until an admin sets one centrally
+    site: SafeText | None = Field(default=None, max_length=256)
     mode: SafeText = Field(min_length=1, max_length=64)
     agent_version: SafeText = Field(max_length=64)
     schedule_version: SafeText | None = Field(default=None, max_length=128)

@@ -569,6 +569,7 @@ class Runtime:
 
     def heartbeat(self) -> dict[str, Any]:
         return {
+            "site": self.config.agent.site or None,
             "mode": self._mode(),
             "agent_version": _version(),
             "schedule_version": self.schedule.version if self.schedule else None,

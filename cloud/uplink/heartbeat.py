@@ -71,6 +71,7 @@ class Heartbeats:
         data = {
             "gateway_id": self._session.gateway_id,
             "ts": round(time.time() * 1000),
+            "site": src.get("site"),
             "mode": str(src.get("mode") or "normal"),
             "agent_version": str(src.get("agent_version") or "unknown"),
             "schedule_version": src.get("schedule_version"),
