@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from outpost.cloud.config import CloudConfig
 from outpost.cloud.uplink.support import Backoff, parse_retry_after, read_token
-from outpost.cloud.wire_commands import CommandPoll, CommandResult, WireCommand
+from outpost.cloud.wire_commands import CommandPoll, CommandResult, CommandSpec, WireCommand
 
 from .executor import CommandExecutor
 from .store import ExecutedStore
@@ -61,12 +61,14 @@ class CommandChannel:
         self.store = store or ExecutedStore(data_dir / STORE_FILE)
         self._results_ready = asyncio.Event()
         self._opened = False
+        self._cursor = 0
         # status
         self.connected = False
         self.last_poll_ok: float | None = None
         self.last_error: str | None = None
         self.last_command: dict[str, Any] | None = None
         self.executed = 0
+        self.executed_by_status: dict[str, int] = {}
         self.pending_results = 0
 
     # --- status -----------------------------------------------------------------------------
@@ -79,6 +81,7 @@ class CommandChannel:
             "last_error": self.last_error,
             "last_command": self.last_command,
             "executed": self.executed,
+            "executed_by_status": dict(self.executed_by_status),
             "pending_results": self.pending_results,
             "remote_writes": self.executor.policy.allow_remote_writes,
             "remote_modes": self.executor.policy.allow_remote_modes,
@@ -89,6 +92,7 @@ class CommandChannel:
     async def run(self) -> None:
         if not self._opened:
             interrupted = await asyncio.to_thread(self.store.open)
+            self._cursor = await asyncio.to_thread(self.store.cursor)
             self._opened = True
             for cid in interrupted:
                 log.warning("command.interrupted", id=cid)
@@ -141,12 +145,11 @@ class CommandChannel:
         url = f"/api/v1/gateways/{self.gateway_id}/commands"
         wait = cfg.command_wait_s
         while True:
-            cursor = await asyncio.to_thread(self.store.cursor)
             retry_after: float | None = None
             try:
                 resp = await client.get(
                     url,
-                    params={"after": cursor, "wait": wait},
+                    params={"after": self._cursor, "wait": wait},
                     timeout=httpx.Timeout(wait + cfg.read_timeout, connect=cfg.connect_timeout),
                 )
                 received = time.monotonic()
@@ -176,32 +179,30 @@ class CommandChannel:
             client.headers["Authorization"] = f"Bearer {token}"
 
     async def _handle(self, cmd: WireCommand, receiver_now: int, received: float) -> None:
-        seen = await asyncio.to_thread(self.store.lookup, cmd.id)
-        if seen is not None:
-            # Delivered again: the receiver has no result yet. Never run it twice; resend.
-            if seen.state == "done":
-                await asyncio.to_thread(self.store.mark_unreported, cmd.id)
-                self._results_ready.set()
-            return
+        self._cursor = max(self._cursor, cmd.id)
         remaining_s = (cmd.expires_at - receiver_now) / 1000 - (time.monotonic() - received)
+        verdict: CommandSpec | CommandResult
         if remaining_s <= 0:
-            result = CommandResult(
+            verdict = CommandResult(
                 status="expired",
                 message="arrived after its expiry; not executed",
                 executed_at=int(time.time() * 1000),
             )
-            await asyncio.to_thread(self.store.record, cmd.id, cmd.kind, cmd.actor, result)
-            self._finished(cmd, result)
+        else:
+            verdict = self.executor.validate(cmd)
+        if isinstance(verdict, CommandResult):  # decided without running anything
+            fresh = await asyncio.to_thread(self.store.record, cmd.id, cmd.kind, cmd.actor, verdict)
+            if fresh:
+                self._finished(cmd, verdict)
+            else:
+                await self._repeat(cmd.id)
             return
-        spec = self.executor.validate(cmd)
-        if isinstance(spec, CommandResult):
-            await asyncio.to_thread(self.store.record, cmd.id, cmd.kind, cmd.actor, spec)
-            self._finished(cmd, spec)
-            return
+        # Durable BEFORE the action: a crash from here on never runs it again.
         if not await asyncio.to_thread(self.store.begin, cmd.id, cmd.kind, cmd.actor):
+            await self._repeat(cmd.id)
             return
         t0 = time.perf_counter()
-        result = await self.executor.execute(spec, cmd.actor)
+        result = await self.executor.execute(verdict, cmd.actor)
         await asyncio.to_thread(self.store.finish, cmd.id, result)
         log.info(
             "command.executed",
@@ -213,8 +214,15 @@ class CommandChannel:
         )
         self._finished(cmd, result)
 
+    async def _repeat(self, cid: int) -> None:
+        """Delivered again: the receiver has no result yet. Never run it twice; resend the
+        stored result (a row still ``started`` belongs to a crashed run: open() finished it)."""
+        await asyncio.to_thread(self.store.mark_unreported, cid)
+        self._results_ready.set()
+
     def _finished(self, cmd: WireCommand, result: CommandResult) -> None:
         self.executed += 1
+        self.executed_by_status[result.status] = self.executed_by_status.get(result.status, 0) + 1
         self.last_command = {
             "id": cmd.id,
             "kind": cmd.kind,

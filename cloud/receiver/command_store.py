@@ -207,24 +207,27 @@ class CommandStore:
 
     async def expire_due(self, gateway_id: str | None) -> int:
         """Mark queued commands past their expiry as expired (never delivered)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await self._expire(conn, gateway_id)
+
+    async def _expire(self, conn: asyncpg.Connection, gateway_id: str | None) -> int:
         where = "state = 'queued' AND expires_at <= now()"
         args: list[Any] = []
         if gateway_id is not None:
             where += " AND gateway_id = $1"
             args.append(gateway_id)
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"""UPDATE commands SET state = 'expired', finished_at = now(),
-                        result = jsonb_build_object('status', 'expired', 'message',
-                            'not delivered before it expired at '
-                            || to_char(expires_at AT TIME ZONE 'UTC',
-                                       'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
-                    WHERE {where}
-                    RETURNING id, gateway_id, kind, state, result, rollout_id""",
-                *args,
-            )
-            if rows:
-                await self._finalized(conn, rows)
+        rows = await conn.fetch(
+            f"""UPDATE commands SET state = 'expired', finished_at = now(),
+                    result = jsonb_build_object('status', 'expired', 'message',
+                        'not delivered before it expired at '
+                        || to_char(expires_at AT TIME ZONE 'UTC',
+                                   'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                WHERE {where}
+                RETURNING id, gateway_id, kind, state, result, rollout_id""",
+            *args,
+        )
+        if rows:
+            await self._finalized(conn, rows)
         if rows:
             log.info("commands.expired", count=len(rows), ids=[r["id"] for r in rows][:20])
         return len(rows)
@@ -233,8 +236,8 @@ class CommandStore:
         """Open commands newer than ``after`` (queued ones become delivered). Already
         delivered ones are sent again: the agent keeps executed ids and answers a repeat with
         its stored result instead of executing again."""
-        await self.expire_due(gateway_id)
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._expire(conn, gateway_id)
             rows = await conn.fetch(
                 f"""UPDATE commands
                     SET state = 'delivered', delivered_at = coalesce(delivered_at, now())
