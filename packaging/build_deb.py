@@ -11,7 +11,7 @@ any file still names the staging directory. Network: PyPI (dependencies, through
 only.
 
 Usage: packaging/build_deb.py [--out DIR] [--source worktree|head] [--compression xz|zstd|gzip]
-                              [--work DIR]
+                              [--work DIR] [--keep-work]
 """
 
 from __future__ import annotations
@@ -277,6 +277,7 @@ def main() -> int:
         help="xz: smallest (for metered links), zstd: ~30x faster to build (tests)",
     )
     parser.add_argument("--work", type=Path, default=REPO / "build" / "deb")
+    parser.add_argument("--keep-work", action="store_true", help="keep the staging tree")
     args = parser.parse_args()
     if Path(sys.executable).resolve().parent != Path("/usr/bin"):
         print(
@@ -305,6 +306,8 @@ def main() -> int:
     run(
         ["dpkg-deb", "--root-owner-group", f"-Z{args.compression}", "--build", str(stage), str(deb)]
     )
+    if not args.keep_work:
+        shutil.rmtree(work)  # ~200 MB of staging; --keep-work leaves it for inspection
     print(f"{deb}: {deb.stat().st_size / 1e6:.1f} MB in {time.monotonic() - started:.0f} s")
     return 0
 

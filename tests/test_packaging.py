@@ -114,7 +114,7 @@ def outpost_deb(
         text=True,
     )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    shutil.rmtree(out / "work")
+    assert not (out / "work").exists()  # the staging tree is removed after a build
     (deb,) = out.glob("outpost_*_*.deb")
     clock.step(f"built {deb.name} ({deb.stat().st_size / 1e6:.1f} MB)")
     yield deb
