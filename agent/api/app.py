@@ -12,15 +12,21 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query
 
 from outpost.agent.api.control import add_error_handlers, control_router
+from outpost.agent.api.schedule import ScheduleRejected, ScheduleService, schedule_router
 from outpost.agent.api.server import peer_user
 from outpost.agent.api.view import AgentView
 from outpost.agent.control.local import LocalControl
 
 
 def create_app(
-    view: AgentView, control: LocalControl, *, request_reload: Callable[[str], None]
+    view: AgentView,
+    control: LocalControl,
+    *,
+    request_reload: Callable[[str], None],
+    schedules: ScheduleService | None = None,
 ) -> FastAPI:
-    """``request_reload(actor)``: re-read the schedule files, as SIGHUP does."""
+    """``request_reload(actor)``: re-read the schedule files, as SIGHUP does. ``schedules``:
+    the schedule routes (``api.schedule``); with it ``/reload`` waits for the outcome."""
     app = FastAPI(
         title="Outpost agent local API",
         version="1",
@@ -50,9 +56,20 @@ def create_app(
 
     @app.post("/reload")
     async def reload(actor: Annotated[str, Depends(peer_user)]) -> dict[str, Any]:
-        request_reload(actor)
-        return {"requested": True}
+        if schedules is None:
+            request_reload(actor)
+            return {"requested": True}
+        try:
+            return await schedules.reload_schedule(actor)
+        except ScheduleRejected as exc:
+            # one line per loader error, so the CLI prints them as they are
+            lines = [
+                f"schedule rejected, the running schedule stays ({len(exc.errors)} problem(s)):"
+            ]
+            raise HTTPException(409, "\n".join(lines + exc.errors)) from None
 
     app.include_router(control_router(control, lambda: view.events))
+    if schedules is not None:
+        app.include_router(schedule_router(schedules))
     add_error_handlers(app)
     return app

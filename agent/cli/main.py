@@ -234,9 +234,18 @@ def read(
 
 @app.command()
 def reload(config: ConfigOption = None) -> None:
-    """Ask the running agent to reload its schedule files (same as SIGHUP)."""
-    call_agent(config, "POST", "/reload")
-    typer.echo("reload requested; see `outpost status` for the schedule version")
+    """Reload the running agent's schedule files (as SIGHUP does) and wait for the outcome.
+
+    Exit 0 with the new version when the files load; exit 1 with the loader's errors when
+    they are rejected (the running schedule stays, and the rejection is an event).
+    """
+    body = call_agent(config, "POST", "/reload")
+    if "version" not in body:  # an agent without the schedule routes only queues the reload
+        typer.echo("reload requested; see `outpost status` for the schedule version")
+        return
+    previous = body.get("previous")
+    same = " (unchanged)" if previous == body["version"] else f" (was {previous})"
+    typer.echo(f"schedule {body['version']} loaded{same}")
 
 
 # ---------------------------------------------------------------------------- sub-apps

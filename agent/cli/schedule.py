@@ -247,3 +247,117 @@ def template_cmd(
             param_hint="--device",
         )
     typer.echo(make_template(protocol, device), nl=False)
+
+
+DeviceOption = Annotated[
+    str | None,
+    typer.Option("--device", "-d", help="only this device's points", show_default=False),
+]
+
+
+@schedule_app.command("probe")
+def probe_cmd(
+    files: Annotated[
+        list[Path], typer.Argument(help="schedule CSV files", metavar="FILE", show_default=False)
+    ],
+    config: ConfigOption = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Read every point of FILE... once and report value, quality and response time.
+
+    Reads through the running agent's connections when an agent answers on the config's
+    socket, with its own drivers otherwise. Never writes.
+
+    Exit 0 when every point reads good, 1 otherwise, 2 when the schedule is invalid.
+    """
+    from outpost.agent.cli import commissioning as c
+
+    cfg = config_or_exit(config, check_files=False)
+    schedule = c.valid_or_exit(list(files), cfg.device_protocols(), EXIT_TROUBLE)
+    if device is not None and device not in schedule.devices:
+        raise typer.BadParameter(
+            f"no point of these files is on device {device!r}; devices: "
+            f"{', '.join(schedule.devices)}",
+            param_hint="--device",
+        )
+    texts = c.read_texts(list(files))
+    report, how = c.run_probe(cfg, schedule, texts, device)
+    if as_json:
+        typer.echo(json.dumps({**report.to_dict(), "via": how}, indent=2))
+    else:
+        c.print_report(report, how)
+    if not report.ok:
+        raise typer.Exit(EXIT_INVALID)
+
+
+@schedule_app.command("load")
+def load_cmd(
+    files: Annotated[
+        list[Path], typer.Argument(help="schedule CSV files", metavar="FILE", show_default=False)
+    ],
+    config: ConfigOption = None,
+    probe: Annotated[
+        bool, typer.Option("--probe", help="read every point once first; stop if any is bad")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    within: Annotated[
+        float,
+        typer.Option(
+            "--verify-within",
+            min=1,
+            max=600,
+            help="seconds the agent waits for 95% of the points to read good before it rolls back",
+        ),
+    ] = 60.0,
+) -> None:
+    """Validate FILE..., show the diff against the running schedule, optionally probe, then
+    apply it to the running agent live and print the old and new version.
+
+    The agent stores the files under its data_dir/schedules/pushed/ (as for a schedule pushed
+    from the receiver), swaps the schedule live, and rolls back by itself if the points do not
+    read good. The config's [schedules] files are not touched: the loaded schedule runs until
+    they change. Every attempt, refused or applied, is an event.
+
+    Exit 0 when applied (or already running), 1 when refused, rolled back or not confirmed.
+    """
+    from outpost.agent.cli import commissioning as c
+
+    cfg = config_or_exit(config, check_files=False)
+    texts = c.read_texts(list(files))
+    schedule, issues = validate_schedule(list(files), cfg.device_protocols())
+    if schedule is None:
+        _print_issues(issues)
+        c.record_refusal(cfg, texts)
+        typer.echo(
+            f"schedule invalid: {sum(i.is_error for i in issues)} problem(s); nothing loaded",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INVALID)
+    old_version, old = c.running_schedule(cfg)
+    if old_version == schedule.version:
+        typer.echo(f"schedule {schedule.version} is already running")
+        return
+    c.show_diff(old, schedule)
+    if probe:
+        report, how = c.run_probe(cfg, schedule, texts, None)
+        c.print_report(report, how)
+        if not report.ok:
+            typer.echo("probe failed: nothing loaded", err=True)
+            raise typer.Exit(EXIT_INVALID)
+    if not yes and not typer.confirm(
+        f"load {schedule.version} in place of {old_version}?", default=False
+    ):
+        typer.echo("not loaded", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    result = c.apply(cfg, texts, within)
+    if result.get("status") != "succeeded":
+        typer.echo(f"outpost: {result.get('message')}", err=True)
+        _print_issues_text(result.get("errors") or [])
+        raise typer.Exit(EXIT_INVALID)
+    typer.echo(f"schedule {result.get('previous')} -> {result.get('version')}: {result['message']}")
+
+
+def _print_issues_text(lines: Sequence[str]) -> None:
+    for line in lines:
+        typer.echo(line, err=True)

@@ -35,6 +35,7 @@ import structlog
 from pydantic import ValidationError
 
 from outpost.agent.api.app import create_app
+from outpost.agent.api.schedule import ScheduleRejected
 from outpost.agent.api.server import LocalApiServer
 from outpost.agent.control.local import ControlRefused, LocalControl
 from outpost.agent.core.config import AgentConfig
@@ -54,9 +55,11 @@ from outpost.cloud.commands.schedule_apply import (
 )
 from outpost.cloud.uplink import Uplink
 from outpost.cloud.wire import PointMeta
+from outpost.cloud.wire_commands import ScheduleApplyArgs, ScheduleApplyCommand, Verification
 from outpost.drivers.base import Driver, DriverContext, PointGroup
+from outpost.drivers.probe import probe_points
 from outpost.drivers.registry import driver_class
-from outpost.point_schedules.loader import ScheduleError, load_schedule
+from outpost.point_schedules.loader import ScheduleError, load_schedule, parse_schedule
 from outpost.point_schedules.model import Schedule
 
 log = structlog.get_logger(__name__)
@@ -105,6 +108,8 @@ class Runtime:
         self._reload_done: asyncio.Future[ScheduleError | None] | None = None
         self._reload_cause: tuple[str, str] = (SYSTEM_ACTOR, "reload")
         self._install_lock = asyncio.Lock()
+        # one applier for the command channel and `outpost schedule load` (one lock, one history)
+        self.applier = ScheduleApplier(self, config.agent.data_dir)
         self.ready = asyncio.Event()
         self.reloads = 0
         self.reload_errors = 0
@@ -354,6 +359,19 @@ class Runtime:
             self.last_reload_error = [str(i) for i in exc.issues]
             for issue in exc.issues:
                 log.error("schedule.reload_rejected", issue=str(issue))
+            actor, reason = self._reload_cause
+            self.emit(
+                self.clock(),
+                "schedule.rejected",
+                self.schedule.version if self.schedule else "",
+                actor,
+                {
+                    "reason": reason,
+                    "problems": len(exc.issues),
+                    "errors": self.last_reload_error[:20],
+                    "files": [str(f) for f in self.schedule_paths],
+                },
+            )
             self.notifier.notify("READY=1")
             self._reload_finished(exc)
             return False
@@ -419,6 +437,70 @@ class Runtime:
                 raise error
             assert self.schedule is not None
             return self.schedule.version
+
+    # ------------------------------------------------------------------ schedule service
+    # (api.schedule.ScheduleService: outpost schedule probe/load, outpost reload)
+
+    def running_schedule(self) -> dict[str, Any]:
+        files = []
+        for path in self.schedule_paths:
+            try:
+                text: str | None = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):  # gone meanwhile, or a workbook
+                text = None
+            files.append({"name": str(path), "text": text})
+        return {
+            "version": self.schedule.version if self.schedule else None,
+            "points": len(self.schedule.points) if self.schedule else 0,
+            "files": files,
+        }
+
+    async def reload_schedule(self, actor: str) -> dict[str, Any]:
+        previous = self.schedule.version if self.schedule else None
+        try:
+            version = await self.install_schedule(None, actor=actor, reason="reload")
+        except ScheduleError as exc:
+            raise ScheduleRejected([str(i) for i in exc.issues]) from None
+        return {"version": version, "previous": previous}
+
+    async def load_schedule(
+        self, files: dict[str, str], *, actor: str, within_s: float
+    ) -> dict[str, Any]:
+        """``outpost schedule load``: the command channel's apply (validate, install under
+        data_dir/schedules/pushed, verify, roll back), recorded as ``schedule.local_load``."""
+        previous = self.schedule.version if self.schedule else None
+        command = ScheduleApplyCommand(
+            kind="schedule_apply",
+            args=ScheduleApplyArgs(files=files, verification=Verification(within_s=within_s)),
+        )
+        result = await self.applier.apply(command, actor=actor)
+        detail = dict(result.detail or {})
+        self.emit(
+            self.clock(),
+            "schedule.local_load",
+            str(detail.get("version") or previous or ""),
+            actor,
+            {
+                "status": result.status,
+                "outcome": detail.get("outcome"),
+                "message": result.message,
+                "previous": previous,
+                "errors": list(detail.get("errors") or [])[:20],
+            },
+        )
+        return {"status": result.status, "message": result.message, "previous": previous, **detail}
+
+    async def probe_schedule(
+        self, files: dict[str, str], *, device: str | None, progress: Callable[[int], None]
+    ) -> dict[str, Any]:
+        protocols = self.config.device_protocols()
+        sources = [(name, text.encode("utf-8")) for name, text in sorted(files.items())]
+        schedule, issues = await asyncio.to_thread(parse_schedule, sources, protocols)
+        if schedule is None:
+            raise ScheduleRejected([str(i) for i in issues])
+        points = [p for p in schedule.points if device is None or p.device == device]
+        report = await probe_points(self.drivers, points, protocols=protocols, progress=progress)
+        return report.to_dict()
 
     def probe(self) -> ProbeSnapshot:
         table = self.table
@@ -555,7 +637,7 @@ class Runtime:
         assert self.control is not None
         executor = CommandExecutor(
             self.control,
-            ScheduleApplier(self, self.config.agent.data_dir),
+            self.applier,
             policy=Policy(cloud.allow_remote_writes, cloud.allow_remote_modes),
             refusals=(ControlRefused,),
         )
@@ -606,7 +688,7 @@ class Runtime:
 
     async def _serve_api(self) -> None:
         assert self.control is not None
-        app = create_app(self, self.control, request_reload=self.request_reload)
+        app = create_app(self, self.control, request_reload=self.request_reload, schedules=self)
         await LocalApiServer(app, self.config.api.socket).serve()
 
     # ------------------------------------------------------------------ views

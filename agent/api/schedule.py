@@ -1,0 +1,115 @@
+"""Schedule routes of the daemon's API: the running schedule, probe, load, reload.
+
+- ``GET /schedule``: version and the text of the files in force (``outpost schedule load``
+  diffs against it).
+- ``POST /schedule/probe``: read every point of the given files once through the agent's own
+  drivers (its connections); the answer is NDJSON, ``{"done": n, "total": N}`` lines while it
+  runs, then ``{"report": {...}}`` (``drivers.probe.ProbeReport``).
+- ``POST /schedule/load``: validate, install and verify the given files (the command
+  channel's ``schedule_apply`` path); the answer is the outcome, refused or not.
+- ``POST /reload`` (in ``app``) awaits the reload through ``reload_schedule`` and answers 409
+  with the loader's errors when the files are rejected.
+
+Who acts is the socket's peer user (``server.peer_user``), never the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+
+from outpost.agent.api.control import _Body
+from outpost.agent.api.server import peer_user
+
+MAX_FILES = 64
+
+
+class ScheduleRejected(Exception):
+    """The files do not load; ``errors`` are the loader's messages."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(errors[0] if errors else "schedule rejected")
+        self.errors = errors
+
+
+class ScheduleService(Protocol):
+    """What the routes need of the running agent (``agent.core.runtime.Runtime``)."""
+
+    def running_schedule(self) -> dict[str, Any]: ...
+
+    async def reload_schedule(self, actor: str) -> dict[str, Any]:
+        """Re-read the files in force; raises ``ScheduleRejected``."""
+        ...
+
+    async def load_schedule(
+        self, files: dict[str, str], *, actor: str, within_s: float
+    ) -> dict[str, Any]: ...
+
+    async def probe_schedule(
+        self, files: dict[str, str], *, device: str | None, progress: Callable[[int], None]
+    ) -> dict[str, Any]:
+        """Raises ``ScheduleRejected`` when the files do not load."""
+        ...
+
+
+class ProbeBody(_Body):
+    files: dict[str, str] = Field(min_length=1, max_length=MAX_FILES)
+    device: str | None = None
+
+
+class LoadBody(_Body):
+    files: dict[str, str] = Field(min_length=1, max_length=MAX_FILES)
+    within_s: float = Field(60.0, gt=0, le=600, description="the verification's time limit")
+
+
+def schedule_router(
+    service: ScheduleService, *, actor_of: Callable[..., str] = peer_user
+) -> APIRouter:
+    who = Depends(actor_of)
+    router = APIRouter(tags=["schedule"])
+
+    @router.get("/schedule")
+    async def running() -> dict[str, Any]:
+        return service.running_schedule()
+
+    @router.post("/schedule/load")
+    async def load(body: LoadBody, actor: str = who) -> dict[str, Any]:
+        return await service.load_schedule(body.files, actor=actor, within_s=body.within_s)
+
+    @router.post("/schedule/probe")
+    async def probe(body: ProbeBody) -> StreamingResponse:
+        return StreamingResponse(_probe_stream(service, body), media_type="application/x-ndjson")
+
+    return router
+
+
+async def _probe_stream(service: ScheduleService, body: ProbeBody) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    task = asyncio.create_task(
+        service.probe_schedule(body.files, device=body.device, progress=queue.put_nowait)
+    )
+    done = 0
+    try:
+        while not task.done():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                done += getter.result()
+                yield (json.dumps({"done": done}) + "\n").encode()
+            else:
+                getter.cancel()
+        try:
+            report = task.result()
+        except ScheduleRejected as exc:
+            yield (json.dumps({"rejected": exc.errors}) + "\n").encode()
+            return
+        yield (json.dumps({"report": report}) + "\n").encode()
+    finally:
+        if not task.done():
+            task.cancel()
