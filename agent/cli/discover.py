@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from outpost.agent.core.config import ID_PATTERN
 from outpost.point_schedules.skeleton import DiscoveredPoint, write_skeleton
 
 discover_app = typer.Typer(
@@ -80,7 +82,8 @@ def bacnet(
         typer.Option(
             "--local",
             "-l",
-            help="this machine's BACnet/IP endpoint HOST[/PREFIX][:PORT]; the prefix sets the "
+            # brackets escaped: typer renders help as rich markup, where [/PREFIX] is a tag
+            help="this machine's BACnet/IP endpoint HOST\\[/PREFIX]\\[:PORT]; the prefix sets the "
             "broadcast network (e.g. 192.168.1.10/24). Use another port than 47808 when an "
             "Outpost agent runs on this machine.",
         ),
@@ -141,8 +144,13 @@ def bacnet(
 
 @discover_app.command("snmp")
 def snmp(
-    host: Annotated[str, typer.Argument(help="the SNMP agent's host name or address")],
-    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 161,
+    target: Annotated[
+        str, typer.Argument(help="the SNMP agent: HOST, HOST:PORT or [IPv6-ADDRESS]:PORT")
+    ],
+    port: Annotated[
+        int | None,
+        typer.Option("--port", "-p", min=1, max=65535, help="UDP port (default 161)"),
+    ] = None,
     community_env: Annotated[
         str,
         typer.Option(
@@ -150,10 +158,54 @@ def snmp(
             help="environment variable holding the v2c community (never on the command line)",
         ),
     ] = "SNMP_COMMUNITY",
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            "-d",
+            help="device id for the rows and the config block (default: from sysName)",
+            show_default=False,
+        ),
+    ] = None,
+    walk: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--walk",
+            "-w",
+            help="also propose every numeric value under this OID subtree (repeatable)",
+            show_default=False,
+        ),
+    ] = None,
+    enterprise: Annotated[
+        bool,
+        typer.Option(
+            "--enterprise/--no-enterprise", help="walk the vendor subtree named by sysObjectID"
+        ),
+    ] = True,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per request")] = 2.0,
     out: OutOption = None,
 ) -> None:
-    """Walk the system group, IF-MIB and ENTITY-SENSOR-MIB into a skeleton CSV (SNMP v2c)."""
+    """Walk the system group, IF-MIB, ENTITY-SENSOR-MIB and the vendor's enterprise subtree
+    into a skeleton CSV (SNMP v2c), and print the device's config block."""
+    from outpost.drivers.snmp.discovery import (
+        DiscoveryError,
+        config_snippet,
+        discover_snmp,
+        parse_oid,
+        parse_target,
+    )
+
+    try:
+        host, target_port = parse_target(target)
+        roots = [parse_oid(oid) for oid in walk or []]
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if port is not None:
+        if target_port not in (161, port):
+            _fail(f"two ports given: {target} and --port {port}", 2)
+        target_port = port
+    if device is not None and not re.fullmatch(ID_PATTERN, device):
+        _fail(f"--device {device!r}: a device id must match {ID_PATTERN}", 2)
     community = os.environ.get(community_env)
     if not community:
         _fail(
@@ -161,19 +213,26 @@ def snmp(
             "another variable with --community-env",
             2,
         )
-    from outpost.drivers.snmp.discovery import DiscoveryError, discover_snmp
-
     _quiet_logs()
-    typer.echo(f"discovering SNMP points on {host}:{port} …", err=True)
+    typer.echo(f"discovering SNMP points on {host}:{target_port} …", err=True)
     try:
         points = asyncio.run(
             discover_snmp(
-                host, port, community=community or "", timeout=timeout, progress=_progress
+                host,
+                target_port,
+                community=community or "",
+                device_id=device,
+                walk=roots,
+                enterprise=enterprise,
+                timeout=timeout,
+                progress=_progress,
             )
         )
     except DiscoveryError as exc:
         _fail(str(exc), 1)
     if not points:
-        _fail(f"{host}:{port} answered but offers no points", 1)
-    header = f"outpost discover snmp {_stamp()}: {host}:{port}, {len(points)} points"
+        _fail(f"{host}:{target_port} answered but offers no points", 1)
+    snippet = config_snippet(points[0].device, host, target_port, community_env)
+    typer.echo("\nagent config for this device:\n" + snippet, err=True)
+    header = f"outpost discover snmp {_stamp()}: {host}:{target_port}, {len(points)} points"
     _write(points, out, header)
