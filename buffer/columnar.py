@@ -108,3 +108,16 @@ def count_above(conn: sqlite3.Connection, seq: int) -> int:
     ).fetchone()
     straddle = max(0, part[0] + part[1] - 1 - seq) if part else 0
     return int(whole) + straddle
+
+
+def count_between(conn: sqlite3.Connection, lo: int, hi: int) -> int:
+    """Readings stored with ``lo < seq <= hi``."""
+    return count_above(conn, lo) - count_above(conn, hi)
+
+
+def first_above(conn: sqlite3.Connection, seq: int) -> tuple[int, int] | None:
+    """(seq, ts ms) of the first stored reading above ``seq``, or None."""
+    parts = read_range(conn, seq, None, 1)
+    if not parts:
+        return None
+    return parts[0].first_seq, parts[0].ts_ms[0]

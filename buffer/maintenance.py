@@ -88,9 +88,7 @@ class Maintenance:
             return
         target = int(self.max_bytes * LOW_WATER)
         for _ in range(1000):
-            rows = conn.execute(
-                "SELECT (SELECT count(*) FROM readings) + (SELECT count(*) FROM events)"
-            ).fetchone()[0]
+            rows = self._count_items(conn)
             if rows == 0 or used <= target:
                 break
             per_row = max(1.0, used / rows)
@@ -121,9 +119,33 @@ class Maintenance:
     def _evict_in(self, conn: sqlite3.Connection, limit: int) -> _Step:
         """One eviction step inside the caller's transaction."""
         cur = cursor(conn)
+        step = self._evict_synced_readings(conn, cur, limit)
+        if step is None:  # no reading left at all
+            return self._evict_events(conn, limit, synced_only=False)
+        if step.n:
+            return step
+        step = self._evict_events(conn, limit, synced_only=True)
+        if step.n:
+            return step
+        return self._evict_unsynced_readings(conn, cur, limit)
+
+    # The reading layout's part: rows here, whole chunks in the columnar layout.
+
+    def _count_items(self, conn: sqlite3.Connection) -> int:
+        return int(
+            conn.execute(
+                "SELECT (SELECT count(*) FROM readings) + (SELECT count(*) FROM events)"
+            ).fetchone()[0]
+        )
+
+    def _evict_synced_readings(
+        self, conn: sqlite3.Connection, cur: int, limit: int
+    ) -> _Step | None:
+        """Synced readings oldest first (below the cursor, then islands); None if no reading
+        is left, a step of 0 if every reading left is unsynced."""
         lo = conn.execute("SELECT min(seq) FROM readings").fetchone()[0]
         if lo is None:
-            return self._evict_events(conn, limit, synced_only=False)
+            return None
         if lo <= cur:
             hi = min(cur, lo + limit - 1)
             n = conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)).rowcount
@@ -144,9 +166,10 @@ class Maintenance:
             ).rowcount
             bump_meta(conn, "evicted_synced", n)
             return _Step(int(n))
-        step = self._evict_events(conn, limit, synced_only=True)
-        if step.n:
-            return step
+        return _Step(0)
+
+    def _evict_unsynced_readings(self, conn: sqlite3.Connection, cur: int, limit: int) -> _Step:
+        lo = conn.execute("SELECT min(seq) FROM readings").fetchone()[0]
         hi = lo + limit - 1
         n = conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (lo, hi)).rowcount
         conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (hi,))
@@ -154,6 +177,12 @@ class Maintenance:
         # Lost for good: the cursor moves past them so the uplink does not wait for them.
         advance_cursor(conn, hi)
         return _Step(int(n), hi, "readings")
+
+    def _delete_block(self, conn: sqlite3.Connection, first: int, last: int) -> int:
+        """Retention: the readings of one commit block."""
+        return int(
+            conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
+        )
 
     def _report_lost(self, step: _Step) -> None:
         """After the commit: log and report unsynced data the bound dropped."""
@@ -231,9 +260,7 @@ class Maintenance:
                 n = 0
                 taken = []
                 for first, last in blocks:
-                    n += conn.execute(
-                        "DELETE FROM readings WHERE seq BETWEEN ? AND ?", (first, last)
-                    ).rowcount
+                    n += self._delete_block(conn, first, last)
                     taken.append((first,))
                     if n >= EVICT_CHUNK:
                         break

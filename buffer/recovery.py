@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from outpost.buffer import schema
@@ -80,6 +80,7 @@ def replace_running(
     last_seq: int,
     last_event_id: int,
     names: Sequence[str | None],
+    init_layout: Callable[[sqlite3.Connection], None] | None = None,
 ) -> Path:
     """The file went bad under the running agent: move it aside and continue in a fresh one
     that continues ``last_seq``/``last_event_id`` and keeps the point keys ``names``.
@@ -94,6 +95,8 @@ def replace_running(
         schema.init_schema(
             conn, seq_base=last_seq, event_base=last_event_id, corrupt_recoveries=count
         )
+        if init_layout is not None:
+            init_layout(conn)
         with transaction(conn):
             conn.executemany(
                 "INSERT INTO points(key, point_id) VALUES (?, ?)",

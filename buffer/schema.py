@@ -32,7 +32,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -324,17 +324,31 @@ def file_size(path: Path) -> int:
         return 0
 
 
-def collect_stats(conn: sqlite3.Connection, path: Path, now: float | None = None) -> BufferStats:
+#: (readings stored, unsynced readings, ts ms of the first reading above the cursor or None)
+ReadingCounts = Callable[[sqlite3.Connection, int], tuple[int, int, int | None]]
+
+
+def row_counts(conn: sqlite3.Connection, cursor: int) -> tuple[int, int, int | None]:
+    """:data:`ReadingCounts` of the row layout."""
+    rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+    first = conn.execute(
+        "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", (cursor,)
+    ).fetchone()
+    return int(rows), unsynced_count(conn, cursor), first[0] if first else None
+
+
+def collect_stats(
+    conn: sqlite3.Connection,
+    path: Path,
+    now: float | None = None,
+    counts: ReadingCounts = row_counts,
+) -> BufferStats:
     """Statistics from one consistent snapshot of the file."""
     now = time.time() if now is None else now
     with transaction(conn, "DEFERRED"):
         meta = read_meta(conn)
         cursor = meta["synced_through"]
-        rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
-        unsynced = unsynced_count(conn, cursor)
-        first = conn.execute(
-            "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", (cursor,)
-        ).fetchone()
+        rows, unsynced, first_ms = counts(conn, cursor)
         ev_cursor = meta["events_synced_through"]
         events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         unsynced_events = conn.execute(
@@ -349,7 +363,9 @@ def collect_stats(conn: sqlite3.Connection, path: Path, now: float | None = None
         path=str(path),
         rows=int(rows),
         unsynced_rows=unsynced,
-        oldest_unsynced_age_s=(max(0.0, now - first[0] / 1000.0) if first and unsynced else None),
+        oldest_unsynced_age_s=(
+            max(0.0, now - first_ms / 1000.0) if first_ms is not None and unsynced else None
+        ),
         size_bytes=int(page_count * page_size + wal),
         free_bytes=int(free * page_size),
         evicted_synced=meta["evicted_synced"],

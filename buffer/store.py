@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from outpost.buffer.points import PointNames
 from outpost.buffer.recovery import open_checked
 from outpost.buffer.source import SyncSource
 from outpost.buffer.sync import SyncReader, last_event_id
-from outpost.buffer.writer import EventItem, Writer
+from outpost.buffer.writer import EventItem, InsertReadings, Writer, insert_rows
 
 __all__ = ["Buffer", "BufferClosedError"]
 
@@ -61,6 +62,21 @@ log = structlog.get_logger(__name__)
 
 
 class Buffer:
+    # The reading layout: one row per reading here; ColumnarBuffer (outpost.buffer.columnar)
+    # swaps these for chunks and keeps everything else.
+    _maintenance_class: type[Maintenance] = Maintenance
+    _sync_class: type[SyncReader] = SyncReader
+    _history_class: type[History] = History
+
+    def _insert_layout(self) -> InsertReadings:
+        return insert_rows
+
+    def _init_layout(self, conn: sqlite3.Connection) -> None:
+        """Create what the layout needs in a freshly opened file (the row layout: nothing)."""
+
+    def _collect_stats(self, conn: sqlite3.Connection) -> BufferStats:
+        return schema.collect_stats(conn, self.path)
+
     def __init__(
         self,
         path: Path,
@@ -102,7 +118,7 @@ class Buffer:
 
         self._files = BufferFiles(self.path, max_bytes=self.max_bytes)
         self._names = PointNames(self._files)
-        self._maintenance = Maintenance(
+        self._maintenance = self._maintenance_class(
             self._files,
             max_bytes=self.max_bytes,
             retention_s=self.retention_s,
@@ -119,9 +135,11 @@ class Buffer:
             max_pending_rows=int(max_pending_rows),
             on_corrupt_recovered=self._recovered,
             on_commit_failure=on_commit_failure,
+            insert_readings=self._insert_layout(),
+            init_layout=self._init_layout,
         )
-        self._sync = SyncReader(self._files, self._names)
-        self._history = History(self._files, self._names)
+        self._sync = self._sync_class(self._files, self._names)
+        self._history = self._history_class(self._files, self._names)
         self._opened = False
         self._closed = False
 
@@ -132,6 +150,7 @@ class Buffer:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn, moved_to = open_checked(self.path, quick_check=self.quick_check)
+        self._init_layout(conn)
         self._files.attach(conn)
         meta = schema.read_meta(conn)
         top = conn.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
@@ -316,7 +335,7 @@ class Buffer:
     def stats(self) -> BufferStats:
         conn = self._files.query()
         with self._files.query_lock:
-            st = schema.collect_stats(conn, self.path)
+            st = self._collect_stats(conn)
         st.pending_rows = self._writer.pending_rows
         st.dropped_rows = self._writer.dropped_rows
         return st

@@ -78,6 +78,9 @@ class EventItem:
 
 
 Item = ReadingBatch | EventItem
+#: Stores reading batches after ``seq`` inside the writer's transaction; returns the new last
+#: seq. The row layout (:func:`insert_rows`) by default; the columnar one stores chunks.
+InsertReadings = Callable[[sqlite3.Connection, list[ReadingBatch], int], int]
 
 
 class Writer:
@@ -93,8 +96,12 @@ class Writer:
         max_pending_rows: int,
         on_corrupt_recovered: Callable[[Path], None],
         on_commit_failure: Callable[[bool, str | None], None] | None = None,
+        insert_readings: InsertReadings | None = None,
+        init_layout: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self._files = files
+        self._insert = insert_readings or insert_rows
+        self._init_layout = init_layout
         self._names = names
         self._maintenance = maintenance
         self.commit_interval = commit_interval
@@ -469,7 +476,7 @@ class Writer:
         with transaction(conn):
             batches = [it for it in items if isinstance(it, ReadingBatch)]
             if len(batches) == len(items):
-                seq = _insert_readings(conn, batches, seq)
+                seq = self._insert(conn, batches, seq)
             else:
                 # Keep events interleaved with readings in append order.
                 run: list[ReadingBatch] = []
@@ -477,14 +484,14 @@ class Writer:
                     if isinstance(it, ReadingBatch):
                         run.append(it)
                         continue
-                    seq = _insert_readings(conn, run, seq)
+                    seq = self._insert(conn, run, seq)
                     run = []
                     cur = conn.execute(
                         _INSERT_EVENT,
                         (round(it.ts * 1000.0), it.kind, it.source, it.actor, it.detail),
                     )
                     last_event = cur.lastrowid or last_event
-                seq = _insert_readings(conn, run, seq)
+                seq = self._insert(conn, run, seq)
             if seq != self.last_seq:
                 set_meta(conn, "last_seq", seq)
         self.last_event_id = last_event
@@ -523,6 +530,7 @@ class Writer:
                 last_seq=self.last_seq,
                 last_event_id=self.last_event_id,
                 names=self._names.snapshot(),
+                init_layout=self._init_layout,
             )
         except Exception:
             log.exception("buffer.recovery_failed", path=str(self._files.path))
@@ -531,7 +539,8 @@ class Writer:
         return True
 
 
-def _insert_readings(conn: sqlite3.Connection, batches: list[ReadingBatch], seq: int) -> int:
+def insert_rows(conn: sqlite3.Connection, batches: list[ReadingBatch], seq: int) -> int:
+    """One ``readings`` row per reading, one ``blocks`` row per call (the row layout)."""
     if not batches:
         return seq
     n = sum(b.n for b in batches)

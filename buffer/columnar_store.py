@@ -1,0 +1,265 @@
+"""The columnar buffer (issue 14): :class:`ColumnarBuffer`, the same facade, API and
+guarantees as :class:`~outpost.buffer.store.Buffer`, with readings stored as chunks (one per
+group commit, :mod:`.chunks`, :mod:`.columnar`) instead of one SQLite row each.
+
+Not the default yet: the file tools (:mod:`.inspect`: ``outpost buffer stats/export``) and
+a migration of row-format files are still to come, and the agent constructs ``Buffer``. What
+changes against the row layout, module by module:
+
+- writer: one ``chunks`` row per commit (plus the ``blocks`` row history and retention use);
+- sync: seq windows decode the overlapping chunks and cut them; acks, islands, dead letters
+  and events are unchanged (inherited);
+- maintenance: the size bound and retention remove whole chunks, still counted per reading
+  (a chunk partly acknowledged out of order counts its acknowledged readings as synced);
+- history: the chunks of the blocks in the time window are decoded and filtered;
+- stats: counts from the chunk rows (``n``), not from a row count.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from itertools import chain
+from typing import Any
+
+from outpost.buffer import columnar, schema
+from outpost.buffer.chunks import Columns
+from outpost.buffer.history import History, _spans
+from outpost.buffer.maintenance import Maintenance, _Step
+from outpost.buffer.models import BufferStats, ReadingRows
+from outpost.buffer.points import PointNames
+from outpost.buffer.schema import bump_meta, transaction
+from outpost.buffer.store import Buffer
+from outpost.buffer.sync import SyncReader, advance_cursor, cursor
+from outpost.buffer.writer import InsertReadings, ReadingBatch
+
+
+def insert_chunk(conn: sqlite3.Connection, batches: list[ReadingBatch], seq: int) -> int:
+    """The writer's insert for the columnar layout: one chunk per call."""
+    if not batches:
+        return seq
+    ms = [round(t * 1000.0) for t in chain.from_iterable(b.ts for b in batches)]
+    last = columnar.insert(
+        conn,
+        seq + 1,
+        ms,
+        list(chain.from_iterable(b.keys for b in batches)),
+        list(chain.from_iterable(b.values for b in batches)),
+        list(chain.from_iterable(b.quality for b in batches)),
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO blocks(first_seq, last_seq, min_ts, max_ts) VALUES (?,?,?,?)",
+        (seq + 1, last, min(ms), max(ms)),
+    )
+    return last
+
+
+def _rows(names: PointNames, parts: list[Columns]) -> ReadingRows:
+    if not parts:
+        return ReadingRows()
+    seq: list[int] = []
+    ts: list[float] = []
+    keys: list[int] = []
+    value: list[float | None] = []
+    quality: list[int] = []
+    for p in parts:
+        seq += range(p.first_seq, p.first_seq + len(p))
+        ts += [t / 1000.0 for t in p.ts_ms]
+        keys += p.keys
+        value += [None if math.isnan(v) else v for v in p.values]
+        quality += p.quality
+    return ReadingRows(seq=seq, ts=ts, point_id=names.names_for(keys), value=value, quality=quality)
+
+
+class ChunkSyncReader(SyncReader):
+    def read_unsynced(self, limit: int, after_seq: int | None = None) -> ReadingRows:
+        conn = self._files.sync()
+        with self._files.sync_lock, transaction(conn, "DEFERRED"):
+            pos = cursor(conn) if after_seq is None else max(cursor(conn), after_seq)
+            islands = conn.execute(
+                "SELECT first_seq, last_seq FROM synced_ranges WHERE last_seq > ? "
+                "ORDER BY first_seq",
+                (pos,),
+            ).fetchall()
+            parts: list[Columns] = []
+            got = 0
+            for first, last in [*islands, (None, None)]:
+                want = limit - got
+                if want <= 0:
+                    break
+                if first is None:
+                    parts += columnar.read_range(conn, pos, None, want)
+                    break
+                if first > pos + 1:
+                    window = columnar.read_range(conn, pos, first - 1, want)
+                    parts += window
+                    got += sum(len(p) for p in window)
+                pos = max(pos, last)
+        return _rows(self._names, parts)
+
+    def read_latest(self, limit: int) -> ReadingRows:
+        conn = self._files.sync()
+        with self._files.sync_lock, transaction(conn, "DEFERRED"):
+            cur = cursor(conn)
+            islands = conn.execute(
+                "SELECT first_seq, last_seq FROM synced_ranges WHERE last_seq > ? "
+                "ORDER BY first_seq DESC",
+                (cur,),
+            ).fetchall()
+            windows: list[list[Columns]] = []
+            got = 0
+            hi: int | None = None
+            for first, last in [*islands, (None, None)]:
+                want = limit - got
+                if want <= 0:
+                    break
+                lo = cur if last is None else last
+                if hi is None or hi > lo:
+                    window = columnar.read_range(conn, lo, hi, want, newest=True)
+                    windows.append(window)
+                    got += sum(len(p) for p in window)
+                if first is None:
+                    break
+                hi = first - 1
+        windows.reverse()
+        return _rows(self._names, [p for w in windows for p in w])
+
+
+class ChunkMaintenance(Maintenance):
+    def _count_items(self, conn: sqlite3.Connection) -> int:
+        return int(
+            conn.execute(
+                "SELECT (SELECT coalesce(sum(n), 0) FROM chunks) + (SELECT count(*) FROM events)"
+            ).fetchone()[0]
+        )
+
+    def _evict_synced_readings(
+        self, conn: sqlite3.Connection, cur: int, limit: int
+    ) -> _Step | None:
+        oldest = conn.execute(
+            "SELECT first_seq, n FROM chunks ORDER BY first_seq LIMIT 1"
+        ).fetchone()
+        if oldest is None:
+            return None
+        first, n = oldest
+        if first + n - 1 <= cur:
+            self._drop_chunk(conn, first, first + n - 1)
+            bump_meta(conn, "evicted_synced", n)
+            return _Step(int(n))
+        # A chunk wholly inside a range acknowledged out of order.
+        inside = conn.execute(
+            "SELECT c.first_seq, c.n FROM chunks c JOIN synced_ranges s "
+            "ON c.first_seq >= s.first_seq AND c.first_seq + c.n - 1 <= s.last_seq "
+            "WHERE s.last_seq > ? ORDER BY c.first_seq LIMIT 1",
+            (cur,),
+        ).fetchone()
+        if inside is not None:
+            f, m = inside
+            self._drop_chunk(conn, f, f + m - 1)
+            bump_meta(conn, "evicted_synced", m)
+            return _Step(int(m))
+        return _Step(0)
+
+    def _evict_unsynced_readings(self, conn: sqlite3.Connection, cur: int, limit: int) -> _Step:
+        first, n = conn.execute(
+            "SELECT first_seq, n FROM chunks ORDER BY first_seq LIMIT 1"
+        ).fetchone()
+        last = first + n - 1
+        # Readings of the chunk at or below the cursor, or in an island, were synced.
+        synced = max(0, cur - first + 1)
+        for f, la in conn.execute(
+            "SELECT first_seq, last_seq FROM synced_ranges WHERE last_seq >= ? AND first_seq <= ?",
+            (max(first, cur + 1), last),
+        ):
+            synced += min(la, last) - max(f, first, cur + 1) + 1
+        self._drop_chunk(conn, first, last)
+        bump_meta(conn, "evicted_synced", synced)
+        bump_meta(conn, "evicted_unsynced", n - synced)
+        advance_cursor(conn, last)
+        if n - synced == 0:
+            return _Step(int(n))
+        return _Step(int(n - synced), last, "readings")
+
+    def _drop_chunk(self, conn: sqlite3.Connection, first: int, last: int) -> None:
+        conn.execute("DELETE FROM chunks WHERE first_seq = ?", (first,))
+        conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (last,))
+
+    def _delete_block(self, conn: sqlite3.Connection, first: int, last: int) -> int:
+        row = conn.execute("SELECT n FROM chunks WHERE first_seq = ?", (first,)).fetchone()
+        conn.execute("DELETE FROM chunks WHERE first_seq = ?", (first,))
+        return int(row[0]) if row else 0
+
+
+class ChunkHistory(History):
+    def history(
+        self, point_id: str, since_ts: float, until_ts: float | None = None, limit: int = 10_000
+    ) -> ReadingRows:
+        conn = self._files.query()
+        lo_ms = round(since_ts * 1000.0)
+        hi_ms = round(until_ts * 1000.0) if until_ts is not None else 2**62
+        rows: list[tuple[Any, ...]] = []  # newest first until the end
+        with self._files.query_lock, transaction(conn, "DEFERRED"):
+            row = conn.execute("SELECT key FROM points WHERE point_id = ?", (point_id,)).fetchone()
+            if row is None:
+                return ReadingRows()
+            key = row[0]
+            spans = _spans(
+                conn.execute(
+                    "SELECT first_seq, last_seq FROM blocks WHERE max_ts >= ? AND min_ts <= ? "
+                    "ORDER BY first_seq DESC",
+                    (lo_ms, hi_ms),
+                ).fetchall()
+            )
+            for first, last in spans:
+                if len(rows) >= limit:
+                    break
+                for part in reversed(columnar.read_range(conn, first - 1, last, 2**62)):
+                    ts, keys, values, quality = part.ts_ms, part.keys, part.values, part.quality
+                    for i in range(len(part) - 1, -1, -1):
+                        if keys[i] == key and lo_ms <= ts[i] <= hi_ms:
+                            v = values[i]
+                            rows.append(
+                                (
+                                    part.first_seq + i,
+                                    ts[i] / 1000.0,
+                                    key,
+                                    None if math.isnan(v) else v,
+                                    quality[i],
+                                )
+                            )
+                            if len(rows) >= limit:
+                                break
+                    if len(rows) >= limit:
+                        break
+        rows.reverse()
+        return self._names.rows(rows)
+
+
+class ColumnarBuffer(Buffer):
+    """:class:`~outpost.buffer.store.Buffer` with readings stored as columnar chunks."""
+
+    _maintenance_class = ChunkMaintenance
+    _sync_class = ChunkSyncReader
+    _history_class = ChunkHistory
+
+    def _insert_layout(self) -> InsertReadings:
+        return insert_chunk
+
+    def _init_layout(self, conn: sqlite3.Connection) -> None:
+        with transaction(conn):
+            columnar.create(conn)
+
+    def _collect_stats(self, conn: sqlite3.Connection) -> BufferStats:
+        return schema.collect_stats(conn, self.path, counts=chunk_counts)
+
+
+def chunk_counts(conn: sqlite3.Connection, cur: int) -> tuple[int, int, int | None]:
+    """:data:`~outpost.buffer.schema.ReadingCounts` of the columnar layout."""
+    rows = columnar.count_above(conn, -1)
+    unsynced = columnar.count_above(conn, cur)
+    for f, la in conn.execute(
+        "SELECT first_seq, last_seq FROM synced_ranges WHERE last_seq > ?", (cur,)
+    ):
+        unsynced -= columnar.count_between(conn, max(f, cur + 1) - 1, la)
+    first = columnar.first_above(conn, cur)
+    return rows, unsynced, first[1] if first else None
