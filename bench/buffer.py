@@ -1,6 +1,7 @@
 """Buffer throughput: append rate and drain rate with N rows already buffered.
 
     .venv/bin/python bench/buffer.py [--rows 1000000,10000000] [--measure 1000000] [--dir DIR]
+                                     [--layout rows|columnar]
 
 For each N: a fresh buffer file is prefilled with N unsynced readings, then
 
@@ -10,6 +11,9 @@ For each N: a fresh buffer file is prefilled with N unsynced readings, then
   caller spends inside ``append`` (the event-loop cost per reading).
 - drain: ``read_unsynced(5000)`` + ``mark_synced(last seq)`` until ``--measure`` readings were
   read, oldest first from the cursor (what the uplink does on backfill).
+
+``--layout columnar`` measures ColumnarBuffer (issue 14: readings as compressed chunks, not the
+agent's default yet) instead of the row-per-reading Buffer.
 
 Prints figures only; no pass/fail. Targets: append >= 250,000/s, drain >= 500,000/s, both within
 20 % between 1 M and 10 M buffered.
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog
 
+from outpost.buffer.columnar_store import ColumnarBuffer
 from outpost.buffer.store import Buffer
 
 POINTS = 2000
@@ -105,14 +110,16 @@ def main() -> None:
     ap.add_argument("--measure", type=int, default=1_000_000, help="readings per measurement")
     ap.add_argument("--batch", type=int, default=500, help="readings per append call")
     ap.add_argument("--dir", default=None, help="where to put the files (default: a temp dir)")
+    ap.add_argument("--layout", choices=("rows", "columnar"), default="rows")
     args = ap.parse_args()
+    layout = ColumnarBuffer if args.layout == "columnar" else Buffer
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     sizes = [int(float(x)) for x in args.rows.split(",") if x.strip()]
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="outpost-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     print(
-        f"# buffer bench: {args.measure:,} readings per figure, append batch {args.batch}, "
-        f"files in {base}"
+        f"# buffer bench ({args.layout}): {args.measure:,} readings per figure, "
+        f"append batch {args.batch}, files in {base}"
     )
     print(
         "rates are readings per wall-clock second and, in brackets, per CPU-second of this "
@@ -128,7 +135,7 @@ def main() -> None:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(str(path) + suffix)
-            buf = Buffer(
+            buf = layout(
                 path,
                 max_size_mb=100_000,
                 retention_days=3650,

@@ -4,8 +4,8 @@
 ``recovery``, ``maintenance``, ``sync``, ``history``, ``points``, ``files``; its docstring
 lists the guarantees and which module keeps each); ``outpost.buffer.source.SyncSource`` is what
 the uplink needs of it; ``outpost.buffer.inspect`` reads a buffer file directly (CLI stats and
-exports, safe while the agent runs). ``chunks``/``columnar`` are the columnar storage of
-issue 14, not yet used by ``Buffer``.
+exports, safe while the agent runs). ``columnar_store.ColumnarBuffer`` (with ``chunks`` and
+``columnar``) is the columnar storage of issue 14: same API, not yet what the agent uses.
 """
 
 from outpost.buffer.models import BufferStats, EventRow, ReadingRows

@@ -1,8 +1,9 @@
 """Columnar chunks: the storage unit of the columnar buffer (issue 14), not yet the default.
 
 A chunk holds the readings of one group commit as packed, compressed columns instead of one
-SQLite row per reading. This module is the codec only; the plan for the rest, behind the
-seams the buffer already has:
+SQLite row per reading. This module is the codec; :mod:`.columnar` the ``chunks`` table and
+:mod:`.columnar_store` the :class:`ColumnarBuffer` that follows this plan (all but the
+migration and the file tools of :mod:`.inspect`), behind the seams the buffer already has:
 
 - **writer** (:mod:`.writer`): ``_insert_readings`` stores one ``chunks`` row per commit
   (``first_seq`` INTEGER PRIMARY KEY, ``n``, ``min_ts``, ``max_ts``, ``codec``, ``blob``)
