@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Debian packages the test suite talks to as real peers: protocol peers, a browser for the
 # pages, nginx as the load balancer in front of two receivers, socat for serial-line pairs,
 # Prometheus (promtool and a real scrape), debootstrap + systemd for the package's install test.
-TEST_APT_PACKAGES := snmpd snmp mosquitto chromium nginx socat prometheus debootstrap systemd
+TEST_APT_PACKAGES := snmpd snmp mosquitto chromium nginx socat prometheus debootstrap systemd python3-venv
 # The demo's MQTT rack sensors need a broker.
 DEMO_APT_PACKAGES := mosquitto
 
