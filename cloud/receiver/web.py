@@ -18,6 +18,7 @@ admin pages need an admin. A site-scoped user sees only their sites' gateways ev
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -198,11 +199,14 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
 
     async def fleet_ctx(request: Request, p: Principal, site: str | None) -> dict[str, Any]:
         pool = pool_of(request)
-        rows = await dashboard_data.fleet(pool, settings, scope(p), site=site or None)
+        rows, site_list = await asyncio.gather(
+            dashboard_data.fleet(pool, settings, scope(p), site=site or None),
+            dashboard_data.sites(pool, scope(p)),
+        )
         return {
             "gateways": rows,
             "site": site or "",
-            "sites": await dashboard_data.sites(pool, scope(p)),
+            "sites": site_list,
             "counts": {
                 s: sum(1 for g in rows if g.status == s) for s in ("online", "stale", "offline")
             },
@@ -231,10 +235,14 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
     async def gateway_ctx(request: Request, p: Principal, gw: str) -> dict[str, Any]:
         await visible_gateway(request, p, gw)
         pool = pool_of(request)
-        rows = await dashboard_data.fleet(pool, settings, None, gateway_id=gw)
+        rows, points, alarms, modes = await asyncio.gather(
+            dashboard_data.fleet(pool, settings, None, gateway_id=gw),
+            dashboard_data.latest(pool, gw),
+            dashboard_data.active_alarms(pool, None, gateway_id=gw),
+            dashboard_data.mode_history(pool, gw),
+        )
         if not rows:
             raise HTTPException(404, f"unknown gateway {gw}")
-        points = await dashboard_data.latest(pool, gw)
         devices: dict[str, dict[str, Any]] = {}
         for name, health in (rows[0].heartbeat.get("devices") or {}).items():
             devices[name] = {"name": name, "points": 0, **health}
@@ -245,8 +253,8 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
             "points": points,
             "kpis": dashboard_data.kpis(points),
             "devices": sorted(devices.values(), key=lambda d: d["name"]),
-            "alarms": (await dashboard_data.active_alarms(pool, None, gateway_id=gw)).rows,
-            "modes": await dashboard_data.mode_history(pool, gw),
+            "alarms": alarms.rows,
+            "modes": modes,
         }
 
     @router.get("/gateways/{gateway_id}", include_in_schema=False)
@@ -422,36 +430,40 @@ def dashboard_router(settings: ReceiverSettings, env: Any = None) -> APIRouter:
         limit: int | None = CONSOLE_ROWS,
     ) -> dict[str, Any]:
         pool = pool_of(request)
-        active = await dashboard_data.active_alarms(
-            pool,
-            scope(p),
-            gateway_id=gateway or None,
-            site=site or None,
-            priority=priority or None,
-            state=state or None,
-            limit=limit,
-        )
-        summary = await dashboard_data.alarm_summary(pool, scope(p))
         window = timedelta(hours=24)
         now = datetime.now(UTC)
-        episodes = await dashboard_data.alarm_history(
-            pool, scope(p), since=now - window, gateway_id=gateway or None
+        # independent reads on separate pool connections: the page waits for the slowest
+        active, summary, episodes, health, site_list = await asyncio.gather(
+            dashboard_data.active_alarms(
+                pool,
+                scope(p),
+                gateway_id=gateway or None,
+                site=site or None,
+                priority=priority or None,
+                state=state or None,
+                limit=limit,
+            ),
+            dashboard_data.alarm_summary(pool, scope(p)),
+            dashboard_data.alarm_history(
+                pool, scope(p), since=now - window, gateway_id=gateway or None
+            ),
+            dashboard_data.alarm_health_db(pool, scope(p), 0, window, now),
+            dashboard_data.sites(pool, scope(p)),
         )
+        health.standing = summary.standing
         return {
             "alarms": active.rows,
             "matching": active.matching,
             "summary": summary,
             "history": episodes[:200],
-            "health": await dashboard_data.alarm_health_db(
-                pool, scope(p), summary.standing, window, now
-            ),
+            "health": health,
             "filters": {
                 "site": site or "",
                 "gateway": gateway or "",
                 "priority": priority or "",
                 "state": state or "",
             },
-            "sites": await dashboard_data.sites(pool, scope(p)),
+            "sites": site_list,
             "gateways": summary.gateways,
             "states": ALARM_STATES,
             "can_act": p.has("operator"),
