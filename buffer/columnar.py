@@ -121,3 +121,21 @@ def first_above(conn: sqlite3.Connection, seq: int) -> tuple[int, int] | None:
     if not parts:
         return None
     return parts[0].first_seq, parts[0].ts_ms[0]
+
+
+def reading_counts(conn: sqlite3.Connection, cur: int) -> tuple[int, int, int | None]:
+    """:data:`~outpost.buffer.schema.ReadingCounts` of the columnar layout."""
+    rows = count_above(conn, -1)
+    unsynced = count_above(conn, cur)
+    for f, la in conn.execute(
+        "SELECT first_seq, last_seq FROM synced_ranges WHERE last_seq > ?", (cur,)
+    ):
+        unsynced -= count_between(conn, max(f, cur + 1) - 1, la)
+    first = first_above(conn, cur)
+    return rows, unsynced, first[1] if first else None
+
+
+def present(conn: sqlite3.Connection) -> bool:
+    """Is this a columnar-layout file (the row layout never creates the table)?"""
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='chunks'")
+    return row.fetchone() is not None

@@ -250,16 +250,4 @@ class ColumnarBuffer(Buffer):
             columnar.create(conn)
 
     def _collect_stats(self, conn: sqlite3.Connection) -> BufferStats:
-        return schema.collect_stats(conn, self.path, counts=chunk_counts)
-
-
-def chunk_counts(conn: sqlite3.Connection, cur: int) -> tuple[int, int, int | None]:
-    """:data:`~outpost.buffer.schema.ReadingCounts` of the columnar layout."""
-    rows = columnar.count_above(conn, -1)
-    unsynced = columnar.count_above(conn, cur)
-    for f, la in conn.execute(
-        "SELECT first_seq, last_seq FROM synced_ranges WHERE last_seq > ?", (cur,)
-    ):
-        unsynced -= columnar.count_between(conn, max(f, cur + 1) - 1, la)
-    first = columnar.first_above(conn, cur)
-    return rows, unsynced, first[1] if first else None
+        return schema.collect_stats(conn, self.path, counts=columnar.reading_counts)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from outpost.buffer import schema
+from outpost.buffer import columnar, schema
 from outpost.buffer.models import BufferStats
 from outpost.point_schedules.quality import QUALITY_LABEL
 
@@ -63,6 +63,8 @@ def open_readonly(path: Path) -> Iterator[sqlite3.Connection]:
 
 def file_stats(path: Path) -> BufferStats:
     with open_readonly(path) as conn:
+        if columnar.present(conn):
+            return schema.collect_stats(conn, Path(path), counts=columnar.reading_counts)
         return schema.collect_stats(conn, Path(path))
 
 
@@ -148,20 +150,54 @@ def export_readings(
         if hi_ms is not None:
             where.append("ts < ?")
             args.append(hi_ms)
+        key: int | None = None
         if point is not None:
             row = conn.execute("SELECT key FROM points WHERE point_id = ?", (point,)).fetchone()
             if row is None:
                 _header(out, fmt, READING_COLUMNS)
                 return 0
+            key = int(row[0])
             where.append("point = ?")
-            args.append(row[0])
+            args.append(key)
+        if columnar.present(conn):
+            return _write_readings(
+                _chunk_rows(conn, lo_seq, hi_seq, lo_ms, hi_ms, key), out, fmt, names
+            )
         cur = conn.execute(
             "SELECT seq, ts, point, value, quality FROM readings WHERE "
             + " AND ".join(where)
             + " ORDER BY seq",
             args,
         )
-        return _write_readings(cur, out, fmt, names)
+        return _write_readings(iter(lambda: cur.fetchmany(_FETCH), []), out, fmt, names)
+
+
+def _chunk_rows(
+    conn: sqlite3.Connection,
+    lo_seq: int,
+    hi_seq: int,
+    lo_ms: int | None,
+    hi_ms: int | None,
+    key: int | None,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The columnar layout's readings as the row query would give them, chunk by chunk."""
+    lo_t = -(2**62) if lo_ms is None else lo_ms
+    hi_t = 2**62 if hi_ms is None else hi_ms
+    pos = lo_seq - 1
+    while pos < hi_seq:
+        parts = columnar.read_range(conn, pos, hi_seq, _FETCH)
+        if not parts:
+            return
+        for p in parts:
+            first = p.first_seq
+            yield [
+                (first + i, t, k, None if math.isnan(v) else v, q)
+                for i, (t, k, v, q) in enumerate(
+                    zip(p.ts_ms, p.keys, p.values, p.quality, strict=True)
+                )
+                if lo_t <= t < hi_t and (key is None or k == key)
+            ]
+            pos = first + len(p) - 1
 
 
 def _header(out: TextIO, fmt: Format, columns: tuple[str, ...]) -> None:
@@ -169,7 +205,9 @@ def _header(out: TextIO, fmt: Format, columns: tuple[str, ...]) -> None:
         out.write(",".join(columns) + "\n")
 
 
-def _write_readings(cur: sqlite3.Cursor, out: TextIO, fmt: Format, names: list[str | None]) -> int:
+def _write_readings(
+    batches: Iterator[list[tuple[Any, ...]]], out: TextIO, fmt: Format, names: list[str | None]
+) -> int:
     iso = _IsoCache()
     labels = QUALITY_LABEL
     size = len(names)
@@ -184,7 +222,7 @@ def _write_readings(cur: sqlite3.Cursor, out: TextIO, fmt: Format, names: list[s
         # Lines built directly (the csv module costs ~2x): only the point id can need quoting,
         # and it is quoted once per point.
         cells: dict[int, str] = {}
-        for rows in iter(lambda: cur.fetchmany(_FETCH), []):
+        for rows in batches:
             lines = []
             for seq, ts, k, v, q in rows:
                 pid = cells.get(k)
@@ -198,7 +236,7 @@ def _write_readings(cur: sqlite3.Cursor, out: TextIO, fmt: Format, names: list[s
         dumps = json.dumps
         quoted: dict[int, str] = {}
         qlabels = {q: dumps(lbl) for q, lbl in labels.items()}
-        for rows in iter(lambda: cur.fetchmany(_FETCH), []):
+        for rows in batches:
             lines = []
             for seq, ts, k, v, q in rows:
                 pid = quoted.get(k)

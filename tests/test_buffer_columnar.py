@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import random
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from outpost.buffer.columnar_store import ColumnarBuffer
+from outpost.buffer.inspect import export_readings, file_stats
 from outpost.buffer.models import ReadingRows
 from outpost.buffer.source import SyncSource
 from outpost.buffer.store import Buffer
@@ -189,3 +192,28 @@ async def test_columnar_buffer_syncs_exactly_once(receiver: ReceiverHandle, tmp_
     assert len(expected) == 200 * 30
     assert_identical(expected, await receiver.readings(gw))
     assert await receiver.event_ids(gw) == event_ids != []
+
+
+def test_file_tools_read_a_columnar_file_like_a_row_file(tmp_path: Path) -> None:
+    rows, cols = _pair(tmp_path)
+    try:
+        _append_same((rows, cols), 30, random.Random(11))
+        for b in (rows, cols):
+            b.mark_range_synced(50, 80)
+            b.mark_synced(20)
+    finally:
+        rows.close()
+        cols.close()
+    a, b = file_stats(tmp_path / "rows.db"), file_stats(tmp_path / "cols.db")
+    for field in ("rows", "unsynced_rows", "last_seq", "synced_through", "events"):
+        assert getattr(a, field) == getattr(b, field), field
+    since = datetime.fromtimestamp(1_795_000_005, UTC)
+    until = datetime.fromtimestamp(1_795_000_020, UTC)
+    for fmt in ("csv", "jsonl"):
+        for point in (None, POINTS[4]):
+            outs = []
+            for name in ("rows.db", "cols.db"):
+                out = io.StringIO()
+                export_readings(tmp_path / name, out, fmt, since, until, point)
+                outs.append(out.getvalue())
+            assert outs[0] == outs[1] and outs[0].count("\n") > 10
