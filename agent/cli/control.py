@@ -345,10 +345,19 @@ def relinquish(
         int | None,
         typer.Option("--priority", "-p", help="BACnet priority 1..16 (default: the device's)."),
     ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_out: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """BACnet: release this agent's command on a point (write null at the priority)."""
+    if not yes:
+        live = call_agent(config, "GET", f"/points/{point_id}")
+        units = f" {live.get('units')}" if live.get("units") else ""
+        now = _num(live.get("value"))
+        if not typer.confirm(
+            f"relinquish {point_id} (now {now or 'unknown'}{units})?", default=False
+        ):
+            fail("not relinquished", 1)
     outcome = call_agent(
         config,
         "POST",

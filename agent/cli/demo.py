@@ -6,6 +6,7 @@ for the plant, the receiver for the central server). Ctrl-C stops them in revers
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -15,10 +16,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 
+from outpost.agent.api.client import AgentAccessDenied, AgentClient, AgentNotRunning, ApiError
 from outpost.agent.cli.common import ConfigOption, config_or_exit, fail
 from outpost.agent.core.config import AgentConfig
 
@@ -86,6 +88,7 @@ def demo(
     data_dir = cfg.agent.data_dir
     log_dir = data_dir / "demo-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    lock = _single_demo(log_dir, cfg)  # held (open) until this process exits
     children: list[_Child] = []
     env: dict[str, str] = {}
 
@@ -164,6 +167,39 @@ def demo(
         typer.echo("\nstopping…")
     finally:
         _stop(children)
+        lock.close()
+
+
+def _single_demo(log_dir: Path, cfg: AgentConfig) -> IO[str]:
+    """One demo per data dir: a second one says so in one line before it starts or
+    overwrites anything. The lock is an flock on demo-logs/demo.lock (released by the kernel
+    when the demo's process ends, even killed), so a stale file never blocks."""
+    handle = (log_dir / "demo.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        fail(f"a demo is already running (pid {pid}, logs in {log_dir}); stop it first")
+    if _agent_answers(cfg.api.socket):
+        handle.close()
+        fail(f"an agent is already running on {cfg.api.socket}; stop it before `outpost demo`")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _agent_answers(socket_path: Path) -> bool:
+    try:
+        AgentClient(socket_path, timeout=2.0).get("/status")
+    except AgentNotRunning:
+        return False
+    except (AgentAccessDenied, ApiError):
+        return True  # something that is an agent holds the socket
+    return True
 
 
 def _port_free(host: str, port: int) -> bool:

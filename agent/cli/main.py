@@ -18,6 +18,7 @@ from outpost.agent.cli.common import (
     console,
     print_json,
 )
+from outpost.agent.core.config import AgentConfig
 
 app = typer.Typer(
     name="outpost",
@@ -53,6 +54,7 @@ def run(config: ConfigOption = None) -> None:
     from outpost.agent.core.runtime import EX_CONFIG, Runtime, StartupError
 
     cfg = config_or_exit(config)
+    _secrets_or_exit(cfg)
     configure_logging(cfg.logging.level, cfg.logging.format)
     # From here on everything goes through the log, so in JSON mode every line is JSON.
     log = structlog.get_logger("outpost.agent.run")
@@ -68,24 +70,33 @@ def run(config: ConfigOption = None) -> None:
         raise typer.Exit(1) from None
 
 
+def _secrets_or_exit(cfg: AgentConfig) -> None:
+    """A device secret that cannot be read stops `run` as it fails `config check` (one rule,
+    ``drivers.secrets``): same lines, exit 2, before anything starts."""
+    from outpost.drivers.secrets import secret_problems
+
+    problems = secret_problems(cfg.devices)
+    for device_id, message in problems:
+        typer.echo(f'{cfg.config_path}: key "devices.{device_id}": {message}', err=True)
+    if problems:
+        raise typer.Exit(2)
+
+
 # ---------------------------------------------------------------------------- config
 
 
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate the config (and that its schedule files load); print every problem at once."""
+    from outpost.drivers.secrets import secret_problems
     from outpost.point_schedules.loader import ScheduleError, load_schedule
 
     cfg = config_or_exit(config)
-    problems: list[str] = []
-    for device_id, dev in cfg.devices.items():
-        # Secrets are read from env vars / files at run time; check they are there now.
-        for resolver in ("auth_data", "credentials"):
-            if hasattr(dev, resolver):
-                try:
-                    getattr(dev, resolver)()
-                except Exception as exc:
-                    problems.append(f'{cfg.config_path}: key "devices.{device_id}": {exc}')
+    # the same rule as `run` (drivers.secrets): an unreadable secret is a config error
+    problems = [
+        f'{cfg.config_path}: key "devices.{device_id}": {message}'
+        for device_id, message in secret_problems(cfg.devices)
+    ]
     try:
         schedule = load_schedule(cfg.schedules.files, cfg.device_protocols())
     except ScheduleError as exc:

@@ -211,7 +211,19 @@ def scenario(
     ] = None,
     control: ControlOption = None,
 ) -> None:
-    """Start (or --clear) a scenario on the running sim."""
+    """Start (or --clear) a scenario on the running sim.
+
+    \b
+    COOLING_FAILURE   facility water lost: CDU supply temperature climbs, AHU supply air
+                      drifts up, rack temperatures rise
+    POWER_SPIKE       IT load x1.5 (SNMP PDU outlets x1.8): PDU/UPS currents and heat rise
+    MAINS_FAILURE     UPS runs on battery (charge and runtime fall), chillers lose power
+                      (cooling drops to 30 %), SNMP PDU input and loads go to 0
+    UNIT_FAULT        --target cdu-01: pump trips; ups-01: inverter fault; pdu-01: breaker
+                      L3 trips; ahu-01: fan fails; the SNMP PDU: outlet 1 trips off
+    LEAK_DETECTED     CDU leak sensor on, reservoir level drops; MQTT leak sensors report
+    CELL_DEGRADATION  the UPS's weakest cell voltage and battery health fall
+    """
     request = {
         "op": "scenario",
         "name": name,
