@@ -40,9 +40,10 @@ from outpost.agent.api.server import LocalApiServer
 from outpost.agent.control.local import ControlRefused, LocalControl
 from outpost.agent.core.config import AgentConfig
 from outpost.agent.core.coordinator import DeviceCoordinator, DeviceHealth
+from outpost.agent.core.metrics import AgentMetrics, serve_metrics_http
 from outpost.agent.core.pipeline import Pipeline
 from outpost.agent.core.points import PointTable
-from outpost.agent.core.scheduler import Job, Scheduler, stagger_offset
+from outpost.agent.core.scheduler import Job, JobStats, Scheduler, stagger_offset
 from outpost.agent.core.supervise import supervise
 from outpost.agent.core.systemd import SystemdNotifier
 from outpost.buffer.store import Buffer
@@ -116,6 +117,9 @@ class Runtime:
         self.last_reload_error: list[str] | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        # per-job poll counters outlive a schedule reload (Prometheus counters never go back)
+        self._job_stats: dict[str, JobStats] = {}
+        self.metrics = AgentMetrics(self)
 
     # ------------------------------------------------------------------ control
 
@@ -176,6 +180,8 @@ class Runtime:
         )
         if alarms is not None:
             pipeline.set_alarm_points(alarms.alarm_point_ids)
+        if self.pipeline is not None:
+            pipeline.stats = self.pipeline.stats  # counters carry over a reload
         coordinators: dict[str, DeviceCoordinator] = {}
         by_device: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, p in enumerate(table.points):
@@ -226,12 +232,14 @@ class Runtime:
         for device_id, coord in self.coordinators.items():
             for group in coord.groups:
                 if coord.driver.polled:
+                    key = f"{device_id}@{group.interval:g}s"
                     scheduler.add(
                         Job(
-                            key=f"{device_id}@{group.interval:g}s",
+                            key=key,
                             interval=group.interval,
-                            action=partial(coord.poll, group),
+                            action=self.metrics.timed_poll(device_id, partial(coord.poll, group)),
                             offset=stagger_offset(device_id, group.interval, stagger),
+                            stats=self._job_stats.setdefault(key, JobStats()),
                         )
                     )
                 else:
@@ -303,6 +311,13 @@ class Runtime:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._polling(), name="polling")
                 tg.create_task(self._serve_api(), name="api")
+                if self.config.api.bind is not None:
+                    tg.create_task(
+                        serve_metrics_http(
+                            self.metrics, self.config.api.bind, token_env=self.config.api.token_env
+                        ),
+                        name="metrics-http",
+                    )
                 tg.create_task(self._health_loop(), name="health")
                 if self.control is not None:
                     tg.create_task(supervise("control", self.control.run), name="control")
@@ -689,6 +704,7 @@ class Runtime:
     async def _serve_api(self) -> None:
         assert self.control is not None
         app = create_app(self, self.control, request_reload=self.request_reload, schedules=self)
+        app.add_route("/metrics", self.metrics.endpoint, include_in_schema=False)
         await LocalApiServer(app, self.config.api.socket).serve()
 
     # ------------------------------------------------------------------ views
@@ -730,6 +746,16 @@ class Runtime:
             "uplink": self.uplink.status() if self.uplink is not None else None,
             "commands": self.commands.status() if self.commands is not None else None,
         }
+
+    def metrics_info(self) -> dict[str, str]:
+        return {
+            "gateway": self.config.agent.id,
+            "version": _version(),
+            "schedule_version": self.schedule.version if self.schedule else "",
+        }
+
+    def metrics_parts(self) -> tuple[LocalControl | None, Uplink | None, CommandChannel | None]:
+        return self.control, self.uplink, self.commands
 
     def _alarm_counts(self) -> dict[str, int] | None:
         return None if self.control is None else self.control.alarms.counts()

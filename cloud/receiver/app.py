@@ -40,6 +40,7 @@ from outpost.cloud.wire import (
 from . import api_auth, api_read, audit, read_store
 from .auth import Admin, NotAuthenticated, client_address
 from .commands import commands_router
+from .metrics import ReceiverMetrics, metrics_router
 from .settings import ReceiverSettings
 from .storage import EnrollError, Storage
 from .users import SITE_PATTERN
@@ -129,6 +130,8 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
     )
 
     app.state.settings = settings
+    metrics = ReceiverMetrics()
+    app.state.metrics = metrics
 
     def get_storage(request: Request) -> Storage:
         return request.app.state.storage
@@ -271,6 +274,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
                 403, f"token belongs to gateway {gateway_id}, batch is for {batch.gateway_id}"
             )
         ack = await storage.ingest(batch)
+        metrics.record_ingest(ack, time.perf_counter() - t0)
         # per batch at debug (a fleet sends many); replays at info: they mean lost acks
         emit = log.info if ack.readings_duplicate else log.debug
         emit(
@@ -430,6 +434,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
 
     install_dashboard(app, settings)  # pages, live SSE, UI static files, /docs without CDN
     app.include_router(commands_router(settings))
+    app.include_router(metrics_router(settings, metrics))
     # last: the dashboard's own GET /login (if installed above) takes precedence
     app.include_router(api_auth.fallback_login_router())
     return app
