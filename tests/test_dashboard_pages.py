@@ -135,6 +135,11 @@ async def test_operator_pages_live_values_trend_and_screenshots(
     assert [c["kind"] for c in cmds] == ["ack"]
     assert '"note": "looking at it"' in cmds[0]["args"]
     await shot(page, "alarms")
+    # filters: the select submits its form (no button needed with JS)
+    await page.select_option("select[name=priority]", "high")
+    await page.wait_for_url(f"{base}/alarms?*priority=high*")
+    await expect(alarm_rows).to_have_count(1)
+    await expect(alarm_rows.first).to_contain_text("rack-a06.temperature:hi")
 
     await page.goto(f"{base}/sites/{SITE}/floor")
     await expect(page.locator(".rack")).to_have_count(12)
