@@ -324,7 +324,7 @@ class Runtime:
                 if self.uplink is not None:
                     tg.create_task(supervise("uplink", self.uplink.run), name="uplink")
                 if self.commands is not None:
-                    tg.create_task(supervise("commands", self.commands.run), name="commands")
+                    tg.create_task(supervise("commands", self._command_channel), name="commands")
                 tg.create_task(self._wait_stop(), name="stop")
         except* _Stop:
             pass
@@ -644,6 +644,13 @@ class Runtime:
             heartbeat_source=self.heartbeat,
             point_metadata=self.point_metadata,
         )
+
+    async def _command_channel(self) -> None:
+        # Commands act on live state (device health, alarms): take none before the first poll
+        # cycle has told us what that state is.
+        await self.ready.wait()
+        assert self.commands is not None
+        await self.commands.run()
 
     def _make_commands(self) -> CommandChannel | None:
         cloud = self.config.cloud
