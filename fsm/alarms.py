@@ -672,10 +672,21 @@ class AlarmEngine:
         self, alarm_id: str, actor: str, duration_s: float | None, note: str | None = None
     ) -> AlarmView:
         """Timed shelve (``duration_s`` up to ``shelve_max_s``), or one-shot (None): until the
-        alarm next returns to normal."""
+        alarm next returns to normal. ``note`` is the reason, required: ISA-18.2 makes a
+        shelve an authorised, recorded act. A critical alarm is shelved only when the config
+        allows it (``allow_shelve_critical``)."""
         alarm = self._get(alarm_id)
         if alarm.out_of_service:
             raise AlarmActionRefused(f"alarm {alarm_id} is out of service; it cannot be shelved")
+        if note is None or not note.strip():
+            raise AlarmActionRefused(
+                f"shelving {alarm_id} needs a reason (a shelve is an authorised, recorded act)"
+            )
+        if alarm.priority == AlarmPriority.CRITICAL and not self.config.allow_shelve_critical:
+            raise AlarmActionRefused(
+                f"alarm {alarm_id} is critical and critical alarms cannot be shelved here "
+                "(alarms.allow_shelve_critical = false)"
+            )
         if duration_s is not None:
             if not (duration_s > 0 and math.isfinite(duration_s)):
                 raise AlarmActionRefused(f"shelve duration must be positive, got {duration_s}")

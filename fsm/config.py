@@ -35,6 +35,10 @@ class AlarmsConfig(_Model):
     )
     stale_alarms: bool = Field(True, description="create <point>:stale for every alarmed point")
     shelve_max_s: float = Field(8 * 3600.0, gt=0, description="longest allowed timed shelve")
+    allow_shelve_critical: bool = Field(
+        False,
+        description="operators may shelve critical alarms (off: a critical alarm stays in view)",
+    )
     flood_threshold: int = Field(10, ge=1, description="more new alarms than this in the window")
     flood_window_s: float = Field(600.0, gt=0)
     flood_clear_below: int = Field(5, ge=0, description="flood clears when the count drops below")

@@ -378,14 +378,14 @@ async def test_timed_shelve_expires_and_shows_the_truth(make_rig: Any) -> None:
 async def test_shelve_limits_and_unshelve(make_rig: Any) -> None:
     rig: Rig = await make_rig(config=AlarmsConfig(shelve_max_s=3600))
     with pytest.raises(AlarmActionRefused, match="exceeds the maximum of 3600s"):
-        rig.engine.shelve(f"{TEMP}:hi", "alice", 3601)
+        rig.engine.shelve(f"{TEMP}:hi", "alice", 3601, note="probe swap")
     with pytest.raises(AlarmActionRefused, match="must be positive"):
-        rig.engine.shelve(f"{TEMP}:hi", "alice", 0)
+        rig.engine.shelve(f"{TEMP}:hi", "alice", 0, note="probe swap")
     with pytest.raises(UnknownAlarm, match="unknown alarm 'nope:hi'"):
-        rig.engine.shelve("nope:hi", "alice", 60)
+        rig.engine.shelve("nope:hi", "alice", 60, note="probe swap")
     with pytest.raises(AlarmActionRefused, match="not shelved"):
         rig.engine.unshelve(f"{TEMP}:hi", "alice")
-    rig.engine.shelve(f"{TEMP}:hi", "alice", 3600)
+    rig.engine.shelve(f"{TEMP}:hi", "alice", 3600, note="probe swap")
     await rig.temp(31.0)
     await rig.poll()
     view = rig.engine.unshelve(f"{TEMP}:hi", "bob")
@@ -398,7 +398,7 @@ async def test_one_shot_shelve_ends_at_return_to_normal(make_rig: Any) -> None:
     rig: Rig = await make_rig()
     await rig.temp(31.0)
     await rig.poll()
-    view = rig.engine.shelve(f"{TEMP}:hi", "alice", None)
+    view = rig.engine.shelve(f"{TEMP}:hi", "alice", None, note="probe swap")
     assert (view.state, view.one_shot, view.shelved_until) == ("shelved", True, None)
     rig.clock.advance(86_400)  # one-shot has no time limit
     rig.engine.tick()
@@ -450,7 +450,7 @@ async def test_out_of_service(make_rig: Any) -> None:
     )
     assert rig.engine.counts()["critical"] == 0
     with pytest.raises(AlarmActionRefused, match="out of service"):
-        rig.engine.shelve(f"{LEAK}:state", "alice", 60)
+        rig.engine.shelve(f"{LEAK}:state", "alice", 60, note="probe swap")
     with pytest.raises(AlarmActionRefused, match="already out of service"):
         rig.engine.set_out_of_service(f"{LEAK}:state", True, "alice")
     rig.engine.set_out_of_service(f"{LEAK}:state", False, "alice")
@@ -488,7 +488,9 @@ async def test_flood_raises_and_clears(make_rig: Any) -> None:
 
 
 async def test_state_and_shelving_survive_a_restart(make_rig: Any, tmp_path: Path) -> None:
-    rig: Rig = await make_rig(store=True)
+    # the leak alarm is critical: this site lets operators shelve critical alarms
+    allow = AlarmsConfig(allow_shelve_critical=True)
+    rig: Rig = await make_rig(config=allow, store=True)
     await rig.temp(31.0)
     await rig.leak(True)
     await rig.poll()
@@ -498,7 +500,7 @@ async def test_state_and_shelving_survive_a_restart(make_rig: Any, tmp_path: Pat
 
     # "restart": a new engine from the same file, nothing read yet
     clock = ManualClock(rig.clock.now() + 30)
-    again: Rig = await make_rig(store=True, server=rig.server, clock=clock)
+    again: Rig = await make_rig(config=allow, store=True, server=rig.server, clock=clock)
     hi = again.engine.get(f"{TEMP}:hi")
     assert (hi.state, hi.activated_at) == ("unack_active", activated)
     leak = again.engine.get(f"{LEAK}:state")
@@ -568,3 +570,28 @@ async def test_views_have_the_contract_fields(make_rig: Any) -> None:
     assert len(everything) == 4 + 1 + 2 + 1 + 1  # limits, state, stale x2, comms, flood
     assert rig.engine.alarm_point_ids == frozenset({TEMP, LEAK})
     assert {a.id for a in rig.engine.active_alarms()} == {f"{TEMP}:hi"}
+
+
+async def test_shelve_needs_a_reason_and_critical_needs_the_config(make_rig: Any) -> None:
+    """Issue 12: a shelve is an authorised, recorded act (ISA-18.2): no reason, no shelve; a
+    critical alarm is shelved only where alarms.allow_shelve_critical is on."""
+    rig: Rig = await make_rig()
+    await rig.temp(31.0)
+    await rig.leak(True)
+    await rig.poll()
+    for note in (None, "", "   "):
+        with pytest.raises(AlarmActionRefused, match="needs a reason"):
+            rig.engine.shelve(f"{TEMP}:hi", "alice", 600, note=note)
+    assert rig.state(f"{TEMP}:hi") == "unack_active"
+    assert not any(r[1] == "operator.shelve" for r in rig.events.rows)
+    with pytest.raises(AlarmActionRefused, match="allow_shelve_critical"):
+        rig.engine.shelve(f"{LEAK}:state", "alice", 600, note="bucket placed")
+    assert rig.state(f"{LEAK}:state") == "unack_active"
+    view = rig.engine.shelve(f"{TEMP}:hi", "alice", 600, note="sensor swap")
+    assert (view.state, view.shelve_note) == ("shelved", "sensor swap")
+
+    allowing: Rig = await make_rig(config=AlarmsConfig(allow_shelve_critical=True))
+    await allowing.leak(True)
+    await allowing.poll()
+    view = allowing.engine.shelve(f"{LEAK}:state", "alice", 600, note="bucket placed")
+    assert view.state == "shelved"

@@ -214,15 +214,17 @@ async def test_alarm_story_through_the_cli(site: Site) -> None:
     assert r.exit_code == 0, r.output
     assert r.output.startswith(f"shelved {TEMP}:hi for 30m")
     assert site.alarms.get(f"{TEMP}:hi").shelved_until == site.clock.now() + 1800
-    r = await site.cli("shelve", f"{TEMP}:hi", "--for", "9h")
+    r = await site.cli("shelve", f"{TEMP}:hi", "--for", "9h", "--reason", "sensor swap")
     assert r.exit_code == 1 and "exceeds the maximum" in r.output
+    r = await site.cli("shelve", f"{TEMP}:hi", "--for", "30m")
+    assert r.exit_code == 2 and "needs a reason" in r.output
     r = await site.cli("shelve", f"{TEMP}:hi", "--for", "soon")
     assert r.exit_code == 2 and "invalid duration 'soon'" in r.output
     r = await site.cli("shelve", f"{TEMP}:hi")
     assert r.exit_code == 2 and "--for DURATION" in r.output
     r = await site.cli("unshelve", f"{TEMP}:hi")
     assert (r.exit_code, r.output.strip()) == (0, f"unshelved {TEMP}:hi: ack_active")
-    r = await site.cli("shelve", f"{TEMP}:hi", "--one-shot")
+    r = await site.cli("shelve", f"{TEMP}:hi", "--one-shot", "-r", "sensor swap")
     assert r.exit_code == 0 and "one-shot" in r.output
 
     site.alarms.update(TEMP, site.clock.now(), 25.0, Quality.GOOD)
@@ -522,3 +524,83 @@ def test_parse_since() -> None:
     assert parse_since(None) is None
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_since("last tuesday")
+
+
+async def test_ack_all_acknowledges_a_flood_filtered(site: Site) -> None:
+    """Issue 12: `outpost ack --all [--device D] [--priority P]`; each alarm is its own
+    recorded operator.ack, and the ones that do not apply are reported, not fatal."""
+    now = site.clock.now()
+    site.alarms.update(TEMP, now, 35.0, Quality.GOOD)
+    site.alarms.device_comms("cdu-01", False, now)
+    site.clock.advance(120)
+    site.alarms.device_comms("cdu-01", False, site.clock.now())
+    site.alarms.tick()
+    waiting = {a["id"] for a in json.loads((await site.cli("alarms", "--json")).output)}
+    assert {f"{TEMP}:hi", "cdu-01:comms_loss"} <= waiting
+
+    r = await site.cli("ack", f"{TEMP}:hi", "--all")
+    assert r.exit_code == 2 and "either an ALARM id or --all" in r.output
+    r = await site.cli("ack", "--device", "cdu-01")
+    assert r.exit_code == 2
+    r = await site.cli("ack", "--all", "--priority", "urgent")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+
+    # --priority narrows: comms_loss is high, the temperature alarm medium
+    r = await site.cli("ack", "--all", "--priority", "high", "--note", "power cut")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "acknowledged cdu-01:comms_loss: ack_active"
+    assert site.alarms.get(f"{TEMP}:hi").state == "unack_active"
+    r = await site.cli("ack", "--all", "--device", "other-device")
+    assert (r.exit_code, r.output.strip()) == (0, "nothing to acknowledge")
+    assert site.alarms.get(f"{TEMP}:hi").state == "unack_active"
+    r = await site.cli("ack", "--all", "--device", "cdu-01", "--json")
+    assert r.exit_code == 0, r.output
+    body = json.loads(r.output)
+    assert [a["id"] for a in body["acked"]] == [f"{TEMP}:hi"] and body["skipped"] == []
+    assert site.alarms.get(f"{TEMP}:hi").acked_by == USER
+
+    # the page's multi-select: listed ids; an unknown one is skipped with its reason
+    site.alarms.update(TEMP, site.clock.now(), 20.0, Quality.GOOD)
+    site.alarms.update(TEMP, site.clock.now(), 36.0, Quality.GOOD)
+    client = AgentClient(site.socket)
+    many = await asyncio.to_thread(
+        client.request, "POST", "/alarms/ack", json={"ids": [f"{TEMP}:hi", "nope:hi"]}
+    )
+    assert [a["id"] for a in many["acked"]] == [f"{TEMP}:hi"]
+    assert many["skipped"] == [{"id": "nope:hi", "reason": "unknown alarm 'nope:hi'"}]
+
+    r = await site.cli("events", "--json", "--kind", "ack")
+    acks = [(e["source"], e["actor"]) for e in json.loads(r.output)]
+    assert acks == [("cdu-01:comms_loss", USER), (f"{TEMP}:hi", USER), (f"{TEMP}:hi", USER)]
+
+
+async def test_events_kind_selects_a_subject_whoever_acted(site: Site) -> None:
+    """Issue 12: one naming scheme, [operator.]<subject>: `--kind write` lists the operator's
+    writes as well as automatic ones; `--kind operator` every act of a person."""
+    r = await site.cli("write", "cdu-01.setpoint", "21.5", "--yes")
+    assert r.exit_code == 0, r.output
+    site.buffer.append_event(site.clock.now(), "write", "cdu-01.setpoint", "mode:emergency", {})
+    r = await site.cli("events", "--json", "--kind", "write")
+    assert r.exit_code == 0, r.output
+    kinds = [(e["kind"], e["actor"]) for e in json.loads(r.output)]
+    assert kinds == [("operator.write", USER), ("write", "mode:emergency")]
+    r = await site.cli("events", "--json", "--kind", "operator")
+    assert [e["kind"] for e in json.loads(r.output)] == ["operator.write"]
+    r = await site.cli("events", "--json", "--kind", "wri")
+    assert json.loads(r.output) == []  # a subject, not a text prefix
+
+
+def test_kind_matches_the_documented_scheme() -> None:
+    from outpost.agent.control.events import kind_matches
+
+    cases = {
+        ("operator.write", "write"): True,
+        ("write", "write"): True,
+        ("operator.mode", "mode"): True,
+        ("operator.ack", "operator"): True,
+        ("schedule.load", "schedule"): True,
+        ("operator.ack", "alarm"): False,
+        ("alarm", "operator"): False,
+        ("writes", "write"): False,
+    }
+    assert {case: kind_matches(*case) for case in cases} == cases

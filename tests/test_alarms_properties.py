@@ -97,7 +97,7 @@ def test_random_operation_sequences(sequence: list[tuple[Any, ...]]) -> None:
                 elif kind == "ack":
                     engine.ack(op[1], "alice")
                 elif kind == "shelve":
-                    engine.shelve(op[1], "alice", op[2])
+                    engine.shelve(op[1], "alice", op[2], note="maintenance")
                 elif kind == "unshelve":
                     engine.unshelve(op[1], "alice")
                 elif kind == "oos":

@@ -74,7 +74,7 @@ def _engine_in(state: AlarmState, overlaid: bool) -> tuple[AlarmEngine, ManualCl
             engine.update("p.t", clock.now(), float(step), Quality.GOOD)
     assert engine.get("p.t:hi").base_state == state.value
     if overlaid:
-        engine.shelve("p.t:hi", "tester", None)
+        engine.shelve("p.t:hi", "tester", None, note="maintenance")
     return engine, clock
 
 

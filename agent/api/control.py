@@ -53,8 +53,26 @@ class AckBody(_Body):
     note: str | None = None
 
 
+class AckManyBody(_Body):
+    """Acknowledge several alarms at once: the listed ``ids``, or with ``all`` every alarm
+    waiting for acknowledgement (narrowed by ``device`` and ``priority``)."""
+
+    ids: list[str] | None = Field(None, max_length=10_000)
+    all: bool = False
+    device: str | None = None
+    priority: Literal["critical", "high", "medium", "low"] | None = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        if self.all == (self.ids is not None):
+            raise ValueError("give either ids (a list of alarm ids) or all=true")
+        return self
+
+
 class ShelveBody(_Body):
     duration_s: float | None = Field(None, description="None = one-shot (until next return)")
+    reason: str | None = Field(None, description="required (ISA-18.2); ``note`` is the same")
     note: str | None = None
 
 
@@ -167,6 +185,17 @@ def control_router(
     async def get_alarm(alarm_id: str) -> dict[str, Any]:
         return _call(lambda: control.get_alarm(alarm_id)).to_dict()
 
+    @router.post("/alarms/ack", summary="Acknowledge listed alarms, or all waiting (filtered)")
+    async def ack_many(body: AckManyBody, actor: str = who) -> dict[str, Any]:
+        acked, skipped = control.ack_many(
+            body.ids,
+            actor=actor,
+            device=body.device,
+            priority=body.priority,
+            note=body.note,
+        )
+        return {"acked": [v.to_dict() for v in acked], "skipped": skipped}
+
     @router.post("/alarms/{alarm_id}/ack")
     async def ack(alarm_id: str, body: AckBody, actor: str = who) -> dict[str, Any]:
         return _call(lambda: control.ack(alarm_id, actor=actor, note=body.note)).to_dict()
@@ -175,7 +204,7 @@ def control_router(
     async def shelve(alarm_id: str, body: ShelveBody, actor: str = who) -> dict[str, Any]:
         view = _call(
             lambda: control.shelve(
-                alarm_id, actor=actor, duration_s=body.duration_s, note=body.note
+                alarm_id, actor=actor, duration_s=body.duration_s, note=body.reason or body.note
             )
         )
         return view.to_dict()

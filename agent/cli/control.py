@@ -119,17 +119,51 @@ def alarms(
 
 
 def ack(
-    alarm_id: Annotated[str, typer.Argument(help="e.g. cdu-01.supply_temp:hi")],
+    alarm_id: Annotated[
+        str | None,
+        typer.Argument(help="e.g. cdu-01.supply_temp:hi (or --all)", show_default=False),
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", "-a", help="Every alarm waiting for acknowledgement.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", "-d", help="With --all: only this device's.")
+    ] = None,
+    priority: Annotated[
+        str | None,
+        typer.Option("--priority", "-p", help="With --all: only critical|high|medium|low."),
+    ] = None,
     note: Annotated[str | None, typer.Option("--note", "-n", help="Why / what was done.")] = None,
     json_out: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Acknowledge an alarm (recorded with your user name)."""
-    body = call_agent(config, "POST", f"/alarms/{alarm_id}/ack", json={"note": note})
+    """Acknowledge an alarm, or a flood of them with --all (recorded with your user name)."""
+    if all_ == (alarm_id is not None):
+        fail("give either an ALARM id or --all (with --device/--priority to narrow it)", 2)
+    if not all_ and (device is not None or priority is not None):
+        fail("--device and --priority go with --all", 2)
+    if alarm_id is not None:
+        body = call_agent(config, "POST", f"/alarms/{alarm_id}/ack", json={"note": note})
+        if json_out:
+            print_json(body)
+        else:
+            typer.echo(f"acknowledged {_alarm_line(body)}")
+        return
+    many = call_agent(
+        config,
+        "POST",
+        "/alarms/ack",
+        json={"all": True, "device": device, "priority": priority, "note": note},
+    )
     if json_out:
-        print_json(body)
-    else:
-        typer.echo(f"acknowledged {_alarm_line(body)}")
+        print_json(many)
+        return
+    for a in many["acked"]:
+        typer.echo(f"acknowledged {_alarm_line(a)}")
+    for skipped in many["skipped"]:
+        typer.echo(f"skipped {skipped['id']}: {skipped['reason']}", err=True)
+    if not many["acked"]:
+        typer.echo("nothing to acknowledge")
 
 
 def shelve(
@@ -141,19 +175,29 @@ def shelve(
     one_shot: Annotated[
         bool, typer.Option("--one-shot", help="Until the alarm next returns to normal.")
     ] = False,
-    note: Annotated[str | None, typer.Option("--note", "-n", help="Why.")] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason", "-r", "--note", "-n", help="Why (required: a shelve is a recorded act)."
+        ),
+    ] = None,
     json_out: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Shelve an alarm: hidden from the active list for a time, still evaluated underneath."""
+    """Shelve an alarm: hidden from the active list for a time, still evaluated underneath.
+
+    A reason is required (ISA-18.2); critical alarms only where alarms.allow_shelve_critical
+    is on."""
     if (for_ is None) == (not one_shot):
         fail("give either --for DURATION (e.g. --for 30m) or --one-shot", 2)
     duration = None if one_shot else _duration(for_ or "", "--for")
+    if reason is None or not reason.strip():
+        fail('shelving needs a reason: --reason "why" (it is recorded with your name)', 2)
     body = call_agent(
         config,
         "POST",
         f"/alarms/{alarm_id}/shelve",
-        json={"duration_s": duration, "note": note},
+        json={"duration_s": duration, "reason": reason},
     )
     if json_out:
         print_json(body)

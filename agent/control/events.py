@@ -47,6 +47,19 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+OPERATOR_PREFIX = "operator."
+
+
+def kind_matches(kind: str, wanted: str) -> bool:
+    """The one naming scheme of event kinds (fsm/README.md, "Event kinds"): a kind is
+    ``[operator.]<subject>[.<detail>]``, ``operator.`` exactly when a person acted. ``wanted``
+    selects a subject and its details whoever acted (``write`` → ``write`` and
+    ``operator.write``; ``schedule`` → ``schedule.load`` …), or every person's act
+    (``operator``)."""
+    bare = kind.removeprefix(OPERATOR_PREFIX)
+    return any(k == wanted or k.startswith(wanted + ".") for k in (kind, bare))
+
+
 def read_events(
     path: Path,
     *,
@@ -55,15 +68,15 @@ def read_events(
     limit: int | None = 200,
 ) -> list[dict[str, Any]]:
     """Events from a buffer file, oldest first: the last ``limit`` (None/0 = all) with
-    ``ts >= since`` whose kind equals ``kind`` or starts with ``kind.`` (``operator`` matches
-    ``operator.ack``). Each: ``id, ts, kind, source, actor, detail``."""
+    ``ts >= since`` whose kind ``kind_matches`` ``kind``. Each: ``id, ts, kind, source, actor,
+    detail``."""
     from outpost.buffer.inspect import export_events
 
     out = io.StringIO()
     export_events(path, out, "jsonl", since, None)
     rows = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
     if kind:
-        rows = [r for r in rows if r["kind"] == kind or r["kind"].startswith(kind + ".")]
+        rows = [r for r in rows if kind_matches(r["kind"], kind)]
     if limit:
         rows = rows[-limit:]
     return rows

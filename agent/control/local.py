@@ -35,6 +35,8 @@ from outpost.point_schedules.model import Schedule
 log = structlog.get_logger(__name__)
 
 TICK_S = 1.0
+# base states an acknowledgement applies to (fsm.alarms: unacknowledged, active or returned)
+WAITING_FOR_ACK = frozenset({"unack_active", "rtn_unack"})
 
 P = ParamSpec("P")
 
@@ -170,10 +172,41 @@ class LocalControl:
     def ack(self, alarm_id: str, *, actor: str, note: str | None = None) -> AlarmView:
         return self._alarm_action(self.alarms.ack, alarm_id, actor, note)
 
+    def ack_many(
+        self,
+        ids: builtins.list[str] | None,
+        *,
+        actor: str,
+        device: str | None = None,
+        priority: str | None = None,
+        note: str | None = None,
+    ) -> tuple[builtins.list[AlarmView], builtins.list[dict[str, str]]]:
+        """Acknowledge ``ids``, or (None) every alarm waiting for acknowledgement, narrowed by
+        ``device`` and ``priority``; each is its own recorded ``operator.ack``. Returns what
+        was acknowledged and what was not (``{"id", "reason"}``): one refusal does not stop
+        the others."""
+        if ids is None:
+            ids = [
+                v.id
+                for v in self.alarms.list()
+                if v.base_state in WAITING_FOR_ACK
+                and (device is None or v.device == device)
+                and (priority is None or v.priority == priority)
+            ]
+        acked: builtins.list[AlarmView] = []
+        skipped: builtins.list[dict[str, str]] = []
+        for alarm_id in dict.fromkeys(ids):
+            try:
+                acked.append(self.alarms.ack(alarm_id, actor, note))
+            except (UnknownAlarm, AlarmActionRefused) as exc:
+                skipped.append({"id": alarm_id, "reason": str(exc)})
+        return acked, skipped
+
     def shelve(
         self, alarm_id: str, *, actor: str, duration_s: float | None, note: str | None = None
     ) -> AlarmView:
-        """``duration_s`` None: one-shot, until the alarm next returns to normal."""
+        """``duration_s`` None: one-shot, until the alarm next returns to normal. ``note``:
+        the reason, required."""
         return self._alarm_action(self.alarms.shelve, alarm_id, actor, duration_s, note)
 
     def unshelve(self, alarm_id: str, *, actor: str, note: str | None = None) -> AlarmView:
