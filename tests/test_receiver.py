@@ -105,6 +105,8 @@ async def test_enrollment_is_one_time(receiver: ReceiverHandle) -> None:
         assert first.status_code == 200
         gateway_token = first.json()["gateway_token"]
         assert len(gateway_token) >= 40
+        # once the gateway has been heard with its token, the enrollment token is spent
+        assert (await post_batch(receiver, make_batch(), gateway_token)).status_code == 200
         again = await c.post(
             "/api/v1/enroll", json={"gateway_id": "gw-1", "enrollment_token": token}
         )

@@ -249,8 +249,10 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
     )
     async def enroll(body: EnrollRequest, storage: StorageDep) -> EnrollResponse:
         """Exchange a one-time enrollment token (from `outpost cloud enroll`) for the
-        gateway's long-lived token. The enrollment token is spent even if the reply is lost:
-        issue a new one then."""
+        gateway's long-lived token. Retry-safe: until the gateway has been heard with the
+        token it got (or is revoked, or the enrollment token expires), the same enrollment
+        token returns a fresh gateway token and the previous one, lost on the wire, stops
+        working; after that the enrollment token is spent."""
         try:
             token = await storage.enroll(body.gateway_id, body.enrollment_token)
         except EnrollError as exc:

@@ -209,19 +209,36 @@ class Storage:
         return EnrollmentToken(token, gateway_id, expires)
 
     async def enroll(self, gateway_id: str, enrollment_token: str) -> str:
-        """Exchange a one-time enrollment token for a new gateway token (returned in clear)."""
+        """Exchange an enrollment token for a new gateway token (returned in clear).
+
+        Retry-safe: the answer can be lost on the wire after the commit. While the token is
+        still valid, the gateway has not been revoked or enrolled by another token since, and
+        the token issued last time was never used (no contact from the gateway since), the
+        same enrollment token is honoured again: a fresh gateway token replaces the lost one,
+        which stops working. Once the gateway has been heard with its token, the enrollment
+        token is spent for good.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT gateway_id, expires_at, used_at FROM enrollment_tokens "
-                "WHERE token_hash = $1 FOR UPDATE",
+                "SELECT e.gateway_id, e.expires_at, e.used_at, g.enrolled_at, g.revoked_at, "
+                "g.last_seen FROM enrollment_tokens e LEFT JOIN gateways g "
+                "ON g.id = e.gateway_id WHERE e.token_hash = $1 FOR UPDATE OF e",
                 hash_token(enrollment_token),
             )
             if row is None or row["gateway_id"] != gateway_id:
                 raise EnrollError("unknown enrollment token for this gateway")
-            if row["used_at"] is not None:
-                raise EnrollError("enrollment token already used")
             if row["expires_at"] <= datetime.now(UTC):
                 raise EnrollError("enrollment token expired")
+            if row["used_at"] is not None:
+                # used_at and enrolled_at are both the enrolling transaction's now()
+                retry = (
+                    row["enrolled_at"] == row["used_at"]
+                    and row["revoked_at"] is None
+                    and (row["last_seen"] is None or row["last_seen"] < row["used_at"])
+                )
+                if not retry:
+                    raise EnrollError("enrollment token already used")
+                log.info("receiver.enroll_retry", gateway=gateway_id)
             token = new_token()
             await conn.execute(
                 "UPDATE enrollment_tokens SET used_at = now() WHERE token_hash = $1",
@@ -246,8 +263,9 @@ class Storage:
                 gateway_id,
             )
             await conn.execute(
+                # used ones too: a spent token must not re-enroll a revoked gateway
                 "UPDATE enrollment_tokens SET expires_at = least(expires_at, now()) "
-                "WHERE gateway_id = $1 AND used_at IS NULL",
+                "WHERE gateway_id = $1",
                 gateway_id,
             )
             known = await conn.fetchval("SELECT 1 FROM gateways WHERE id = $1", gateway_id)
