@@ -54,6 +54,7 @@ async def test_unknown_kind_and_bad_args_are_422_and_never_stored(
             {"kind": "mode_set", "args": {"mode": "maintenance", "reason": "x"}},
             {"kind": "ack", "args": {"alarm_id": "a"}, "expires_in_s": 0},
             {"args": {"alarm_id": "a"}},
+            {"kind": "ack", "args": {"alarm_id": "a", "note": "nul \u0000 inside"}},
         ]
         for body in bad:
             r = await admin.post("/api/v1/gateways/gw-1/commands", json=body)
@@ -71,6 +72,8 @@ async def test_unknown_kind_and_bad_args_are_422_and_never_stored(
             headers={"Authorization": "Bearer wrong"},
         )
         assert no_auth.status_code == 401
+        huge = await admin.get(f"/api/v1/gateways/gw-1/commands/{2**64}")
+        assert huge.status_code == 422
     assert await receiver.count("commands") == 0
 
 

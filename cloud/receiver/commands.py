@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -47,6 +48,8 @@ from .settings import ReceiverSettings
 _bearer = HTTPBearer(auto_error=False, description="gateway token or operator credential")
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 GwPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
+_BIGINT = 2**63 - 1
+IdPath = Annotated[int, Path(ge=1, le=_BIGINT)]
 FLEET_SUFFIX = "@fleet"
 
 
@@ -133,7 +136,7 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         await visible_gateway(request, who, gateway_id)
         if body.kind == "schedule_apply":
             raise HTTPException(422, "schedule_apply is sent by a rollout: POST /api/v1/rollouts")
-        async with store.pool.acquire() as conn, conn.transaction():
+        async with _storable(), store.pool.acquire() as conn, conn.transaction():
             created = await store.create(
                 gateway_id,
                 body,
@@ -161,7 +164,7 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         responses=errors,
     )
     async def get_command(
-        request: Request, gateway_id: GwPath, command_id: int, who: Viewer, store: Store
+        request: Request, gateway_id: GwPath, command_id: IdPath, who: Viewer, store: Store
     ) -> CommandView:
         await visible_gateway(request, who, gateway_id)
         found = await store.get(gateway_id, command_id)
@@ -177,8 +180,10 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         state: Annotated[list[CommandState] | None, Query()] = None,
         kind: Annotated[str | None, Query(max_length=64)] = None,
         since: Annotated[datetime | None, Query(description="ISO 8601")] = None,
-        rollout: Annotated[int | None, Query()] = None,
-        before: Annotated[int | None, Query(description="page: ids below this one")] = None,
+        rollout: Annotated[int | None, Query(ge=1, le=_BIGINT)] = None,
+        before: Annotated[
+            int | None, Query(ge=1, le=_BIGINT, description="page: ids below this one")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[CommandView]:
         """Commands, newest first, filtered by gateway, state (repeatable), kind, creation
@@ -211,6 +216,7 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
             int,
             Query(
                 ge=0,
+                le=_BIGINT,
                 description="largest command id the agent has recorded; newer open commands "
                 "are returned (and marked delivered)",
             ),
@@ -235,7 +241,7 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
     )
     async def post_result(
         gateway_id: GwPath,
-        command_id: int,
+        command_id: IdPath,
         body: CommandResult,
         authed: Gateway,
         store: Store,
@@ -243,7 +249,8 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         """Record the agent's outcome. A repeat (the agent re-sends results it has no
         confirmation for) answers with the stored state and changes nothing."""
         own(gateway_id, authed)
-        found = await store.record_result(gateway_id, command_id, body)
+        async with _storable():
+            found = await store.record_result(gateway_id, command_id, body)
         if found is None:
             raise HTTPException(404, f"no command {command_id} for gateway {gateway_id}")
         return found
@@ -263,7 +270,8 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         """Push schedule files to the canary gateway(s) first; the rest follow in waves only
         when every canary verified; the first failure halts the rollout."""
         try:
-            started = await engine.start(body, central_actor(who.name), sites=who.site_list)
+            async with _storable():
+                started = await engine.start(body, central_actor(who.name), sites=who.site_list)
         except RolloutError as exc:
             raise HTTPException(exc.status, str(exc)) from None
         await audit.record(
@@ -289,7 +297,7 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         tags=["rollouts"],
         responses=errors,
     )
-    async def get_rollout(rollout_id: int, _who: Viewer, engine: Rollouts) -> RolloutView:
+    async def get_rollout(rollout_id: IdPath, _who: Viewer, engine: Rollouts) -> RolloutView:
         found = await engine.get(rollout_id)
         if found is None:
             raise HTTPException(404, f"no rollout {rollout_id}")
@@ -302,7 +310,7 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         responses={**errors, 409: {"model": ErrorOut}},
     )
     async def abort_rollout(
-        request: Request, rollout_id: int, who: Operator, engine: Rollouts
+        request: Request, rollout_id: IdPath, who: Operator, engine: Rollouts
     ) -> RolloutView:
         """Stop queuing further gateways; commands still queued are withdrawn (expired)."""
         try:
@@ -320,6 +328,15 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         return aborted
 
     return router
+
+
+@asynccontextmanager
+async def _storable() -> AsyncIterator[None]:
+    # Text PostgreSQL cannot store (a NUL character) is the client's problem, not a 500.
+    try:
+        yield
+    except asyncpg.DataError as exc:
+        raise HTTPException(422, f"cannot store this text: {exc}") from None
 
 
 def _utc(dt: datetime) -> datetime:
