@@ -179,3 +179,88 @@ async def test_list_filters_and_order(receiver: ReceiverHandle) -> None:
         assert [c["id"] for c in page] == [ids[1]]
         bad = await admin.get("/api/v1/commands", params={"state": "bogus"})
         assert bad.status_code == 422
+
+
+async def test_rollout_waves_halt_and_expiry(receiver: ReceiverHandle) -> None:
+    """The rollout engine alone, answered through the gateway endpoints: canary first, then
+    waves of ``wave_size``, the first failure halts; a canary that never comes expires."""
+    tokens = {gw: await receiver.enroll(gw) for gw in ("gw-a", "gw-b", "gw-c", "gw-d")}
+    admin = httpx.AsyncClient(base_url=receiver.url, headers=receiver.admin_headers, timeout=30)
+
+    async def take(gw: str) -> list[dict[str, Any]]:
+        async with _gw(receiver, tokens[gw]) as c:
+            r = await c.get(f"/api/v1/gateways/{gw}/commands", params={"wait": 0})
+            cmds: list[dict[str, Any]] = r.json()["commands"]
+            return cmds
+
+    async def answer(gw: str, cid: int, status: str, outcome: str) -> None:
+        async with _gw(receiver, tokens[gw]) as c:
+            r = await c.post(
+                f"/api/v1/gateways/{gw}/commands/{cid}/result",
+                json={
+                    "status": status,
+                    "message": outcome,
+                    "detail": {"outcome": outcome, "version": "sha256:new"},
+                    "executed_at": 1,
+                },
+            )
+            assert r.status_code == 200, r.text
+
+    async with admin:
+        r = await admin.post(
+            "/api/v1/rollouts",
+            json={
+                "files": {"site.csv": "point_id,device,address\n"},
+                "gateways": "all",
+                "canary": ["gw-a"],
+                "wave_size": 2,
+            },
+        )
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        assert [await take(gw) == [] for gw in ("gw-b", "gw-c", "gw-d")] == [True] * 3
+        (cmd,) = await take("gw-a")
+        assert cmd["kind"] == "schedule_apply" and cmd["args"]["rollout_id"] == rid
+        assert cmd["args"]["files"] == {"site.csv": "point_id,device,address\n"}
+        assert cmd["args"]["verification"]["min_good_ratio"] == 0.95
+        await answer("gw-a", cmd["id"], "succeeded", "applied")
+        wave = {gw: await take(gw) for gw in ("gw-b", "gw-c", "gw-d")}
+        assert [len(v) for v in wave.values()] == [1, 1, 0]  # a wave of two
+        await answer("gw-b", wave["gw-b"][0]["id"], "succeeded", "applied")
+        assert await take("gw-d") == []  # the wave is not complete yet
+        await answer("gw-c", wave["gw-c"][0]["id"], "succeeded", "applied")
+        (last,) = await take("gw-d")
+        await answer("gw-d", last["id"], "failed", "rolled_back")
+        view = (await admin.get(f"/api/v1/rollouts/{rid}")).json()
+        assert view["state"] == "failed" and "gw-d" in view["reason"]
+        assert [t["state"] for t in view["targets"]] == ["succeeded"] * 3 + ["failed"]
+        assert view["targets"][0]["new_version"] == "sha256:new"
+        assert view["steps"][-1]["step"] == "halted"
+
+        # a canary that never fetches its command: it expires and the rollout halts
+        r = await admin.post(
+            "/api/v1/rollouts",
+            json={
+                "files": {"site.csv": "x\n"},
+                "gateways": ["gw-b"],
+                "canary": ["gw-c"],
+                "expires_in_s": 0.3,
+            },
+        )
+        rid = r.json()["id"]
+        deadline = time.monotonic() + 20
+        while (view := (await admin.get(f"/api/v1/rollouts/{rid}")).json())["state"] == "running":
+            assert time.monotonic() < deadline, view
+            await asyncio.sleep(0.1)
+        assert view["state"] == "failed" and "expired" in view["reason"]
+        assert [t["state"] for t in view["targets"]] == ["failed", "skipped"]
+        bad = await admin.post(
+            "/api/v1/rollouts",
+            json={"files": {"../x.csv": "x"}, "gateways": ["gw-b"], "canary": ["gw-c"]},
+        )
+        assert bad.status_code == 422
+        unknown = await admin.post(
+            "/api/v1/rollouts",
+            json={"files": {"x.csv": "x"}, "gateways": ["gw-z"], "canary": ["gw-c"]},
+        )
+        assert unknown.status_code == 404 and "gw-z" in unknown.json()["detail"]
