@@ -228,11 +228,33 @@ def points(
 
 @app.command()
 def read(
-    point_id: Annotated[str, typer.Argument(help="Point id, e.g. cdu-01.supply_temp")],
+    point_id: Annotated[
+        str | None,
+        typer.Argument(help="Point id, e.g. cdu-01.supply_temp", show_default=False),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Read this address once, without a schedule or agent: "
+            "modbus://HOST:PORT/UNIT/hr:40?type=float32&order=CDAB, "
+            "bacnet://HOST:PORT/DEVICE_INSTANCE/analog-input:1, "
+            "snmp://HOST:PORT/1.3.6.1.2.1.1.3.0?community_env=VAR",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Current value of one point."""
+    """Current value of one point (from the running agent), or of any --address (read now)."""
+    if (point_id is None) == (address is None):
+        typer.echo("outpost: give either a POINT id or --address URL", err=True)
+        raise typer.Exit(2)
+    if address is not None:
+        from outpost.agent.cli.scan import read_address
+
+        read_address(address, json_out)
+        return
     row = call_agent(config, "GET", f"/points/{point_id}")
     if json_out:
         print_json(row)
@@ -266,13 +288,14 @@ def _mount() -> None:
     """Add every command group. Imported here, not at the top, so `outpost run` (the daemon)
     does not load simulators, the receiver or discovery; a missing or renamed module still
     fails loudly at the first command that mounts them."""
-    from outpost.agent.cli import buffer, cloud, control, demo, discover, schedule, sim
+    from outpost.agent.cli import buffer, cloud, control, demo, discover, scan, schedule, sim
 
     app.add_typer(schedule.schedule_app, name="schedule")
     app.add_typer(buffer.buffer_app, name="buffer")
     app.add_typer(sim.sim_app, name="sim")
     app.add_typer(cloud.cloud_app, name="cloud")
     app.add_typer(discover.discover_app, name="discover")
+    app.add_typer(scan.scan_app, name="scan")
     control.register(app)
     demo.register(app)
 
