@@ -23,7 +23,15 @@ from outpost.cloud.receiver.live import (
     reading_payloads,
 )
 from outpost.cloud.wire import Heartbeat, IngestBatch, WireEvent, columnar_readings, encode_body
-from tests.dashboard_seed import GW, ingest_value, launch_browser, login, seed
+from tests.dashboard_seed import (
+    GW,
+    OTHER_GW,
+    PASSWORD,
+    ingest_value,
+    launch_browser,
+    login,
+    seed,
+)
 from tests.receiver_fixtures import free_port
 
 if TYPE_CHECKING:
@@ -272,3 +280,32 @@ async def test_page_catches_up_after_its_receiver_restarts(
     await a.start()
     await expect(page.locator("body[data-live=on]")).to_have_count(1, timeout=15_000)
     await expect(cell).to_have_text("44.25", timeout=10_000)
+
+
+async def test_live_stream_honours_the_site_scope(receiver: ReceiverHandle) -> None:
+    seeded = await seed(receiver.url, receiver.admin_token, receiver.dsn)
+    async with httpx.AsyncClient(base_url=receiver.url, timeout=30) as c:
+        r = await c.post(
+            "/login",
+            data={"username": "sam", "password": PASSWORD},  # viewer of site "east" only
+            headers={"Accept": "application/json"},
+        )
+        assert r.status_code == 200, r.text
+        async with c.stream("GET", "/live", headers={"Accept": "text/event-stream"}) as s:
+            assert s.status_code == 200
+            lines = s.aiter_lines()
+            async with asyncio.timeout(10):
+                while await anext(lines) != "event: ready":
+                    pass
+            # committed in this order: the scoped stream must skip the first
+            await ingest_value(receiver.url, seeded, GW, "cdu-01.supply_temp", 1.0)
+            await ingest_value(receiver.url, seeded, OTHER_GW, "cdu-01.supply_temp", 2.0)
+            async with asyncio.timeout(10):
+                while await anext(lines) != "event: reading":
+                    pass
+                line = await anext(lines)
+            msg = json.loads(line.removeprefix("data: "))
+            assert msg["gw"] == OTHER_GW and msg["pts"]["cdu-01.supply_temp"][1] == 2.0
+    async with httpx.AsyncClient(base_url=receiver.url) as anonymous:
+        r = await anonymous.get("/live", headers={"Accept": "text/event-stream"})
+        assert r.status_code == 401
