@@ -39,6 +39,13 @@ def create_app(
         stats = await view.buffer_stats()
         if stats is not None:
             body["buffer"] = stats
+            uplink = body.get("uplink")
+            if isinstance(uplink, dict):
+                # The uplink refreshes its copy of the backlog every few seconds; the figures
+                # just read win, so the uplink line and the buffer line always agree.
+                uplink["backlog_rows"] = stats.get("unsynced_rows")
+                uplink["oldest_unsynced_age_s"] = stats.get("oldest_unsynced_age_s")
+                uplink["unsynced_events"] = stats.get("unsynced_events")
         return body
 
     @app.get("/points")

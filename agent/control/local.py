@@ -78,13 +78,17 @@ class LocalControl:
         live_values: Callable[[], Mapping[str, float]],
         state_dir: Path,
         clock: Clock | None = None,
+        on_read_back: Callable[[WriteOutcome], None] | None = None,
     ) -> None:
         """``devices``: the configured devices (enabled or not; their poll intervals time the
         stale alarms). ``drivers``: the running drivers by device id, read at each write.
         ``uplink_last_success``: wall time of the last successful sync (None before the
         first), or None when the agent has no uplink. ``live_values``: the latest good value
-        of every point (read only when a custom mode has point triggers)."""
+        of every point (read only when a custom mode has point triggers). ``on_read_back``:
+        told every write outcome that carries a read-back (the live cache shows what the
+        device now holds at once, not the value of the last poll)."""
         self._clock = clock or SystemClock()
+        self._on_read_back = on_read_back
         self._devices = devices
         self._device_health = device_health
         self._uplink_last_success = uplink_last_success
@@ -248,23 +252,30 @@ class LocalControl:
         """A sent write that failed or read back differently is an outcome, not a refusal:
         the action did happen (``outcome.ok`` is False)."""
         try:
-            return await self.writes.write(
+            outcome = await self.writes.write(
                 point_id, value, actor=actor, priority=priority, verify=verify
             )
         except UnknownPoint as exc:
             raise ControlRefused(str(exc), "unknown") from None
         except WriteRefused as exc:
             raise ControlRefused(str(exc)) from None
+        return self._read_back(outcome)
 
     async def relinquish(
         self, point_id: str, *, actor: str, priority: int | None = None
     ) -> WriteOutcome:
         try:
-            return await self.writes.relinquish(point_id, actor=actor, priority=priority)
+            outcome = await self.writes.relinquish(point_id, actor=actor, priority=priority)
         except UnknownPoint as exc:
             raise ControlRefused(str(exc), "unknown") from None
         except WriteRefused as exc:
             raise ControlRefused(str(exc)) from None
+        return self._read_back(outcome)
+
+    def _read_back(self, outcome: WriteOutcome) -> WriteOutcome:
+        if outcome.read_back is not None and self._on_read_back is not None:
+            self._on_read_back(outcome)
+        return outcome
 
     # ------------------------------------------------------------------ internals
 
@@ -285,7 +296,7 @@ class LocalControl:
         return health is not None and health.connected
 
     async def _failsafe_write(self, point_id: str, value: float, actor: str) -> WriteOutcome:
-        return await self.writes.write(point_id, value, actor=actor)
+        return self._read_back(await self.writes.write(point_id, value, actor=actor))
 
     def _uplink_age(self, now: float) -> float | None:
         if self._uplink_last_success is None:

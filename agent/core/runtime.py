@@ -38,6 +38,7 @@ from outpost.agent.api.app import create_app
 from outpost.agent.api.schedule import ScheduleRejected
 from outpost.agent.api.server import LocalApiServer
 from outpost.agent.control.local import ControlRefused, LocalControl
+from outpost.agent.control.writes import WriteOutcome
 from outpost.agent.core.config import AgentConfig
 from outpost.agent.core.coordinator import DeviceCoordinator, DeviceHealth
 from outpost.agent.core.metrics import AgentMetrics, serve_metrics_http
@@ -62,6 +63,7 @@ from outpost.drivers.probe import probe_points
 from outpost.drivers.registry import driver_class
 from outpost.point_schedules.loader import ScheduleError, load_schedule, parse_schedule
 from outpost.point_schedules.model import Schedule
+from outpost.point_schedules.quality import Quality
 
 log = structlog.get_logger(__name__)
 
@@ -589,6 +591,7 @@ class Runtime:
             uplink_last_success=uplink_last_success,
             live_values=self._good_values,
             state_dir=cfg.agent.data_dir,
+            on_read_back=self._on_read_back,
         )
 
     def device_health(self) -> dict[str, DeviceHealth]:
@@ -599,6 +602,19 @@ class Runtime:
             return None
         last = self.uplink.status().get("last_success_ts")
         return None if last is None else float(last)
+
+    def _on_read_back(self, outcome: WriteOutcome) -> None:
+        """A write's read-back is the newest value of the point: `outpost read` and the
+        status page show it at once (the next poll stores it as usual)."""
+        table = self.table
+        i = None if table is None else table.index.get(outcome.point_id)
+        if table is None or i is None or outcome.read_back is None:
+            return
+        if not math.isfinite(outcome.read_back):
+            return
+        table.value[i] = outcome.read_back
+        table.ts[i] = outcome.ts
+        table.quality[i] = Quality.GOOD
 
     def _good_values(self) -> dict[str, float]:
         return self.table.good_values() if self.table is not None else {}
