@@ -1,6 +1,6 @@
 """Writer process for the kill -9 test (tests/test_buffer_crash.py).
 
-    python tests/buffer_crash_writer.py BUFFER_FILE SEED
+    python tests/buffer_crash_writer.py BUFFER_FILE SEED [rows|columnar]
 
 Opens the buffer (recovering whatever a previous kill left), prints ``START <last_seq>``, then
 appends readings forever in random-sized batches. Every reading is derivable from its seq
@@ -22,6 +22,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from outpost.buffer.columnar_store import ColumnarBuffer
 from outpost.buffer.store import Buffer
 
 K = 37
@@ -36,7 +37,8 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     # Timestamps are weeks old (fixed T0): keep them all, retention is tested elsewhere.
-    buf = Buffer(
+    layout = ColumnarBuffer if sys.argv[3:] == ["columnar"] else Buffer
+    buf = layout(
         path, commit_interval=0.02, commit_rows=3000, maintenance_interval=0.2, retention_days=3650
     )
     buf.open()

@@ -25,9 +25,11 @@ WRITER = Path(__file__).with_name("buffer_crash_writer.py")
 KILLS = 21
 
 
-def _run_and_kill(path: Path, seed: int, rng: random.Random) -> tuple[list[str], str]:
+def _run_and_kill(
+    path: Path, seed: int, rng: random.Random, layout: str = "rows"
+) -> tuple[list[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(path), str(seed)],
+        [sys.executable, str(WRITER), str(path), str(seed), layout],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
