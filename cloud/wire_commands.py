@@ -65,6 +65,7 @@ DEFAULT_EXPIRY_S: dict[str, float] = {
     "schedule_apply": 900.0,
 }
 MAX_EXPIRY_S = 7 * 86_400.0
+MAX_MESSAGE = 4000
 
 
 class _Strict(BaseModel):
@@ -229,13 +230,19 @@ class CommandResult(_Strict):
     """The agent's outcome of one command."""
 
     status: ResultStatus
-    message: str = Field(default="", max_length=4000)
+    message: str = Field(default="", max_length=MAX_MESSAGE)
     value: float | None = Field(default=None, description="read-back value of a write")
     detail: dict[str, Any] = Field(default_factory=dict)
     executed_at: int = Field(description="epoch ms, the agent's clock")
 
 
-class WireCommand(_Strict):
+class _Tolerant(BaseModel):
+    # What the agent parses from the receiver: a newer receiver may add fields; an older
+    # agent must still read its commands (unknown *kinds* are refused one by one instead).
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class WireCommand(_Tolerant):
     """A command as the agent receives it."""
 
     id: int
@@ -246,7 +253,7 @@ class WireCommand(_Strict):
     expires_at: int  # epoch ms, receiver clock
 
 
-class CommandPoll(_Strict):
+class CommandPoll(_Tolerant):
     """A long-poll answer; ``now`` (receiver clock, epoch ms) lets the agent judge expiry
     without trusting its own clock to agree with the receiver's."""
 

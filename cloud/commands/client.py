@@ -275,9 +275,23 @@ class CommandChannel:
                         self.last_error = f"result {cid}: {exc.__class__.__name__}"
                         failed = True
                         break
-                    if resp.status_code in (200, 404):
-                        if resp.status_code == 404:
-                            log.warning("commands.result_unknown", id=cid, detail=_detail(resp))
+                    if resp.status_code == 422 and result.detail:
+                        # The receiver cannot take this result as is: keep the verdict, drop
+                        # the detail, so the command still ends in its real state there.
+                        slim = result.model_copy(
+                            update={"detail": {}, "message": result.message[:500]}
+                        )
+                        log.error("commands.result_refused", id=cid, detail=_detail(resp))
+                        await asyncio.to_thread(self.store.finish, cid, slim)
+                        break
+                    if resp.status_code in (200, 404, 422):
+                        if resp.status_code != 200:  # unknown there, or refused even slim
+                            log.warning(
+                                "commands.result_dropped",
+                                id=cid,
+                                status=resp.status_code,
+                                detail=_detail(resp),
+                            )
                         await asyncio.to_thread(self.store.mark_reported, cid)
                         self.pending_results = max(0, self.pending_results - 1)
                         continue

@@ -22,6 +22,7 @@ import structlog
 from pydantic import ValidationError
 
 from outpost.cloud.wire_commands import (
+    MAX_MESSAGE,
     AckCommand,
     CommandResult,
     CommandSpec,
@@ -111,7 +112,10 @@ class CommandExecutor:
 
     def _result(self, status: Any, message: str, **extra: Any) -> CommandResult:
         return CommandResult(
-            status=status, message=message, executed_at=int(self.clock() * 1000), **extra
+            status=status,
+            message=_fit(message),
+            executed_at=int(self.clock() * 1000),
+            **extra,
         )
 
     def validate(self, cmd: WireCommand) -> CommandSpec | CommandResult:
@@ -205,6 +209,10 @@ class CommandExecutor:
             return self._result("succeeded", message, value=value, detail=detail)
         message = outcome.message or f"{outcome.point_id}: write {outcome.result}"
         return self._result("failed", message, value=value, detail=detail)
+
+
+def _fit(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 _WRITES_OFF = (

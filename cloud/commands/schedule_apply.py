@@ -29,7 +29,12 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from outpost.cloud.wire_commands import CommandResult, ScheduleApplyCommand, Verification
+from outpost.cloud.wire_commands import (
+    MAX_MESSAGE,
+    CommandResult,
+    ScheduleApplyCommand,
+    Verification,
+)
 from outpost.point_schedules.loader import ScheduleError, parse_schedule, schedule_version
 from outpost.point_schedules.quality import Quality
 
@@ -39,6 +44,7 @@ ACTIVE_FILE = "active.json"
 PUSHED_DIR = "pushed"
 KEEP_PUSHED = 4  # pushed versions kept on disk (the active one, its predecessors)
 _PROBE_EVERY_S = 0.5
+MAX_ERRORS = 200  # loader errors carried back in one result
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,11 @@ class ScheduleApplier:
         outcome: Outcome,
         **detail: Any,
     ) -> CommandResult:
+        if isinstance(detail.get("errors"), list):  # a broken file can have thousands
+            detail["errors"] = detail["errors"][:MAX_ERRORS]
         return CommandResult(
             status=status,
-            message=message,
+            message=message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…",
             detail={"outcome": outcome, **detail},
             executed_at=int(time.time() * 1000),
         )
