@@ -54,10 +54,19 @@ def insert(
 
 
 def read_range(
-    conn: sqlite3.Connection, lo: int, hi: int | None, limit: int, *, newest: bool = False
+    conn: sqlite3.Connection,
+    lo: int,
+    hi: int | None,
+    limit: int,
+    *,
+    newest: bool = False,
+    cache: dict[int, Columns] | None = None,
 ) -> list[Columns]:
     """Readings with ``lo < seq <= hi`` (``hi`` None: no upper end), at most ``limit``, as
-    column slices in seq order; ``newest`` takes them from the top end of the window."""
+    column slices in seq order; ``newest`` takes them from the top end of the window.
+
+    ``cache`` keeps the last decoded chunks by ``first_seq`` (a chunk never changes once
+    written; the uplink reads a 50,000-reading chunk in windows of 5,000)."""
     top = 2**62 if hi is None else hi
     order = "DESC" if newest else ""
     # The chunk holding lo+1 starts at or below it: the first one found from there upward.
@@ -76,7 +85,13 @@ def read_range(
             break
         if first + n - 1 <= lo:
             continue
-        cols = decode_chunk(Chunk(first, n, 0, 0, blob))
+        cols = cache.get(first) if cache is not None else None
+        if cols is None:
+            cols = decode_chunk(Chunk(first, n, 0, 0, blob))
+            if cache is not None:
+                if len(cache) >= 4:
+                    cache.pop(next(iter(cache)))
+                cache[first] = cols
         part = slice_rows(cols, lo + 1, top)
         if len(part) > left:
             a = len(part) - left if newest else 0

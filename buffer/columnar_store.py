@@ -24,6 +24,7 @@ from typing import Any
 
 from outpost.buffer import columnar, schema
 from outpost.buffer.chunks import Columns
+from outpost.buffer.files import BufferFiles
 from outpost.buffer.history import History, _spans
 from outpost.buffer.maintenance import Maintenance, _Step
 from outpost.buffer.models import BufferStats, ReadingRows
@@ -72,6 +73,11 @@ def _rows(names: PointNames, parts: list[Columns]) -> ReadingRows:
 
 
 class ChunkSyncReader(SyncReader):
+    def __init__(self, files: BufferFiles, names: PointNames) -> None:
+        super().__init__(files, names)
+        # Decoded chunks, used under the sync lock only (the uplink reads a chunk in windows).
+        self._cache: dict[int, Columns] = {}
+
     def read_unsynced(self, limit: int, after_seq: int | None = None) -> ReadingRows:
         conn = self._files.sync()
         with self._files.sync_lock, transaction(conn, "DEFERRED"):
@@ -88,10 +94,10 @@ class ChunkSyncReader(SyncReader):
                 if want <= 0:
                     break
                 if first is None:
-                    parts += columnar.read_range(conn, pos, None, want)
+                    parts += columnar.read_range(conn, pos, None, want, cache=self._cache)
                     break
                 if first > pos + 1:
-                    window = columnar.read_range(conn, pos, first - 1, want)
+                    window = columnar.read_range(conn, pos, first - 1, want, cache=self._cache)
                     parts += window
                     got += sum(len(p) for p in window)
                 pos = max(pos, last)
@@ -115,7 +121,7 @@ class ChunkSyncReader(SyncReader):
                     break
                 lo = cur if last is None else last
                 if hi is None or hi > lo:
-                    window = columnar.read_range(conn, lo, hi, want, newest=True)
+                    window = columnar.read_range(conn, lo, hi, want, newest=True, cache=self._cache)
                     windows.append(window)
                     got += sum(len(p) for p in window)
                 if first is None:
@@ -191,6 +197,12 @@ class ChunkMaintenance(Maintenance):
 
 
 class ChunkHistory(History):
+    def read_after(self, after_seq: int, limit: int, until_seq: int | None = None) -> ReadingRows:
+        conn = self._files.query()
+        with self._files.query_lock, transaction(conn, "DEFERRED"):
+            parts = columnar.read_range(conn, after_seq, until_seq, limit)
+        return _rows(self._names, parts)
+
     def history(
         self, point_id: str, since_ts: float, until_ts: float | None = None, limit: int = 10_000
     ) -> ReadingRows:
