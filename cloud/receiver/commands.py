@@ -128,11 +128,13 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
         status_code=201,
         tags=["commands"],
         responses=errors,
+        description="Queue a command; the gateway's waiting long-poll answers at once. "
+        f"Kinds: {', '.join(KINDS)} (schedule_apply only through rollouts). Unknown kinds "
+        "and bad arguments are a 422 and nothing is stored.",
     )
     async def create_command(
         request: Request, gateway_id: GwPath, body: CommandSpec, who: Operator, store: Store
     ) -> CommandView:
-        """Queue a command; the gateway's waiting long-poll answers at once. Kinds:"""
         await visible_gateway(request, who, gateway_id)
         if body.kind == "schedule_apply":
             raise HTTPException(422, "schedule_apply is sent by a rollout: POST /api/v1/rollouts")
@@ -154,8 +156,6 @@ def commands_router(settings: ReceiverSettings) -> APIRouter:
                 created.args,
             )
         return created
-
-    create_command.__doc__ = (create_command.__doc__ or "") + " " + ", ".join(KINDS)
 
     @router.get(
         "/api/v1/gateways/{gateway_id}/commands/{command_id}",
