@@ -63,8 +63,12 @@ def reading_payloads(
     parts: list[str] = []
     size = len(head) + 32
     more = False
+    # point ids match the wire's POINT_ID_PATTERN ([a-z0-9_.-], checked at validation): they
+    # need no JSON escaping, and values are finite floats or None (wire_value)
     for p, i in last.items():
-        part = f"{json.dumps(point_ids[p])}:[{ts_ms[i]},{_num(values[i])},{qualities[i]}]"
+        v = values[i]
+        part = f'"{point_ids[p]}":[{ts_ms[i]},{"null" if v is None else repr(float(v))},{qualities[i]}]'
+
         if size + len(part) + 1 > MAX_PAYLOAD:
             out.append(head + ",".join(parts) + '},"more":false}')
             parts, size = [], len(head) + 32
@@ -78,10 +82,6 @@ def reading_payloads(
     if more and out:
         out[-1] = out[-1][: -len('"more":false}')] + '"more":true}'
     return out
-
-
-def _num(v: float | None) -> str:
-    return "null" if v is None else repr(float(v))
 
 
 def heartbeat_payload(gateway_id: str) -> str:
