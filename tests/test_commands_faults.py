@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 
@@ -27,6 +28,7 @@ from tests.receiver_fixtures import ReceiverHandle
 from tests.uplink_harness import wait_for
 
 pytest_plugins = ("tests.receiver_fixtures",)
+pytestmark = pytest.mark.slow  # fault injection, ~45 s
 
 GW = "gw-chaos"
 SCHEDULE = """point_id,device,address,data_type,writable,min,max,alarm_h
