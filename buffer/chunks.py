@@ -2,8 +2,8 @@
 
 A chunk holds the readings of one group commit as packed, compressed columns instead of one
 SQLite row per reading. This module is the codec; :mod:`.columnar` the ``chunks`` table and
-:mod:`.columnar_store` the :class:`ColumnarBuffer` that follows this plan (all but the
-migration and the file tools of :mod:`.inspect`), behind the seams the buffer already has:
+:mod:`.columnar_store` the :class:`ColumnarBuffer` that follows this plan, behind the seams
+the buffer already has:
 
 - **writer** (:mod:`.writer`): ``_insert_readings`` stores one ``chunks`` row per commit
   (``first_seq`` INTEGER PRIMARY KEY, ``n``, ``min_ts``, ``max_ts``, ``codec``, ``blob``)
@@ -20,9 +20,9 @@ migration and the file tools of :mod:`.inspect`), behind the seams the buffer al
   (the counts stay per reading: ``n`` is in the row).
 - **history** (:mod:`.history`): ``blocks`` already indexes one row per commit by time; the
   chunk row carries the same min/max, so the scan decodes only the chunks in the window.
-- **migration**: a row-format file is drained through the existing uplink path before the
-  first chunk is written (both tables can live in one file during the transition; readers
-  look at ``readings`` below the first chunk's ``first_seq``).
+- **migration**: a row-format file is converted in place at open, before the writer and
+  the readers start, 50,000 readings per transaction (kill-safe, resumed at the next open);
+  each contiguous seq run becomes a chunk, so eviction gaps stay gaps.
 
 Codec v1 (``CODEC_V1``): four columns, each a plain array (timestamps int64 epoch ms, point
 keys uint32, values float64 with NaN for "no value", quality uint8), the multi-byte ones

@@ -2,9 +2,10 @@
 guarantees as :class:`~outpost.buffer.store.Buffer`, with readings stored as chunks (one per
 group commit, :mod:`.chunks`, :mod:`.columnar`) instead of one SQLite row each.
 
-Not the default yet: the file tools (:mod:`.inspect`: ``outpost buffer stats/export``) and
-a migration of row-format files are still to come, and the agent constructs ``Buffer``. What
-changes against the row layout, module by module:
+Not the default yet: the agent constructs ``Buffer``, and the row layout's tests inspect its
+table directly. A row-layout file is converted in place when a ``ColumnarBuffer`` opens it
+(:func:`migrate_rows`); the file tools (:mod:`.inspect`) read both layouts. What changes
+against the row layout, module by module:
 
 - writer: one ``chunks`` row per commit (plus the ``blocks`` row history and retention use);
 - sync: seq windows decode the overlapping chunks and cut them; acks, islands, dead letters
@@ -22,6 +23,8 @@ import sqlite3
 from itertools import chain
 from typing import Any
 
+import structlog
+
 from outpost.buffer import columnar, schema
 from outpost.buffer.chunks import Columns
 from outpost.buffer.files import BufferFiles
@@ -33,6 +36,8 @@ from outpost.buffer.schema import bump_meta, transaction
 from outpost.buffer.store import Buffer
 from outpost.buffer.sync import SyncReader, advance_cursor, cursor
 from outpost.buffer.writer import InsertReadings, ReadingBatch
+
+log = structlog.get_logger(__name__)
 
 
 def insert_chunk(conn: sqlite3.Connection, batches: list[ReadingBatch], seq: int) -> int:
@@ -191,9 +196,12 @@ class ChunkMaintenance(Maintenance):
         conn.execute("DELETE FROM blocks WHERE last_seq <= ?", (last,))
 
     def _delete_block(self, conn: sqlite3.Connection, first: int, last: int) -> int:
-        row = conn.execute("SELECT n FROM chunks WHERE first_seq = ?", (first,)).fetchone()
-        conn.execute("DELETE FROM chunks WHERE first_seq = ?", (first,))
-        return int(row[0]) if row else 0
+        # One chunk per block, or several where a migrated block had gaps.
+        n = conn.execute(
+            "SELECT coalesce(sum(n), 0) FROM chunks WHERE first_seq BETWEEN ? AND ?", (first, last)
+        ).fetchone()[0]
+        conn.execute("DELETE FROM chunks WHERE first_seq BETWEEN ? AND ?", (first, last))
+        return int(n)
 
 
 class ChunkHistory(History):
@@ -260,6 +268,48 @@ class ColumnarBuffer(Buffer):
     def _init_layout(self, conn: sqlite3.Connection) -> None:
         with transaction(conn):
             columnar.create(conn)
+        migrate_rows(conn)
 
     def _collect_stats(self, conn: sqlite3.Connection) -> BufferStats:
         return schema.collect_stats(conn, self.path, counts=columnar.reading_counts)
+
+
+#: Readings converted per migration transaction.
+_MIGRATE_ROWS = 50_000
+
+
+def migrate_rows(conn: sqlite3.Connection) -> int:
+    """Convert a row-layout file in place, at open, before anything reads or writes it.
+
+    Readings keep their seq (gaps left by eviction stay gaps: each contiguous run becomes a
+    chunk), cursor, islands, dead letters, events and blocks are untouched. Each step moves
+    up to 50,000 readings in one transaction (chunks in, rows out), so a kill during the
+    migration loses nothing and the next open continues it. Returns the readings converted.
+    """
+    done = 0
+    while True:
+        with transaction(conn):
+            rows = conn.execute(
+                "SELECT seq, ts, point, value, quality FROM readings ORDER BY seq LIMIT ?",
+                (_MIGRATE_ROWS,),
+            ).fetchall()
+            if not rows:
+                break
+            start = 0
+            for i in range(1, len(rows) + 1):
+                if i == len(rows) or rows[i][0] != rows[i - 1][0] + 1:
+                    run = rows[start:i]
+                    columnar.insert(
+                        conn,
+                        run[0][0],
+                        [r[1] for r in run],
+                        [r[2] for r in run],
+                        [math.nan if r[3] is None else r[3] for r in run],
+                        [r[4] for r in run],
+                    )
+                    start = i
+            conn.execute("DELETE FROM readings WHERE seq <= ?", (rows[-1][0],))
+        done += len(rows)
+    if done:
+        log.info("buffer.migrated_to_chunks", readings=done)
+    return done

@@ -22,6 +22,18 @@ class History:
         self._files = files
         self._names = names
 
+    def read_after(self, after_seq: int, limit: int, until_seq: int | None = None) -> ReadingRows:
+        """Up to ``limit`` readings with ``after_seq < seq <= until_seq``, oldest first,
+        whatever the uplink's cursor (a second consumer with its own cursor: Sparkplug)."""
+        hi = 2**62 if until_seq is None else until_seq
+        conn = self._files.query()
+        with self._files.query_lock:
+            rows = conn.execute(
+                SELECT_COLS + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (after_seq, hi, limit),
+            ).fetchall()
+        return self._names.rows(rows)
+
     def history(
         self, point_id: str, since_ts: float, until_ts: float | None = None, limit: int = 10_000
     ) -> ReadingRows:

@@ -302,6 +302,12 @@ class Buffer:
         """The newest ``limit`` unsynced readings (live-first sending), in seq order."""
         return self._sync.read_latest(limit)
 
+    def read_after(self, after_seq: int, limit: int, until_seq: int | None = None) -> ReadingRows:
+        """Up to ``limit`` readings with ``after_seq < seq <= until_seq``, oldest first,
+        ignoring the sync cursor: for a consumer keeping its own cursor over seq (Sparkplug).
+        Blocking (query connection)."""
+        return self._history.read_after(after_seq, limit, until_seq)
+
     def mark_synced(self, through_seq: int) -> None:
         """Advance the cursor to ``through_seq`` (never backwards, never past the last seq)."""
         self._sync.mark_synced(through_seq)

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import io
 import random
+import shutil
+import sqlite3
 import time
 from datetime import UTC, datetime
 from itertools import accumulate
@@ -269,3 +271,56 @@ def test_columnar_kill9_at_random_moments_loses_no_committed_reading(tmp_path: P
         last_cursor = cursor
     assert flushed_max > 1000, "the writer never got going; the test proved nothing"
     assert not list(tmp_path.glob("buffer.db.corrupt-*"))
+
+
+def test_a_row_file_is_migrated_in_place_and_reads_the_same(tmp_path: Path) -> None:
+    """Open a row-layout file (with islands, a moved cursor, dead letters, events and an
+    eviction gap) as a ColumnarBuffer: every reading keeps its seq and content, the sync state
+    is untouched, and the row table is empty afterwards."""
+    old = Buffer(tmp_path / "rows.db", commit_interval=0.05, maintenance_interval=3600.0)
+    old.open()
+    try:
+        _append_same((old,), 80, random.Random(21))
+        top = old.last_seq
+        old.mark_range_synced(200, 400)  # an island ...
+        old.mark_range_synced(top - 50, top - 10)
+        old.mark_synced(30)
+        old.add_rejected(600, 605, 422, "test", b"x")
+    finally:
+        old.close()
+    # ... that eviction empties in the middle: a gap in the seqs
+    with sqlite3.connect(tmp_path / "rows.db") as conn:
+        conn.execute("DELETE FROM readings WHERE seq BETWEEN 250 AND 300")
+    conn.close()
+    shutil.copy(tmp_path / "rows.db", tmp_path / "cols.db")
+    rows = Buffer(tmp_path / "rows.db", commit_interval=0.05, maintenance_interval=3600.0)
+    cols = ColumnarBuffer(tmp_path / "cols.db", commit_interval=0.05, maintenance_interval=3600.0)
+    rows.open()
+    cols.open()
+    try:
+        for limit, after in ((10**6, None), (100, 240), (77, None), (500, 0)):
+            _same(rows.read_unsynced(limit, after), cols.read_unsynced(limit, after))
+            _same(rows.read_latest(limit), cols.read_latest(limit))
+        for pid in POINTS[:3]:
+            _same(rows.history(pid, 0.0), cols.history(pid, 0.0))
+        a, b = rows.stats(), cols.stats()
+        for field in (
+            "rows",
+            "unsynced_rows",
+            "last_seq",
+            "synced_through",
+            "events",
+            "rejected_batches",
+            "last_event_id",
+        ):
+            assert getattr(a, field) == getattr(b, field), field
+        # and it goes on: the next commit continues the seq as a chunk
+        _append_same((rows, cols), 3, random.Random(22))
+        _same(rows.read_latest(50), cols.read_latest(50))
+    finally:
+        rows.close()
+        cols.close()
+    with sqlite3.connect(tmp_path / "cols.db") as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] > 1
+    conn.close()
