@@ -120,6 +120,9 @@ _PRIORITY_RANK = {
 _STALE_QUALITY = int(Quality.UNCERTAIN_STALE)
 _BAD = int(Quality.BAD)
 FLOOD_ID = "system:flood"
+#: Built-in system alarm: the agent's buffer cannot commit (disk full, I/O error); new readings
+#: are held only in memory until it can.
+BUFFER_COMMIT_ID = "buffer:commit_failed"
 
 
 class AlarmError(Exception):
@@ -379,6 +382,13 @@ class AlarmEngine:
             limit=float(config.flood_threshold),
             description="alarm flood: too many new alarms in the flood window",
         )
+        self._buffer_commit = Alarm(
+            id=BUFFER_COMMIT_ID,
+            kind="buffer_commit_failed",
+            priority=AlarmPriority.HIGH,
+            description="buffer cannot commit (disk full or I/O error): new readings are only "
+            "in memory",
+        )
         self.alarm_point_ids: frozenset[str] = frozenset()
         self._build(points, devices, initial=True)
         self._load()
@@ -390,7 +400,7 @@ class AlarmEngine:
         cfg = self.config
         old = self._alarms
         old_points = self._points
-        alarms: dict[str, Alarm] = {FLOOD_ID: self._flood}
+        alarms: dict[str, Alarm] = {FLOOD_ID: self._flood, BUFFER_COMMIT_ID: self._buffer_commit}
         entries: dict[str, _PointEntry] = {}
         device_ids = set(devices) | {p.device for p in points} | set(self._comms)
         comms: dict[str, Alarm] = {}
@@ -536,6 +546,12 @@ class AlarmEngine:
             alarm = self._add_comms_alarm(device)
         if (not ok) != alarm.condition or alarm.pending_since is not None:
             self._evaluate(alarm, not ok, ts)
+
+    def buffer_commit(self, failing: bool, ts: float) -> None:
+        """The buffer's commit health, each tick: ``failing`` while it cannot commit."""
+        alarm = self._buffer_commit
+        if failing != alarm.condition or alarm.pending_since is not None:
+            self._evaluate(alarm, failing, ts)
 
     def tick(self) -> None:
         """About once a second: delays, shelve expiry, stale data, flood, persistence."""

@@ -364,8 +364,12 @@ class ModeMachine:
         uplink_ok_age_s: float | None,
         active_alarms: Sequence[AlarmLike],
         point_values: Mapping[str, float] | None = None,
+        system_faults: Sequence[str] = (),
     ) -> str:
         """Re-decide the mode from the facts; returns the mode afterwards.
+
+        ``system_faults``: reasons the agent itself is impaired (e.g. the buffer cannot
+        commit); each one makes the site ``degraded`` like comms loss does.
 
         ``uplink_ok_age_s``: seconds since the last successful sync, None if none yet (then
         counted from the machine's creation). ``point_values``: latest good values, needed only
@@ -394,6 +398,7 @@ class ModeMachine:
                 age = uplink_ok_age_s if uplink_ok_age_s is not None else now - self._created
                 if age > self.config.degraded_uplink_after_s:
                     reasons.append(f"uplink: no successful sync for {format_duration(age)}")
+            reasons.extend(system_faults)
             self._healthy = not reasons
             health_cause = "; ".join(reasons) if reasons else "all devices reachable, uplink ok"
             mode = self.mode

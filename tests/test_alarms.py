@@ -567,7 +567,8 @@ async def test_views_have_the_contract_fields(make_rig: Any) -> None:
     assert row["acked_at"] is None
     json.dumps(row)
     everything = rig.engine.list(include_inactive=True)
-    assert len(everything) == 4 + 1 + 2 + 1 + 1  # limits, state, stale x2, comms, flood
+    # limits, state, stale x2, comms, flood, buffer:commit_failed
+    assert len(everything) == 4 + 1 + 2 + 1 + 1 + 1
     assert rig.engine.alarm_point_ids == frozenset({TEMP, LEAK})
     assert {a.id for a in rig.engine.active_alarms()} == {f"{TEMP}:hi"}
 

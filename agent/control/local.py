@@ -78,17 +78,21 @@ class LocalControl:
         live_values: Callable[[], Mapping[str, float]],
         state_dir: Path,
         clock: Clock | None = None,
+        storage_fault: Callable[[], str | None] | None = None,
         on_read_back: Callable[[WriteOutcome], None] | None = None,
     ) -> None:
         """``devices``: the configured devices (enabled or not; their poll intervals time the
         stale alarms). ``drivers``: the running drivers by device id, read at each write.
         ``uplink_last_success``: wall time of the last successful sync (None before the
         first), or None when the agent has no uplink. ``live_values``: the latest good value
-        of every point (read only when a custom mode has point triggers). ``on_read_back``:
+        of every point (read only when a custom mode has point triggers). ``storage_fault``:
+        why the buffer cannot commit right now, or None when it can (the ``buffer:commit_failed``
+        system alarm and a ``degraded`` reason while it says so). ``on_read_back``:
         told every write outcome that carries a read-back (the live cache shows what the
         device now holds at once, not the value of the last poll)."""
         self._clock = clock or SystemClock()
         self._on_read_back = on_read_back
+        self._storage_fault = storage_fault
         self._devices = devices
         self._device_health = device_health
         self._uplink_last_success = uplink_last_success
@@ -141,6 +145,8 @@ class LocalControl:
         for device_id, health in self._device_health().items():
             if health.last_poll_ts is not None:
                 self.alarms.device_comms(device_id, health.connected, now)
+        fault = self._storage_fault() if self._storage_fault is not None else None
+        self.alarms.buffer_commit(fault is not None, now)
         self.alarms.tick()
         active = self.alarms.active_alarms()
         in_loss = {a.device for a in active if a.kind == "comms_loss" and a.device}
@@ -149,6 +155,7 @@ class LocalControl:
             uplink_ok_age_s=self._uplink_age(now),
             active_alarms=active,
             point_values=self._live_values() if self._wants_values else None,
+            system_faults=() if fault is None else (fault,),
         )
 
     def close(self) -> None:

@@ -554,6 +554,11 @@ class Runtime:
         if self.buffer is None or not self.buffer.writer_alive:
             return False, "buffer writer not running"
         if now - self.buffer.last_commit_monotonic > stall_s:
+            if self.buffer.commit_failing:
+                return (
+                    False,
+                    f"buffer cannot commit for {now - self.buffer.last_commit_monotonic:.0f}s",
+                )
             return (
                 False,
                 f"buffer writer made no progress for {now - self.buffer.last_commit_monotonic:.0f}s",
@@ -591,6 +596,7 @@ class Runtime:
             uplink_last_success=uplink_last_success,
             live_values=self._good_values,
             state_dir=cfg.agent.data_dir,
+            storage_fault=self._buffer_fault,
             on_read_back=self._on_read_back,
         )
 
@@ -615,6 +621,14 @@ class Runtime:
         table.value[i] = outcome.read_back
         table.ts[i] = outcome.ts
         table.quality[i] = Quality.GOOD
+
+    def _buffer_fault(self) -> str | None:
+        buf = self.buffer
+        if buf is None or not buf.commit_failing:
+            return None
+        since = buf.commit_failing_since
+        age = 0.0 if since is None else time.monotonic() - since
+        return f"buffer: cannot commit for {age:.0f}s, {buf.pending_rows} rows only in memory"
 
     def _good_values(self) -> dict[str, float]:
         return self.table.good_values() if self.table is not None else {}
