@@ -74,17 +74,18 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_s() -> float:
-    total = 0.0
+def postgres_cpu_s() -> dict[int, float]:
+    """CPU seconds per postgres process (compare the same pids: backends come and go)."""
+    out: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if (entry / "comm").read_text().strip() == "postgres":
-                total += cpu_s(int(entry.name))
+                out[int(entry.name)] = cpu_s(int(entry.name))
         except OSError:
             continue
-    return total
+    return out
 
 
 async def latency(url: str, tmp: Path, count: int, rate: float) -> None:
@@ -196,9 +197,10 @@ async def idle_polls(url: str, dsn: str, receiver_pid: int, n: int) -> None:
     print(
         f"  receiver RSS {before:.0f} MB -> {after:.0f} MB ({(after - before) * 1024 / n:.1f} kB/poll)"
     )
+    pg = sum(pg1[pid] - pg0[pid] for pid in pg0.keys() & pg1.keys())
     print(
         f"  CPU at rest over 20 s: receiver {100 * (rcv1 - rcv0) / 20:.2f} %, "
-        f"postgres {100 * (pg1 - pg0) / 20:.2f} % of one core"
+        f"postgres {100 * pg / 20:.2f} % of one core"
     )
     for t in tasks:
         t.cancel()
