@@ -65,10 +65,12 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "ScheduleError",
     "ScheduleIssue",
+    "is_workbook",
     "load_schedule",
     "parse_schedule",
     "schedule_version",
     "validate_schedule",
+    "workbook_as_csv",
 ]
 
 # Derived from ``Point``: a new field there is a new column here, in the template and on the wire.
@@ -313,6 +315,76 @@ def _column_letter(position: int) -> str:
     return name
 
 
+class _WorkbookError(Exception):
+    """The workbook or the sheet asked for cannot be read; the message is for the user."""
+
+
+def _sheet_rows(data: bytes, sheet: str | None) -> tuple[str, Iterator[tuple[int, list[str]]]]:
+    """The title of the sheet (``sheet`` or the first) and its rows as ``(row number, cells as
+    text)``, every row, trailing empty cells cut. Raises ``_WorkbookError``."""
+    import openpyxl  # only workbooks pay for importing it
+
+    try:
+        book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except Exception:  # whatever a third-party parser raises on a user's file: one line
+        raise _WorkbookError(
+            "is a zip archive but not an .xlsx workbook (an .ods or .xls?): save it "
+            'as .xlsx ("Excel 2007-365") or export the sheet as "CSV UTF-8"'
+        ) from None
+    if sheet is None:
+        chosen = book.worksheets[0]
+    elif sheet in book.sheetnames:
+        chosen = book[sheet]
+    else:
+        book.close()
+        names = ", ".join(f'"{n}"' for n in book.sheetnames)
+        raise _WorkbookError(f'has no sheet "{sheet}": its sheets are {names}')
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        try:
+            for number, values in enumerate(chosen.iter_rows(min_row=1, values_only=True), 1):
+                cells = [_cell_text(v) for v in values]
+                # A sheet is as wide as its widest row: trailing empty cells are not cells.
+                while cells and not cells[-1].strip():
+                    cells.pop()
+                yield number, cells
+        finally:
+            book.close()
+
+    return chosen.title, rows()
+
+
+def is_workbook(data: bytes) -> bool:
+    """Whether ``data`` is a zip archive, i.e. read as a workbook rather than as CSV text."""
+    return data.startswith(b"PK\x03\x04")
+
+
+def workbook_as_csv(name: str, data: bytes, sheet: str | None = None) -> str:
+    """One sheet of an .xlsx workbook as CSV text, cells as the loader reads them, one line
+    per row (so line numbers match row numbers unless a cell holds a line break).
+
+    For tools that move schedules as text, e.g. ``outpost schedule load`` to the running
+    agent. Raises ``ScheduleError`` when the workbook or the sheet cannot be read.
+    """
+    try:
+        _, rows = _sheet_rows(data, sheet)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        width = 0  # the header's, once seen: a sheet's trailing blanks become empty cells
+        for _, cells in rows:
+            if cells and not cells[0].lstrip().startswith("#"):
+                width = width or len(cells)
+                cells += [""] * (width - len(cells))
+            writer.writerow(cells)
+    except _WorkbookError as e:
+        raise ScheduleError([ScheduleIssue(name, 0, None, str(e))]) from None
+    except Exception as e:  # a corrupt sheet inside a readable workbook: one line
+        raise ScheduleError(
+            [ScheduleIssue(name, 0, None, f"cannot read the workbook: {e}", sheet=sheet)]
+        ) from None
+    return out.getvalue()
+
+
 def _cell_text(value: object) -> str:
     """A workbook cell as the text a CSV export of it would hold."""
     if value is None:
@@ -443,49 +515,26 @@ class _FileParser:
 
     def workbook_records(self, data: bytes) -> Iterator[tuple[int, list[str]]] | None:
         """The rows of one sheet as ``(row number, cells as text)``, or None (issue recorded)."""
-        import openpyxl  # only workbooks pay for importing it
-
         try:
-            book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-        except Exception:  # whatever a third-party parser raises on a user's file: one line
-            self.issue(
-                0,
-                None,
-                "is a zip archive but not an .xlsx workbook (an .ods or .xls?): save it "
-                'as .xlsx ("Excel 2007-365") or export the sheet as "CSV UTF-8"',
-            )
+            title, rows = _sheet_rows(data, self.wanted_sheet)
+        except _WorkbookError as e:
+            self.issue(0, None, str(e))
             return None
-        if self.wanted_sheet is None:
-            sheet = book.worksheets[0]
-        elif self.wanted_sheet in book.sheetnames:
-            sheet = book[self.wanted_sheet]
-        else:
-            names = ", ".join(f'"{n}"' for n in book.sheetnames)
-            self.issue(0, None, f'has no sheet "{self.wanted_sheet}": its sheets are {names}')
-            book.close()
-            return None
-        self.sheet = sheet.title
+        self.sheet = title
 
-        def rows() -> Iterator[tuple[int, list[str]]]:
+        def records() -> Iterator[tuple[int, list[str]]]:
             number = 0
             try:
-                for number, values in enumerate(sheet.iter_rows(min_row=1, values_only=True), 1):
-                    cells = [_cell_text(v) for v in values]
-                    # A sheet is as wide as its widest row: trailing empty cells are not cells.
-                    while cells and not cells[-1].strip():
-                        cells.pop()
-                    if not cells or cells[0].lstrip().startswith("#"):
-                        continue
-                    yield number, cells
+                for number, cells in rows:
+                    if cells and not cells[0].lstrip().startswith("#"):
+                        yield number, cells
             except Exception as e:  # a corrupt sheet inside a readable workbook: one line
                 self.issue(number + 1, None, f"cannot read this row of the workbook: {e}")
-            finally:
-                book.close()
 
-        return rows()
+        return records()
 
     def parse(self, data: bytes, out: list[Point]) -> None:
-        if data.startswith(b"PK\x03\x04"):
+        if is_workbook(data):
             records = self.workbook_records(data)
             if records is None:
                 return

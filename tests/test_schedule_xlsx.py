@@ -18,9 +18,13 @@ from outpost.point_schedules.diff import diff_schedules, format_diff
 from outpost.point_schedules.loader import (
     COLUMNS,
     ScheduleError,
+    is_workbook,
     load_schedule,
+    parse_schedule,
     validate_schedule,
+    workbook_as_csv,
 )
+from outpost.point_schedules.model import SourceRef
 from outpost.point_schedules.template import DEFAULT_DEVICES, template, template_xlsx
 
 DEVICES = {"cdu-01": "modbus", "ahu-1": "bacnet", "pdu-a": "snmp", "rack": "mqtt"}
@@ -327,3 +331,20 @@ def test_cli_validates_a_workbook(tmp_path: Path) -> None:
     )
     assert run.returncode == 1
     assert f'{bad}:Points!C2: column "address"' in run.stderr
+
+
+def test_workbook_as_csv_loads_the_same_points(tmp_path: Path) -> None:
+    """How tools that move schedules as text (``schedule load``) carry a workbook."""
+    path = workbook(tmp_path / "site.xlsx", {"Notes": [["read me"]], "Points": FULL_ROWS})
+    text = workbook_as_csv(str(path), path.read_bytes(), sheet="Points")
+    assert is_workbook(path.read_bytes()) and not is_workbook(text.encode())
+    from_text, issues = parse_schedule([("site.csv", text.encode())], DEVICES)
+    assert from_text is not None and issues == []
+    assert from_text.points == load_schedule([path], DEVICES, sheet="Points").points
+    # one line per row: the leak point keeps its row number
+    assert from_text.by_id()["cdu-01.leak"].source == SourceRef("site.csv", 5)
+    with pytest.raises(ScheduleError) as err:
+        workbook_as_csv(str(path), path.read_bytes(), sheet="Nope")
+    assert str(err.value) == f'{path}: has no sheet "Nope": its sheets are "Notes", "Points"'
+    with pytest.raises(ScheduleError, match=r"not an \.xlsx workbook"):
+        workbook_as_csv("x.xlsx", b"PK\x03\x04junk")
