@@ -98,6 +98,27 @@ async def test_operator_sees_agent_values_and_acks_its_alarm(
         # the console follows: the ack event syncs back and the row shows who acked
         await expect(row).to_contain_text("olga@fleet", timeout=15_000)
         await expect(row).to_contain_text("ack active")
+        # shelve needs a reason; then the row offers Unshelve
+        await page.check(f'input[name=sel][value="{GW}|{ALARM}"]')
+        await page.fill("input[name=note]", "")
+        await page.click("#shelve-selected")
+        await expect(page.locator("[data-command-message]")).to_contain_text("needs a reason")
+        await page.fill("input[name=note]", "sensor swap in progress")
+        await page.click("#shelve-selected")
+        await expect(status).to_have_text("done", timeout=30_000)
+
+        async def shelved() -> bool:
+            return (await _alarms(cfg)).get(ALARM, {}).get("shelved") is True
+
+        await wait_for(shelved, 15, "the agent to show the alarm shelved")
+        await expect(row).to_contain_text("shelved", timeout=15_000)
+        await row.locator("button[data-command=unshelve]").click()
+        await expect(row.locator("[data-cmd-status]")).to_have_text("done", timeout=30_000)
+
+        async def unshelved() -> bool:
+            return (await _alarms(cfg)).get(ALARM, {}).get("shelved") is False
+
+        await wait_for(unshelved, 15, "the agent to show the alarm unshelved")
         audit = await receiver.fetch("SELECT actor, action FROM audit WHERE actor = 'olga'")
         assert {("olga", "login")} <= {(a["actor"], a["action"]) for a in audit}
         assert any(a["action"].startswith("command") for a in audit), audit

@@ -180,7 +180,23 @@
     return row && row.querySelector("[data-cmd-status]");
   }
 
+  // statuses survive the live re-render of the table for a while (the row is new then)
+  var cmdStatus = {};
+  document.addEventListener("htmx:afterSettle", function () {
+    var now = Date.now();
+    Object.keys(cmdStatus).forEach(function (key) {
+      var st = cmdStatus[key];
+      if (now - st.t > 60000) { delete cmdStatus[key]; return; }
+      paintStatus(key, st.text, st.state);
+    });
+  });
+
   function showStatus(key, text, state) {
+    cmdStatus[key] = { text: text, state: state, t: Date.now() };
+    paintStatus(key, text, state);
+  }
+
+  function paintStatus(key, text, state) {
     var cell = statusCell(key);
     if (!cell) return;
     cell.textContent = text;
@@ -207,7 +223,7 @@
   function sendCommand(kind, key, note, duration) {
     var i = key.indexOf("|"), gw = key.slice(0, i), alarm = key.slice(i + 1);
     var args = { alarm_id: alarm };
-    if (kind === "ack") { if (note) args.note = note; }
+    if (kind === "ack" || kind === "unshelve") { if (note) args.note = note; }
     else if (kind === "shelve") {
       args.reason = note;
       if (duration === "one_shot") args.one_shot = true; else args.duration_s = parseFloat(duration);
