@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -114,6 +115,18 @@ async def test_operator_pages_live_values_trend_and_screenshots(
     assert await n.json_value() >= 30  # 5-minute buckets over the 3 seeded hours
     assert await page.evaluate("document.getElementById('trend').uplot.series.length") == 4
     await shot(page, "point")
+    # a custom range under 2 h: raw resolution, one series and no band
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    frm, to = (now - timedelta(minutes=90)).isoformat(), now.isoformat()
+    await page.goto(
+        f"{base}/gateways/{GW}/points/rack-a06.temperature?range=custom&from={frm}&to={to}"
+    )
+    n = await page.wait_for_function(
+        "() => { const el = document.getElementById('trend');"
+        " return el.uplot && el.chartData.resolution === 'raw' && el.uplot.data[1].length; }"
+    )
+    assert 80 <= await n.json_value() <= 91  # one reading a minute
+    assert await page.evaluate("document.getElementById('trend').uplot.series.length") == 2
     csv = await page.request.get(
         f"{base}/api/v1/dashboard/gateways/{GW}/points/rack-a06.temperature/trend.csv?range=1h"
     )
