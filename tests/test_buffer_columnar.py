@@ -324,3 +324,34 @@ def test_a_row_file_is_migrated_in_place_and_reads_the_same(tmp_path: Path) -> N
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] > 1
     conn.close()
+
+
+def test_columnar_retention_expires_what_the_row_buffer_expires(tmp_path: Path) -> None:
+    rows, cols = _pair(tmp_path, retention_days=7)
+    try:
+        keys = rows.point_keys(POINTS)
+        assert cols.point_keys(POINTS) == keys
+        now = time.time()
+        old = now - 10 * 86400
+        for b in (rows, cols):
+            for start in (old, old + 100, now):  # two old commits, one recent
+                b.append(
+                    [start + i for i in range(500)],
+                    [keys[i % 30] for i in range(500)],
+                    [float(i) for i in range(500)],
+                    [0] * 500,
+                )
+                b.flush_sync(10)
+            b.append_event(old, "alarm", "fsm", None, {})
+            b.flush_sync(10)
+            b.mark_synced(500)  # the first old commit only
+            b.mark_events_synced(b.stats().last_event_id)
+            b.run_maintenance()
+        a, c = rows.stats(), cols.stats()
+        assert a.expired_rows == c.expired_rows == 500
+        assert (a.rows, a.events) == (c.rows, c.events) == (1000, 0)
+        _same(rows.read_unsynced(10_000), cols.read_unsynced(10_000))
+        _same(rows.history(POINTS[0], 0.0), cols.history(POINTS[0], 0.0))
+    finally:
+        rows.close()
+        cols.close()
