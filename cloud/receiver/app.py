@@ -111,6 +111,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             use_timescaledb=settings.use_timescaledb,
         )
         await st.start_listener(settings.dsn)
+        st.start_maintenance(settings.retention_check_s)
         app.state.storage = st
         try:
             yield

@@ -6,16 +6,26 @@ time apply each migration exactly once. An applied migration whose file changed 
 stops start-up: applied migrations are never edited, a new numbered file is added instead.
 
 TimescaleDB is decided once per start: if ``CREATE EXTENSION IF NOT EXISTS timescaledb``
-succeeds, ``readings`` becomes a hypertable with compression, an optional retention policy and
-1-minute / 1-hour continuous aggregates (all idempotent calls). Otherwise the plain schema
-(BRIN on time + the unique btree) serves the same queries through ``date_bin``.
+succeeds, ``readings`` becomes a hypertable with compression and 1-minute / 1-hour continuous
+aggregates (all idempotent calls). Otherwise the plain schema (BRIN on time + the unique btree)
+serves the same queries through ``date_bin``. Every TimescaleDB statement lives in this module:
+set-up, retention policies and the refresh of aggregates after a backfill.
+
+Retention is a property of the database: the ``receiver_settings`` row ``retention_days``
+(absent: keep forever), written only by an explicit act (``outpost cloud retention``, ``serve
+--retention-days``). Opening the database for anything else never touches it. TimescaleDB
+enforces it with retention policies on the raw hypertable and on both aggregates (so an
+aggregate never shows days the raw data no longer has); plain PostgreSQL by deleting old
+readings in batches (:func:`prune_readings`, run periodically by the receiver).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import asyncpg
@@ -26,6 +36,9 @@ log = structlog.get_logger(__name__)
 #: pg_advisory_lock key: "outpost" in ASCII, fits in a bigint
 ADVISORY_KEY = 0x6F7574706F7374
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+RETENTION_KEY = "retention_days"
+#: continuous aggregates: name, bucket width (the read API's 1m/5m use the first, 1h/1d the second)
+AGGREGATES = (("readings_1m", timedelta(minutes=1)), ("readings_1h", timedelta(hours=1)))
 
 
 @dataclass(frozen=True)
@@ -114,8 +127,9 @@ async def try_timescaledb(conn: asyncpg.Connection) -> bool:
     return True
 
 
-async def setup_timescaledb(conn: asyncpg.Connection, retention_days: int | None) -> None:
-    """Hypertable, compression, retention and continuous aggregates; every step idempotent."""
+async def setup_timescaledb(conn: asyncpg.Connection) -> None:
+    """Hypertable, compression, continuous aggregates and the retention the database's
+    settings ask for (left alone when none was ever set); every step idempotent."""
     await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_KEY)
     try:
         await conn.execute(
@@ -135,12 +149,6 @@ async def setup_timescaledb(conn: asyncpg.Connection, retention_days: int | None
         await conn.execute(
             "SELECT add_compression_policy('readings', INTERVAL '7 days', if_not_exists => TRUE)"
         )
-        await conn.execute("SELECT remove_retention_policy('readings', if_exists => TRUE)")
-        if retention_days:
-            await conn.execute(
-                "SELECT add_retention_policy('readings', make_interval(days => $1))",
-                retention_days,
-            )
         for name, width in (("readings_1m", "1 minute"), ("readings_1h", "1 hour")):
             # Only non-bad readings with a value count, exactly like the plain path's queries.
             await conn.execute(
@@ -160,5 +168,140 @@ async def setup_timescaledb(conn: asyncpg.Connection, retention_days: int | None
                         end_offset => INTERVAL '{width}', schedule_interval => INTERVAL '{width}',
                         if_not_exists => TRUE)"""
             )
+        known, days = await retention_setting(conn)
+        if known:
+            await _timescale_retention(conn, days)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY)
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+async def retention_setting(conn: asyncpg.Connection) -> tuple[bool, int | None]:
+    """(set at all, days): ``(False, None)`` when nobody ever set it, ``(True, None)`` for an
+    explicit keep-forever."""
+    value = await conn.fetchval("SELECT value FROM receiver_settings WHERE key = $1", RETENTION_KEY)
+    if value is None:
+        return False, None
+    return True, (int(value) if value != "off" else None)
+
+
+async def set_retention(
+    conn: asyncpg.Connection, days: int | None, *, set_by: str, timescaledb: bool
+) -> None:
+    """Record the database's retention (None or <= 0: keep forever) and, on TimescaleDB,
+    make the policies match at once. The plain path's pruning reads the row each round."""
+    days = days if days and days > 0 else None
+    await conn.execute(
+        """INSERT INTO receiver_settings (key, value, set_by) VALUES ($1, $2, $3)
+           ON CONFLICT (key) DO UPDATE
+           SET value = EXCLUDED.value, set_by = EXCLUDED.set_by, updated_at = now()""",
+        RETENTION_KEY,
+        "off" if days is None else str(days),
+        set_by,
+    )
+    log.info("receiver.retention_set", days=days, set_by=set_by)
+    if timescaledb:
+        await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_KEY)
+        try:
+            await _timescale_retention(conn, days)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY)
+
+
+async def _timescale_retention(conn: asyncpg.Connection, days: int | None) -> None:
+    # The aggregates get the raw data's retention: after raw chunks are dropped a 1h/1d
+    # answer must not go on showing those days from materialised buckets.
+    for relation in ("readings", *(name for name, _ in AGGREGATES)):
+        await conn.execute(f"SELECT remove_retention_policy('{relation}', if_exists => TRUE)")
+        if days is not None:
+            await conn.execute(
+                f"SELECT add_retention_policy('{relation}', make_interval(days => $1))", days
+            )
+
+
+async def prune_readings(conn: asyncpg.Connection, days: int, batch: int = 10_000) -> int:
+    """Plain PostgreSQL: delete readings older than ``days``, ``batch`` rows per statement
+    (short transactions, no long lock on a busy table); returns how many went."""
+    total = 0
+    while True:
+        status = await conn.execute(
+            """DELETE FROM readings WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM readings WHERE time < now() - make_interval(days => $1)
+                   LIMIT $2))""",
+            days,
+            batch,
+        )
+        n = int(status.split()[-1])
+        total += n
+        if n < batch:
+            return total
+
+
+# --- continuous aggregates after a backfill ---------------------------------------------------
+
+
+class AggregateRefresher:
+    """TimescaleDB: re-materialise the aggregate windows that late readings landed in.
+
+    Real-time aggregates only add raw rows newer than the last refresh; a reading stored below
+    that watermark (what store-and-forward delivers after every outage) stays invisible at
+    1m/5m/1h/1d until the policy's next run. ``note()`` is told each ingested batch's time
+    span; a reading older than one bucket width (the policies' ``end_offset``) may lie below
+    the watermark, so its bucket-aligned window is queued. One background task refreshes the
+    union of what was queued, coalescing a drain of many batches into few refreshes, so an
+    answer is complete within about a second of the ingest acknowledgement.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, delay_s: float = 0.2) -> None:
+        self._pool = pool
+        self._delay_s = delay_s
+        self._pending: dict[str, tuple[datetime, datetime]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.refreshes = 0
+
+    def note(self, first_ms: int, last_ms: int) -> None:
+        now = datetime.now(UTC)
+        first = datetime.fromtimestamp(first_ms / 1000, UTC)
+        last = datetime.fromtimestamp(last_ms / 1000, UTC)
+        for name, width in AGGREGATES:
+            if first >= now - width:
+                continue  # all of it above the watermark: real-time aggregation covers it
+            start = _floor(first, width)
+            end = _floor(last, width) + width
+            queued = self._pending.get(name)
+            if queued is not None:
+                start, end = min(start, queued[0]), max(end, queued[1])
+            self._pending[name] = (start, end)
+        if self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self._delay_s)  # let a drain's next batches join the window
+            pending, self._pending = self._pending, {}
+            for name, (start, end) in pending.items():
+                try:
+                    # CALL refuses to run in a transaction block, and the extended protocol's
+                    # implicit one counts: simple query, bounds are our own datetimes
+                    await self._pool.execute(
+                        f"CALL refresh_continuous_aggregate('{name}', "
+                        f"'{start.isoformat()}'::timestamptz, '{end.isoformat()}'::timestamptz)"
+                    )
+                    self.refreshes += 1
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("receiver.aggregate_refresh_failed", aggregate=name, error=str(exc))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+def _floor(t: datetime, width: timedelta) -> datetime:
+    epoch = datetime(2000, 1, 1, tzinfo=UTC)  # time_bucket's origin
+    return epoch + ((t - epoch) // width) * width

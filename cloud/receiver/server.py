@@ -302,6 +302,30 @@ def revoke_gateway(gateway_id: str, *, dsn: str | None, data_dir: Path) -> bool:
     return run_with_storage(go, dsn=dsn, data_dir=data_dir)
 
 
+def retention_command(
+    days: int | None, *, off: bool = False, dsn: str | None, data_dir: Path
+) -> tuple[bool, int | None]:
+    """``outpost cloud retention [DAYS | --off]``: set the database's retention of readings
+    (and of the aggregates, on TimescaleDB), or with neither only report it. Returns (ever
+    set, days or None for keep-forever) afterwards; a change is audited."""
+
+    async def go(storage: Storage) -> tuple[bool, int | None]:
+        if days is not None or off:
+            new = None if off else days
+            await storage.set_retention(new, set_by=f"cli:{audit.os_user()}")
+            await audit.record_cli(
+                storage.pool,
+                audit.os_user(),
+                "receiver.retention",
+                "readings",
+                {"days": new},
+            )
+            await storage.prune()
+        return await storage.retention()
+
+    return run_with_storage(go, dsn=dsn, data_dir=data_dir)
+
+
 def _stderr_logger(*_args: object) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)
 
@@ -324,7 +348,7 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m outpost.cloud.receiver serve|enroll|revoke`` (same as ``outpost cloud ...``;
+    """``python -m outpost.cloud.receiver serve|enroll|revoke|retention`` (same as ``outpost cloud ...``;
     ``user ...`` is dispatched by ``__main__`` to ``user_cli``)."""
     parser = argparse.ArgumentParser(prog="python -m outpost.cloud.receiver")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -335,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bind", default=DEFAULT_BIND)
     p.add_argument("--max-body-bytes", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None)
-    p.add_argument("--retention-days", type=int, default=None)
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        help="set the database's retention of readings (0: keep forever); omitted: unchanged",
+    )
+    p = sub.add_parser("retention", parents=[common])
+    p.add_argument("days", type=int, nargs="?", default=None)
+    p.add_argument("--off", action="store_true", help="keep readings forever")
     p = sub.add_parser("enroll", parents=[common])
     p.add_argument("gateway_id")
     p.add_argument("--ttl", default="24h")
@@ -368,6 +400,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         print(tok.token)
+        return 0
+    if args.cmd == "retention":
+        if args.days is not None and (args.off or args.days <= 0):
+            print("give a number of days > 0, or --off", file=sys.stderr)
+            return 2
+        ever, kept = retention_command(
+            args.days, off=args.off, dsn=args.dsn, data_dir=args.data_dir
+        )
+        if not ever:
+            print("retention: never set (readings are kept forever)")
+        else:
+            print("retention: " + ("off (kept forever)" if kept is None else f"{kept} days"))
         return 0
     known = revoke_gateway(args.gateway_id, dsn=args.dsn, data_dir=args.data_dir)
     if not known:

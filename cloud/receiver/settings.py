@@ -25,8 +25,11 @@ class ReceiverSettings:
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
     #: most rows one readings/events query answers (the response says when it truncated)
     max_rows: int = 10_000
-    #: TimescaleDB retention policy on readings (None: keep forever)
+    #: ``serve --retention-days``: sets the database's retention at start (<= 0: keep
+    #: forever); None leaves the database's setting as it is
     retention_days: int | None = None
+    #: how often the plain-PostgreSQL path deletes readings beyond the retention
+    retention_check_s: float = 3600.0
     #: long-poll wait for GET /commands when the agent does not ask for less
     command_wait_s: float = 25.0
     pool_min: int = 2

@@ -24,7 +24,16 @@ import structlog
 from outpost.cloud.wire import Command, Heartbeat, IngestAck, IngestBatch, PointMeta
 
 from . import live
-from .migrate import migrate, migrations_pending, setup_timescaledb, try_timescaledb
+from .migrate import (
+    AggregateRefresher,
+    migrate,
+    migrations_pending,
+    prune_readings,
+    retention_setting,
+    set_retention,
+    setup_timescaledb,
+    try_timescaledb,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +112,8 @@ class Storage:
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
         self._last_seen_written: dict[str, float] = {}
+        self._refresher = AggregateRefresher(pool) if timescaledb else None
+        self._maintenance: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -116,12 +127,18 @@ class Storage:
         retention_days: int | None = None,
         use_timescaledb: bool = True,
     ) -> Storage:
+        """``retention_days`` given (``serve --retention-days``; <= 0 keeps forever) sets the
+        database's retention; None leaves whatever it is (enroll, revoke, a second receiver)."""
         conn = await asyncpg.connect(dsn)
         try:
             await migrate(conn)
             timescale = use_timescaledb and await try_timescaledb(conn)
             if timescale:
-                await setup_timescaledb(conn, retention_days)
+                await setup_timescaledb(conn)
+            if retention_days is not None:
+                await set_retention(
+                    conn, retention_days, set_by="serve --retention-days", timescaledb=timescale
+                )
         finally:
             await conn.close()
         log.info("receiver.storage", timescaledb=timescale)
@@ -166,6 +183,12 @@ class Storage:
 
     async def close(self) -> None:
         self._closing = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        if self._refresher is not None:
+            await self._refresher.close()
         if self._relisten is not None:
             self._relisten.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,6 +215,45 @@ class Storage:
         if pending:
             return False, f"migrations not applied: {pending}"
         return True, "ok"
+
+    # --- retention ----------------------------------------------------------------------------
+
+    async def retention(self) -> tuple[bool, int | None]:
+        """(ever set, days or None for keep-forever): the database's own setting."""
+        async with self.pool.acquire() as conn:
+            return await retention_setting(conn)
+
+    async def set_retention(self, days: int | None, *, set_by: str) -> None:
+        async with self.pool.acquire() as conn:
+            await set_retention(conn, days, set_by=set_by, timescaledb=self.timescaledb)
+
+    async def prune(self) -> int:
+        """Plain PostgreSQL: delete readings beyond the retention now (TimescaleDB's policies
+        do it there: 0). Returns the rows deleted."""
+        if self.timescaledb:
+            return 0
+        async with self.pool.acquire() as conn:
+            _, days = await retention_setting(conn)
+            if days is None:
+                return 0
+            deleted = await prune_readings(conn, days)
+        if deleted:
+            log.info("receiver.pruned", rows=deleted, retention_days=days)
+        return deleted
+
+    def start_maintenance(self, every_s: float) -> None:
+        """Enforce retention every ``every_s`` in the background (the row is re-read each
+        round, so `outpost cloud retention` takes effect without a restart)."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.prune()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("receiver.prune_failed", error=str(exc))
+                await asyncio.sleep(every_s)
+
+        self._maintenance = asyncio.get_running_loop().create_task(loop())
 
     # --- enrollment and auth ----------------------------------------------------------------
 
@@ -370,6 +432,9 @@ class Storage:
             self._point_keys.clear()
         for pid, key in new_keys.items():
             self._point_keys[(gw, pid)] = key
+        if self._refresher is not None and inserted:
+            # late history below the aggregates' watermark: refreshed in the background
+            self._refresher.note(min(ts_ms), max(ts_ms))
         # Outside the batch transaction (no gateway row lock held while inserting) and at
         # most every few seconds per gateway: a separate commit per batch costs an fsync.
         now = time.monotonic()
