@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 import zstandard
 
 if __name__ == "__main__":  # the child process: make the repository importable
@@ -45,15 +46,18 @@ REPO = Path(__file__).resolve().parent.parent
 SELF = str(Path(__file__).resolve())
 
 
-async def test_chaos_proxy_cuts_requests_and_responses(receiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["rows", "columnar"])
+async def test_chaos_proxy_cuts_requests_and_responses(
+    receiver, tmp_path: Path, layout: str
+) -> None:
     """At least 50 connection cuts, half while the request is on its way (the receiver never
     sees a whole batch), half while the response is (the receiver committed, the agent never
-    saw the ack and must replay). Nothing lost, nothing doubled."""
+    saw the ack and must replay). Nothing lost, nothing doubled. Both buffer layouts."""
     token = await receiver.enroll(GW)
     (tmp_path / "gateway.token").write_text(token)
     proxy = ChaosProxy("127.0.0.1", receiver.port, seed=11)
     await proxy.start()
-    buf = open_buffer(tmp_path / "buffer.db")
+    buf = open_buffer(tmp_path / "buffer.db", layout)
     try:
         writer = Writer(buf, points=30)
         base = int(time.time() * 1000) - 1_000_000
@@ -314,13 +318,14 @@ async def test_receiver_sigkilled_mid_sync(receiver_process, receiver_dsn, tmp_p
     assert_identical(buffer_rows(tmp_path / "buffer.db"), received)
 
 
-async def test_cancelled_at_random_moments(receiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["rows", "columnar"])
+async def test_cancelled_at_random_moments(receiver, tmp_path: Path, layout: str) -> None:
     """The supervisor cancels and restarts run() 25 times at random moments (requests and
     cursor updates in flight, worker threads mid-read): a cancelled request never advances the
     cursor, a restarted run never skips rows. Identical sets afterwards."""
     token = await receiver.enroll(GW)
     (tmp_path / "gateway.token").write_text(token)
-    buf = open_buffer(tmp_path / "buffer.db")
+    buf = open_buffer(tmp_path / "buffer.db", layout)
     rng = random.Random(8)
     try:
         writer = Writer(buf, points=40)

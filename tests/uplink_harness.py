@@ -19,7 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from outpost.buffer.columnar_store import ColumnarBuffer
 from outpost.buffer.inspect import open_readonly
+from outpost.buffer.source import SyncSource
 from outpost.buffer.store import Buffer
 from outpost.cloud.config import CloudConfig
 from outpost.cloud.uplink import Uplink
@@ -158,7 +160,7 @@ def cloud_config(url: str, **overrides: Any) -> CloudConfig:
     return CloudConfig(**base)
 
 
-def make_uplink(config: CloudConfig, gateway_id: str, data_dir: Path, buf: Buffer) -> Uplink:
+def make_uplink(config: CloudConfig, gateway_id: str, data_dir: Path, buf: SyncSource) -> Uplink:
     return Uplink(
         config,
         gateway_id=gateway_id,
@@ -181,9 +183,10 @@ def make_uplink(config: CloudConfig, gateway_id: str, data_dir: Path, buf: Buffe
     )
 
 
-def open_buffer(path: Path, **kw: Any) -> Buffer:
+def open_buffer(path: Path, layout: str = "rows", **kw: Any) -> Buffer:
+    """``layout="columnar"``: the columnar buffer of issue 14 (same API and guarantees)."""
     kw.setdefault("commit_interval", 0.05)
     kw.setdefault("quick_check", False)
-    buf = Buffer(path, **kw)
+    buf = (ColumnarBuffer if layout == "columnar" else Buffer)(path, **kw)
     buf.open()
     return buf
