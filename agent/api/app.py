@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException
 
 from outpost.agent.api.control import add_error_handlers, control_router
+from outpost.agent.api.read import read_router
 from outpost.agent.api.schedule import ScheduleRejected, ScheduleService, schedule_router
 from outpost.agent.api.server import peer_user
 from outpost.agent.api.view import AgentView
@@ -24,42 +25,19 @@ def create_app(
     *,
     request_reload: Callable[[str], None],
     schedules: ScheduleService | None = None,
+    gateway: str = "",
 ) -> FastAPI:
     """``request_reload(actor)``: re-read the schedule files, as SIGHUP does. ``schedules``:
-    the schedule routes (``api.schedule``); with it ``/reload`` waits for the outcome."""
+    the schedule routes (``api.schedule``); with it ``/reload`` waits for the outcome.
+    ``gateway``: the agent's id, named in the ``/live`` stream's messages."""
     app = FastAPI(
         title="Outpost agent local API",
         version="1",
         description="Live values, status and local control of one Outpost gateway.",
     )
 
-    @app.get("/status")
-    async def status() -> dict[str, Any]:
-        body = view.status()
-        stats = await view.buffer_stats()
-        if stats is not None:
-            body["buffer"] = stats
-            uplink = body.get("uplink")
-            if isinstance(uplink, dict):
-                # The uplink refreshes its copy of the backlog every few seconds; the figures
-                # just read win, so the uplink line and the buffer line always agree.
-                uplink["backlog_rows"] = stats.get("unsynced_rows")
-                uplink["oldest_unsynced_age_s"] = stats.get("oldest_unsynced_age_s")
-                uplink["unsynced_events"] = stats.get("unsynced_events")
-        return body
-
-    @app.get("/points")
-    async def points(device: str | None = Query(None)) -> list[dict[str, Any]]:
-        if device is not None and not view.knows_device(device):
-            raise HTTPException(404, f"unknown device {device!r}")
-        return view.live_points(device)
-
-    @app.get("/points/{point_id}")
-    async def point(point_id: str) -> dict[str, Any]:
-        found = view.live_point(point_id)
-        if found is None:
-            raise HTTPException(404, f"unknown point {point_id!r}")
-        return found
+    # status, points, a point's history, /live: the same routes the status page reads
+    app.include_router(read_router(view, control, gateway=gateway))
 
     @app.post("/reload")
     async def reload(actor: Annotated[str, Depends(peer_user)]) -> dict[str, Any]:

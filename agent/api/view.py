@@ -26,6 +26,16 @@ class AgentView(Protocol):
 
     def live_point(self, point_id: str) -> dict[str, Any] | None: ...
 
+    def point_meta(self, point_id: str) -> dict[str, Any] | None:
+        """A point's schedule facts the page shows: device, units, description, writable,
+        min/max and alarm limits (None: no such point)."""
+        ...
+
+    async def point_history(self, point_id: str, since_ts: float, limit: int) -> dict[str, Any]:
+        """What the buffer still holds of one point since ``since_ts`` (the newest ``limit``):
+        ``{"t": [epoch s], "value": [...], "quality": [codes]}``."""
+        ...
+
     def heartbeat(self) -> dict[str, Any]:
         """The summary the uplink sends: mode, versions, active alarm counts, device health."""
         ...

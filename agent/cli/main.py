@@ -55,6 +55,7 @@ def run(config: ConfigOption = None) -> None:
 
     cfg = config_or_exit(config)
     _secrets_or_exit(cfg)
+    _page_or_exit(cfg)
     configure_logging(cfg.logging.level, cfg.logging.format)
     # From here on everything goes through the log, so in JSON mode every line is JSON.
     log = structlog.get_logger("outpost.agent.run")
@@ -80,6 +81,18 @@ def _secrets_or_exit(cfg: AgentConfig) -> None:
         typer.echo(f'{cfg.config_path}: key "devices.{device_id}": {message}', err=True)
     if problems:
         raise typer.Exit(2)
+
+
+def _page_or_exit(cfg: AgentConfig) -> None:
+    """The status page off loopback needs local users: say so in one line, exit 78 (as any
+    configuration error of `run`), before anything starts."""
+    from outpost.agent.api.users import lan_bind_problem, users_path
+    from outpost.agent.core.runtime import EX_CONFIG
+
+    problem = lan_bind_problem(cfg.api.bind, users_path(cfg.agent.data_dir))
+    if problem is not None:
+        typer.echo(f"outpost: {problem}", err=True)
+        raise typer.Exit(EX_CONFIG)
 
 
 # ---------------------------------------------------------------------------- config
@@ -288,7 +301,17 @@ def _mount() -> None:
     """Add every command group. Imported here, not at the top, so `outpost run` (the daemon)
     does not load simulators, the receiver or discovery; a missing or renamed module still
     fails loudly at the first command that mounts them."""
-    from outpost.agent.cli import buffer, cloud, control, demo, discover, scan, schedule, sim
+    from outpost.agent.cli import (
+        buffer,
+        cloud,
+        control,
+        demo,
+        discover,
+        scan,
+        schedule,
+        sim,
+        user,
+    )
 
     app.add_typer(schedule.schedule_app, name="schedule")
     app.add_typer(buffer.buffer_app, name="buffer")
@@ -296,6 +319,7 @@ def _mount() -> None:
     app.add_typer(cloud.cloud_app, name="cloud")
     app.add_typer(discover.discover_app, name="discover")
     app.add_typer(scan.scan_app, name="scan")
+    app.add_typer(user.user_app, name="user")
     control.register(app)
     demo.register(app)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import math
 import os
 import signal
@@ -37,11 +38,12 @@ from pydantic import ValidationError
 from outpost.agent.api.app import create_app
 from outpost.agent.api.schedule import ScheduleRejected
 from outpost.agent.api.server import LocalApiServer
+from outpost.agent.api.users import UserStore, is_loopback_bind, lan_bind_problem, users_path
 from outpost.agent.control.local import ControlRefused, LocalControl
 from outpost.agent.control.writes import WriteOutcome
 from outpost.agent.core.config import AgentConfig
 from outpost.agent.core.coordinator import DeviceCoordinator, DeviceHealth
-from outpost.agent.core.metrics import AgentMetrics, serve_metrics_http
+from outpost.agent.core.metrics import AgentMetrics, metrics_http_app
 from outpost.agent.core.pipeline import Pipeline
 from outpost.agent.core.points import PointTable
 from outpost.agent.core.scheduler import Job, JobStats, Scheduler, stagger_offset
@@ -253,6 +255,9 @@ class Runtime:
     async def run(self) -> None:
         cfg = self.config
         _prepare_data_dir(cfg.agent.data_dir)
+        problem = lan_bind_problem(cfg.api.bind, users_path(cfg.agent.data_dir))
+        if problem is not None:
+            raise StartupError(problem)
         pushed = pushed_schedule_files(cfg.agent.data_dir, cfg.schedules.files)
         if pushed is not None:
             self.schedule_paths = pushed
@@ -314,12 +319,8 @@ class Runtime:
                 tg.create_task(self._polling(), name="polling")
                 tg.create_task(self._serve_api(), name="api")
                 if self.config.api.bind is not None:
-                    tg.create_task(
-                        serve_metrics_http(
-                            self.metrics, self.config.api.bind, token_env=self.config.api.token_env
-                        ),
-                        name="metrics-http",
-                    )
+                    # the status page, with /metrics on the same listener
+                    tg.create_task(self._serve_page(self.config.api.bind), name="page")
                 tg.create_task(self._health_loop(), name="health")
                 if self.control is not None:
                     tg.create_task(supervise("control", self.control.run), name="control")
@@ -740,9 +741,69 @@ class Runtime:
 
     async def _serve_api(self) -> None:
         assert self.control is not None
-        app = create_app(self, self.control, request_reload=self.request_reload, schedules=self)
+        app = create_app(
+            self,
+            self.control,
+            request_reload=self.request_reload,
+            schedules=self,
+            gateway=self.config.agent.id,
+        )
         app.add_route("/metrics", self.metrics.endpoint, include_in_schema=False)
         await LocalApiServer(app, self.config.api.socket).serve()
+
+    async def _serve_page(self, bind: str) -> None:
+        """The status page on ``[api] bind`` (``api.page``); imported only when enabled, so
+        an agent without it never loads Jinja2 and the templates."""
+        from outpost.agent.api.page import create_page_app, serve_page
+
+        assert self.control is not None
+        host = bind.rpartition(":")[0]
+        token_env = self.config.api.token_env
+        token = os.environ.get(token_env) if token_env else None
+        if token_env and not token:
+            log.warning("metrics_http.token_missing", env=token_env)
+        if _loopback_host(host):
+            token = None  # as core.metrics: exporters on loopback need no token
+        app = create_page_app(
+            self,
+            self.control,
+            users=UserStore(users_path(self.config.agent.data_dir)),
+            force_login=not is_loopback_bind(bind),
+            metrics_app=metrics_http_app(self.metrics, token),
+        )
+        await serve_page(app, bind)
+
+    @property
+    def gateway_id(self) -> str:
+        return self.config.agent.id
+
+    def point_meta(self, point_id: str) -> dict[str, Any] | None:
+        table = self.table
+        i = None if table is None else table.index.get(point_id)
+        if table is None or i is None:
+            return None
+        p = table.points[i]
+        return {
+            "point_id": p.point_id,
+            "device": p.device,
+            "units": p.units,
+            "description": p.description,
+            "writable": p.writable,
+            "min": p.min,
+            "max": p.max,
+            "alarm_hh": p.alarm_hh,
+            "alarm_h": p.alarm_h,
+            "alarm_l": p.alarm_l,
+            "alarm_ll": p.alarm_ll,
+            "alarm_priority": p.alarm_priority.value,
+        }
+
+    async def point_history(self, point_id: str, since_ts: float, limit: int) -> dict[str, Any]:
+        if self.buffer is None:
+            return {"t": [], "value": [], "quality": []}
+        await self.buffer.flush()
+        rows = await asyncio.to_thread(self.buffer.history, point_id, since_ts, None, limit)
+        return {"t": rows.ts, "value": rows.value, "quality": rows.quality}
 
     # ------------------------------------------------------------------ views
 
@@ -755,6 +816,7 @@ class Runtime:
             if coord is not None:
                 entry.update(coord.health.as_dict())
                 entry["points"] = sum(len(g.points) for g in coord.groups)
+                entry.update(self._poll_stats(device_id))
             devices[device_id] = entry
         return {
             "gateway_id": self.config.agent.id,
@@ -793,6 +855,20 @@ class Runtime:
 
     def metrics_parts(self) -> tuple[LocalControl | None, Uplink | None, CommandChannel | None]:
         return self.control, self.uplink, self.commands
+
+    def _poll_stats(self, device_id: str) -> dict[str, Any]:
+        """Poll timing of one device over its scheduler jobs (one per poll interval)."""
+        jobs = (
+            [j for key, j in self.scheduler.jobs.items() if key.startswith(f"{device_id}@")]
+            if self.scheduler is not None
+            else []
+        )
+        durations = [j.stats.last_duration_s for j in jobs if j.stats.last_duration_s is not None]
+        return {
+            "polls": sum(j.stats.polls for j in jobs),
+            "overruns": sum(j.stats.overruns for j in jobs),
+            "last_poll_ms": round(max(durations) * 1e3, 1) if durations else None,
+        }
 
     def _alarm_counts(self) -> dict[str, int] | None:
         return None if self.control is None else self.control.alarms.counts()
@@ -844,6 +920,16 @@ class Runtime:
             await asyncio.to_thread(self.buffer.close)
         self.notifier.close()
         log.info("agent.stopped", shutdown_ms=round((time.monotonic() - t0) * 1e3, 1))
+
+
+def _loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _prepare_data_dir(path: Path) -> None:
