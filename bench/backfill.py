@@ -37,6 +37,7 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from outpost.buffer.columnar_store import ColumnarBuffer  # noqa: E402
 from outpost.buffer.store import Buffer  # noqa: E402
 from outpost.cloud.config import CloudConfig  # noqa: E402
 from outpost.cloud.uplink import Uplink  # noqa: E402
@@ -128,7 +129,8 @@ def measure_encode(buf: Buffer, batch: int, compression: str) -> None:
 
 
 async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> None:
-    buf = Buffer(work / "agent" / "buffer.db", max_size_mb=4096, quick_check=False)
+    layout = ColumnarBuffer if args.layout == "columnar" else Buffer
+    buf = layout(work / "agent" / "buffer.db", max_size_mb=4096, quick_check=False)
     buf.open()
     try:
         fill_s = fill(buf, args.readings, args.points)
@@ -214,6 +216,9 @@ def main() -> int:
     p.add_argument("--compression", choices=("zstd", "gzip"), default="zstd")
     p.add_argument("--in-flight", type=int, default=2, help="max batches in flight")
     p.add_argument("--dsn", default=os.environ.get("OUTPOST_RECEIVER_DSN"))
+    p.add_argument(
+        "--layout", choices=("rows", "columnar"), default="rows", help="agent buffer layout"
+    )
     args = p.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
