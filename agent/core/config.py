@@ -30,6 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from outpost.cloud.config import CloudConfig
+from outpost.cloud.sparkplug.config import SparkplugConfig
 from outpost.drivers.base import DeviceConfig
 from outpost.drivers.registry import PROTOCOLS, config_model
 from outpost.fsm.config import AlarmsConfig, ModesConfig
@@ -135,6 +136,7 @@ class AgentConfig(BaseSettings):
     alarms: AlarmsConfig = Field(default_factory=lambda: AlarmsConfig.model_validate({}))
     modes: ModesConfig = Field(default_factory=lambda: ModesConfig.model_validate({}))
     cloud: CloudConfig | None = None  # absent: edge-only
+    sparkplug: SparkplugConfig | None = None  # absent: no Sparkplug B edge node
     # Validated per protocol after the base model (see _validate_devices) so that each device's
     # errors name its own keys instead of a union's guesses; until then the tables stay raw.
     devices: SkipValidation[dict[str, DeviceConfig]] = Field(default_factory=dict)

@@ -47,6 +47,7 @@ from outpost.agent.core.metrics import AgentMetrics, metrics_http_app
 from outpost.agent.core.pipeline import Pipeline
 from outpost.agent.core.points import PointTable
 from outpost.agent.core.scheduler import Job, JobStats, Scheduler, stagger_offset
+from outpost.agent.core.sparkplug_host import make_node
 from outpost.agent.core.supervise import supervise
 from outpost.agent.core.systemd import SystemdNotifier
 from outpost.buffer.store import Buffer
@@ -328,6 +329,12 @@ class Runtime:
                     tg.create_task(supervise("uplink", self.uplink.run), name="uplink")
                 if self.commands is not None:
                     tg.create_task(supervise("commands", self._command_channel), name="commands")
+                if (sparkplug := make_node(self)) is not None:
+                    # births need device health: after the first poll cycle, like commands
+                    tg.create_task(
+                        supervise("sparkplug", partial(self._when_ready, sparkplug.run)),
+                        name="sparkplug",
+                    )
                 tg.create_task(self._wait_stop(), name="stop")
         except* _Stop:
             pass
@@ -335,6 +342,10 @@ class Runtime:
             if self.install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+
+    async def _when_ready(self, run: Callable[[], Awaitable[None]]) -> None:
+        await self.ready.wait()
+        await run()
 
     async def _wait_stop(self) -> None:
         await self._stop.wait()
