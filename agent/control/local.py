@@ -28,7 +28,7 @@ from outpost.drivers.base import DeviceConfig, Driver
 from outpost.fsm.alarms import AlarmActionRefused, AlarmEngine, AlarmView, UnknownAlarm
 from outpost.fsm.clock import Clock, Emit, SystemClock
 from outpost.fsm.config import AlarmsConfig, ModesConfig, Scope
-from outpost.fsm.modes import ModeMachine, ModeRefused
+from outpost.fsm.modes import EMERGENCY, ModeMachine, ModeRefused
 from outpost.fsm.persist import JsonFileStore
 from outpost.point_schedules.model import Schedule
 
@@ -258,6 +258,7 @@ class LocalControl:
     ) -> WriteOutcome:
         """A sent write that failed or read back differently is an outcome, not a refusal:
         the action did happen (``outcome.ok`` is False)."""
+        self._check_interlock(point_id, actor)
         try:
             outcome = await self.writes.write(
                 point_id, value, actor=actor, priority=priority, verify=verify
@@ -271,6 +272,7 @@ class LocalControl:
     async def relinquish(
         self, point_id: str, *, actor: str, priority: int | None = None
     ) -> WriteOutcome:
+        self._check_interlock(point_id, actor)
         try:
             outcome = await self.writes.relinquish(point_id, actor=actor, priority=priority)
         except UnknownPoint as exc:
@@ -278,6 +280,19 @@ class LocalControl:
         except WriteRefused as exc:
             raise ControlRefused(str(exc)) from None
         return self._read_back(outcome)
+
+    def _check_interlock(self, point_id: str, actor: str) -> None:
+        """While in emergency, the points of the failsafe writes hold their failsafe values: no
+        operator, remote or Sparkplug write or relinquish moves them until the emergency is
+        cleared. The mode machine's own writes (actor ``mode:...``) do not come through here."""
+        if self.modes.mode != EMERGENCY or actor.startswith("mode:"):
+            return
+        held = {action.point for action in self.modes.config.emergency.failsafe_writes}
+        if point_id in held:
+            raise ControlRefused(
+                f"{point_id} is held by the emergency failsafe; clear the emergency first "
+                '(`outpost mode clear --reason "..."`)'
+            )
 
     def _read_back(self, outcome: WriteOutcome) -> WriteOutcome:
         if outcome.read_back is not None and self._on_read_back is not None:
