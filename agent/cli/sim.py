@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from outpost.agent.cli.common import fail, print_json
+from outpost.agent.cli.common import ConfigOption, fail, print_json
 
 if TYPE_CHECKING:  # the simulators load only when a sim command runs
     from outpost.drivers.sim.site import SimConfig, SimSite
@@ -78,21 +78,56 @@ def _request(address: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 @sim_app.callback()
-def sim(ctx: typer.Context, site: SiteOption = None) -> None:
-    """Serve the simulated site in the foreground, or steer a running one (sub-commands)."""
+def sim(
+    ctx: typer.Context,
+    site: SiteOption = None,
+    schedule: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--schedule",
+            help="Simulate the devices of these schedule files (repeatable) instead of the "
+            "demo site: every Modbus, BACnet and SNMP device they and the config (-c) name.",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="With --schedule: where to write the agent config pointed at the simulator "
+            "(default: sim-agent.toml next to the config).",
+            show_default=False,
+        ),
+    ] = None,
+    control: Annotated[
+        str,
+        typer.Option("--control", help="With --schedule: HOST:PORT of the control endpoint."),
+    ] = "127.0.0.1:15029",
+) -> None:
+    """Serve the simulated site in the foreground, or steer a running one (sub-commands).
+
+    With --schedule FILE... -c agent.toml: serve the site's own devices from its schedule
+    (addresses, types, byte orders as written) and write an agent config pointing at them.
+    """
     ctx.meta["outpost.sim.site"] = site
     if ctx.invoked_subcommand is not None:
         return
-    config = _load(site)
+    if schedule:
+        from outpost.agent.cli.sim_schedule import serve_schedule
+
+        serve_schedule(schedule, config, out, control)
+        return
+    site_config = _load(site)
     from outpost.agent.core.logs import configure_logging
 
     configure_logging("info", "auto")
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(site_config))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        fail(f"cannot serve the control endpoint {config.control}: {exc.strerror or exc}")
+        fail(f"cannot serve the control endpoint {site_config.control}: {exc.strerror or exc}")
     typer.echo("simulated site stopped", err=True)
 
 
