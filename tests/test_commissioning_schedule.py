@@ -139,7 +139,7 @@ async def test_probe_load_and_reload(tmp_path: Path) -> None:
             assert r.returncode == 0 and "already running" in r.stdout
 
             events = json.loads(
-                (await _run(cfg, "events", "--kind", "schedule.local_load", "--json")).stdout
+                (await _run(cfg, "events", "--kind", "operator.schedule.apply", "--json")).stdout
             )
             outcomes = [(e["actor"], e["detail"]["status"]) for e in events]
             assert sorted(outcomes) == sorted(

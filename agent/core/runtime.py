@@ -389,9 +389,10 @@ class Runtime:
             for issue in exc.issues:
                 log.error("schedule.reload_rejected", issue=str(issue))
             actor, reason = self._reload_cause
+            # event kinds: "operator." exactly when a person acted (control/events.py)
             self.emit(
                 self.clock(),
-                "schedule.rejected",
+                "schedule.rejected" if actor == SYSTEM_ACTOR else "operator.schedule.rejected",
                 self.schedule.version if self.schedule else "",
                 actor,
                 {
@@ -496,7 +497,7 @@ class Runtime:
         self, files: dict[str, str], *, actor: str, within_s: float
     ) -> dict[str, Any]:
         """``outpost schedule load``: the command channel's apply (validate, install under
-        data_dir/schedules/pushed, verify, roll back), recorded as ``schedule.local_load``."""
+        data_dir/schedules/pushed, verify, roll back), recorded as ``operator.schedule.apply``."""
         previous = self.schedule.version if self.schedule else None
         command = ScheduleApplyCommand(
             kind="schedule_apply",
@@ -506,7 +507,7 @@ class Runtime:
         detail = dict(result.detail or {})
         self.emit(
             self.clock(),
-            "schedule.local_load",
+            "operator.schedule.apply",
             str(detail.get("version") or previous or ""),
             actor,
             {
