@@ -165,7 +165,7 @@ async def test_agent_polls_serves_cli_reloads_and_stops_cleanly(tmp_path: Path) 
             return r.returncode == 0 and json.loads(r.stdout)["value"] == 778.0
 
         await _until(more_live)
-        r = await asyncio.to_thread(cli, cfg, "events", "--kind", "schedule", "--json")
+        r = await asyncio.to_thread(cli, cfg, "events", "--kind", "schedule.load", "--json")
         loads = [(e["actor"], e["detail"]["reason"]) for e in json.loads(r.stdout)]
         assert loads == [
             ("system", "start"),
