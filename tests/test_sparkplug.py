@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
+import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
+import httpx
 import pytest
 
 from outpost.cloud.sparkplug import payloads as sp
@@ -26,7 +29,7 @@ from outpost.cloud.sparkplug import sparkplug_b_pb2 as pb
 from outpost.cloud.sparkplug.config import SparkplugConfig
 from tests.agent_process import AgentProcess, start_agent, write_config
 from tests.modbus_server import start_server
-from tests.mqtt_broker import Mosquitto, mosquitto  # noqa: F401
+from tests.mqtt_broker import Mosquitto, make_tls_files, mosquitto  # noqa: F401
 from tests.uplink_harness import buffer_rows
 
 GROUP = "plant"
@@ -54,10 +57,18 @@ class Subscriber:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
+        b = self.broker
+        tls = ssl.create_default_context(cafile=str(b.tls.ca)) if b.tls is not None else None
+        user, password = next(iter(b.users.items())) if b.users else (None, None)
         while True:
             try:
                 async with aiomqtt.Client(
-                    self.broker.host, self.broker.port, identifier="test-sub"
+                    b.host,
+                    b.port,
+                    identifier="test-sub",
+                    tls_context=tls,
+                    username=user,
+                    password=password,
                 ) as c:
                     await c.subscribe(f"spBv1.0/{GROUP}/#", qos=1)
                     self.connected.set()
@@ -97,9 +108,10 @@ async def until(cond: Callable[[], object], within: float, what: str) -> None:
 
 
 def sparkplug_section(broker: Mosquitto, **extra: object) -> str:
+    scheme = "mqtts" if broker.tls is not None else "mqtt"
     lines = [
         "[sparkplug]",
-        f'url = "mqtt://{broker.host}:{broker.port}"',
+        f'url = "{scheme}://{broker.host}:{broker.port}"',
         f'group_id = "{GROUP}"',
         "publish_interval_s = 0.05",
         "backoff_min = 0.5",
@@ -107,7 +119,8 @@ def sparkplug_section(broker: Mosquitto, **extra: object) -> str:
         "backfill_on_first_start = true",
     ]
     for k, v in extra.items():
-        lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
+        text = str(v).lower() if isinstance(v, bool) else f'"{v}"' if isinstance(v, str) else v
+        lines.append(f"{k} = {text}")
     return "\n".join(lines) + "\n"
 
 
@@ -135,7 +148,11 @@ def buffered(agent: AgentProcess) -> list[tuple[str, int]]:
 
 
 async def start(
-    tmp_path: Path, broker: Mosquitto, server_port: int, **extra: object
+    tmp_path: Path,
+    broker: Mosquitto,
+    server_port: int,
+    env: dict[str, str] | None = None,
+    **extra: object,
 ) -> AgentProcess:
     cfg = write_config(
         tmp_path,
@@ -151,7 +168,7 @@ async def start(
         extra=sparkplug_section(broker, **extra),
         gateway_id=GW,
     )
-    agent = start_agent(cfg)
+    agent = start_agent(cfg, env=env)
     await asyncio.to_thread(agent.wait_ready)
     return agent
 
@@ -378,9 +395,77 @@ async def test_dcmd_write(mosquitto: Mosquitto, tmp_path: Path, allow: bool) -> 
                 await until(lambda: "sparkplug.dcmd_refused" in agent.log(), 15, "refusal")
                 assert (await server.get("hr", 10, 1))[0] == 20
                 assert "allow_writes" in agent.log()
+            # the node in the agent's metrics and status (local API socket)
+            uds = httpx.AsyncHTTPTransport(uds=str(agent.socket))
+            async with httpx.AsyncClient(transport=uds, base_url="http://agent") as c:
+                text = (await c.get("/metrics")).text
+                status = (await c.get("/status")).json()
+            outcome = "applied" if allow else "refused"
+            assert f'outpost_sparkplug_dcmd_total{{outcome="{outcome}"}} 1.0' in text
+            assert "outpost_sparkplug_connected 1.0" in text
+            assert status["sparkplug"]["connected"] is True
+            assert status["sparkplug"]["edge_node_id"] == GW
+            lint = await asyncio.to_thread(
+                subprocess.run,
+                ["promtool", "check", "metrics"],
+                input=text,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout
         finally:
             agent.stop()
             await server.stop()
+
+
+async def test_device_death_and_birth(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    server = await start_server()
+    port = server.port
+    async with subscribed(mosquitto) as sub:
+        agent = await start(tmp_path, mosquitto, port)
+        try:
+            await until(lambda: sub.of("DBIRTH"), 20, "DBIRTH")
+            await server.stop()
+            await until(lambda: sub.of("DDEATH"), 20, "DDEATH")
+            death = sub.of("DDEATH")[0]
+            assert death.topic == f"spBv1.0/{GROUP}/DDEATH/{GW}/plc"
+            n = len(sub.messages)
+            server = await start_server(port=port)
+            await until(lambda: any(m.kind == "DBIRTH" for m in sub.messages[n:]), 20, "DBIRTH")
+            check_seq(sub)
+            # no DDATA for the device while it was dead
+            dead = sub.messages.index(death)
+            reborn = next(i for i, m in enumerate(sub.messages) if i > dead and m.kind == "DBIRTH")
+            assert not [m for m in sub.messages[dead:reborn] if m.kind == "DDATA"]
+        finally:
+            agent.stop()
+            await server.stop()
+
+
+async def test_tls_and_credentials(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path, users={"edge": "s3cret"}, tls=make_tls_files(tmp_path))
+    await asyncio.to_thread(broker.start)
+    server = await start_server()
+    try:
+        async with subscribed(broker) as sub:
+            agent = await start(
+                tmp_path,
+                broker,
+                server.port,
+                env={"SP_USER": "edge", "SP_PASS": "s3cret"},
+                ca_file=str(broker.tls.ca) if broker.tls else "",
+                username_env="SP_USER",
+                password_env="SP_PASS",
+            )
+            try:
+                await until(lambda: sub.of("DBIRTH"), 20, "DBIRTH over TLS")
+                assert "s3cret" not in agent.log()
+            finally:
+                agent.stop()
+    finally:
+        await server.stop()
+        await asyncio.to_thread(broker.stop)
 
 
 def test_config_checks_url_and_ids() -> None:

@@ -96,8 +96,10 @@ class MetricsSource(Protocol):
         """Labels of ``outpost_agent_info``: gateway, version, schedule_version."""
         ...
 
-    def metrics_parts(self) -> tuple[_Control | None, _HasStatus | None, _HasStatus | None]:
-        """Local control, uplink, command channel (each None when not running)."""
+    def metrics_parts(
+        self,
+    ) -> tuple[_Control | None, _HasStatus | None, _HasStatus | None, _HasStatus | None]:
+        """Local control, uplink, command channel, Sparkplug node (None when not running)."""
         ...
 
     async def buffer_stats(self) -> dict[str, Any] | None: ...
@@ -187,7 +189,7 @@ class _AgentCollector(Collector):
             "Schedule reloads refused (the running schedule stayed).",
             src.reload_errors,
         )
-        control, uplink, commands = src.metrics_parts()
+        control, uplink, commands, sparkplug = src.metrics_parts()
         if control is not None:
             yield from _control(control)
         if self.buffer is not None:
@@ -196,6 +198,8 @@ class _AgentCollector(Collector):
             yield from _uplink(uplink.status())
         if commands is not None:
             yield from _commands(commands.status())
+        if sparkplug is not None:
+            yield from _sparkplug(sparkplug.status())
 
     def _devices(self) -> Iterator[Metric]:
         src = self._source
@@ -404,6 +408,40 @@ def _commands(st: Mapping[str, Any]) -> Iterator[Metric]:
         "Command results not yet confirmed by the receiver.",
         st.get("pending_results"),
     )
+
+
+def _sparkplug(st: Mapping[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "outpost_sparkplug_connected",
+        "1 while the Sparkplug edge node is connected to its broker.",
+        value=1.0 if st.get("connected") else 0.0,
+    )
+    yield from _gauge("outpost_sparkplug_bdseq", "bdSeq of the current session.", st.get("bdseq"))
+    yield from _counter(
+        "outpost_sparkplug_sessions_total", "MQTT sessions (each a new bdSeq).", st.get("sessions")
+    )
+    yield from _counter(
+        "outpost_sparkplug_births_total",
+        "NBIRTH messages (sessions and rebirths).",
+        st.get("births"),
+    )
+    yield from _counter(
+        "outpost_sparkplug_messages_total", "Sparkplug messages published.", st.get("messages")
+    )
+    readings = CounterMetricFamily(
+        "outpost_sparkplug_readings",
+        'Readings published as DDATA metrics; historical="true": held during an outage.',
+        labels=["historical"],
+    )
+    readings.add_metric(["false"], st.get("readings_live") or 0)
+    readings.add_metric(["true"], st.get("readings_historical") or 0)
+    yield readings
+    dcmd = CounterMetricFamily(
+        "outpost_sparkplug_dcmd", "DCMD write requests by outcome.", labels=["outcome"]
+    )
+    dcmd.add_metric(["applied"], st.get("dcmd_applied") or 0)
+    dcmd.add_metric(["refused"], st.get("dcmd_refused") or 0)
+    yield dcmd
 
 
 # ---------------------------------------------------------------------- [api] bind

@@ -58,6 +58,7 @@ from outpost.cloud.commands.schedule_apply import (
     ScheduleApplier,
     pushed_schedule_files,
 )
+from outpost.cloud.sparkplug.node import SparkplugNode
 from outpost.cloud.uplink import Uplink
 from outpost.cloud.wire import PointMeta
 from outpost.cloud.wire_commands import ScheduleApplyArgs, ScheduleApplyCommand, Verification
@@ -125,6 +126,7 @@ class Runtime:
         # per-job poll counters outlive a schedule reload (Prometheus counters never go back)
         self._job_stats: dict[str, JobStats] = {}
         self.metrics = AgentMetrics(self)
+        self.sparkplug: SparkplugNode | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -329,10 +331,11 @@ class Runtime:
                     tg.create_task(supervise("uplink", self.uplink.run), name="uplink")
                 if self.commands is not None:
                     tg.create_task(supervise("commands", self._command_channel), name="commands")
-                if (sparkplug := make_node(self)) is not None:
+                self.sparkplug = make_node(self)
+                if self.sparkplug is not None:
                     # births need device health: after the first poll cycle, like commands
                     tg.create_task(
-                        supervise("sparkplug", partial(self._when_ready, sparkplug.run)),
+                        supervise("sparkplug", partial(self._when_ready, self.sparkplug.run)),
                         name="sparkplug",
                     )
                 tg.create_task(self._wait_stop(), name="stop")
@@ -856,6 +859,7 @@ class Runtime:
             "alarms": self._alarm_counts(),
             "uplink": self.uplink.status() if self.uplink is not None else None,
             "commands": self.commands.status() if self.commands is not None else None,
+            "sparkplug": self.sparkplug.status() if self.sparkplug is not None else None,
         }
 
     def metrics_info(self) -> dict[str, str]:
@@ -865,8 +869,10 @@ class Runtime:
             "schedule_version": self.schedule.version if self.schedule else "",
         }
 
-    def metrics_parts(self) -> tuple[LocalControl | None, Uplink | None, CommandChannel | None]:
-        return self.control, self.uplink, self.commands
+    def metrics_parts(
+        self,
+    ) -> tuple[LocalControl | None, Uplink | None, CommandChannel | None, SparkplugNode | None]:
+        return self.control, self.uplink, self.commands, self.sparkplug
 
     def _poll_stats(self, device_id: str) -> dict[str, Any]:
         """Poll timing of one device over its scheduler jobs (one per poll interval)."""
