@@ -130,3 +130,18 @@ def test_address_urls_are_checked_with_the_schedule_syntax() -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
     r = _cli("read")
     assert r.returncode == 2 and "POINT id or --address" in r.stderr
+
+
+async def test_read_address_bacnet() -> None:
+    from outpost.drivers.sim.bacnet_ahu import build_ahu_objects
+    from tests.bacnet_device import RunningDevice, free_udp_port
+
+    port = free_udp_port()
+    async with RunningDevice(build_ahu_objects(setpoint=18.0), 1001, port):
+        url = f"bacnet://127.0.0.1:{port}/1001/av:1?local=127.0.0.1:{free_udp_port()}"
+        r = await _acli("read", "--address", url, "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["value"] == 18.0  # the AHU's supply air setpoint
+        missing = f"bacnet://127.0.0.1:{port}/1001/ai:99?local=127.0.0.1:{free_udp_port()}"
+        r = await _acli("read", "--address", missing, "--json")
+        assert r.returncode == 1 and json.loads(r.stdout)["quality"].startswith("bad:")
