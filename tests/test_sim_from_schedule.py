@@ -22,8 +22,10 @@ from outpost.drivers.probe import probe_points
 from outpost.drivers.registry import config_model, driver_class
 from outpost.drivers.sim.from_schedule import (
     ScheduleSite,
+    discrete,
     dump_toml,
     normal_band,
+    quantise,
     sim_agent_config,
 )
 from outpost.point_schedules.loader import parse_schedule
@@ -56,6 +58,7 @@ modbus_row = st.one_of(
         st.sampled_from(["ABCD", "CDAB", "BADC", "DCBA"]),
         st.sampled_from(["", "0.1", "0.01", "2", "-0.5"]),
         st.booleans(),  # with min/max
+        st.booleans(),  # writable (hr only)
     ),
     st.tuples(
         st.sampled_from(["coil", "di", "hr-bit"]),
@@ -63,16 +66,17 @@ modbus_row = st.one_of(
         st.just(""),
         st.just(""),
         st.just(False),
+        st.booleans(),  # writable (coils only)
     ),
 )
 bacnet_row = st.tuples(st.sampled_from(BACNET_TYPES), st.booleans(), st.sampled_from(["", "0.5"]))
-snmp_row = st.tuples(st.sampled_from(["", "0.1", "10"]), st.booleans())
+snmp_row = st.tuples(st.sampled_from(["", "0.1", "10"]), st.booleans(), st.booleans())
 
 
 def _schedule_csv(modbus: list[Any], bacnet: list[Any], snmp: list[Any]) -> str:
     rows = ["point_id,device,address,data_type,byte_order,scale,min,max,alarm_hh,writable"]
     next_reg = {"hr": 0, "ir": 0, "coil": 0, "di": 0}
-    for i, (table, kind, order, scale, ranged) in enumerate(modbus):
+    for i, (table, kind, order, scale, ranged, writable) in enumerate(modbus):
         if table == "hr-bit":
             address = f"hr:{next_reg['hr']}.{i % 16}"
             next_reg["hr"] += 1
@@ -85,14 +89,16 @@ def _schedule_csv(modbus: list[Any], bacnet: list[Any], snmp: list[Any]) -> str:
         lo, hi = ("-40", "120") if ranged else ("", "")
         if ranged and kind.startswith("uint"):
             lo = "0"
-        rows.append(f"plc.p{i},plc,{address},{kind},{order},{scale},{lo},{hi},,")
+        write = "true" if writable and table in ("hr", "coil") else ""
+        rows.append(f"plc.p{i},plc,{address},{kind},{order},{scale},{lo},{hi},,{write}")
     for i, (obj, writable, scale) in enumerate(bacnet):
         hh = "80" if obj.startswith("analog") else ""
         write = "true" if writable and obj.endswith(("output", "value")) else ""
         rows.append(f"ahu.o{i},ahu,{obj}:{i + 1},,,{scale},,,{hh},{write}")
-    for i, (scale, ranged) in enumerate(snmp):
+    for i, (scale, ranged, writable) in enumerate(snmp):
         lo, hi = ("0", "500") if ranged else ("", "")
-        rows.append(f"pdu.s{i},pdu,1.3.6.1.4.1.99999.7.{i + 1}.0,,,{scale},{lo},{hi},,")
+        write = "true" if writable else ""
+        rows.append(f"pdu.s{i},pdu,1.3.6.1.4.1.99999.7.{i + 1}.0,,,{scale},{lo},{hi},,{write}")
     return "\n".join(rows) + "\n"
 
 
@@ -117,7 +123,7 @@ def _drivers_for(site: ScheduleSite) -> dict[str, Any]:
 
 
 @settings(
-    max_examples=6,
+    max_examples=8,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -165,6 +171,20 @@ async def _read_back(schedule: Any) -> None:
             value = served[point.point_id]
             if point.min is not None and point.max is not None:
                 assert lo - 1e-6 <= value <= hi + 1e-6 or abs(point.scale) >= 1, (point, value)
+        # writable points take a write through the real driver and hold it
+        physics = site.sched_physics
+        for point in schedule.points:
+            if not point.writable:
+                continue
+            protocol = PROTOCOLS[point.device]
+            wanted = quantise(point, protocol, physics.signals[point.point_id] + point.scale)
+            if discrete(point, protocol):
+                wanted = quantise(point, protocol, point.to_engineering(1.0))
+            await drivers[point.device].write(point, wanted)
+            await site._refresh()  # what the sim's tick does (frozen here)
+            assert physics.signals[point.point_id] == pytest.approx(wanted, rel=1e-9), point
+            again = await probe_points(drivers, [point], protocols=PROTOCOLS)
+            assert again.points[0].value == pytest.approx(wanted, rel=1e-9), point
     finally:
         for d in drivers.values():
             await d.close()
