@@ -178,6 +178,7 @@ class SparkplugNode:
         self.counters = NodeCounters()
         self.actor = f"sparkplug:{config.host}"
         self._state = NodeState()
+        self._saved: tuple[int, int | None, list[list[int]]] | None = None
         self._client: aiomqtt.Client | None = None
         self._lock = asyncio.Lock()
         self._seq = 0
@@ -243,7 +244,13 @@ class SparkplugNode:
             delay = min(delay * 2, self.config.backoff_max)
 
     def _save(self, durable: bool) -> None:
-        self._state.save(self.state_path, durable=durable)
+        # Only when something moved: an idle site does not rewrite the file twice a second
+        # on the box's flash.
+        st = self._state
+        snapshot = (st.next_bdseq, st.cursor, [list(i) for i in st.islands])
+        if durable or snapshot != self._saved:
+            st.save(self.state_path, durable=durable)
+            self._saved = snapshot
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.tls:
