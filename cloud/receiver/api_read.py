@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from outpost.cloud.wire import ID_PATTERN, quality_label
 
@@ -291,11 +291,24 @@ async def series(
     return agg, len(rows) > limit
 
 
+def _iso_only(value: object) -> object:
+    """Times in queries are ISO 8601 only: pydantic would also read a bare number as epoch
+    seconds (``to=0.5``), which the document does not promise and nobody means."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2025-11-23T12:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
 GwPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
 FromQ = Annotated[
-    datetime | None, Query(alias="from", description="ISO 8601; default `to` minus 24 h")
+    IsoTime | None, Query(alias="from", description="ISO 8601; default `to` minus 24 h")
 ]
-ToQ = Annotated[datetime | None, Query(description="ISO 8601, exclusive; default now")]
+ToQ = Annotated[IsoTime | None, Query(description="ISO 8601, exclusive; default now")]
 ResQ = Annotated[
     Literal["auto", "raw", "1m", "5m", "1h", "1d"],
     Query(description="auto: raw < 2 h, 1m < 12 h, 5m < 7 d, 1h < 90 d, else 1d"),

@@ -59,6 +59,75 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+# Operations anyone may call: everything else authenticates (bearer token or session) and
+# may answer 401/403 before its own code runs.
+_PUBLIC_OPERATIONS = {
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+    ("/api/v1/enroll", "post"),
+    ("/login", "post"),
+}
+_ERROR_BODY = {
+    "type": "object",
+    "properties": {"detail": {"type": "string"}},
+    "required": ["detail"],
+}
+_INVALID_BODY = {
+    "type": "object",
+    "properties": {
+        "detail": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+    },
+    "required": ["detail"],
+}
+
+
+def _complete_error_responses(schema: dict[str, Any]) -> None:
+    """Document the answers that come from shared layers rather than from an operation's own
+    code, wherever they can occur: 401/403 (authentication, role, site scope, CSRF) on every
+    operation that is not public, 404 wherever a path names a resource, 400 (unparsable body)
+    wherever there is a body; the login form also answers in HTML to a browser."""
+    json_error = {"application/json": {"schema": _ERROR_BODY}}
+    for path, operations in schema.get("paths", {}).items():
+        for method, op in operations.items():
+            responses = op.setdefault("responses", {})
+            if (path, method) not in _PUBLIC_OPERATIONS:
+                responses.setdefault(
+                    "401",
+                    {
+                        "description": "no, unknown, expired or revoked credentials",
+                        "content": json_error,
+                    },
+                )
+                responses.setdefault(
+                    "403",
+                    {
+                        "description": "not allowed: role, site scope, CSRF or another gateway",
+                        "content": json_error,
+                    },
+                )
+            if any(p.get("in") == "path" for p in op.get("parameters", ())):
+                responses.setdefault(
+                    "404",
+                    {
+                        "description": "no such resource, or not visible to the caller",
+                        "content": json_error,
+                    },
+                )
+            if "requestBody" in op:
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": "body is not parseable",
+                        "content": {"application/json": {"schema": _INVALID_BODY}},
+                    },
+                )
+            if path == "/login":
+                for answer in responses.values():
+                    answer.setdefault("content", {}).setdefault(
+                        "text/html", {"schema": {"type": "string"}}
+                    )
+
+
 class EnrollmentTokenIn(BaseModel):
     ttl_s: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
     site: str | None = Field(default=None, pattern=SITE_PATTERN, description="gateway's site")
@@ -409,6 +478,7 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
                 for name, sub in js.pop("$defs", {}).items():
                     comps.setdefault(name, sub)
                 comps[model.__name__] = js
+            _complete_error_responses(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

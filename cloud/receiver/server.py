@@ -61,6 +61,11 @@ def database(dsn: str | None, data_dir: Path, *, fast: bool = False) -> Iterator
         pg.stop()
 
 
+#: Request line + headers: the read API takes up to 20,000 characters of point ids in a query,
+#: which percent-encoded can be 240 kB; beyond this uvicorn answers 400 and hangs up.
+MAX_REQUEST_HEAD_BYTES = 256 * 1024
+
+
 def serve(
     *,
     dsn: str | None,
@@ -96,6 +101,7 @@ def serve(
             log_config=None,
             access_log=False,
             lifespan="on",
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
             timeout_graceful_shutdown=5,
         )
         server = _Server(config)
@@ -170,6 +176,7 @@ class ReceiverServer:
             log_config=None,
             access_log=False,
             lifespan="on",
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
             # uvicorn's type says int; whole seconds are precise enough for a shutdown bound
             timeout_graceful_shutdown=max(1, round(self._graceful_s)),
         )
