@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from outpost.agent.api.client import AgentClient, ApiError
 from outpost.point_schedules.model import ByteOrder, DataType
 from tests.agent_process import cli, start_agent, write_config
 from tests.modbus_server import registers_for, start_server
@@ -125,6 +126,26 @@ async def test_probe_load_and_reload(tmp_path: Path) -> None:
             assert "probe failed: nothing loaded" in r.stderr
             status = json.loads((await _run(cfg, "status", "--json")).stdout)
             assert status["schedule"]["version"] == first
+
+            # -- two files with one name cannot be stored side by side: refused, nothing loaded
+            for sub, text in (("a", GOOD), ("b", HEADER + "plc.other,plc,hr:30,uint16,,,\n")):
+                (tmp_path / sub).mkdir()
+                (tmp_path / sub / "x.csv").write_text(text)
+            r = await _run(
+                cfg, "schedule", "load", str(tmp_path / "a/x.csv"), str(tmp_path / "b/x.csv"), "-y"
+            )
+            assert r.returncode == 2 and "file names must differ" in r.stderr, r.stderr
+            # and the agent refuses them as well (422 naming the field, never a 500)
+            try:
+                await asyncio.to_thread(
+                    AgentClient(tmp_path / "var" / "outpost.sock").post,
+                    "/schedule/load",
+                    {"files": {"a/x.csv": GOOD, "b/x.csv": GOOD, "..": GOOD}},
+                )
+            except ApiError as exc:
+                assert exc.status == 422 and "x.csv" in exc.message
+            else:
+                raise AssertionError("the agent took two files of one name")
 
             # -- load: valid, probed, applied live and verified
             r = await _run(cfg, "schedule", "load", str(tmp_path / "more.csv"), "--probe", "--yes")

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from outpost.agent.api.control import _Body
 from outpost.agent.api.server import peer_user
@@ -66,6 +67,20 @@ class ProbeBody(_Body):
 class LoadBody(_Body):
     files: dict[str, str] = Field(min_length=1, max_length=MAX_FILES)
     within_s: float = Field(60.0, gt=0, le=600, description="the verification's time limit")
+
+    @field_validator("files")
+    @classmethod
+    def _storable_names(cls, files: dict[str, str]) -> dict[str, str]:
+        # the agent stores each file under its base name: it must be one, and only once
+        seen: set[str] = set()
+        for name in files:
+            base = PurePosixPath(name).name
+            if base in ("", ".", ".."):
+                raise ValueError(f"{name!r} does not end in a file name")
+            if base in seen:
+                raise ValueError(f"two files are named {base!r}; file names must differ")
+            seen.add(base)
+        return files
 
 
 def schedule_router(

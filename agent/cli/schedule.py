@@ -324,6 +324,12 @@ def load_cmd(
     from outpost.agent.cli import commissioning as c
 
     cfg = config_or_exit(config, check_files=False)
+    names = [f.name for f in files]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # the agent stores the files side by side, by name
+        raise typer.BadParameter(
+            f"two files are named {twice[0]!r}; file names must differ", param_hint="FILE"
+        )
     texts = c.read_texts(list(files))
     schedule, issues = validate_schedule(list(files), cfg.device_protocols())
     if schedule is None:
