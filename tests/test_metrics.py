@@ -11,10 +11,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from outpost.agent.core.metrics import AgentMetrics, metrics_http_app
 from outpost.cloud.receiver.app import create_app
 from outpost.cloud.receiver.metrics import METRICS_TOKEN_ENV
 from outpost.cloud.receiver.settings import ReceiverSettings
@@ -208,3 +210,37 @@ async def test_receiver_metrics_need_a_token_off_loopback(monkeypatch: pytest.Mo
     near = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with httpx.AsyncClient(transport=near, base_url="http://receiver") as c:
         assert (await c.get("/metrics")).status_code == 200
+
+
+async def test_agent_bind_needs_the_token_off_loopback() -> None:
+    """``[api] bind`` on a LAN address with ``token_env``: bearer token or 401."""
+    metrics = AgentMetrics(_NoRuntime())
+    app = metrics_http_app(metrics, "lan-secret")
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.9", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent") as c:
+        assert (await c.get("/metrics")).status_code == 401
+        assert (await c.get("/metrics", headers={"Authorization": "Bearer no"})).status_code == 401
+        ok = await c.get("/metrics", headers={"Authorization": "Bearer lan-secret"})
+        assert ok.status_code == 200 and "outpost_agent_info" in ok.text
+        assert (await c.post("/metrics")).status_code == 405
+
+
+class _NoRuntime:
+    """A runtime that has not started anything yet (the page must still render)."""
+
+    started_at = 0.0
+    coordinators: dict[str, Any] = {}
+    scheduler = None
+    pipeline = None
+    table = None
+    reloads = 0
+    reload_errors = 0
+
+    def metrics_info(self) -> dict[str, str]:
+        return {"gateway": "gw", "version": "0", "schedule_version": ""}
+
+    def metrics_parts(self) -> tuple[None, None, None, None]:
+        return None, None, None, None
+
+    async def buffer_stats(self) -> dict[str, Any] | None:
+        return None

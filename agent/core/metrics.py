@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import ipaddress
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
@@ -492,10 +493,12 @@ async def serve_metrics_http(
     agent's job is polling, not this listener."""
     host, _, port = bind.rpartition(":")
     token = os.environ.get(token_env) if token_env else None
-    if token_env and not token:
-        log.warning("metrics_http.token_missing", env=token_env)
     if _is_loopback(host):
         token = None
+    elif token_env and not token:
+        # Configured but not provided: refuse everyone rather than serve openly.
+        log.error("metrics_http.token_missing", env=token_env, bind=bind)
+        token = secrets.token_urlsafe(32)
     elif token is None:
         log.warning("metrics_http.unauthenticated", bind=bind)
     app = metrics_http_app(metrics, token)

@@ -259,8 +259,16 @@ class SparkplugNode:
         return ssl.create_default_context(cafile=str(ca) if ca else None)
 
     def _credentials(self) -> tuple[str | None, str | None]:
-        user = os.environ.get(self.config.username_env) if self.config.username_env else None
-        password = os.environ.get(self.config.password_env) if self.config.password_env else None
+        cfg = self.config
+        user = os.environ.get(cfg.username_env) if cfg.username_env else None
+        password = os.environ.get(cfg.password_env) if cfg.password_env else None
+        missing = [
+            env
+            for env, value in ((cfg.username_env, user), (cfg.password_env, password))
+            if env and not value
+        ]
+        if missing:  # the broker will refuse us: say why (names only, never values)
+            log.error("sparkplug.credentials_missing", env=missing)
         return user, password
 
     async def _session(self) -> None:
