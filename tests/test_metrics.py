@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from outpost.agent.core.metrics import AgentMetrics, metrics_http_app
+from outpost.agent.core.metrics import AgentMetrics, bind_token, metrics_http_app
 from outpost.cloud.receiver.app import create_app
 from outpost.cloud.receiver.metrics import METRICS_TOKEN_ENV
 from outpost.cloud.receiver.settings import ReceiverSettings
@@ -223,6 +223,17 @@ async def test_agent_bind_needs_the_token_off_loopback() -> None:
         ok = await c.get("/metrics", headers={"Authorization": "Bearer lan-secret"})
         assert ok.status_code == 200 and "outpost_agent_info" in ok.text
         assert (await c.post("/metrics")).status_code == 405
+
+
+def test_bind_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAN_TOKEN", "t0k")
+    monkeypatch.delenv("NOT_SET", raising=False)
+    assert bind_token("127.0.0.1:8710", "LAN_TOKEN") is None  # loopback: open
+    assert bind_token("[::1]:8710", None) is None
+    assert bind_token("10.0.0.5:8710", "LAN_TOKEN") == "t0k"
+    assert bind_token("10.0.0.5:8710", None) is None  # open, with a warning
+    missing = bind_token("10.0.0.5:8710", "NOT_SET")  # set but missing: nobody gets in
+    assert missing is not None and len(missing) >= 32
 
 
 class _NoRuntime:

@@ -482,6 +482,24 @@ def metrics_http_app(metrics: AgentMetrics, token: str | None) -> Starlette:
     return Starlette(routes=[Route("/metrics", endpoint, methods=["GET"])])
 
 
+def bind_token(bind: str, token_env: str | None) -> str | None:
+    """The bearer token ``/metrics`` on ``[api] bind`` requires (None: open).
+
+    Loopback: none (like every exporter on the box). Elsewhere: the ``token_env`` variable's
+    value; if ``token_env`` is set but the variable is missing, a random token nobody has,
+    so a misconfiguration refuses everyone instead of serving openly. No ``token_env``:
+    open, with a warning."""
+    if _is_loopback(bind.rpartition(":")[0]):
+        return None
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        log.error("metrics_http.token_missing", env=token_env, bind=bind)
+        return secrets.token_urlsafe(32)
+    if token is None:
+        log.warning("metrics_http.unauthenticated", bind=bind)
+    return token
+
+
 async def serve_metrics_http(
     metrics: AgentMetrics, bind: str, *, token_env: str | None, retry_s: float = 30.0
 ) -> None:
@@ -492,15 +510,7 @@ async def serve_metrics_http(
     {credentials_file: …}``). A port in use is logged once and retried, never fatal: the
     agent's job is polling, not this listener."""
     host, _, port = bind.rpartition(":")
-    token = os.environ.get(token_env) if token_env else None
-    if _is_loopback(host):
-        token = None
-    elif token_env and not token:
-        # Configured but not provided: refuse everyone rather than serve openly.
-        log.error("metrics_http.token_missing", env=token_env, bind=bind)
-        token = secrets.token_urlsafe(32)
-    elif token is None:
-        log.warning("metrics_http.unauthenticated", bind=bind)
+    token = bind_token(bind, token_env)
     app = metrics_http_app(metrics, token)
     warned = False
     while True:
