@@ -419,6 +419,37 @@ async def test_dcmd_write(mosquitto: Mosquitto, tmp_path: Path, allow: bool) -> 
             await server.stop()
 
 
+async def test_alarm_state_metric(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    server = await start_server()
+    await server.set("hr", 0, [215, 0])
+    async with subscribed(mosquitto) as sub:
+        agent = await start(tmp_path, mosquitto, server.port)
+        try:
+            await until(lambda: sub.of("DBIRTH"), 20, "DBIRTH")
+            alarm = next(
+                m
+                for m in sub.of("DBIRTH")[0].payload.metrics
+                if m.name.startswith("Alarms/plc.temp/")
+            )
+            assert alarm.string_value == "normal"
+            assert sp.properties_of(alarm)["priority"] == "medium"
+            await server.set("hr", 0, [950])  # 95.0 degC > alarm_h 90
+
+            def states() -> list[str]:
+                return [
+                    x.string_value
+                    for m in sub.of("DDATA")
+                    for x in m.payload.metrics
+                    if x.alias == alarm.alias
+                ]
+
+            await until(lambda: "unack_active" in states(), 20, "alarm DDATA")
+            check_seq(sub)
+        finally:
+            agent.stop()
+            await server.stop()
+
+
 async def test_device_death_and_birth(mosquitto: Mosquitto, tmp_path: Path) -> None:
     server = await start_server()
     port = server.port
