@@ -1,6 +1,7 @@
 """Writer process for the kill -9 test (tests/test_buffer_crash.py).
 
     python tests/buffer_crash_writer.py BUFFER_FILE SEED [rows|columnar]
+    python tests/buffer_crash_writer.py serve      (a fork server: RUN BUFFER_FILE SEED LAYOUT)
 
 Opens the buffer (recovering whatever a previous kill left), prints ``START <last_seq>``, then
 appends readings forever in random-sized batches. Every reading is derivable from its seq
@@ -31,13 +32,13 @@ QUALITIES = (0, 64, 129)
 POINT_IDS = [f"dev-{i:02d}.p" for i in range(K)]
 
 
-def main() -> None:
-    path = Path(sys.argv[1])
-    rng = random.Random(int(sys.argv[2]))
+def main(args: list[str]) -> None:
+    path = Path(args[0])
+    rng = random.Random(int(args[1]))
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     # Timestamps are weeks old (fixed T0): keep them all, retention is tested elsewhere.
-    layout = ColumnarBuffer if sys.argv[3:] == ["columnar"] else Buffer
+    layout = ColumnarBuffer if args[2:] == ["columnar"] else Buffer
     buf = layout(
         path, commit_interval=0.02, commit_rows=3000, maintenance_interval=0.2, retention_days=3650
     )
@@ -71,4 +72,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["serve"]:
+        from tests import fork_server
+
+        fork_server.serve(main)
+    else:
+        main(sys.argv[1:])
