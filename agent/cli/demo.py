@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -107,8 +108,10 @@ def demo(
                 _wait_tcp(dev.host, dev.port, 30, sim)  # type: ignore[attr-defined]
 
         receiver_url = None
+        admin_password = None
         if not no_cloud:
             receiver_url, token = _start_receiver(children, data_dir, log_dir, cfg.agent.id)
+            admin_password = _demo_admin(data_dir / "receiver")
             env = {
                 "OUTPOST_CLOUD__URL": receiver_url,
                 "OUTPOST_CLOUD__ENROLLMENT_TOKEN": token,
@@ -134,11 +137,17 @@ def demo(
             else "  MQTT broker    : none started (install mosquitto, or one already listens on 1883)",
             f"  agent          : gateway {cfg.agent.id}, data in {data_dir}  (log {agent.log})",
         ]
-        if receiver_url:
+        if cfg.api.bind:
             lines.append(
-                f"  receiver       : {receiver_url}  (API docs {receiver_url}/docs; admin token in "
-                f"{data_dir / 'receiver' / 'admin.token'})"
+                f"  status page    : http://{cfg.api.bind}/  (the site's own page; no login on "
+                "127.0.0.1)"
             )
+        if receiver_url:
+            lines += [
+                f"  dashboard      : {receiver_url}/  log in as {DEMO_ADMIN} / {admin_password}",
+                f"  receiver API   : {receiver_url}/docs  (admin token in "
+                f"{data_dir / 'receiver' / 'admin.token'})",
+            ]
         lines += [
             "",
             "Look at it from another terminal:",
@@ -253,6 +262,41 @@ def _start_receiver(
             fail(f"enrollment failed: {r.stderr.strip()}")
         token = r.stdout.strip()
     return f"http://{RECEIVER_BIND}", token
+
+
+DEMO_ADMIN = "admin"
+
+
+def _demo_admin(receiver_dir: Path) -> str:
+    """The dashboard's demo admin: created on the first run with a generated password, kept
+    (0600) beside the receiver's data so later runs print the same login."""
+    pw_file = receiver_dir / "demo-admin.password"
+    if pw_file.exists():
+        return pw_file.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    r = subprocess.run(
+        _outpost(
+            "cloud",
+            "user",
+            "add",
+            DEMO_ADMIN,
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--data-dir",
+            str(receiver_dir),
+        ),
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if r.returncode != 0:
+        fail(f"creating the dashboard's demo admin failed: {r.stderr.strip()}")
+    fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
 
 
 def register(app: typer.Typer) -> None:
