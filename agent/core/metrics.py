@@ -194,7 +194,9 @@ class _AgentCollector(Collector):
         if control is not None:
             yield from _control(control)
         if self.buffer is not None:
-            yield from _buffer(self.buffer)
+            # Edge-only (no [cloud]): nothing is ever "synced", so backlog series would only
+            # grow and trip the backlog alert; leave them out.
+            yield from _buffer(self.buffer, uplink=uplink is not None)
         if uplink is not None:
             yield from _uplink(uplink.status())
         if commands is not None:
@@ -285,26 +287,27 @@ def _control(control: _Control) -> Iterator[Metric]:
     yield mode
 
 
-def _buffer(st: Mapping[str, Any]) -> Iterator[Metric]:
+def _buffer(st: Mapping[str, Any], *, uplink: bool) -> Iterator[Metric]:
     yield from _gauge("outpost_buffer_rows", "Readings held in the buffer.", st.get("rows"))
-    yield from _gauge(
-        "outpost_buffer_unsynced_rows",
-        "Readings not yet acknowledged by the receiver.",
-        st.get("unsynced_rows"),
-    )
-    yield GaugeMetricFamily(
-        "outpost_buffer_oldest_unsynced_age_seconds",
-        "Age of the oldest unsynced reading (0 when nothing waits).",
-        value=float(st.get("oldest_unsynced_age_s") or 0.0),
-    )
+    if uplink:
+        yield from _gauge(
+            "outpost_buffer_unsynced_rows",
+            "Readings not yet acknowledged by the receiver.",
+            st.get("unsynced_rows"),
+        )
+        yield GaugeMetricFamily(
+            "outpost_buffer_oldest_unsynced_age_seconds",
+            "Age of the oldest unsynced reading (0 when nothing waits).",
+            value=float(st.get("oldest_unsynced_age_s") or 0.0),
+        )
+        yield from _gauge(
+            "outpost_buffer_unsynced_events", "Events not yet synced.", st.get("unsynced_events")
+        )
     yield from _gauge("outpost_buffer_bytes", "Size of the buffer file.", st.get("size_bytes"))
     yield from _gauge(
         "outpost_buffer_free_bytes",
         "Free pages inside the buffer file, reusable without growing it.",
         st.get("free_bytes"),
-    )
-    yield from _gauge(
-        "outpost_buffer_unsynced_events", "Events not yet synced.", st.get("unsynced_events")
     )
     yield from _gauge(
         "outpost_buffer_pending_rows",
