@@ -1,15 +1,21 @@
 """Agent polling benchmark: N simulated Modbus devices × M points, every value changing.
 
-The devices run in a separate process (pymodbus servers, values rewritten every interval so
-report-by-exception stores every reading: the worst case). The agent is the real `outpost run`
-in its own process; the benchmark samples its CPU time (/proc), RSS and its own counters
-(/status over the Unix socket) after a warm-up.
+The devices run in a separate process, values changing every interval so report-by-exception
+stores every reading (the worst case): ``--server responder`` (the default) is the minimal
+asyncio responder of ``bench/modbus_responder.py``, cheap enough not to compete with the agent
+for CPU; ``--server pymodbus`` is pymodbus' simulator (costs more CPU than the agent at these
+rates). The agent is the real `outpost run` in its own process; the benchmark samples its CPU
+time (/proc) over the window after a warm-up, its RSS every second, and its own counters
+(/status over the Unix socket).
 
-    .venv/bin/python bench/poll_modbus.py                       # 50 × 200, 1 s, 60 s
-    .venv/bin/python bench/poll_modbus.py --devices 10 --duration 20
+    .venv/bin/python bench/poll_modbus.py --kind uint16          # 50 × 200 uint16, 1 s, 60 s
+    .venv/bin/python bench/poll_modbus.py --kind uint16 --devices 500
+    .venv/bin/python bench/poll_modbus.py --kind uint16 --devices 1500 --cpu 1   # one core
+    .venv/bin/python bench/poll_modbus.py --devices 10 --duration 20   # mixed types
 
-Prints: points/s delivered and stored, agent CPU seconds per 1000 points, points per agent
-CPU-second, p50/p99 poll-start jitter, agent RSS.
+Prints: points/s offered, delivered and stored (and stored/offered), agent CPU seconds per
+1000 points, points per agent CPU-second, p50/p99 poll-start jitter, agent RSS (end, max and
+the first/last sampled second of the window).
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ N_INT = 120  # int16/uint16 points per device (one register each)
 # the rest are float32 (two registers each, CDAB on every other device)
 
 
-def _layout(points: int) -> list[tuple[str, int, str, str]]:
+def _layout(points: int, kind: str = "mixed") -> list[tuple[str, int, str, str]]:
     """(name, register, data_type, byte_order) for one device."""
+    if kind == "uint16":
+        return [(f"r{i:03d}", i, "uint16", "") for i in range(points)]
     out = []
     reg = 0
     for i in range(points):
@@ -80,8 +88,16 @@ async def _serve(devices: int, points: int, base_port: int, interval: float) -> 
         await asyncio.sleep(interval / 2)
 
 
-def _write_site(tmp: Path, devices: int, points: int, base_port: int, interval: float) -> Path:
-    layout = _layout(points)
+def _write_site(
+    tmp: Path,
+    devices: int,
+    points: int,
+    base_port: int,
+    interval: float,
+    kind: str = "mixed",
+    buffer_layout: str | None = None,
+) -> Path:
+    layout = _layout(points, kind)
     rows = ["point_id,device,address,data_type,byte_order,deadband,heartbeat"]
     cfg = [
         "[agent]",
@@ -95,8 +111,10 @@ def _write_site(tmp: Path, devices: int, points: int, base_port: int, interval: 
         'format = "json"',
         'level = "warning"',
     ]
+    if buffer_layout is not None:
+        cfg += ["[buffer]", f'layout = "{buffer_layout}"']
     for d in range(devices):
-        dev = f"dev-{d:02d}"
+        dev = f"dev-{d:03d}"
         cfg += [
             f"[devices.{dev}]",
             'protocol = "modbus"',
@@ -114,9 +132,15 @@ def _write_site(tmp: Path, devices: int, points: int, base_port: int, interval: 
 
 
 def _cpu_seconds(pid: int) -> float:
+    user, system = _cpu_split(pid)
+    return user + system
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def _rss_mb(pid: int) -> float:
@@ -142,6 +166,15 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--base-port", type=int, default=26000)
+    ap.add_argument(
+        "--kind",
+        choices=["mixed", "uint16"],
+        default="mixed",
+        help="uint16: every point one uint16 register; mixed: int16/uint16 and float32",
+    )
+    ap.add_argument("--server", choices=["responder", "pymodbus"], default="responder")
+    ap.add_argument("--buffer-layout", default=None, help="[buffer] layout (default: agent's)")
+    ap.add_argument("--cpu", default=None, help="pin the agent to these CPUs (taskset -c)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -150,9 +183,29 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="outpost-bench-") as d:
         tmp = Path(d)
-        cfg = _write_site(tmp, args.devices, args.points, args.base_port, args.interval)
-        sim = subprocess.Popen(
-            [
+        cfg = _write_site(
+            tmp,
+            args.devices,
+            args.points,
+            args.base_port,
+            args.interval,
+            args.kind,
+            args.buffer_layout,
+        )
+        nregs = _layout(args.points, args.kind)[-1][1] + 2
+        if args.server == "responder":
+            sim_cmd = [
+                sys.executable,
+                str(ROOT / "bench" / "modbus_responder.py"),
+                "--devices",
+                str(args.devices),
+                "--registers",
+                str(nregs),
+                "--base-port",
+                str(args.base_port),
+            ]
+        else:
+            sim_cmd = [
                 sys.executable,
                 __file__,
                 "--serve",
@@ -164,16 +217,15 @@ def main() -> None:
                 str(args.base_port),
                 "--interval",
                 str(args.interval),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+            ]
+        sim = subprocess.Popen(sim_cmd, stdout=subprocess.PIPE, text=True)
         assert sim.stdout is not None
         if sim.stdout.readline().strip() != "ready":
             raise SystemExit("simulator failed to start")
         log = (tmp / "agent.log").open("wb")
+        pin = ["taskset", "-c", args.cpu] if args.cpu else []
         agent = subprocess.Popen(
-            [sys.executable, "-m", "outpost.agent", "run", "-c", str(cfg)],
+            [*pin, sys.executable, "-m", "outpost.agent", "run", "-c", str(cfg)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -187,9 +239,15 @@ def main() -> None:
                 time.sleep(0.1)
             time.sleep(args.warmup)
             s0, c0, t0 = _status(sock), _cpu_seconds(agent.pid), time.monotonic()
-            time.sleep(args.duration)
+            u0, _ = _cpu_split(agent.pid)
+            rss_samples = []
+            while time.monotonic() < t0 + args.duration:
+                rss_samples.append(_rss_mb(agent.pid))
+                time.sleep(max(0.0, min(1.0, t0 + args.duration - time.monotonic())))
             s1, c1, t1 = _status(sock), _cpu_seconds(agent.pid), time.monotonic()
+            u1, _ = _cpu_split(agent.pid)
             rss = _rss_mb(agent.pid)
+            rss_samples.append(rss)
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=15)
@@ -201,20 +259,28 @@ def main() -> None:
         readings = s1["pipeline"]["readings"] - s0["pipeline"]["readings"]
         stored = s1["pipeline"]["stored"] - s0["pipeline"]["stored"]
         sched = s1["scheduler"]
+        offered = args.devices * args.points / args.interval
         result = {
             "devices": args.devices,
             "points_per_device": args.points,
+            "kind": args.kind,
+            "server": args.server,
             "interval_s": args.interval,
             "measured_s": round(wall, 1),
+            "offered_per_s": round(offered),
             "points_per_s": round(readings / wall),
             "stored_per_s": round(stored / wall),
+            "stored_of_offered": round(stored / wall / offered, 4),
             "agent_cpu_cores": round(cpu / wall, 3),
+            "agent_cpu_user_share": round((u1 - u0) / cpu, 2) if cpu else None,
             "agent_cpu_s_per_1000_points": round(cpu / readings * 1000, 5) if readings else None,
             "points_per_agent_cpu_s": round(readings / cpu) if cpu else None,
             "jitter_p50_ms": sched["jitter_p50_ms"],
             "jitter_p99_ms": sched["jitter_p99_ms"],
             "overruns": sched["overruns"],
             "agent_rss_mb": round(rss, 1),
+            "agent_rss_max_mb": round(max(rss_samples), 1),
+            "agent_rss_first_last_mb": [round(rss_samples[0], 1), round(rss_samples[-1], 1)],
         }
         print(json.dumps(result, indent=2))
 
