@@ -1,11 +1,12 @@
 """SQLite store-and-forward buffer: readings and events, sync cursor, size bound, retention.
 
-``outpost.buffer.store.Buffer`` is what the running agent uses (a facade over ``writer``,
+``outpost.buffer.store.Buffer`` is the row layout (a facade over ``writer``,
 ``recovery``, ``maintenance``, ``sync``, ``history``, ``points``, ``files``; its docstring
 lists the guarantees and which module keeps each); ``outpost.buffer.source.SyncSource`` is what
 the uplink needs of it; ``outpost.buffer.inspect`` reads a buffer file directly (CLI stats and
 exports, safe while the agent runs). ``columnar_store.ColumnarBuffer`` (with ``chunks`` and
-``columnar``) is the columnar storage of issue 14: same API, not yet what the agent uses.
+``columnar``) is the columnar storage of issue 14: same API, what the agent uses by default
+(``[buffer] layout``).
 """
 
 from outpost.buffer.models import BufferStats, EventRow, ReadingRows

@@ -1,4 +1,4 @@
-"""Columnar chunks: the storage unit of the columnar buffer (issue 14), not yet the default.
+"""Columnar chunks: the storage unit of the columnar buffer (issue 14), the default layout.
 
 A chunk holds the readings of one group commit as packed, compressed columns instead of one
 SQLite row per reading. This module is the codec; :mod:`.columnar` the ``chunks`` table and

@@ -1,4 +1,4 @@
-"""The ``chunks`` table: readings stored as columnar chunks (issue 14), not yet the default.
+"""The ``chunks`` table: readings stored as columnar chunks (issue 14, the default layout).
 
 What :mod:`.writer`, :mod:`.sync` and :mod:`.maintenance` will call once the columnar buffer
 replaces the row table (see :mod:`.chunks` for the plan and the codec). Each function runs

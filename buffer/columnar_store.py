@@ -2,9 +2,10 @@
 guarantees as :class:`~outpost.buffer.store.Buffer`, with readings stored as chunks (one per
 group commit, :mod:`.chunks`, :mod:`.columnar`) instead of one SQLite row each.
 
-Not the default yet: the agent constructs ``Buffer``, and the row layout's tests inspect its
-table directly. A row-layout file is converted in place when a ``ColumnarBuffer`` opens it
-(:func:`migrate_rows`); the file tools (:mod:`.inspect`) read both layouts. What changes
+The agent's default (``[buffer] layout = "columnar"``; ``"rows"`` selects
+:class:`~outpost.buffer.store.Buffer`, which refuses a file holding chunks). A row-layout
+file is converted in place when a ``ColumnarBuffer`` opens it (:func:`migrate_rows`, logged
+as ``buffer.migrating_to_chunks`` every 5 s, resumed after a kill); the file tools (:mod:`.inspect`) read both layouts. What changes
 against the row layout, module by module:
 
 - writer: one ``chunks`` row per commit (plus the ``blocks`` row history and retention use);
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from itertools import chain
 from typing import Any
 
@@ -287,6 +289,9 @@ def migrate_rows(conn: sqlite3.Connection) -> int:
     migration loses nothing and the next open continues it. Returns the readings converted.
     """
     done = 0
+    total: int | None = None
+    t0 = time.monotonic()
+    logged = t0
     while True:
         with transaction(conn):
             rows = conn.execute(
@@ -295,6 +300,9 @@ def migrate_rows(conn: sqlite3.Connection) -> int:
             ).fetchall()
             if not rows:
                 break
+            if total is None:
+                total = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+                log.info("buffer.migrating_to_chunks", readings=total)
             start = 0
             for i in range(1, len(rows) + 1):
                 if i == len(rows) or rows[i][0] != rows[i - 1][0] + 1:
@@ -310,6 +318,10 @@ def migrate_rows(conn: sqlite3.Connection) -> int:
                     start = i
             conn.execute("DELETE FROM readings WHERE seq <= ?", (rows[-1][0],))
         done += len(rows)
+        now = time.monotonic()
+        if now - logged >= 5.0:
+            logged = now
+            log.info("buffer.migrating_to_chunks", done=done, readings=total)
     if done:
-        log.info("buffer.migrated_to_chunks", readings=done)
+        log.info("buffer.migrated_to_chunks", readings=done, s=round(time.monotonic() - t0, 2))
     return done

@@ -45,13 +45,14 @@ from typing import Any
 
 import structlog
 
-from outpost.buffer import schema
+from outpost.buffer import columnar, schema
 from outpost.buffer.files import BufferClosedError, BufferFiles
 from outpost.buffer.history import History
 from outpost.buffer.maintenance import Maintenance
 from outpost.buffer.models import BufferStats, EventRow, ReadingRows
 from outpost.buffer.points import PointNames
 from outpost.buffer.recovery import open_checked
+from outpost.buffer.schema import BufferFileError
 from outpost.buffer.source import SyncSource
 from outpost.buffer.sync import SyncReader, last_event_id
 from outpost.buffer.writer import EventItem, InsertReadings, Writer, insert_rows
@@ -72,7 +73,17 @@ class Buffer:
         return insert_rows
 
     def _init_layout(self, conn: sqlite3.Connection) -> None:
-        """Create what the layout needs in a freshly opened file (the row layout: nothing)."""
+        """Create what the layout needs in a freshly opened file (the row layout: nothing).
+
+        A file the columnar layout has written is refused: its chunks would be invisible here
+        (never synced, never evicted). Converting back is not offered; the columnar layout
+        reads everything the row layout wrote."""
+        if columnar.present(conn) and conn.execute("SELECT 1 FROM chunks LIMIT 1").fetchone():
+            conn.close()
+            raise BufferFileError(
+                f"{self.path}: holds columnar chunks; open it with [buffer] layout = "
+                '"columnar" (the row layout cannot read them)'
+            )
 
     def _collect_stats(self, conn: sqlite3.Connection) -> BufferStats:
         return schema.collect_stats(conn, self.path)

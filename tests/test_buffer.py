@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import random
 import sqlite3
 import tempfile
 import threading
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from outpost.buffer.columnar_store import ColumnarBuffer
 from outpost.buffer.inspect import export_events, export_readings, file_stats
 from outpost.buffer.schema import BufferFileError
 from outpost.buffer.source import SyncSource
@@ -30,10 +32,22 @@ from outpost.point_schedules.quality import Quality
 POINTS = ["ahu-1.supply_temp", "cdu-01.flow", "pdu-a.kw"]
 
 
+#: The layout every test of this module runs on (the ``layout`` fixture runs each twice).
+_LAYOUT = {"name": "columnar"}
+
+
+@pytest.fixture(params=["columnar", "rows"], autouse=True)
+def layout(request: pytest.FixtureRequest) -> Iterator[str]:
+    _LAYOUT["name"] = request.param
+    yield request.param
+    _LAYOUT["name"] = "columnar"
+
+
 def _open(path: Path, **kw: object) -> Buffer:
     kw.setdefault("commit_interval", 0.05)
     kw.setdefault("maintenance_interval", 3600.0)  # tests trigger maintenance explicitly
-    buf = Buffer(path, **kw)  # type: ignore[arg-type]
+    cls = ColumnarBuffer if _LAYOUT["name"] == "columnar" else Buffer
+    buf = cls(path, **kw)  # type: ignore[arg-type]
     buf.open()
     return buf
 
@@ -70,11 +84,10 @@ def _fill(
 
 
 def _seqs(path: Path) -> list[int]:
-    conn = sqlite3.connect(path)
-    try:
-        return [r[0] for r in conn.execute("SELECT seq FROM readings ORDER BY seq")]
-    finally:
-        conn.close()
+    """The seqs stored in the file, through the file tools' export (both layouts)."""
+    out = io.StringIO()
+    export_readings(path, out, "jsonl", None, None, None)
+    return [json.loads(line)["seq"] for line in out.getvalue().splitlines()]
 
 
 # ---------------------------------------------------------------- append, flush, read
@@ -129,10 +142,8 @@ async def test_async_flush_waits_for_the_commit(tmp_path: Path) -> None:
         await b.flush()
         assert b.pending_rows == 0
         assert b.last_seq == 1
-        conn = sqlite3.connect(tmp_path / "b.db")
-        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
-        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
-        conn.close()
+        assert _seqs(tmp_path / "b.db") == [1]
+        assert file_stats(tmp_path / "b.db").events == 1
     finally:
         b.close()
 
@@ -254,18 +265,26 @@ def test_rejected_batch_is_dead_lettered_counted_and_handled(buf: Buffer) -> Non
 # ---------------------------------------------------------------- size bound and retention
 
 
-def _fill_many(buf: Buffer, n: int, chunk: int = 2000) -> None:
+def _fill_many(buf: Buffer, n: int, chunk: int = 1000) -> None:
+    """Appends of ``chunk`` readings: the columnar layout commits whole appends, so its
+    chunks start at multiples of 1,000 and the cursor and islands below fall on their edges."""
     keys = buf.point_keys(POINTS)
+    rng = random.Random(n)
     t0 = time.time()
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         buf.append(
             array("d", [t0 + (start + i) * 1e-3 for i in range(m)]),
             array("q", [keys[(start + i) % 3] for i in range(m)]),
-            array("d", [float(start + i) for i in range(m)]),
+            array("d", [rng.random() for _ in range(m)]),  # incompressible for chunks
             array("B", bytes(m)),
         )
     buf.flush_sync(30)
+
+
+def _bound_mb() -> float:
+    """A size bound that 60,000 readings of :func:`_fill_many` exceed on either layout."""
+    return 1.0 if _LAYOUT["name"] == "rows" else 0.4
 
 
 def _disk_bytes(path: Path) -> int:
@@ -282,10 +301,10 @@ def _disk_bytes(path: Path) -> int:
 def test_size_bound_evicts_synced_rows_first(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     lost: list[int] = []
-    b = _open(path, max_size_mb=1, commit_rows=2000, on_unsynced_evicted=lost.append)
+    b = _open(path, max_size_mb=_bound_mb(), commit_rows=1000, on_unsynced_evicted=lost.append)
     try:
         _fill_many(b, 60_000)
-        assert _disk_bytes(path) > 1024 * 1024
+        assert _disk_bytes(path) > _bound_mb() * 1024 * 1024
         b.mark_synced(50_000)
         b.run_maintenance()
         st = b.stats()
@@ -296,7 +315,7 @@ def test_size_bound_evicts_synced_rows_first(tmp_path: Path) -> None:
         assert seqs == list(range(st.evicted_synced + 1, 60_001))
         assert st.unsynced_rows == 10_000
         assert st.rows + st.evicted_synced + st.evicted_unsynced == st.last_seq  # every row counted
-        assert _disk_bytes(path) <= 1024 * 1024
+        assert _disk_bytes(path) <= _bound_mb() * 1024 * 1024
     finally:
         b.close()
 
@@ -304,7 +323,7 @@ def test_size_bound_evicts_synced_rows_first(tmp_path: Path) -> None:
 def test_size_bound_then_evicts_unsynced_oldest_first_counted(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     lost: list[int] = []
-    b = _open(path, max_size_mb=1, commit_rows=2000, on_unsynced_evicted=lost.append)
+    b = _open(path, max_size_mb=_bound_mb(), commit_rows=1000, on_unsynced_evicted=lost.append)
     try:
         _fill_many(b, 60_000)
         b.append_event(time.time(), "alarm", "fsm", None, {"unsynced": True})
@@ -325,7 +344,7 @@ def test_size_bound_then_evicts_unsynced_oldest_first_counted(tmp_path: Path) ->
         assert st.synced_through == lowest - 1
         assert st.unsynced_rows == len(seqs)
         assert st.rows + st.evicted_synced + st.evicted_unsynced == st.last_seq
-        assert _disk_bytes(path) <= 1024 * 1024
+        assert _disk_bytes(path) <= _bound_mb() * 1024 * 1024
         # seq stays monotonic after the eviction
         first, _ = _fill(b, 10)
         assert first == 60_001
@@ -630,13 +649,14 @@ def test_corruption_under_the_running_writer_moves_on_to_a_fresh_file(tmp_path: 
         b.append_event(time.time(), "mode", "fsm", None, {})
         b.flush_sync(10)
         # Break the file behind the agent's back the way SQLite's own tests do: point the
-        # readings table at another table's b-tree.
+        # table holding the readings (of either layout) at another table's b-tree.
+        table = "chunks" if _LAYOUT["name"] == "columnar" else "readings"
         conn = sqlite3.connect(path)
         conn.execute("PRAGMA writable_schema = ON")
         meta_root = conn.execute(
             "SELECT rootpage FROM sqlite_master WHERE name = 'meta'"
         ).fetchone()[0]
-        conn.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = 'readings'", (meta_root,))
+        conn.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = ?", (meta_root, table))
         version = conn.execute("PRAGMA schema_version").fetchone()[0]
         conn.execute(f"PRAGMA schema_version = {version + 1}")
         conn.commit()

@@ -1,4 +1,4 @@
-"""The columnar buffer (issue 14, not the default): differential tests against the row
+"""The columnar buffer (issue 14, the default layout): differential tests against the row
 buffer on the same appends and acknowledgements, the size bound over whole chunks, and an
 exactly-once sync through the real uplink into a real receiver."""
 
@@ -12,18 +12,18 @@ import shutil
 import sqlite3
 import time
 from datetime import UTC, datetime
-from itertools import accumulate
 from pathlib import Path
 
-from outpost.buffer import columnar, schema
+import pytest
+
 from outpost.buffer.columnar_store import ColumnarBuffer
-from outpost.buffer.inspect import export_readings, file_stats, open_readonly
+from outpost.buffer.inspect import export_readings, file_stats
 from outpost.buffer.models import ReadingRows
+from outpost.buffer.schema import BufferFileError
 from outpost.buffer.source import SyncSource
 from outpost.buffer.store import Buffer
 from outpost.point_schedules.quality import Quality
 from tests.receiver_fixtures import ReceiverHandle
-from tests.test_buffer_crash import _run_and_kill
 from tests.uplink_harness import (
     Writer,
     all_synced,
@@ -224,55 +224,6 @@ def test_file_tools_read_a_columnar_file_like_a_row_file(tmp_path: Path) -> None
             assert outs[0] == outs[1] and outs[0].count("\n") > 10
 
 
-def _check_columnar_file(path: Path) -> tuple[int, int]:
-    """Every stored reading holds what its seq implies, seqs contiguous from 1, events only
-    after their readings (as the row test checks the table)."""
-    with open_readonly(path) as conn:
-        parts = columnar.read_range(conn, 0, None, 2**62)
-        names = schema.point_names(conn)
-        after = conn.execute(
-            "SELECT max(json_extract(detail, '$.after_seq')), count(*) FROM events"
-        ).fetchone()
-    st = file_stats(path)
-    n = sum(len(p) for p in parts)
-    seqs = range(1, n + 1)
-    assert [p.first_seq for p in parts] == list(accumulate([1, *(len(p) for p in parts[:-1])])), (
-        "gap or overlap between chunks"
-    )
-    assert st.last_seq == n == st.rows
-    ts = [t for p in parts for t in p.ts_ms]
-    assert ts == [1_790_000_000_000 + s for s in seqs]
-    assert [v for p in parts for v in p.values] == [s * 0.5 for s in seqs]
-    assert [names[k] for p in parts for k in p.keys] == [f"dev-{s % 37:02d}.p" for s in seqs]
-    assert [q for p in parts for q in p.quality] == [(0, 64, 129)[s % 3] for s in seqs]
-    if after[1]:
-        assert after[0] <= n  # an event is queued after its readings
-    assert st.synced_through <= st.last_seq
-    return st.last_seq, st.synced_through
-
-
-def test_columnar_kill9_at_random_moments_loses_no_committed_reading(tmp_path: Path) -> None:
-    path = tmp_path / "buffer.db"
-    rng = random.Random(20261204)
-    flushed_max = synced_max = last_cursor = 0
-    for seed in range(12):
-        lines, err = _run_and_kill(path, seed, rng, "columnar")
-        assert "Traceback" not in err, err
-        for line in lines:
-            word, _, num = line.partition(" ")
-            if word == "START":
-                assert int(num) >= flushed_max
-            elif word == "FLUSHED":
-                flushed_max = max(flushed_max, int(num))
-            elif word == "SYNCED":
-                synced_max = max(synced_max, int(num))
-        top, cursor = _check_columnar_file(path)
-        assert top >= flushed_max and cursor >= max(synced_max, last_cursor)
-        last_cursor = cursor
-    assert flushed_max > 1000, "the writer never got going; the test proved nothing"
-    assert not list(tmp_path.glob("buffer.db.corrupt-*"))
-
-
 def test_a_row_file_is_migrated_in_place_and_reads_the_same(tmp_path: Path) -> None:
     """Open a row-layout file (with islands, a moved cursor, dead letters, events and an
     eviction gap) as a ColumnarBuffer: every reading keeps its seq and content, the sync state
@@ -355,3 +306,24 @@ def test_columnar_retention_expires_what_the_row_buffer_expires(tmp_path: Path) 
     finally:
         rows.close()
         cols.close()
+
+
+def test_a_columnar_file_is_refused_by_the_row_layout(tmp_path: Path) -> None:
+    """``[buffer] layout = "rows"`` on a file the columnar layout wrote: a one-line error
+    naming the setting, never readings hidden from sync and eviction."""
+    path = tmp_path / "buffer.db"
+    cols = ColumnarBuffer(path, commit_interval=0.05, quick_check=False)
+    cols.open()
+    keys = cols.point_keys(POINTS[:1])
+    cols.append([time.time()], keys, [1.0], [0])
+    cols.flush_sync(10)
+    cols.close()
+    rows = Buffer(path, quick_check=False)
+    with pytest.raises(BufferFileError, match='layout = "columnar"'):
+        rows.open()
+    again = ColumnarBuffer(path, quick_check=False)
+    again.open()
+    try:
+        assert again.read_unsynced(10).value == [1.0]
+    finally:
+        again.close()

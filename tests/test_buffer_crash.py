@@ -1,4 +1,4 @@
-"""kill -9 of a process writing through Buffer, at random moments, many times, on one file.
+"""kill -9 of a process writing through Buffer (either layout), at random moments, many times, on one file.
 
 A real subprocess (tests/buffer_crash_writer.py) appends readings whose every column is derived
 from the seq; the test SIGKILLs it (sometimes while it is still opening the file), then checks
@@ -19,6 +19,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from outpost.buffer import columnar, schema
+from outpost.buffer.columnar_store import ColumnarBuffer
+from outpost.buffer.inspect import open_readonly
 from outpost.buffer.store import Buffer
 
 WRITER = Path(__file__).with_name("buffer_crash_writer.py")
@@ -26,8 +31,9 @@ KILLS = 21
 
 
 def _run_and_kill(
-    path: Path, seed: int, rng: random.Random, layout: str = "rows"
+    path: Path, seed: int, rng: random.Random, layout: str = "rows", early: float | None = None
 ) -> tuple[list[str], str]:
+    """``early``: kill this many seconds after the start, whatever the writer is doing."""
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), str(path), str(seed), layout],
         stdout=subprocess.PIPE,
@@ -46,7 +52,9 @@ def _run_and_kill(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    if seed % 4 == 3:
+    if early is not None:
+        time.sleep(early)
+    elif seed % 4 == 3:
         # Anywhere from interpreter start-up to the middle of open() / WAL recovery.
         time.sleep(rng.uniform(0.0, 0.5))
     else:
@@ -66,40 +74,68 @@ def _run_and_kill(
     return lines, err
 
 
+def _stored(conn: sqlite3.Connection) -> list[tuple[int, int, int, float | None, int]]:
+    """(seq, ts ms, point key, value, quality) of every stored reading, seq order, from both
+    layouts at once: a file killed while being migrated holds rows and chunks."""
+    out = [
+        (int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]))
+        for r in conn.execute("SELECT seq, ts, point, value, quality FROM readings")
+    ]
+    if columnar.present(conn):
+        for part in columnar.read_range(conn, 0, None, 2**62):
+            out += zip(
+                range(part.first_seq, part.first_seq + len(part)),
+                part.ts_ms,
+                part.keys,
+                part.values,
+                part.quality,
+                strict=True,
+            )
+    out.sort()
+    return out
+
+
 def _check_file(path: Path) -> tuple[int, int]:
-    conn = sqlite3.connect(path)
-    try:
-        lo, hi, count = conn.execute("SELECT min(seq), max(seq), count(*) FROM readings").fetchone()
+    """Either layout (or a file half migrated): seqs 1..last without gap or duplicate, every
+    reading what its seq implies, events only after their readings, cursor <= last."""
+    with open_readonly(path) as conn:
+        stored = _stored(conn)
+        names = schema.point_names(conn)
         last_seq = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0]
         cursor = conn.execute("SELECT value FROM meta WHERE key='synced_through'").fetchone()[0]
-        if count:
-            assert lo == 1, f"first seq {lo}"
-            assert count == hi - lo + 1, f"gap or duplicate: {count} rows for seq {lo}..{hi}"
-            assert last_seq == hi, (last_seq, hi)
-        else:
-            assert last_seq == 0
-        wrong = conn.execute(
-            "SELECT count(*) FROM readings r LEFT JOIN points p ON p.key = r.point WHERE "
-            "r.value IS NOT r.seq * 0.5 "
-            "OR p.point_id IS NOT printf('dev-%02d.p', r.seq % 37) "
-            "OR r.quality != (CASE r.seq % 3 WHEN 0 THEN 0 WHEN 1 THEN 64 ELSE 129 END) "
-            "OR abs(r.ts - (1790000000000 + r.seq)) > 0"
-        ).fetchone()[0]
-        assert wrong == 0, f"{wrong} rows do not hold what their seq implies"
         after = conn.execute(
             "SELECT max(json_extract(detail, '$.after_seq')), count(*), max(id) FROM events"
         ).fetchone()
-        if after[1]:
-            # An event is queued after its readings: committed event => readings committed.
-            assert after[0] <= (hi or 0)
-            assert after[2] >= after[1]
-        assert cursor <= last_seq
-        return hi or 0, cursor
-    finally:
-        conn.close()
+    seqs = [r[0] for r in stored]
+    hi = seqs[-1] if seqs else 0
+    if seqs:
+        assert seqs[0] == 1, f"first seq {seqs[0]}"
+        assert seqs == list(range(1, hi + 1)), f"gap or duplicate: {len(seqs)} rows for 1..{hi}"
+        assert last_seq == hi, (last_seq, hi)
+    else:
+        assert last_seq == 0
+    wrong = [
+        seq
+        for seq, ts, key, value, quality in stored
+        if value != seq * 0.5
+        or (names[key] if key < len(names) else None) != f"dev-{seq % 37:02d}.p"
+        or quality != (0, 64, 129)[seq % 3]
+        or ts != 1_790_000_000_000 + seq
+    ]
+    assert not wrong, f"{len(wrong)} rows do not hold what their seq implies, first {wrong[0]}"
+    if after[1]:
+        # An event is queued after its readings: committed event => readings committed.
+        assert after[0] <= hi
+        assert after[2] >= after[1]
+    assert cursor <= last_seq
+    return hi, cursor
 
 
-def test_kill9_at_random_moments_loses_no_committed_reading(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["rows", "columnar", "rows-then-columnar"])
+def test_kill9_at_random_moments_loses_no_committed_reading(tmp_path: Path, layout: str) -> None:
+    """``rows-then-columnar``: the first half of the kills write a row-layout file, the second
+    half open it columnar, so the in-place migration itself is killed (the first columnar run
+    is killed 0.1-0.6 s after start, while it converts ~100k readings at ~1 M/s)."""
     path = tmp_path / "buffer.db"
     rng = random.Random(20261124)
     flushed_max = 0
@@ -107,7 +143,13 @@ def test_kill9_at_random_moments_loses_no_committed_reading(tmp_path: Path) -> N
     last_cursor = 0
     starts = 0
     for seed in range(KILLS):
-        lines, err = _run_and_kill(path, seed, rng)
+        run_layout = layout
+        early = None
+        if layout == "rows-then-columnar":
+            run_layout = "rows" if seed < KILLS // 2 else "columnar"
+            if seed == KILLS // 2:
+                early = rng.uniform(0.1, 0.6)
+        lines, err = _run_and_kill(path, seed, rng, run_layout, early=early)
         assert "Traceback" not in err, err
         for line in lines:
             word, _, num = line.partition(" ")
@@ -127,7 +169,7 @@ def test_kill9_at_random_moments_loses_no_committed_reading(tmp_path: Path) -> N
     assert starts >= KILLS * 3 // 4 - 1
     assert flushed_max > 1000, "the writer never got going; the test proved nothing"
 
-    buf = Buffer(path, retention_days=3650)
+    buf = (Buffer if layout == "rows" else ColumnarBuffer)(path, retention_days=3650)
     buf.open()
     try:
         st = buf.stats()

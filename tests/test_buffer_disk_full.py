@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
+import json
 import socket
 import subprocess
 import threading
@@ -21,8 +23,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from outpost.buffer import Buffer
-from outpost.buffer.inspect import open_readonly
+from outpost.buffer.columnar_store import ColumnarBuffer
+from outpost.buffer.inspect import export_readings
 from tests.agent_process import start_agent, write_config
 from tests.modbus_server import start_server
 from tests.receiver_fixtures import ReceiverHandle
@@ -228,7 +230,7 @@ async def test_disk_full_raises_alarm_degrades_stops_watchdog_then_recovers(
 
     path = small_tmpfs / "buffer.db"
     # rows polled between the last sync and the stop: drained with the same buffer class
-    buf = Buffer(path, commit_interval=0.05, quick_check=False)
+    buf = ColumnarBuffer(path, commit_interval=0.05, quick_check=False)
     buf.open()
     try:
         uplink = make_uplink(cloud_config(receiver.url), GW, small_tmpfs, buf)
@@ -241,8 +243,9 @@ async def test_disk_full_raises_alarm_degrades_stops_watchdog_then_recovers(
                 await task
     finally:
         buf.close()
-    with open_readonly(path) as conn:
-        seqs = [r[0] for r in conn.execute("SELECT seq FROM readings ORDER BY seq")]
+    out = io.StringIO()
+    export_readings(path, out, "jsonl", None, None, None)
+    seqs = [json.loads(line)["seq"] for line in out.getvalue().splitlines()]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a committed seq went missing"
     assert_identical(buffer_rows(path), await receiver.readings(GW))
     assert await receiver.event_ids(GW) == buffer_event_ids(path) != []

@@ -353,14 +353,15 @@ async def test_bad_batch_is_dead_lettered_and_sync_continues(
 
 
 def _seq_points(path: Path) -> list[tuple[int, str]]:
-    from tests.uplink_harness import open_readonly
+    """(seq, point_id) of every stored reading, through the file tools' export (any layout)."""
+    import io
+    import json
 
-    with open_readonly(path) as conn:
-        return list(
-            conn.execute(
-                "SELECT r.seq, p.point_id FROM readings r JOIN points p ON p.key = r.point"
-            )
-        )
+    from outpost.buffer.inspect import export_readings
+
+    out = io.StringIO()
+    export_readings(path, out, "jsonl", None, None, None)
+    return [(d["seq"], d["point_id"]) for d in map(json.loads, out.getvalue().splitlines())]
 
 
 async def test_revoked_token_backs_off_without_dead_lettering(

@@ -99,7 +99,9 @@ def _open_log(path: Path) -> BinaryIO:
     return path.open("wb")
 
 
-async def _spawn(data_dir: Path, url: str, mode: str, seed: int) -> asyncio.subprocess.Process:
+async def _spawn(
+    data_dir: Path, url: str, mode: str, seed: int, layout: str = "rows"
+) -> asyncio.subprocess.Process:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = _open_log(data_dir / f"child-{seed}.log")
     try:
@@ -111,6 +113,7 @@ async def _spawn(data_dir: Path, url: str, mode: str, seed: int) -> asyncio.subp
             url,
             mode,
             str(seed),
+            layout,
             cwd=REPO,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -120,16 +123,18 @@ async def _spawn(data_dir: Path, url: str, mode: str, seed: int) -> asyncio.subp
         log.close()  # the child has its own descriptor
 
 
-async def test_agent_sigkilled_during_sync(receiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["rows", "columnar"])
+async def test_agent_sigkilled_during_sync(receiver, tmp_path: Path, layout: str) -> None:
     """Writer + uplink in a child process on one buffer file, SIGKILLed 12 times at random
     moments while syncing (a commit in flight, a request in flight, an ack being recorded...),
-    restarted each time; finally a clean run drains the buffer. Identical sets afterwards."""
+    restarted each time; finally a clean run drains the buffer. Identical sets afterwards.
+    Both buffer layouts."""
     token = await receiver.enroll(GW)
     (tmp_path / "gateway.token").write_text(token)
     rng = random.Random(5)
     kills = 0
     for i in range(12):
-        proc = await _spawn(tmp_path, receiver.url, "write", i)
+        proc = await _spawn(tmp_path, receiver.url, "write", i, layout)
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert line.strip() == b"running", (tmp_path / f"child-{i}.log").read_text()
@@ -138,7 +143,7 @@ async def test_agent_sigkilled_during_sync(receiver, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         assert await proc.wait() == -signal.SIGKILL
         kills += 1
-    proc = await _spawn(tmp_path, receiver.url, "drain", 99)
+    proc = await _spawn(tmp_path, receiver.url, "drain", 99, layout)
     assert proc.stdout is not None
     out = await asyncio.wait_for(proc.stdout.read(), 90)
     assert await proc.wait() == 0, (tmp_path / "child-99.log").read_text()
@@ -155,13 +160,13 @@ async def test_agent_sigkilled_during_sync(receiver, tmp_path: Path) -> None:
 # --- the child process ---------------------------------------------------------------------------
 
 
-async def _child(data_dir: Path, url: str, mode: str, seed: int) -> None:
+async def _child(data_dir: Path, url: str, mode: str, seed: int, layout: str) -> None:
     import logging
 
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    buf = open_buffer(data_dir / "buffer.db")
+    buf = open_buffer(data_dir / "buffer.db", layout)
     uplink = make_uplink(cloud_config(url, batch_size=200), GW, data_dir, buf)
     task = asyncio.create_task(uplink.run())
     try:
@@ -181,8 +186,8 @@ async def _child(data_dir: Path, url: str, mode: str, seed: int) -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
-    _, _, data_dir_arg, url_arg, mode_arg, seed_arg = sys.argv
-    asyncio.run(_child(Path(data_dir_arg), url_arg, mode_arg, int(seed_arg)))
+    _, _, data_dir_arg, url_arg, mode_arg, seed_arg, layout_arg = sys.argv
+    asyncio.run(_child(Path(data_dir_arg), url_arg, mode_arg, int(seed_arg), layout_arg))
 
 
 async def test_retry_after_is_honoured(receiver, tmp_path: Path) -> None:

@@ -183,8 +183,9 @@ def make_uplink(config: CloudConfig, gateway_id: str, data_dir: Path, buf: SyncS
     )
 
 
-def open_buffer(path: Path, layout: str = "rows", **kw: Any) -> Buffer:
-    """``layout="columnar"``: the columnar buffer of issue 14 (same API and guarantees)."""
+def open_buffer(path: Path, layout: str = "columnar", **kw: Any) -> Buffer:
+    """The agent's default layout (the columnar buffer of issue 14); ``layout="rows"``: the
+    row layout (same API and guarantees)."""
     kw.setdefault("commit_interval", 0.05)
     kw.setdefault("quick_check", False)
     buf = (ColumnarBuffer if layout == "columnar" else Buffer)(path, **kw)

@@ -70,6 +70,12 @@ class BufferSection(_Section):
     retention_days: float = Field(default=7, gt=0)
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     commit_rows: int = Field(default=50_000, ge=1)
+    layout: Literal["columnar", "rows"] = Field(
+        default="columnar",
+        description="columnar: chunks of packed columns (~5 bytes/reading); rows: one SQLite "
+        "row per reading (the earlier layout). A rows file is converted at the first columnar "
+        "start; a columnar file cannot be opened as rows.",
+    )
 
 
 class ApiSection(_Section):

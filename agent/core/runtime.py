@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from outpost.agent.api.app import create_app
@@ -50,6 +51,7 @@ from outpost.agent.core.scheduler import Job, JobStats, Scheduler, stagger_offse
 from outpost.agent.core.sparkplug_host import make_node
 from outpost.agent.core.supervise import supervise
 from outpost.agent.core.systemd import SystemdNotifier
+from outpost.buffer.columnar_store import ColumnarBuffer
 from outpost.buffer.store import Buffer
 from outpost.cloud.commands.client import CommandChannel
 from outpost.cloud.commands.executor import CommandExecutor, Policy
@@ -123,6 +125,7 @@ class Runtime:
         self.last_reload_error: list[str] | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._api: FastAPI | None = None
         # per-job poll counters outlive a schedule reload (Prometheus counters never go back)
         self._job_stats: dict[str, JobStats] = {}
         self.metrics = AgentMetrics(self)
@@ -271,13 +274,15 @@ class Runtime:
                 log.error("schedule.invalid", issue=str(issue))
             raise StartupError(f"schedule invalid: {len(exc.issues)} problem(s)") from None
 
-        self.buffer = Buffer(
+        layout = ColumnarBuffer if cfg.buffer.layout == "columnar" else Buffer
+        self.buffer = layout(
             cfg.buffer.path,
             max_size_mb=cfg.buffer.max_size_mb,
             retention_days=cfg.buffer.retention_days,
             commit_interval=cfg.buffer.commit_interval_s,
             commit_rows=cfg.buffer.commit_rows,
             on_unsynced_evicted=self._on_unsynced_evicted,
+            on_unsynced_events_evicted=self._on_unsynced_events_evicted,
             on_corrupt_recovered=self._on_corrupt_recovered,
         )
         self.buffer.open()
@@ -664,6 +669,18 @@ class Runtime:
                 {"event": "evicted_unsynced", "rows": count},
             )
 
+    def _on_unsynced_events_evicted(self, count: int) -> None:
+        # Writer thread, like _on_unsynced_evicted: the size bound dropped unsynced events.
+        log.error("buffer.evicted_unsynced_events", events=count)
+        if self.buffer is not None:
+            self.buffer.append_event(
+                time.time(),
+                "system",
+                "buffer",
+                SYSTEM_ACTOR,
+                {"event": "evicted_unsynced_events", "events": count},
+            )
+
     def _on_corrupt_recovered(self, moved_to: Path) -> None:
         # Writer (or open()) thread: the buffer already logged buffer.corrupt; record an event
         # so the technician and the fleet see it, not only the journal.
@@ -754,17 +771,23 @@ class Runtime:
 
     # ------------------------------------------------------------------ API
 
+    def _api_app(self) -> FastAPI:
+        """The local API app: served on the Unix socket, and mounted by the status page under
+        ``/api`` (one app, so the page can do nothing the CLI cannot)."""
+        if self._api is None:
+            assert self.control is not None
+            self._api = create_app(
+                self,
+                self.control,
+                request_reload=self.request_reload,
+                schedules=self,
+                gateway=self.config.agent.id,
+            )
+            self._api.add_route("/metrics", self.metrics.endpoint, include_in_schema=False)
+        return self._api
+
     async def _serve_api(self) -> None:
-        assert self.control is not None
-        app = create_app(
-            self,
-            self.control,
-            request_reload=self.request_reload,
-            schedules=self,
-            gateway=self.config.agent.id,
-        )
-        app.add_route("/metrics", self.metrics.endpoint, include_in_schema=False)
-        await LocalApiServer(app, self.config.api.socket).serve()
+        await LocalApiServer(self._api_app(), self.config.api.socket).serve()
 
     async def _serve_page(self, bind: str) -> None:
         """The status page on ``[api] bind`` (``api.page``); imported only when enabled, so
@@ -782,6 +805,7 @@ class Runtime:
         app = create_page_app(
             self,
             self.control,
+            self._api_app(),
             users=UserStore(users_path(self.config.agent.data_dir)),
             force_login=not is_loopback_bind(bind),
             metrics_app=metrics_http_app(self.metrics, token),
