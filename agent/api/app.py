@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from outpost.agent.api.control import add_error_handlers, control_router
 from outpost.agent.api.read import read_router
 from outpost.agent.api.schedule import ScheduleRejected, ScheduleService, schedule_router
-from outpost.agent.api.server import peer_user
+from outpost.agent.api.server import peer_or_page_user, peer_user
 from outpost.agent.api.view import AgentView
 from outpost.agent.control.local import LocalControl
 
@@ -53,7 +53,8 @@ def create_app(
             ]
             raise HTTPException(409, "\n".join(lines + exc.errors)) from None
 
-    app.include_router(control_router(control, lambda: view.events))
+    # the status page mounts this same app under /api: actions name its user there
+    app.include_router(control_router(control, lambda: view.events, actor_of=peer_or_page_user))
     if schedules is not None:
         app.include_router(schedule_router(schedules))
     add_error_handlers(app)

@@ -28,7 +28,8 @@ Who may use it:
   viewer's POST, forged or not).
 - Actors: every action is recorded with the actor ``<user>@page`` (``local@page`` without
   login), so the event log tells the page apart from the CLI (OS user name) and the cloud
-  (``user@fleet``).
+  (``user@fleet``). Routes that only the socket's peer may use (``/reload``, the schedule
+  routes) answer 403 here.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import hmac
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -48,14 +49,14 @@ from urllib.parse import quote
 
 import structlog
 import uvicorn
-from fastapi import FastAPI, Form, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import FastAPI, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outpost.agent.api.control import add_error_handlers, control_router
-from outpost.agent.api.read import full_status, read_router
+from outpost.agent.api.read import full_status
+from outpost.agent.api.server import PAGE_SESSION
 from outpost.agent.api.users import UserStore, is_loopback_bind
 from outpost.agent.api.view import AgentView
 from outpost.agent.control.events import recent_events
@@ -71,6 +72,7 @@ LOGIN_COOKIE = "outpost_login"
 CSRF_HEADER = "x-csrf-token"
 SESSION_MAX_S = 12 * 3600.0
 SESSION_IDLE_S = 3600.0
+RENDER_CHUNK = 64 * 1024
 LOCAL_USER = "local"
 ACTOR_SUFFIX = "@page"
 LOGIN_FAILURES = 5  # per client address within LOGIN_WINDOW_S, then a pause
@@ -222,7 +224,7 @@ class _Guard:
             await _plain(send_with_headers, 403, "this page answers to 127.0.0.1 only")
             return
         session = self.auth.session(_cookies(scope).get(SESSION_COOKIE))
-        scope["outpost.session"] = session
+        scope[PAGE_SESSION] = session
         if path.startswith(("/api/", "/fragments/")):
             if session is None:
                 await _plain(send_with_headers, 401, "log in first: /login")
@@ -255,16 +257,8 @@ async def _plain(send: Send, status: int, text: str) -> None:
 
 
 def _session_of(request: Request) -> Session | None:
-    session: Session | None = request.scope.get("outpost.session")
+    session: Session | None = request.scope.get(PAGE_SESSION)
     return session
-
-
-def page_actor(request: Request) -> str:
-    """``control_router``'s ``actor_of`` on the page: the logged-in user, ``<user>@page``."""
-    session = _session_of(request)
-    if session is None:  # the guard answered 401 before; never act as nobody
-        raise HTTPException(401, "log in first")
-    return session.actor
 
 
 def _set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
@@ -282,29 +276,49 @@ def _safe_next(target: str | None) -> str:
 def create_page_app(
     view: PageView,
     control: LocalControl,
+    api: ASGIApp,
     *,
     users: UserStore,
     force_login: bool,
     metrics_app: ASGIApp | None = None,
 ) -> ASGIApp:
-    """The page's ASGI app (``_Guard`` around a FastAPI app)."""
+    """The page's ASGI app (``_Guard`` around a FastAPI app). ``api``: the local API app of
+    the Unix socket (``api.app.create_app``), mounted as it is under ``/api``: one set of
+    routes for the CLI and the page, actions named by ``server.peer_or_page_user``."""
     auth = PageAuth(users, force_login)
     env = make_env(TEMPLATES)
     app = FastAPI(title="Outpost status page", docs_url=None, redoc_url=None, openapi_url=None)
     mount_static(app)
     app.mount("/static/page", StaticFiles(directory=STATIC), name="page-static")
     gateway = view.gateway_id
-    app.include_router(read_router(view, control, gateway=gateway), prefix="/api")
-    app.include_router(
-        control_router(control, lambda: view.events, actor_of=page_actor), prefix="/api"
-    )
-    add_error_handlers(app)
     if metrics_app is not None:
         app.router.routes.append(Route("/metrics", metrics_app, methods=["GET"]))
+    app.mount("/api", api)
 
-    def render(name: str, code: int = 200, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(name).render(brand="Outpost", gateway=gateway, **ctx)
-        return HTMLResponse(html, status_code=code, headers={"Cache-Control": "no-store"})
+    def render(name: str, code: int = 200, **ctx: Any) -> Response:
+        """Streamed in ~64 KB chunks: a page of thousands of points never exists as one list
+        of fragments plus one string (the agent's memory high-water stays low)."""
+        pieces = env.get_template(name).generate(brand="Outpost", gateway=gateway, **ctx)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            buf: list[str] = []
+            size = 0
+            for piece in pieces:
+                buf.append(piece)
+                size += len(piece)
+                if size >= RENDER_CHUNK:
+                    yield "".join(buf).encode()
+                    buf.clear()
+                    size = 0
+            if buf:
+                yield "".join(buf).encode()
+
+        return StreamingResponse(
+            chunks(),
+            status_code=code,
+            media_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
 
     def base_ctx(session: Session) -> dict[str, Any]:
         return {
@@ -513,7 +527,13 @@ async def serve_page(app: ASGIApp, bind: str, *, retry_s: float = 30.0) -> None:
         break
     server = _QuietServer(
         uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1
+            app,
+            http="h11",
+            ws="none",
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
         )
     )
     log.info(

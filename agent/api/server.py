@@ -51,6 +51,23 @@ def peer_user(request: Request) -> str:
         return f"uid:{uid}"
 
 
+#: Set by the status page's guard (``api.page``) on every request it passes on: the page's
+#: session, or None. Absent on the Unix socket, whose requests never pass the guard.
+PAGE_SESSION = "outpost.page_session"
+
+
+def peer_or_page_user(request: Request) -> str:
+    """FastAPI dependency for routes served on both the socket and the status page (the page
+    mounts the socket's app under ``/api``): the page's logged-in user (``<user>@page``), or
+    on the socket the peer's user name."""
+    if PAGE_SESSION in request.scope:
+        session = request.scope[PAGE_SESSION]
+        if session is None:
+            raise HTTPException(401, "log in first")
+        return str(session.actor)
+    return peer_user(request)
+
+
 def bind_socket(path: Path) -> socket.socket:
     """A listening-ready Unix socket at ``path``, mode 0660, group = the agent's group.
 
