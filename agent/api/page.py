@@ -103,7 +103,7 @@ class Session:
     user: str
     role: str
     csrf: str
-    stamp: str  # the user's "changed" when logged in: a new password ends the session
+    stamp: str  # the user's password hash at login (salted: a new password ends the session)
     created: float
     seen: float
 
@@ -138,7 +138,7 @@ class PageAuth:
             return None
         if s.user != LOCAL_USER or self.login_required:
             user = self.users.get(s.user)
-            if user is None or user.changed != s.stamp or user.role != s.role:
+            if user is None or user.hash != s.stamp or user.role != s.role:
                 del self.sessions[sid]  # removed, new password or new role: log in again
                 return None
         s.seen = now
@@ -429,7 +429,7 @@ def create_page_app(
                 error="Wrong user name or password.",
             )
         auth.close(request.cookies.get(SESSION_COOKIE))
-        sid, _ = auth.open(user.name, user.role, user.changed)
+        sid, _ = auth.open(user.name, user.role, user.hash)
         log.info("page.login", user=user.name, role=user.role, client=client)
         response = RedirectResponse(target, 303)
         _set_cookie(response, SESSION_COOKIE, sid, int(SESSION_MAX_S))

@@ -168,17 +168,17 @@ def verify_password(user: User, password: str) -> bool:
 
 
 class UserStore:
-    """The users file as the page reads it: re-read when its mtime or size changes."""
+    """The users file as the page reads it: re-read when it is replaced or changes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
 
     def users(self) -> dict[str, User]:
         try:
             st = self.path.stat()
-            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
             stamp = None
         if stamp != self._stamp:
