@@ -143,6 +143,22 @@ def _cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) per thread: ``main`` is the event loop, the others (the
+    buffer writer, asyncio.to_thread workers) by thread id (Python does not name OS threads)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = "main" if task.name == str(pid) else f"tid-{task.name}"
+        fields = stat.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -240,12 +256,14 @@ def main() -> None:
             time.sleep(args.warmup)
             s0, c0, t0 = _status(sock), _cpu_seconds(agent.pid), time.monotonic()
             u0, _ = _cpu_split(agent.pid)
+            th0 = _thread_cpu(agent.pid)
             rss_samples = []
             while time.monotonic() < t0 + args.duration:
                 rss_samples.append(_rss_mb(agent.pid))
                 time.sleep(max(0.0, min(1.0, t0 + args.duration - time.monotonic())))
             s1, c1, t1 = _status(sock), _cpu_seconds(agent.pid), time.monotonic()
             u1, _ = _cpu_split(agent.pid)
+            th1 = _thread_cpu(agent.pid)
             rss = _rss_mb(agent.pid)
             rss_samples.append(rss)
         finally:
@@ -273,6 +291,11 @@ def main() -> None:
             "stored_of_offered": round(stored / wall / offered, 4),
             "agent_cpu_cores": round(cpu / wall, 3),
             "agent_cpu_user_share": round((u1 - u0) / cpu, 2) if cpu else None,
+            "agent_cpu_cores_by_thread": {
+                name: round((th1[name] - th0.get(name, 0.0)) / wall, 4)
+                for name in sorted(th1)
+                if th1[name] - th0.get(name, 0.0) > 0
+            },
             "agent_cpu_s_per_1000_points": round(cpu / readings * 1000, 5) if readings else None,
             "points_per_agent_cpu_s": round(readings / cpu) if cpu else None,
             "jitter_p50_ms": sched["jitter_p50_ms"],
