@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import math
 import os
 import signal
@@ -44,7 +43,7 @@ from outpost.agent.control.local import ControlRefused, LocalControl
 from outpost.agent.control.writes import WriteOutcome
 from outpost.agent.core.config import AgentConfig
 from outpost.agent.core.coordinator import DeviceCoordinator, DeviceHealth
-from outpost.agent.core.metrics import AgentMetrics, metrics_http_app
+from outpost.agent.core.metrics import AgentMetrics, bind_token, metrics_http_app
 from outpost.agent.core.pipeline import Pipeline
 from outpost.agent.core.points import PointTable
 from outpost.agent.core.scheduler import Job, JobStats, Scheduler, stagger_offset
@@ -795,13 +794,7 @@ class Runtime:
         from outpost.agent.api.page import create_page_app, serve_page
 
         assert self.control is not None
-        host = bind.rpartition(":")[0]
-        token_env = self.config.api.token_env
-        token = os.environ.get(token_env) if token_env else None
-        if token_env and not token:
-            log.warning("metrics_http.token_missing", env=token_env)
-        if _loopback_host(host):
-            token = None  # as core.metrics: exporters on loopback need no token
+        token = bind_token(bind, self.config.api.token_env)  # /metrics: the metrics' own rule
         app = create_page_app(
             self,
             self.control,
@@ -962,16 +955,6 @@ class Runtime:
             await asyncio.to_thread(self.buffer.close)
         self.notifier.close()
         log.info("agent.stopped", shutdown_ms=round((time.monotonic() - t0) * 1e3, 1))
-
-
-def _loopback_host(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _prepare_data_dir(path: Path) -> None:
