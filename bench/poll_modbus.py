@@ -96,6 +96,7 @@ def _write_site(
     interval: float,
     kind: str = "mixed",
     buffer_layout: str | None = None,
+    stagger: float | None = None,
 ) -> Path:
     layout = _layout(points, kind)
     rows = ["point_id,device,address,data_type,byte_order,deadband,heartbeat"]
@@ -113,6 +114,8 @@ def _write_site(
     ]
     if buffer_layout is not None:
         cfg += ["[buffer]", f'layout = "{buffer_layout}"']
+    if stagger is not None:
+        cfg += ["[scheduler]", f"stagger_s = {stagger}"]
     for d in range(devices):
         dev = f"dev-{d:03d}"
         cfg += [
@@ -190,6 +193,7 @@ def main() -> None:
     )
     ap.add_argument("--server", choices=["responder", "pymodbus"], default="responder")
     ap.add_argument("--buffer-layout", default=None, help="[buffer] layout (default: agent's)")
+    ap.add_argument("--stagger", type=float, default=None, help="[scheduler] stagger_s")
     ap.add_argument("--cpu", default=None, help="pin the agent to these CPUs (taskset -c)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -207,6 +211,7 @@ def main() -> None:
             args.interval,
             args.kind,
             args.buffer_layout,
+            args.stagger,
         )
         nregs = _layout(args.points, args.kind)[-1][1] + 2
         if args.server == "responder":
@@ -284,6 +289,7 @@ def main() -> None:
             "kind": args.kind,
             "server": args.server,
             "interval_s": args.interval,
+            "stagger_s": args.stagger,
             "measured_s": round(wall, 1),
             "offered_per_s": round(offered),
             "points_per_s": round(readings / wall),
