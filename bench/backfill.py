@@ -99,9 +99,13 @@ def fill(buf: Buffer, readings: int, points: int, seed: int = 7) -> float:
 
 def measure_encode(buf: Buffer, batch: int, compression: str) -> None:
     """Cost of one batch on the agent: SQLite read and columnar encode + compression."""
-    from outpost.cloud.wire import IngestBatch, columnar_readings, encode_body
+    from outpost.cloud.uplink.columnar_body import encode_columnar
+    from outpost.cloud.wire import IngestBatch, columnar_readings, compress_body, encode_body
 
     reads, encodes, sizes = [], [], []
+    creads: list[float] = []
+    cencodes: list[float] = []
+    csizes: list[float] = []
     for i in range(10):
         t0 = time.perf_counter()
         rows = buf.read_unsynced(batch, after_seq=i * batch * 3)
@@ -121,10 +125,25 @@ def measure_encode(buf: Buffer, batch: int, compression: str) -> None:
         reads.append(t1 - t0)
         encodes.append(t2 - t1)
         sizes.append(len(body) / len(rows))
+        t3 = time.perf_counter()
+        typed = buf.read_unsynced_columns(batch, after_seq=i * batch * 3)
+        t4 = time.perf_counter()
+        raw = encode_columnar("bench-gw", typed.seq[0], typed.seq[-1], typed)
+        binary, _ = compress_body(raw, compression)  # type: ignore[arg-type]
+        t5 = time.perf_counter()
+        creads.append(t4 - t3)
+        cencodes.append(t5 - t4)
+        csizes.append(len(binary) / len(typed))
     print(
-        f"one batch of {batch}: SQLite read {min(reads) * 1e3:.1f} ms, "
-        f"columnar encode + {compression} {min(encodes) * 1e3:.1f} ms "
+        f"one batch of {batch}: JSON: SQLite read {min(reads) * 1e3:.1f} ms, "
+        f"encode + {compression} {min(encodes) * 1e3:.1f} ms "
         f"({batch / min(encodes):,.0f} readings/s encode), {sum(sizes) / len(sizes):.2f} B/reading"
+    )
+    print(
+        f"one batch of {batch}: binary columnar: read as columns {min(creads) * 1e3:.1f} ms, "
+        f"encode + {compression} {min(cencodes) * 1e3:.1f} ms "
+        f"({batch / min(cencodes):,.0f} readings/s encode), "
+        f"{sum(csizes) / len(csizes):.2f} B/reading"
     )
 
 
@@ -136,6 +155,13 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
         fill_s = fill(buf, args.readings, args.points)
         total = buf.last_seq
         print(f"buffer filled: {total:,} readings for {args.points} points in {fill_s:.1f} s")
+        await asyncio.to_thread(buf.run_maintenance)  # checkpoint: the WAL back into the file
+        st0 = buf.stats()
+        used = st0.size_bytes - st0.free_bytes
+        print(
+            f"  on disk         {used / 1e6:,.1f} MB ({args.layout}): "
+            f"{used / max(1, total):.2f} bytes/reading"
+        )
         measure_encode(buf, args.batch_size, args.compression)
         cfg = CloudConfig(
             url=url,
@@ -152,6 +178,7 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
             buffer=buf,
             heartbeat_source=lambda: {"mode": "normal", "agent_version": "bench"},
         )
+        uplink._session.wire = args.wire  # bench knob: the JSON fallback for the before column
         task = asyncio.create_task(uplink.run())
         cpu0 = time.process_time()
         t0 = time.perf_counter()
@@ -215,9 +242,15 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=5000)
     p.add_argument("--compression", choices=("zstd", "gzip"), default="zstd")
     p.add_argument("--in-flight", type=int, default=2, help="max batches in flight")
+    p.add_argument(
+        "--wire",
+        choices=("columnar", "json"),
+        default="columnar",
+        help="ingest body: the binary columnar one (default) or the JSON fallback",
+    )
     p.add_argument("--dsn", default=os.environ.get("OUTPOST_RECEIVER_DSN"))
     p.add_argument(
-        "--layout", choices=("rows", "columnar"), default="rows", help="agent buffer layout"
+        "--layout", choices=("rows", "columnar"), default="columnar", help="agent buffer layout"
     )
     args = p.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

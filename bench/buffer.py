@@ -12,8 +12,10 @@ For each N: a fresh buffer file is prefilled with N unsynced readings, then
 - drain: ``read_unsynced(5000)`` + ``mark_synced(last seq)`` until ``--measure`` readings were
   read, oldest first from the cursor (what the uplink does on backfill).
 
-``--layout columnar`` measures ColumnarBuffer (issue 14: readings as compressed chunks, not the
-agent's default yet) instead of the row-per-reading Buffer.
+``--layout`` columnar (the agent's default: readings as compressed chunks) or rows (the
+row-per-reading Buffer); ``--read columns`` drains through ``read_unsynced_columns`` (typed
+arrays, what the uplink's binary body is built from), ``--read rows`` through
+``read_unsynced``.
 
 Prints figures only; no pass/fail. Targets: append >= 250,000/s, drain >= 500,000/s, both within
 20 % between 1 M and 10 M buffered.
@@ -87,12 +89,15 @@ def bench_append(
     return n / elapsed, n / (time.process_time() - cpu), in_append / n
 
 
-def bench_drain(buf: Buffer, total: int, batch: int = 5000) -> tuple[float, float]:
+def bench_drain(
+    buf: Buffer, total: int, batch: int = 5000, columns: bool = True
+) -> tuple[float, float]:
     got = 0
     cpu = time.process_time()
     start = time.perf_counter()
+    read = buf.read_unsynced_columns if columns else buf.read_unsynced
     while got < total:
-        rows = buf.read_unsynced(batch)
+        rows = read(batch)
         if not rows.seq:
             break
         buf.mark_synced(rows.seq[-1])
@@ -110,7 +115,13 @@ def main() -> None:
     ap.add_argument("--measure", type=int, default=1_000_000, help="readings per measurement")
     ap.add_argument("--batch", type=int, default=500, help="readings per append call")
     ap.add_argument("--dir", default=None, help="where to put the files (default: a temp dir)")
-    ap.add_argument("--layout", choices=("rows", "columnar"), default="rows")
+    ap.add_argument("--layout", choices=("rows", "columnar"), default="columnar")
+    ap.add_argument(
+        "--read",
+        choices=("columns", "rows"),
+        default="columns",
+        help="drain through read_unsynced_columns (what the uplink reads) or read_unsynced",
+    )
     args = ap.parse_args()
     layout = ColumnarBuffer if args.layout == "columnar" else Buffer
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -150,7 +161,7 @@ def main() -> None:
                 app, app_cpu, per_call = bench_append(
                     buf, args.measure, args.batch, keys, t0 + rows * 0.001
                 )
-                drain, drain_cpu = bench_drain(buf, args.measure)
+                drain, drain_cpu = bench_drain(buf, args.measure, columns=args.read == "columns")
                 size = buf.stats().size_bytes / 1e6
             finally:
                 buf.close()

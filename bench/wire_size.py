@@ -4,7 +4,8 @@
 
 500 points polled every 5 s, report-by-exception (about half move per poll), a quarter each
 of reg*0.1, float32, integer and reg*0.01 values, 1 % bad-quality readings without a value.
-Also prints the value column alone, lossless against rounded to 9 significant digits (the
+Also the binary columnar body (application/vnd.outpost.columnar.v1, the uplink's default) and
+its encode rate, and the value column alone, lossless against rounded to 9 significant digits (the
 reason values travel lossless: see ``outpost.cloud.wire``).
 """
 
@@ -15,9 +16,13 @@ import json
 import math
 import random
 import struct
+import time
+from array import array
 
 import zstandard
 
+from outpost.buffer.models import ReadingColumns
+from outpost.cloud.uplink.columnar_body import encode_columnar
 from outpost.cloud.wire import Encoding, IngestBatch, columnar_readings, encode_body
 
 _F32 = struct.Struct("<f")
@@ -76,6 +81,29 @@ def main() -> None:
         body, _ = encode_body(batch, enc)
         print(f"{enc:9s} {len(body):8d} bytes  {len(body) / n:6.2f} bytes/reading")
     zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    # the binary columnar body (what the uplink sends by default), from typed columns
+    p_ids, p_ts, p_vals, p_q = sim_rows(args.points, n)
+    index: dict[str, int] = {}
+    keys = [index.setdefault(p, len(index)) for p in p_ids]
+    names = list(index)
+    typed = ReadingColumns(
+        array("q", range(1, n + 1)),
+        array("q", [round(t * 1000.0) for t in p_ts]),
+        array("I", keys),
+        array("d", [math.nan if v is None else v for v in p_vals]),
+        array("B", p_q),
+        lambda ks: [names[k] for k in ks],
+    )
+    raw = encode_columnar("site-01-gw-1", 1, n, typed)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        raw = encode_columnar("site-01-gw-1", 1, n, typed)
+        body = zstd.compress(raw)
+    per = (time.perf_counter() - t0) / 20
+    print(
+        f"columnar  {len(body):8d} bytes  {len(body) / n:6.2f} bytes/reading "
+        f"(binary v1 + zstd; encode + compress {per * 1e3:.2f} ms = {n / per:,.0f} readings/s)"
+    )
     rounded = json.dumps({"v": [None if v is None else float(f"{v:.9g}") for v in cols.value]})
     plain = json.dumps({"v": cols.value})
     print(

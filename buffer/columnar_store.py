@@ -32,7 +32,7 @@ from outpost.buffer.chunks import Columns
 from outpost.buffer.files import BufferFiles
 from outpost.buffer.history import History, _spans
 from outpost.buffer.maintenance import Maintenance, _Step
-from outpost.buffer.models import BufferStats, ReadingRows
+from outpost.buffer.models import BufferStats, ReadingColumns, ReadingRows
 from outpost.buffer.points import PointNames
 from outpost.buffer.schema import bump_meta, transaction
 from outpost.buffer.store import Buffer
@@ -79,6 +79,18 @@ def _rows(names: PointNames, parts: list[Columns]) -> ReadingRows:
     return ReadingRows(seq=seq, ts=ts, point_id=names.names_for(keys), value=value, quality=quality)
 
 
+def _columns(names: PointNames, parts: list[Columns]) -> ReadingColumns:
+    """The parts' arrays concatenated (memory copies; only the seq column is generated)."""
+    out = ReadingColumns(names_for=names.names_for)
+    for p in parts:
+        out.seq.extend(range(p.first_seq, p.first_seq + len(p)))
+        out.ts_ms.extend(p.ts_ms)
+        out.keys.extend(p.keys)
+        out.value.extend(p.values)
+        out.quality.extend(p.quality)
+    return out
+
+
 class ChunkSyncReader(SyncReader):
     def __init__(self, files: BufferFiles, names: PointNames) -> None:
         super().__init__(files, names)
@@ -86,6 +98,18 @@ class ChunkSyncReader(SyncReader):
         self._cache: dict[int, Columns] = {}
 
     def read_unsynced(self, limit: int, after_seq: int | None = None) -> ReadingRows:
+        return _rows(self._names, self._unsynced(limit, after_seq))
+
+    def read_unsynced_columns(self, limit: int, after_seq: int | None = None) -> ReadingColumns:
+        return _columns(self._names, self._unsynced(limit, after_seq))
+
+    def read_latest(self, limit: int) -> ReadingRows:
+        return _rows(self._names, self._latest(limit))
+
+    def read_latest_columns(self, limit: int) -> ReadingColumns:
+        return _columns(self._names, self._latest(limit))
+
+    def _unsynced(self, limit: int, after_seq: int | None) -> list[Columns]:
         conn = self._files.sync()
         with self._files.sync_lock, transaction(conn, "DEFERRED"):
             pos = cursor(conn) if after_seq is None else max(cursor(conn), after_seq)
@@ -108,9 +132,9 @@ class ChunkSyncReader(SyncReader):
                     parts += window
                     got += sum(len(p) for p in window)
                 pos = max(pos, last)
-        return _rows(self._names, parts)
+        return parts
 
-    def read_latest(self, limit: int) -> ReadingRows:
+    def _latest(self, limit: int) -> list[Columns]:
         conn = self._files.sync()
         with self._files.sync_lock, transaction(conn, "DEFERRED"):
             cur = cursor(conn)
@@ -135,7 +159,7 @@ class ChunkSyncReader(SyncReader):
                     break
                 hi = first - 1
         windows.reverse()
-        return _rows(self._names, [p for w in windows for p in w])
+        return [p for w in windows for p in w]
 
 
 class ChunkMaintenance(Maintenance):

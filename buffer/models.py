@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +34,76 @@ class ReadingRows:
     @property
     def last_seq(self) -> int | None:
         return self.seq[-1] if self.seq else None
+
+    def slice(self, a: int, b: int) -> ReadingRows:
+        return ReadingRows(
+            seq=self.seq[a:b],
+            ts=self.ts[a:b],
+            point_id=self.point_id[a:b],
+            value=self.value[a:b],
+            quality=self.quality[a:b],
+        )
+
+    def to_rows(self) -> ReadingRows:
+        return self
+
+
+def _no_names(keys: Sequence[int]) -> list[str]:
+    return [f"#{k}" for k in keys]
+
+
+@dataclass(slots=True)
+class ReadingColumns:
+    """Readings as typed arrays (aligned by index) for the uplink's binary body: the columnar
+    layout hands out its chunks' arrays cut to the window, without a Python object per
+    reading. ``ts_ms`` epoch ms; ``keys`` the buffer's point keys (``names_for`` maps keys to
+    point ids); ``value`` NaN where the reading carried no value."""
+
+    seq: array[int] = field(default_factory=lambda: array("q"))
+    ts_ms: array[int] = field(default_factory=lambda: array("q"))
+    keys: array[int] = field(default_factory=lambda: array("I"))
+    value: array[float] = field(default_factory=lambda: array("d"))
+    quality: array[int] = field(default_factory=lambda: array("B"))
+    names_for: Callable[[Sequence[int]], list[str]] = _no_names
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def slice(self, a: int, b: int) -> ReadingColumns:
+        return ReadingColumns(
+            self.seq[a:b],
+            self.ts_ms[a:b],
+            self.keys[a:b],
+            self.value[a:b],
+            self.quality[a:b],
+            self.names_for,
+        )
+
+    def to_rows(self) -> ReadingRows:
+        """The same readings as :class:`ReadingRows` (the JSON body, tools)."""
+        return ReadingRows(
+            seq=self.seq.tolist(),
+            ts=[t / 1000.0 for t in self.ts_ms],
+            point_id=self.names_for(self.keys.tolist()),
+            value=[None if v != v else v for v in self.value],
+            quality=self.quality.tolist(),
+        )
+
+    @classmethod
+    def from_rows(cls, rows: ReadingRows) -> ReadingColumns:
+        """Columns of :class:`ReadingRows` (the row layout), keys a per-call dictionary."""
+        index: dict[str, int] = {}
+        keys = [index.setdefault(p, len(index)) for p in rows.point_id]
+        ids = list(index)
+        nan = math.nan
+        return cls(
+            array("q", rows.seq),
+            array("q", [round(t * 1000.0) for t in rows.ts]),
+            array("I", keys),
+            array("d", [nan if v is None else v for v in rows.value]),
+            array("B", rows.quality),
+            lambda ks: [ids[k] for k in ks],
+        )
 
 
 @dataclass(slots=True, frozen=True)

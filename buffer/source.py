@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from outpost.buffer.models import BufferStats, EventRow, ReadingRows
+from outpost.buffer.models import BufferStats, EventRow, ReadingColumns, ReadingRows
 
 
 @runtime_checkable
@@ -34,6 +34,10 @@ class SyncSource(Protocol):
     def read_unsynced(self, limit: int, after_seq: int | None = None) -> ReadingRows: ...
 
     def read_latest(self, limit: int) -> ReadingRows: ...
+
+    def read_unsynced_columns(self, limit: int, after_seq: int | None = None) -> ReadingColumns: ...
+
+    def read_latest_columns(self, limit: int) -> ReadingColumns: ...
 
     def mark_range_synced(self, first_seq: int, last_seq: int) -> None: ...
 

@@ -49,7 +49,7 @@ from outpost.buffer import columnar, schema
 from outpost.buffer.files import BufferClosedError, BufferFiles
 from outpost.buffer.history import History
 from outpost.buffer.maintenance import Maintenance
-from outpost.buffer.models import BufferStats, EventRow, ReadingRows
+from outpost.buffer.models import BufferStats, EventRow, ReadingColumns, ReadingRows
 from outpost.buffer.points import PointNames
 from outpost.buffer.recovery import open_checked
 from outpost.buffer.schema import BufferFileError
@@ -308,6 +308,14 @@ class Buffer:
         """Up to ``limit`` unsynced readings, oldest first, above the cursor (or ``after_seq``
         if that is higher), skipping ranges acknowledged out of order."""
         return self._sync.read_unsynced(limit, after_seq)
+
+    def read_unsynced_columns(self, limit: int, after_seq: int | None = None) -> ReadingColumns:
+        """:meth:`read_unsynced` as typed columns (what the uplink's binary body is made of)."""
+        return self._sync.read_unsynced_columns(limit, after_seq)
+
+    def read_latest_columns(self, limit: int) -> ReadingColumns:
+        """:meth:`read_latest` as typed columns."""
+        return self._sync.read_latest_columns(limit)
 
     def read_latest(self, limit: int) -> ReadingRows:
         """The newest ``limit`` unsynced readings (live-first sending), in seq order."""

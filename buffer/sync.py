@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from outpost.buffer.files import BufferFiles
-from outpost.buffer.models import EventRow, ReadingRows
+from outpost.buffer.models import EventRow, ReadingColumns, ReadingRows
 from outpost.buffer.points import PointNames
 from outpost.buffer.schema import bump_meta, set_meta, transaction
 
@@ -69,6 +69,14 @@ class SyncReader:
                     ).fetchall()
                 pos = max(pos, last)
         return self._names.rows(rows)
+
+    def read_unsynced_columns(self, limit: int, after_seq: int | None = None) -> ReadingColumns:
+        """:meth:`read_unsynced` as typed columns (the uplink's binary body)."""
+        return ReadingColumns.from_rows(self.read_unsynced(limit, after_seq))
+
+    def read_latest_columns(self, limit: int) -> ReadingColumns:
+        """:meth:`read_latest` as typed columns."""
+        return ReadingColumns.from_rows(self.read_latest(limit))
 
     def read_latest(self, limit: int) -> ReadingRows:
         """The newest ``limit`` unsynced readings (live-first sending), in seq order."""

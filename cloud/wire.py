@@ -3,7 +3,9 @@
 This module is the only thing ``outpost.cloud.receiver`` imports from the agent side, so it depends on
 nothing but pydantic, zstandard and the standard library.
 
-Endpoints (all JSON, bodies may be compressed, see :func:`encode_body` / :func:`decode_body`):
+Endpoints (JSON, bodies may be compressed, see :func:`encode_body` / :func:`decode_body`; the
+ingest body is by default the binary columnar body described at ``COLUMNAR_CONTENT_TYPE``
+below and in docs/wire-format.md, JSON being its fallback):
 
 - ``POST /api/v1/enroll``: :class:`EnrollRequest` -> :class:`EnrollResponse` (no bearer token;
   the one-time enrollment token is the credential).
@@ -33,6 +35,7 @@ import io
 import json
 import math
 import re
+import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -383,7 +386,11 @@ class BodyError(ValueError):
 
 def encode_body(model: BaseModel, encoding: Encoding = "zstd") -> tuple[bytes, dict[str, str]]:
     """Serialise a wire model to JSON and compress it; returns (body, headers to send)."""
-    raw = model.model_dump_json().encode()
+    return compress_body(model.model_dump_json().encode(), encoding)
+
+
+def compress_body(raw: bytes, encoding: Encoding = "zstd") -> tuple[bytes, dict[str, str]]:
+    """Compress a body; returns (body, headers: JSON's Content-Type, the Content-Encoding)."""
     headers = {"Content-Type": "application/json"}
     if encoding == "zstd":
         body = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
@@ -453,3 +460,56 @@ def iter_rows(readings: Readings) -> Iterable[tuple[str, int, float | None, int]
         readings.quality,
         strict=True,
     )
+
+
+# --- the binary columnar body (application/vnd.outpost.columnar.v1) -----------------------
+#
+# The ingest body the uplink sends by default; JSON (IngestBatch) stays the fallback and the
+# debugging format. Sent with ``Content-Type: application/vnd.outpost.columnar.v1`` and the
+# same Content-Encoding (zstd, gzip, identity) and size limits as JSON. Little-endian
+# throughout. Layout (docs/wire-format.md has the rationale and the measurements):
+#
+#   header (COLUMNAR_HEADER, 50 bytes): magic "OPC1", version u8 (1), flags u8, reserved u16
+#       (0), first_seq u64, last_seq u64 (the batch's inclusive seq range, as IngestBatch),
+#       n u32 (readings), n_ids u32 (point ids), ts0 i64 (epoch ms), gateway id length u16,
+#       point-id section length u32, JSON section length u32
+#   gateway id      UTF-8
+#   point ids       UTF-8, n_ids ids joined by "\n" (ids cannot contain it), no duplicates
+#   counts          u32 x n_ids, byte-shuffled: readings per point id. Readings are grouped
+#                   by point id in dictionary order (within a point in buffer order): the
+#                   receiver stores a set, so the order inside a batch carries nothing.
+#   ts deltas       i32 x n (i64 with FLAG_TS_I64), byte-shuffled: reading i's epoch ms minus
+#                   reading i-1's (reading 0: minus ts0)
+#   value kinds     u8 x n: 0 float64 bits, 1..5 decimal (value == m * 10.0**-(kind-1) as a
+#                   float64 multiplication, bit for bit), 6 float32
+#   decimal m       u64 x (kinds 1..5), byte-shuffled: zigzag of m minus the previous
+#                   decimal reading's m (the first: minus 0); abs(m) < 2**53
+#   float32         u32 x (kind 6), byte-shuffled: bits XOR the previous float32 reading's
+#   float64         u64 x (kind 0), byte-shuffled: bits XOR the previous float64 reading's;
+#                   NaN = no value; +/-inf is refused
+#   quality         u8 x n
+#   JSON section    UTF-8 JSON object: IngestExtras (events, points, schedule_version)
+#
+# "Byte-shuffled": byte 0 of every element, then byte 1, ... Grouping by point makes the
+# deltas of a point's timestamps its poll interval and its successive mantissas (or XORed
+# bits) small; shuffled, their zero high bytes become long runs that zstd removes. Values
+# stay lossless: the kinds only choose a cheaper spelling of the same float64 bits.
+
+#: Content-Type of the binary columnar ingest body; ``application/json`` stays the fallback.
+COLUMNAR_CONTENT_TYPE = "application/vnd.outpost.columnar.v1"
+COLUMNAR_MAGIC = b"OPC1"
+COLUMNAR_VERSION = 1
+#: magic, version, flags, reserved, first_seq, last_seq, n readings, n point ids, ts0 (epoch
+#: ms), gateway id bytes, point-id section bytes, JSON section bytes.
+COLUMNAR_HEADER = struct.Struct("<4sBBHQQIIqHII")
+FLAG_TS_I64 = 0x01  # timestamp deltas are int64 (else int32)
+FLAGS_KNOWN = FLAG_TS_I64
+
+
+class IngestExtras(WireModel):
+    """The JSON section of a binary body: everything but the readings, validated as strictly
+    as the same fields of :class:`IngestBatch`."""
+
+    events: list[WireEvent] = Field(default_factory=list)
+    points: list[PointMeta] = Field(default_factory=list)
+    schedule_version: SafeText | None = Field(default=None, max_length=128)

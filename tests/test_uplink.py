@@ -404,12 +404,12 @@ async def test_bandwidth_cap(receiver_factory: ReceiverFactory, tmp_path: Path) 
     receiver = await receiver_factory()
     token = await receiver.enroll(GW)
     (tmp_path / "gateway.token").write_text(token)
-    rate = 40_000
+    rate = 20_000
     buf = open_buffer(tmp_path / "buffer.db")
     try:
         writer = Writer(buf, points=100)
         base = int(time.time() * 1000) - 10_000_000
-        for i in range(200):  # 20,000 readings, about 8 B each compressed: ~4 s at the cap
+        for i in range(200):  # 20,000 readings, ~5 B each (binary body): ~5 s at the cap
             writer.round(base + i * 1000)
         await buf.flush()
         cfg = cloud_config(

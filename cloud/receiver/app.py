@@ -7,7 +7,10 @@ users exist.
 
 Ingest checks in this order, writing nothing unless all pass: token (401), compressed size
 (413), decompressed size (413, read with a cap so a compression bomb never expands in memory),
-encoding (415/400), strict schema (422), gateway id matches the token (403).
+encoding (415/400), strict schema (422), gateway id matches the token (403). The ingest body is
+JSON (:class:`~outpost.cloud.wire.IngestBatch`) or, with ``Content-Type:
+application/vnd.outpost.columnar.v1``, the binary columnar body (``cloud/wire.py``,
+``docs/wire-format.md``), validated as strictly.
 """
 
 import time
@@ -26,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
 from outpost.cloud.wire import (
+    COLUMNAR_CONTENT_TYPE,
     ID_PATTERN,
     BodyError,
     EnrollRequest,
@@ -40,6 +44,7 @@ from outpost.cloud.wire import (
 from . import api_auth, api_read, audit, read_store
 from .auth import Admin, NotAuthenticated, client_address
 from .commands import commands_router
+from .ingest_columns import ColumnarError, ColumnBatch, decode_columnar
 from .metrics import ReceiverMetrics, metrics_router
 from .settings import ReceiverSettings
 from .storage import EnrollError, Storage
@@ -238,16 +243,19 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         422: {"description": "body is not valid JSON or does not match the schema"},
     }
 
-    async def read_model(request: Request, model: type[Any]) -> Any:
+    async def read_body(request: Request) -> bytes:
         raw = await _read_body(request, settings.max_body_bytes)
         try:
-            data = decode_body(
+            return decode_body(
                 raw,
                 request.headers.get("content-encoding"),
                 max_decompressed=settings.max_decompressed_bytes,
             )
         except BodyError as exc:
             raise HTTPException(exc.status, exc.message) from None
+
+    async def read_model(request: Request, model: type[Any]) -> Any:
+        data = await read_body(request)
         try:
             return model.model_validate_json(data)
         except ValidationError as exc:
@@ -340,7 +348,18 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
         """Store one batch idempotently, in one transaction, and acknowledge its exact
         sequence range. A replayed batch inserts nothing and is acknowledged the same way."""
         t0 = time.perf_counter()
-        batch: IngestBatch = await read_model(request, IngestBatch)
+        batch: IngestBatch | ColumnBatch
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype == COLUMNAR_CONTENT_TYPE:
+            data = await read_body(request)
+            try:
+                batch = decode_columnar(data)
+            except ColumnarError as exc:
+                raise HTTPException(422, f"invalid columnar body: {exc}") from None
+            except ValidationError as exc:
+                raise _ValidationFailed(exc) from None
+        else:  # JSON, as before the binary format (whatever the client declared)
+            batch = await read_model(request, IngestBatch)
         if batch.gateway_id != gateway_id:
             raise HTTPException(
                 403, f"token belongs to gateway {gateway_id}, batch is for {batch.gateway_id}"

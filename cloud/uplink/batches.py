@@ -19,21 +19,25 @@ from __future__ import annotations
 
 import json
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 from pydantic import ValidationError
 
-from outpost.buffer.models import EventRow, ReadingRows
+from outpost.buffer.models import EventRow, ReadingColumns, ReadingRows
 from outpost.buffer.source import SyncSource
+from outpost.cloud.uplink.columnar_body import encode_columnar
 from outpost.cloud.uplink.session import Session
 from outpost.cloud.wire import (
+    COLUMNAR_CONTENT_TYPE,
     IngestBatch,
     PointMeta,
     WireEvent,
     columnar_readings,
+    compress_body,
     encode_body,
 )
 
@@ -53,7 +57,8 @@ _CAPPED_BATCH_SECONDS = 4.0
 @dataclass
 class Batch:
     kind: BatchKind
-    rows: ReadingRows
+    #: typed columns with the binary body (the default), rows with the JSON fallback
+    rows: ReadingColumns | ReadingRows
     events: list[EventRow]
     metas: list[dict[str, Any]]
     first_seq: int
@@ -122,7 +127,8 @@ class Planner:
         cfg = self._session.config
         source = self._source
         limit = self.row_limit()
-        rows: ReadingRows | None = None
+        binary = self._session.wire == "columnar"
+        rows: ReadingColumns | ReadingRows | None = None
         kind: BatchKind = "backlog"
         if cfg.live_first and st.behind and st.turn_live:
             st.turn_live = False
@@ -130,11 +136,15 @@ class Planner:
             # read entirely when there are none (the common case during a pure backfill).
             newer = source.last_seq - st.high
             if newer > 0:
-                fresh = rows_after(source.read_latest(min(limit, newer)), st.high)
+                latest = (source.read_latest_columns if binary else source.read_latest)(
+                    min(limit, newer)
+                )
+                fresh = rows_after(latest, st.high)
                 if len(fresh):
                     rows, kind = fresh, "live"
         if rows is None:
-            rows = source.read_unsynced(limit, after_seq=st.pos)
+            read = source.read_unsynced_columns if binary else source.read_unsynced
+            rows = read(limit, after_seq=st.pos)
             st.behind = len(rows) >= limit
             st.turn_live = True
             if len(rows):
@@ -193,7 +203,41 @@ class Planner:
         return out
 
     def encode(self, batch: Batch) -> None:
+        if self._session.wire == "columnar":
+            self._encode_columnar(batch)
+        else:
+            self._encode_json(batch)
+        n = len(batch.rows)
+        if n >= 100:
+            per_row = len(batch.body) / n
+            self._bytes_per_row = 0.7 * self._bytes_per_row + 0.3 * per_row
+
+    def _encode_columnar(self, batch: Batch) -> None:
         rows = batch.rows
+        cols = rows if isinstance(rows, ReadingColumns) else ReadingColumns.from_rows(rows)
+        extras: dict[str, Any] = {}
+        if batch.events:
+            extras["events"] = [
+                {
+                    "id": e.id,
+                    "ts": round(e.ts * 1000.0),
+                    "kind": e.kind,
+                    "source": e.source or "",
+                    "actor": e.actor or "",
+                    "detail": e.detail,
+                }
+                for e in batch.events
+            ]
+        if batch.metas:
+            extras["points"] = batch.metas
+        raw = encode_columnar(
+            self._session.gateway_id, batch.first_seq, batch.last_seq, cols, extras
+        )
+        batch.body, batch.headers = compress_body(raw, self._session.compression)
+        batch.headers["Content-Type"] = COLUMNAR_CONTENT_TYPE
+
+    def _encode_json(self, batch: Batch) -> None:
+        rows = batch.rows.to_rows()
         readings = columnar_readings(rows.point_id, rows.ts, rows.value, rows.quality)
         events = [
             WireEvent.model_construct(
@@ -217,29 +261,19 @@ class Planner:
             schedule_version=None,
         )
         batch.body, batch.headers = encode_body(model, self._session.compression)
-        if len(rows) >= 100:
-            per_row = len(batch.body) / len(rows)
-            self._bytes_per_row = 0.7 * self._bytes_per_row + 0.3 * per_row
 
 
-def rows_after(rows: ReadingRows, seq: int) -> ReadingRows:
+Rows = TypeVar("Rows", ReadingColumns, ReadingRows)
+
+
+def rows_after(rows: Rows, seq: int) -> Rows:
     if not len(rows) or rows.seq[0] > seq:
         return rows
-    i = 0
-    n = len(rows.seq)
-    while i < n and rows.seq[i] <= seq:
-        i += 1
-    return _slice(rows, i, n)
+    return rows.slice(bisect_right(rows.seq, seq), len(rows))  # seq is strictly increasing
 
 
-def _slice(rows: ReadingRows, a: int, b: int) -> ReadingRows:
-    return ReadingRows(
-        seq=rows.seq[a:b],
-        ts=rows.ts[a:b],
-        point_id=rows.point_id[a:b],
-        value=rows.value[a:b],
-        quality=rows.quality[a:b],
-    )
+def _slice(rows: Rows, a: int, b: int) -> Rows:
+    return rows.slice(a, b)
 
 
 def split(batch: Batch) -> list[Batch]:

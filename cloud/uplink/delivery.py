@@ -34,11 +34,19 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
+from outpost.buffer.models import ReadingColumns
 from outpost.buffer.source import SyncSource
 from outpost.cloud.uplink.batches import Batch, Planner, split
+from outpost.cloud.uplink.columnar_body import encode_columnar
 from outpost.cloud.uplink.session import Session, describe, detail
 from outpost.cloud.uplink.support import Backoff, parse_retry_after, read_token
-from outpost.cloud.wire import IngestAck, IngestBatch, encode_body
+from outpost.cloud.wire import (
+    COLUMNAR_CONTENT_TYPE,
+    IngestAck,
+    IngestBatch,
+    compress_body,
+    encode_body,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +82,8 @@ class Delivery:
                     await self._reject_or_split(client, batch)
                     return
             if outcome == "rejected":
+                if await self._binary_refused(client, batch):
+                    continue
                 # Only this batch, or everything? A well-formed empty batch tells them apart.
                 if await self._probe(client):
                     await self._reject_or_split(client, batch)
@@ -223,11 +233,41 @@ class Delivery:
         # (the thread would run to completion anyway; this keeps the counters truthful).
         await asyncio.shield(asyncio.to_thread(mark))
 
-    async def _probe(self, client: httpx.AsyncClient) -> bool:
-        """Does the receiver accept a well-formed empty batch right now?"""
+    async def _binary_refused(self, client: httpx.AsyncClient, batch: Batch) -> bool:
+        """A receiver that predates the binary body refuses every one of them (it reads them
+        as JSON): when an empty binary batch is refused but an empty JSON batch accepted,
+        switch this session to JSON and re-encode, so nothing is bisected or dead-lettered."""
         session = self._session
-        empty = IngestBatch(gateway_id=session.gateway_id, first_seq=0, last_seq=0)
-        body, headers = encode_body(empty, session.compression)
+        if batch.headers.get("Content-Type") != COLUMNAR_CONTENT_TYPE:
+            return False
+        if session.wire == "json":  # switched while this batch was in flight
+            await asyncio.to_thread(self._planner.encode, batch)
+            return True
+        if await self._probe(client):
+            return False
+        session.wire = "json"
+        if not await self._probe(client):
+            session.wire = "columnar"  # nothing is accepted: not a question of the format
+            return False
+        log.warning(
+            "uplink.columnar_refused",
+            hint="the receiver does not take the binary columnar body; sending JSON",
+            error=batch.error,
+        )
+        await asyncio.to_thread(self._planner.encode, batch)
+        return True
+
+    async def _probe(self, client: httpx.AsyncClient) -> bool:
+        """Does the receiver accept a well-formed empty batch (in the session's body format)
+        right now?"""
+        session = self._session
+        if session.wire == "columnar":
+            raw = encode_columnar(session.gateway_id, 0, 0, ReadingColumns())
+            body, headers = compress_body(raw, session.compression)
+            headers["Content-Type"] = COLUMNAR_CONTENT_TYPE
+        else:
+            empty = IngestBatch(gateway_id=session.gateway_id, first_seq=0, last_seq=0)
+            body, headers = encode_body(empty, session.compression)
         try:
             resp = await client.post("/api/v1/ingest", content=body, headers=session.auth(headers))
         except httpx.HTTPError:

@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -52,6 +53,9 @@ class Session:
     token: str | None = None
     bucket: TokenBucket | None = None
     compression: Encoding = "zstd"
+    #: ingest body: the binary columnar one, or JSON (the fallback a receiver that does not
+    #: take the binary body gets; see Delivery)
+    wire: Literal["columnar", "json"] = "columnar"
 
     @property
     def token_path(self) -> Path:
