@@ -9,6 +9,9 @@ opens a file of the workload, so every worker starts from the same clean state.
 
 Protocol on the server's stdout (one line each, the workers' own lines interleave):
 ``PID <pid>`` after a fork, ``EXIT <code>`` when that worker ended (negative: its signal).
+Each control line starts with a record separator: a worker killed in the middle of a line
+leaves a fragment without newline, and the client drops that fragment instead of reading it
+(or the control line glued to it) as a whole line.
 
 Server side, in the workload module::
 
@@ -36,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+_MARK = "\x1e"
+
 
 def serve(target: Callable[[list[str]], None]) -> None:
     for line in sys.stdin:
@@ -57,9 +62,9 @@ def serve(target: Callable[[list[str]], None]) -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        print(f"PID {pid}", flush=True)
+        print(f"{_MARK}PID {pid}", flush=True)
         _, status = os.waitpid(pid, 0)
-        print(f"EXIT {os.waitstatus_to_exitcode(status)}", flush=True)
+        print(f"{_MARK}EXIT {os.waitstatus_to_exitcode(status)}", flush=True)
 
 
 class ForkClient:
@@ -85,8 +90,11 @@ class ForkClient:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
+        for raw in self.proc.stdout:
+            line = raw.rstrip("\n")
+            if _MARK in line:  # a killed worker's unterminated fragment, then our line
+                line = line.rpartition(_MARK)[2]
+            self.lines.put(line)
         self.lines.put("")  # end of stream
 
     def next_line(self, timeout: float) -> str:
