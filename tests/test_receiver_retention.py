@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -177,3 +177,48 @@ async def test_backfilled_history_is_in_aggregated_answers_at_once(
             await asyncio.sleep(0.2)
         assert got == total, resolution
     assert total > 1000
+
+
+async def test_aggregate_refresher_coalesces_late_windows(receiver_dsn: str) -> None:
+    """The TimescaleDB refresh of backfilled windows, run against a stand-in procedure with
+    refresh_continuous_aggregate's name and call shape (plain PostgreSQL has no TimescaleDB):
+    late spans become bucket-aligned windows, a drain's many batches coalesce into one call
+    per aggregate, and data newer than one bucket width refreshes nothing."""
+    from outpost.cloud.receiver.migrate import AggregateRefresher
+
+    pool = await asyncpg.create_pool(receiver_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        await pool.execute(
+            """CREATE TABLE refreshed (name text, lo timestamptz, hi timestamptz);
+               CREATE PROCEDURE refresh_continuous_aggregate(name text, lo timestamptz,
+                                                             hi timestamptz)
+               LANGUAGE sql AS $$ INSERT INTO refreshed VALUES (name, lo, hi) $$"""
+        )
+        refresher = AggregateRefresher(pool, delay_s=0.3)
+        now_ms = int(time.time() * 1000)
+        refresher.note(now_ms - 5_000, now_ms)  # live: above both watermarks
+        day = 86_400_000
+        start = (now_ms - 2 * day) // 3_600_000 * 3_600_000 + 90_000  # hh:01:30
+        for k in range(10):  # a backlog drained in 10 batches of 10 minutes each
+            refresher.note(start + k * 600_000, start + (k + 1) * 600_000 - 1)
+        for _ in range(50):  # bounded: 5 s
+            if refresher.refreshes >= 2:
+                break
+            await asyncio.sleep(0.1)
+        rows = await pool.fetch("SELECT name, lo, hi FROM refreshed ORDER BY name")
+        await refresher.close()
+    finally:
+        await pool.close()
+    got = {r["name"]: (r["lo"], r["hi"]) for r in rows}
+    assert len(rows) == 2 and set(got) == {"readings_1m", "readings_1h"}
+    lo = datetime.fromtimestamp(start / 1000, UTC)
+    hi = datetime.fromtimestamp((start + 10 * 600_000 - 1) / 1000, UTC)
+    assert got["readings_1m"] == (
+        lo.replace(second=0, microsecond=0),
+        hi.replace(second=0, microsecond=0) + timedelta(minutes=1),
+    )
+    assert got["readings_1h"] == (
+        lo.replace(minute=0, second=0, microsecond=0),
+        hi.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1),
+    )
