@@ -100,7 +100,13 @@ def fill(buf: Buffer, readings: int, points: int, seed: int = 7) -> float:
 def measure_encode(buf: Buffer, batch: int, compression: str) -> None:
     """Cost of one batch on the agent: SQLite read and columnar encode + compression."""
     from outpost.cloud.uplink.columnar_body import encode_columnar
-    from outpost.cloud.wire import IngestBatch, columnar_readings, compress_body, encode_body
+    from outpost.cloud.wire import (
+        COLUMNAR_ZSTD_LEVEL,
+        IngestBatch,
+        columnar_readings,
+        compress_body,
+        encode_body,
+    )
 
     reads, encodes, sizes = [], [], []
     creads: list[float] = []
@@ -129,7 +135,7 @@ def measure_encode(buf: Buffer, batch: int, compression: str) -> None:
         typed = buf.read_unsynced_columns(batch, after_seq=i * batch * 3)
         t4 = time.perf_counter()
         raw = encode_columnar("bench-gw", typed.seq[0], typed.seq[-1], typed)
-        binary, _ = compress_body(raw, compression)  # type: ignore[arg-type]
+        binary, _ = compress_body(raw, compression, zstd_level=COLUMNAR_ZSTD_LEVEL)  # type: ignore[arg-type]
         t5 = time.perf_counter()
         creads.append(t4 - t3)
         cencodes.append(t5 - t4)

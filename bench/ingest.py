@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from array import array
 from pathlib import Path
 
 import asyncpg
@@ -36,8 +37,17 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from outpost.buffer.models import ReadingColumns  # noqa: E402
 from outpost.cloud.receiver.embedded import EmbeddedPostgres  # noqa: E402
-from outpost.cloud.wire import IngestBatch, columnar_readings, encode_body  # noqa: E402
+from outpost.cloud.uplink.columnar_body import encode_columnar  # noqa: E402
+from outpost.cloud.wire import (  # noqa: E402
+    COLUMNAR_CONTENT_TYPE,
+    COLUMNAR_ZSTD_LEVEL,
+    IngestBatch,
+    columnar_readings,
+    compress_body,
+    encode_body,
+)
 
 ADMIN = "bench-admin-token"
 POINTS = 500
@@ -68,7 +78,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_batches(gateway: str, count: int, size: int, seed: int) -> list[tuple[bytes, dict]]:
+def build_batches(
+    gateway: str, count: int, size: int, seed: int, wire: str = "columnar"
+) -> list[tuple[bytes, dict]]:
     rng = random.Random(seed)
     regs = [rng.randint(100, 3000) for _ in range(POINTS)]
     ids = [f"dev-{i // 25:02d}.point_{i % 25:02d}" for i in range(POINTS)]
@@ -78,7 +90,7 @@ def build_batches(gateway: str, count: int, size: int, seed: int) -> list[tuple[
     for _ in range(count):
         pids: list[str] = []
         ts: list[float] = []
-        vals: list[float | None] = []
+        vals: list[float] = []
         qual: list[int] = []
         while len(pids) < size:
             t += 5.0
@@ -91,14 +103,31 @@ def build_batches(gateway: str, count: int, size: int, seed: int) -> list[tuple[
                 qual.append(129 if bad else 0)
                 if len(pids) == size:
                     break
-        batch = IngestBatch(
-            gateway_id=gateway,
-            first_seq=seq,
-            last_seq=seq + size - 1,
-            readings=columnar_readings(pids, ts, vals, qual),
-        )
+        if wire == "columnar":
+            index: dict[str, int] = {}
+            keys = [index.setdefault(p, len(index)) for p in pids]
+            names = list(index)
+            cols = ReadingColumns(
+                array("q", range(seq, seq + size)),
+                array("q", [round(x * 1000.0) for x in ts]),
+                array("I", keys),
+                array("d", vals),
+                array("B", qual),
+                lambda ks, names=names: [names[k] for k in ks],  # type: ignore[misc]
+            )
+            raw = encode_columnar(gateway, seq, seq + size - 1, cols)
+            body, headers = compress_body(raw, zstd_level=COLUMNAR_ZSTD_LEVEL)
+            headers["Content-Type"] = COLUMNAR_CONTENT_TYPE
+            out.append((body, headers))
+        else:
+            batch = IngestBatch(
+                gateway_id=gateway,
+                first_seq=seq,
+                last_seq=seq + size - 1,
+                readings=columnar_readings(pids, ts, vals, qual),
+            )
+            out.append(encode_body(batch, "zstd"))
         seq += size
-        out.append(encode_body(batch, "zstd"))
     return out
 
 
@@ -111,8 +140,9 @@ def client(
     seed: int,
     barrier: mp.Barrier,
     results: mp.Queue,
+    wire: str = "columnar",
 ) -> None:
-    batches = build_batches(gateway, count, size, seed)
+    batches = build_batches(gateway, count, size, seed, wire)
     wire_bytes = sum(len(b) for b, _ in batches)
     latencies = []
     inserted = 0
@@ -157,6 +187,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--dsn", default=None, help="admin DSN of an existing server")
     ap.add_argument("--fast", action="store_true", help="embedded server with fsync off")
+    ap.add_argument(
+        "--wire",
+        choices=("columnar", "json"),
+        default="columnar",
+        help="body format: binary columnar (the uplink's default) or JSON",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
@@ -218,7 +254,7 @@ def main() -> None:
         procs = [
             mp.Process(
                 target=client,
-                args=(url, gw, tok, args.batches, args.batch_size, i, barrier, results),
+                args=(url, gw, tok, args.batches, args.batch_size, i, barrier, results, args.wire),
             )
             for i, (gw, tok) in enumerate(tokens)
         ]
@@ -251,7 +287,7 @@ def main() -> None:
             f"batch latency p50={lat[len(lat) // 2] * 1000:.1f} ms "
             f"p95={lat[int(len(lat) * 0.95)] * 1000:.1f} ms max={lat[-1] * 1000:.1f} ms"
         )
-        print(f"wire: {wire / sent:.2f} bytes/reading (zstd JSON columnar)")
+        print(f"wire: {wire / sent:.2f} bytes/reading (zstd, {args.wire} body)")
         print(
             f"CPU seconds during the run: receiver process {cpu1[0] - cpu0[0]:.2f}, "
             f"all postgres processes on the machine {cpu1[1] - cpu0[1]:.2f} (wall {wall:.2f}, "

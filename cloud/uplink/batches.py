@@ -33,6 +33,7 @@ from outpost.cloud.uplink.columnar_body import encode_columnar
 from outpost.cloud.uplink.session import Session
 from outpost.cloud.wire import (
     COLUMNAR_CONTENT_TYPE,
+    COLUMNAR_ZSTD_LEVEL,
     IngestBatch,
     PointMeta,
     WireEvent,
@@ -233,7 +234,9 @@ class Planner:
         raw = encode_columnar(
             self._session.gateway_id, batch.first_seq, batch.last_seq, cols, extras
         )
-        batch.body, batch.headers = compress_body(raw, self._session.compression)
+        batch.body, batch.headers = compress_body(
+            raw, self._session.compression, zstd_level=COLUMNAR_ZSTD_LEVEL
+        )
         batch.headers["Content-Type"] = COLUMNAR_CONTENT_TYPE
 
     def _encode_json(self, batch: Batch) -> None:
