@@ -7,10 +7,18 @@ they assert exact slots instead of wall-clock bounds that a loaded machine can b
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
+import weakref
 
-from outpost.agent.core.scheduler import Job, Scheduler, next_due, stagger_offset
+from outpost.agent.core.scheduler import (
+    Job,
+    Scheduler,
+    freeze_long_lived,
+    next_due,
+    stagger_offset,
+)
 from outpost.agent.core.supervise import supervise
 
 
@@ -180,3 +188,25 @@ async def test_supervise_passes_cancellation_through() -> None:
     runner.cancel()
     await asyncio.gather(runner, return_exceptions=True)
     assert runner.cancelled()
+
+
+class _Node:
+    """An object that can sit in a reference cycle (only the cyclic collector frees those)."""
+
+    other: object = None
+
+
+def test_freeze_long_lived_keeps_the_schedule_out_of_collections_until_the_next_one() -> None:
+    node = _Node()
+    node.other = node  # a cycle, as the previous schedule's plans and tasks may hold
+    ref = weakref.ref(node)
+    try:
+        freeze_long_lived()
+        assert gc.get_freeze_count() > 0
+        del node
+        gc.collect()
+        assert ref() is not None  # frozen: full collections no longer walk it
+        freeze_long_lived()  # the next schedule: the previous one's cyclic garbage goes
+        assert ref() is None
+    finally:
+        gc.unfreeze()

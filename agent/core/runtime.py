@@ -46,7 +46,13 @@ from outpost.agent.core.coordinator import DeviceCoordinator, DeviceHealth
 from outpost.agent.core.metrics import AgentMetrics, bind_token, metrics_http_app
 from outpost.agent.core.pipeline import Pipeline
 from outpost.agent.core.points import PointTable
-from outpost.agent.core.scheduler import Job, JobStats, Scheduler, stagger_offset
+from outpost.agent.core.scheduler import (
+    Job,
+    JobStats,
+    Scheduler,
+    freeze_long_lived,
+    stagger_offset,
+)
 from outpost.agent.core.sparkplug_host import make_node
 from outpost.agent.core.supervise import supervise
 from outpost.agent.core.systemd import SystemdNotifier
@@ -365,6 +371,7 @@ class Runtime:
         while True:
             scheduler, streams = self._build_scheduler()
             self.scheduler = scheduler
+            freeze_long_lived()
             async with asyncio.TaskGroup() as tg:
                 sched_task = tg.create_task(scheduler.run(), name="scheduler")
                 push_tasks = [

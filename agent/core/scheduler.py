@@ -11,6 +11,7 @@ so a 60 s group does not leave its points unknown for up to a minute.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 import zlib
@@ -32,6 +33,18 @@ def stagger_offset(key: str, interval: float, max_stagger: float) -> float:
     if span <= 0:
         return 0.0
     return (zlib.crc32(key.encode()) % 10_000) / 10_000 * span
+
+
+def freeze_long_lived() -> None:
+    """Call when a schedule is installed, before polling starts: the schedule, point table,
+    request plans and drivers live until the next reload, so move them out of the cyclic
+    collector's reach (``gc.freeze``). Otherwise every full collection walks them all while
+    the event loop waits: ~0.5 s per collection at 100,000 points on the bench box, about a
+    fifth of the agent's CPU and its worst poll jitter. Unfreezing and collecting first
+    reclaims the previous schedule's cyclic garbage once instead of keeping it forever."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def next_due(now: float, interval: float, offset: float) -> float:
