@@ -22,7 +22,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import structlog
 from pydantic import ValidationError
@@ -266,7 +266,7 @@ class Planner:
         batch.body, batch.headers = encode_body(model, self._session.compression)
 
 
-Rows = TypeVar("Rows", ReadingColumns, ReadingRows)
+Rows = ReadingColumns | ReadingRows
 
 
 def rows_after(rows: Rows, seq: int) -> Rows:
