@@ -417,18 +417,19 @@ class Storage:
                 events_inserted = _count(status)
             # Live dashboards (live.py): NOTIFY in this transaction is sent on commit only, and
             # reaches every receiver process's SSE clients; one round trip per batch.
-            notes = (
-                live.reading_payloads(
+            notes = []
+            if inserted:
+                # the newest reading of each point only (what the payloads carry), found by
+                # array operations: the last occurrence of each point index
+                rev = len(r) - 1 - np.unique(r.point[::-1], return_index=True)[1]
+                notes = live.reading_payloads(
                     gw,
                     r.point_ids,
-                    r.point.tolist(),
-                    ts_ms.tolist(),
-                    NanAsNone(r.value),
-                    r.quality.tolist(),
+                    r.point[rev].tolist(),
+                    ts_ms[rev].tolist(),
+                    NanAsNone(r.value[rev]),
+                    r.quality[rev].tolist(),
                 )
-                if inserted
-                else []
-            )
             if events_inserted:
                 n_alarm = sum(1 for e in batch.events if live.is_alarm_event(e.kind))
                 if n_alarm:
