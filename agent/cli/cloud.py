@@ -74,7 +74,8 @@ def serve(
         int | None,
         typer.Option(
             "--retention-days",
-            help="TimescaleDB retention on readings (default: keep).",
+            help="Set the database's retention of readings, in days (0: keep forever); "
+            "omitted: unchanged. Same as `outpost cloud retention`.",
             show_default=False,
         ),
     ] = None,
@@ -149,6 +150,35 @@ def revoke(
         typer.echo(f"outpost: unknown gateway {gateway_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"gateway {gateway_id} revoked", err=True)
+
+
+@cloud_app.command()
+def retention(
+    days: Annotated[
+        int | None,
+        typer.Argument(
+            min=1, help="Keep readings this many days (omit to only show it).", show_default=False
+        ),
+    ] = None,
+    off: Annotated[bool, typer.Option("--off", help="Keep readings forever.")] = False,
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Show or set how long the database keeps readings (a property of the database: set
+    once, audited; enroll, revoke and receivers started without --retention-days leave it)."""
+    from outpost.cloud.receiver.server import retention_command
+
+    if days is not None and off:
+        typer.echo("outpost: give DAYS or --off, not both", err=True)
+        raise typer.Exit(2)
+    _logging()
+    ever_set, kept = retention_command(days, off=off, dsn=dsn, data_dir=data_dir)
+    if not ever_set:
+        typer.echo("retention: never set (readings are kept forever)")
+    elif kept is None:
+        typer.echo("retention: readings are kept forever")
+    else:
+        typer.echo(f"retention: {kept} days")
 
 
 def _mount_receiver_groups() -> None:
