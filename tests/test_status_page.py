@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
@@ -31,6 +32,7 @@ from tests.modbus_server import ModbusTestServer, start_server
 REPO = Path(__file__).resolve().parent.parent
 NONZERO = re.compile(r"^[1-9][0-9]*$")
 SCREENSHOTS = REPO / "docs" / "screenshots"
+ARTIFACTS = REPO / "var" / "test-artifacts" / "status-page"
 SCHEDULE = (
     "point_id,device,address,data_type,scale,units,description,alarm_h,alarm_hh,alarm_priority,min,max\n"
     "plc.supply_temp,plc,hr:0,int16,0.1,degC,CDU supply temperature,30,40,high,,\n"
@@ -216,10 +218,13 @@ async def test_status_page_on_loopback(site: Site, browser: Browser) -> None:
         await expect(page.locator("#trend-chart")).to_have_attribute("data-points", NONZERO)
         await site.server.set("hr", 0, [352, 371, 1])  # a critical leak alarm for the picture
         await expect(page.locator("#alarms-table")).to_contain_text("plc.leak:hi")
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shot = SCREENSHOTS / "status-page.png"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "status-page.png"
         await page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 20_000
+        if os.environ.get("OUTPOST_UPDATE_SCREENSHOTS") == "1":  # refresh the README's picture
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, SCREENSHOTS / "status-page.png")
     finally:
         await page.close()
 
