@@ -11,7 +11,8 @@ below and in docs/wire-format.md, JSON being its fallback):
   the one-time enrollment token is the credential).
 - ``POST /api/v1/ingest``: :class:`IngestBatch` -> :class:`IngestAck` (gateway bearer token).
 - ``POST /api/v1/gateways/{id}/heartbeat``: :class:`Heartbeat` -> :class:`HeartbeatAck`.
-- ``GET /api/v1/gateways/{id}/commands?wait=25``: ``list[Command]`` (long-poll).
+- ``GET /api/v1/gateways/{id}/commands?after=ID&wait=S``: commands for the gateway (long-poll;
+  models in :mod:`outpost.cloud.wire_commands`).
 
 Readings travel columnar (:class:`Readings`): a per-batch dictionary of point ids, an index per
 reading into it, timestamps as a base (epoch ms) plus per-reading deltas in ms, values, and
@@ -309,15 +310,6 @@ class Heartbeat(WireModel):
 class HeartbeatAck(WireModel):
     gateway_id: str
     received_at: int  # epoch ms, the receiver's clock (lets the agent see clock skew)
-
-
-class Command(WireModel):
-    """A command for the agent (ack, shelve, mode set, point write, schedule push...)."""
-
-    id: int
-    kind: str
-    args: dict[str, Any] = Field(default_factory=dict)
-    created_at: int  # epoch ms
 
 
 # --- value normalisation and the columnar builder -----------------------------------------

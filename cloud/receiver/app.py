@@ -184,7 +184,6 @@ def create_app(settings: ReceiverSettings, storage: Storage | None = None) -> Fa
             retention_days=settings.retention_days,
             use_timescaledb=settings.use_timescaledb,
         )
-        await st.start_listener(settings.dsn)
         st.start_maintenance(settings.retention_check_s)
         app.state.storage = st
         try:

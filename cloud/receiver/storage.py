@@ -17,13 +17,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 import numpy as np
 import structlog
 
-from outpost.cloud.wire import Command, Heartbeat, IngestAck, IngestBatch, PointMeta
+from outpost.cloud.wire import Heartbeat, IngestAck, IngestBatch, PointMeta
 
 from . import live
 from .ingest_columns import ColumnBatch, NanAsNone, copy_binary, values_or_none
@@ -47,7 +47,6 @@ BUCKETS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
     "1d": timedelta(days=1),
 }
-_NOTIFY_CHANNEL = "outpost_commands"
 _POINT_CACHE_MAX = 500_000
 _LAST_SEEN_EVERY_S = 5.0
 
@@ -109,10 +108,6 @@ class Storage:
         self.pool = pool
         self.timescaledb = timescaledb
         self._point_keys: dict[tuple[str, str], int] = {}
-        self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._listener: asyncpg.Connection | None = None
-        self._listener_dsn = ""
-        self._relisten: asyncio.Task[None] | None = None
         self._closing = False
         self._last_seen_written: dict[str, float] = {}
         self._refresher = AggregateRefresher(pool) if timescaledb else None
@@ -151,39 +146,6 @@ class Storage:
         assert pool is not None
         return cls(pool, timescaledb=timescale)
 
-    async def start_listener(self, dsn: str) -> None:
-        """LISTEN for new commands so long-polls wake at once (any receiver may add one).
-        A lost listener connection is re-established in the background (long-polls fall
-        back to re-checking every few seconds meanwhile)."""
-        self._listener_dsn = dsn
-        await self._connect_listener()
-
-    async def _connect_listener(self) -> None:
-        conn = await asyncpg.connect(self._listener_dsn)
-        await conn.add_listener(_NOTIFY_CHANNEL, self._on_notify)
-        conn.add_termination_listener(self._on_listener_lost)
-        self._listener = conn
-
-    def _on_listener_lost(self, _conn: object) -> None:
-        if self._closing or (self._relisten is not None and not self._relisten.done()):
-            return
-        self._listener = None
-        self._relisten = asyncio.get_running_loop().create_task(self._relisten_loop())
-
-    async def _relisten_loop(self) -> None:
-        delay = 0.5
-        while not self._closing:
-            try:
-                await self._connect_listener()
-                log.info("receiver.listener_reconnected")
-                for waiters in self._waiters.values():  # a command may have come meanwhile
-                    for event in waiters:
-                        event.set()
-                return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
-
     async def close(self) -> None:
         self._closing = True
         if self._maintenance is not None:
@@ -192,22 +154,10 @@ class Storage:
                 await self._maintenance
         if self._refresher is not None:
             await self._refresher.close()
-        if self._relisten is not None:
-            self._relisten.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relisten
-        if self._listener is not None:
-            with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
-                await self._listener.close(timeout=2)
-            self._listener = None
         try:
             await asyncio.wait_for(self.pool.close(), 10)
         except TimeoutError:  # a connection stuck on a vanished server
             self.pool.terminate()
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        for event in self._waiters.get(payload, ()):
-            event.set()
 
     async def ready(self) -> tuple[bool, str]:
         try:
@@ -508,77 +458,6 @@ class Storage:
             live.heartbeat_payload(hb.gateway_id),
         )
 
-    async def create_command(
-        self, gateway_id: str, kind: str, args: dict[str, Any], created_by: str
-    ) -> Command:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "INSERT INTO commands (gateway_id, kind, args, created_by) "
-                "VALUES ($1, $2, $3::jsonb, $4) RETURNING id, created_at",
-                gateway_id,
-                kind,
-                json.dumps(args),
-                created_by,
-            )
-            await conn.execute("SELECT pg_notify($1, $2)", _NOTIFY_CHANNEL, gateway_id)
-        assert row is not None
-        return Command(id=row["id"], kind=kind, args=args, created_at=_ms(row["created_at"]))
-
-    async def take_commands(self, gateway_id: str, after: int | None) -> list[Command]:
-        """Commands for the gateway: with ``after``, every command with a larger id (the agent
-        keeps its cursor: at-least-once); without, the undelivered ones. Marks them delivered."""
-        args: list[object] = [gateway_id]
-        if after is None:
-            where = "delivered_at IS NULL"
-        else:
-            where = "id > $2"
-            args.append(after)
-        rows = await self.pool.fetch(
-            f"""UPDATE commands SET delivered_at = coalesce(delivered_at, now())
-                WHERE gateway_id = $1 AND {where}
-                RETURNING id, kind, args, created_at""",
-            *args,
-        )
-        return sorted(
-            (
-                Command(
-                    id=r["id"],
-                    kind=r["kind"],
-                    args=json.loads(r["args"]),
-                    created_at=_ms(r["created_at"]),
-                )
-                for r in rows
-            ),
-            key=lambda c: c.id,
-        )
-
-    async def wait_commands(
-        self, gateway_id: str, after: int | None, wait_s: float
-    ) -> list[Command]:
-        deadline = time.monotonic() + wait_s
-        event = asyncio.Event()
-        self._waiters.setdefault(gateway_id, set()).add(event)
-        try:
-            while True:
-                event.clear()
-                found = await self.take_commands(gateway_id, after)
-                remaining = deadline - time.monotonic()
-                if found or remaining <= 0:
-                    return found
-                # NOTIFY wakes us at once; the periodic re-check covers a lost listener
-                try:
-                    await asyncio.wait_for(event.wait(), timeout=min(remaining, 5.0))
-                except TimeoutError:
-                    pass
-        finally:
-            waiters = self._waiters.get(gateway_id)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._waiters[gateway_id]
-
-    # --- reads ------------------------------------------------------------------------------
-
     async def gateways(self) -> list[asyncpg.Record]:
         return await self.pool.fetch(_GATEWAY_SELECT + " ORDER BY g.id")
 
@@ -738,7 +617,3 @@ async def _upsert_points(conn: asyncpg.Connection, gw: str, points: list[PointMe
 def _count(status: str) -> int:
     # "INSERT 0 17" / "UPDATE 3"
     return int(status.rsplit(" ", 1)[-1])
-
-
-def _ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
