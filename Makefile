@@ -42,7 +42,8 @@ system-deps:
 demo-deps:
 	$(call apt_install,$(DEMO_APT_PACKAGES))
 
-test: venv system-deps
+# Lint, format, types and layering first (a minute), then the suite.
+test: venv system-deps check
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: venv
