@@ -3,7 +3,9 @@ errors by cell, sheet choice, and the workbook template. Workbooks are written w
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +28,9 @@ from outpost.point_schedules.loader import (
 )
 from outpost.point_schedules.model import SourceRef
 from outpost.point_schedules.template import DEFAULT_DEVICES, template, template_xlsx
+from tests.agent_process import cli, start_agent, write_config
+from tests.modbus_server import start_server
+from tests.uplink_harness import wait_for
 
 DEVICES = {"cdu-01": "modbus", "ahu-1": "bacnet", "pdu-a": "snmp", "rack": "mqtt"}
 HEADER = ["point_id", "device", "address", "data_type"]
@@ -348,3 +353,159 @@ def test_workbook_as_csv_loads_the_same_points(tmp_path: Path) -> None:
     assert str(err.value) == f'{path}: has no sheet "Nope": its sheets are "Notes", "Points"'
     with pytest.raises(ScheduleError, match=r"not an \.xlsx workbook"):
         workbook_as_csv("x.xlsx", b"PK\x03\x04junk")
+
+
+def outpost(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "outpost.agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+        cwd=cwd,
+    )
+
+
+def test_cli_template_xlsx_sheet_and_strict(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[agent]\nid = "gw-1"\n\n[devices.cdu-01]\nprotocol = "modbus"\nhost = "127.0.0.1"\n'
+        '\n[devices.ahu-1]\nprotocol = "bacnet"\naddress = "127.0.0.1:47809"\ndevice_instance = 1001\n',
+        encoding="utf-8",
+    )
+    made = outpost("schedule", "template", "--format", "xlsx", "-o", "t.xlsx", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert openpyxl.load_workbook(tmp_path / "t.xlsx").sheetnames == ["Points", "Notes"]
+    piped = subprocess.run(  # stdout is a pipe here: the workbook goes to it
+        [
+            sys.executable,
+            "-m",
+            "outpost.agent",
+            "schedule",
+            "template",
+            "-p",
+            "bacnet",
+            "-f",
+            "xlsx",
+        ],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert piped.returncode == 0, piped.stderr
+    (tmp_path / "piped.xlsx").write_bytes(piped.stdout)
+    assert len(load_schedule([tmp_path / "piped.xlsx"], {"ahu-1": "bacnet"}).points) == 5
+    bad_format = outpost("schedule", "template", "--format", "ods", cwd=tmp_path)
+    assert bad_format.returncode == 2 and "unknown format" in bad_format.stderr
+
+    path = workbook(
+        tmp_path / "two.xlsx",
+        {
+            "Modbus": [
+                HEADER,
+                ["cdu-01.a", "cdu-01", "hr:1", "int16"],
+                ["cdu-01.b", "cdu-01", "hr:1", "int16"],
+            ],
+            "BACnet": [HEADER, ["b.x", "ahu-1", "ai:1"]],
+        },
+    )
+    loose = outpost("schedule", "validate", str(path), "-c", str(config), cwd=tmp_path)
+    assert loose.returncode == 0, loose.stderr
+    assert f'{path}:Modbus!C3: warning: column "address": "cdu-01.b"' in loose.stderr
+    assert loose.stdout.rstrip().endswith(", 1 warning")
+    strict = outpost("schedule", "validate", str(path), "--strict", "-c", str(config), cwd=tmp_path)
+    assert strict.returncode == 1
+    assert f'{path}:Modbus!C3: column "address": "cdu-01.b"' in strict.stderr
+    sheet = outpost(
+        "schedule",
+        "validate",
+        str(path),
+        "--sheet",
+        "BACnet",
+        "--json",
+        "-c",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert sheet.returncode == 0, sheet.stderr
+    doc = json.loads(sheet.stdout)
+    assert doc["valid"] is True and doc["points"] == 1 and doc["warnings"] == 0
+    missing = outpost(
+        "schedule",
+        "validate",
+        str(path),
+        "--sheet",
+        "Nope",
+        "--json",
+        "-c",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert missing.returncode == 1
+    issue = json.loads(missing.stdout)["issues"][0]
+    assert "severity" not in issue and 'has no sheet "Nope"' in issue["message"]
+    warned = outpost("schedule", "validate", str(path), "--json", "-c", str(config), cwd=tmp_path)
+    assert warned.returncode == 0, warned.stderr
+    doc = json.loads(warned.stdout)
+    assert doc["valid"] is True and doc["warnings"] == 1
+    (issue,) = doc["issues"]
+    assert (issue["severity"], issue["sheet"], issue["cell"], issue["line"]) == (
+        "warning",
+        "Modbus",
+        "C3",
+        3,
+    )
+    diff = outpost(
+        "schedule",
+        "diff",
+        str(path),
+        "--sheet",
+        "BACnet",
+        "-a",
+        str(tmp_path / "t.xlsx"),
+        "-c",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert diff.returncode == 1, diff.stderr  # different: like diff(1)
+    assert "+ b.x" in diff.stdout and f"[{path}:BACnet!2]" in diff.stdout
+
+
+async def test_cli_loads_a_workbook_into_the_running_agent(tmp_path: Path) -> None:
+    """`outpost schedule load site.xlsx --sheet S`: validated by cell, sent as CSV, applied live."""
+    server = await start_server()
+    await server.set("hr", 0, [235, 778])
+    good = "point_id,device,address,data_type,scale\nplc.temp,plc,hr:0,int16,0.1\n"
+    cfg = write_config(
+        tmp_path, {"plc": {"protocol": "modbus", "host": "127.0.0.1", "port": server.port}}, good
+    )
+    rows: list[list[Cell]] = [
+        ["point_id", "device", "address", "data_type", "scale"],
+        ["plc.temp", "plc", "hr:0", "int16", 0.1],
+        ["plc.more", "plc", "hr:1", "uint16", None],
+    ]
+    path = workbook(tmp_path / "site.xlsx", {"Notes": [["see Points"]], "Points": rows})
+    bad = workbook(tmp_path / "bad.xlsx", {"Points": [*rows, ["plc.x", "plc", "hr:y", "int16"]]})
+    agent = start_agent(cfg)
+    try:
+        await asyncio.to_thread(agent.wait_ready)
+        refused = await asyncio.to_thread(cli, cfg, "schedule", "load", str(bad), "--yes")
+        assert refused.returncode == 1
+        assert f'{bad}:Points!C4: column "address"' in refused.stderr
+        loaded = await asyncio.to_thread(
+            cli, cfg, "schedule", "load", str(path), "--sheet", "Points", "--yes"
+        )
+        assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+        assert "+ plc.more" in loaded.stdout
+
+        async def more_read() -> bool:
+            r = await asyncio.to_thread(cli, cfg, "read", "plc.more", "--json")
+            return r.returncode == 0 and json.loads(r.stdout).get("value") == 778.0
+
+        await wait_for(more_read, 20, "plc.more read by the running agent")
+    finally:
+        code = agent.stop()
+        await server.stop()
+    assert code == 0, agent.log()
+    stored = list((tmp_path / "var" / "schedules" / "pushed").rglob("*.csv"))
+    assert [p.name for p in stored] == ["site.xlsx.csv"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,12 +21,20 @@ import typer
 from outpost.agent.cli.common import ConfigOption, JsonOption, config_or_exit
 from outpost.point_schedules.addresses import PROTOCOLS
 from outpost.point_schedules.diff import ScheduleDiff, diff_schedules, format_diff
-from outpost.point_schedules.loader import ScheduleIssue, validate_schedule
+from outpost.point_schedules.loader import (
+    ScheduleError,
+    ScheduleIssue,
+    is_workbook,
+    validate_schedule,
+    workbook_as_csv,
+)
 from outpost.point_schedules.model import Schedule
+from outpost.point_schedules.template import TEMPLATE_FORMATS, template_xlsx
 from outpost.point_schedules.template import template as make_template
 
 schedule_app = typer.Typer(
-    help="Point schedules (CSV): validate, diff against the configured schedule, templates.",
+    help="Point schedules (CSV or .xlsx): validate, diff against the configured schedule, "
+    "templates.",
     no_args_is_help=True,
 )
 
@@ -33,6 +42,24 @@ EXIT_INVALID = 1
 EXIT_DIFFERENT = 1
 EXIT_TROUBLE = 2
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+SheetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sheet",
+        help="the sheet to read in .xlsx workbooks (default: each workbook's first sheet)",
+        metavar="NAME",
+        show_default=False,
+    ),
+]
+StrictOption = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="treat warnings (e.g. two points reading the same address) as errors",
+    ),
+]
 
 
 def _load_devices(config: Path | None) -> tuple[dict[str, str], list[Path]]:
@@ -48,12 +75,40 @@ def _print_issues(issues: Sequence[ScheduleIssue]) -> None:
 
 
 def _issue_json(issue: ScheduleIssue) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "file": issue.file,
         "line": issue.line,
         "column": issue.column,
         "message": issue.message,
     }
+    # Only when they say something, so an error in a CSV file reads as it always did.
+    if issue.severity != "error":
+        doc["severity"] = issue.severity
+    if issue.sheet is not None:
+        doc["sheet"], doc["cell"] = issue.sheet, issue.cell
+    return doc
+
+
+def _texts(files: list[Path], sheet: str | None) -> dict[str, str]:
+    """The files as the running agent takes them, as text: a workbook's sheet goes as CSV
+    named FILE.csv, so the agent stores, versions and reloads plain CSV."""
+    from outpost.agent.cli import commissioning as c
+
+    texts: dict[str, str] = {}
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError:
+            data = b""  # read_texts reports it
+        if not is_workbook(data):
+            texts.update(c.read_texts([f]))
+            continue
+        try:
+            texts[f"{f}.csv"] = workbook_as_csv(str(f), data, sheet)
+        except ScheduleError as exc:
+            _print_issues(exc.issues)
+            raise typer.Exit(EXIT_TROUBLE) from None
+    return texts
 
 
 def _device_summary(schedule: Schedule, devices: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -79,26 +134,30 @@ def validate_cmd(
     files: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="schedule CSV files; default: schedules.files of the config",
+            help="schedule files (CSV or .xlsx); default: schedules.files of the config",
             metavar="FILE",
             show_default=False,
         ),
     ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
+    sheet: SheetOption = None,
+    strict: StrictOption = False,
 ) -> None:
-    """Check schedule files against the devices of the agent config.
+    """Check schedule files (CSV or .xlsx) against the devices of the agent config.
 
-    Valid: one summary line per device and the schedule version (exit 0).
+    Valid: warnings (if any) on stderr, one summary line per device and the schedule version
+    (exit 0). With --strict a warning makes the schedule invalid.
 
-    Invalid: every problem on stderr as FILE:LINE: column "NAME": message (exit 1).
+    Invalid: every problem on stderr as FILE:LINE: column "NAME": message, in a workbook as
+    FILE:SHEET!CELL: ... (exit 1).
     """
     devices, configured = _load_devices(config)
     paths = list(files) if files else configured
     if not paths:
         typer.echo("no schedule files given and none in the config's [schedules] files", err=True)
         raise typer.Exit(EXIT_TROUBLE)
-    schedule, issues = validate_schedule(paths, devices)
+    schedule, issues = validate_schedule(paths, devices, strict=strict, sheet=sheet)
 
     if as_json:
         doc: dict[str, Any] = {
@@ -108,6 +167,7 @@ def validate_cmd(
             "points": len(schedule.points) if schedule else 0,
             "devices": _device_summary(schedule, devices) if schedule else [],
             "issues": [_issue_json(i) for i in issues],
+            "warnings": sum(not i.is_error for i in issues),
         }
         typer.echo(json.dumps(doc, indent=2))
         if schedule is None:
@@ -124,6 +184,7 @@ def validate_cmd(
         )
         raise typer.Exit(EXIT_INVALID)
 
+    _print_issues(issues)  # warnings only: the schedule is valid
     summary = _device_summary(schedule, devices)
     for row in summary:
         typer.echo(
@@ -133,9 +194,10 @@ def validate_cmd(
     unused = sorted(set(devices) - {row["device"] for row in summary})
     if unused:
         typer.echo(f"configured devices without points: {', '.join(unused)}")
+    warned = f", {len(issues)} warning{'s' * (len(issues) != 1)}" if issues else ""
     typer.echo(
         f"valid: {len(schedule.points)} points in {len(schedule.files)} "
-        f"file{'s' * (len(schedule.files) != 1)}, version {schedule.version}"
+        f"file{'s' * (len(schedule.files) != 1)}, version {schedule.version}{warned}"
     )
 
 
@@ -168,7 +230,9 @@ def diff_cmd(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="the new (proposed) schedule CSV files", show_default=False, metavar="FILE"
+            help="the new (proposed) schedule files (CSV or .xlsx)",
+            show_default=False,
+            metavar="FILE",
         ),
     ],
     against: Annotated[
@@ -184,12 +248,16 @@ def diff_cmd(
     ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
+    sheet: SheetOption = None,
 ) -> None:
     """Show what loading FILE... would change: points added (+), removed (-), changed (~).
 
     Baseline: the config's schedules.files (what the gateway is configured to run).
 
     With --against OLD.csv (repeatable) the baseline is those files. Both sides must be valid.
+
+    --sheet picks the sheet of the new workbooks; the baseline's workbooks are read from their
+    first sheet, as the agent reads them.
 
     Exit 0 when there is no difference, 1 when there is one, 2 on errors (as diff(1) does).
     """
@@ -203,7 +271,7 @@ def diff_cmd(
         )
         raise typer.Exit(EXIT_TROUBLE)
     old, old_issues = validate_schedule(old_files, devices)
-    new, new_issues = validate_schedule(list(files), devices)
+    new, new_issues = validate_schedule(list(files), devices, sheet=sheet)
     if old is None or new is None:
         if old is None:
             typer.echo("the old schedule is invalid:", err=True)
@@ -231,10 +299,29 @@ def template_cmd(
         str | None,
         typer.Option("--device", "-d", help="device id to use in the rows", show_default=False),
     ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", "-f", help=f"one of {', '.join(TEMPLATE_FORMATS)}"),
+    ] = "csv",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="write to this file instead of stdout",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Print a commented example schedule for one protocol (it validates as it is).
+    """Print an example schedule for one protocol (it validates as it is).
+
+    CSV: commented rows. xlsx: a workbook with the rows on sheet Points, drop-down lists for
+    data types, byte orders, priorities and writable, and the help on sheet Notes.
 
     Example: outpost schedule template -p modbus -d cdu-01 > site.csv
+
+    Example: outpost schedule template -p modbus --format xlsx -o site.xlsx
     """
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(
@@ -246,7 +333,29 @@ def template_cmd(
             "a device id is lower-case letters, digits and _ . - (like cdu-01)",
             param_hint="--device",
         )
-    typer.echo(make_template(protocol, device), nl=False)
+    if fmt not in TEMPLATE_FORMATS:
+        raise typer.BadParameter(
+            f"unknown format {fmt!r}; expected one of {', '.join(TEMPLATE_FORMATS)}",
+            param_hint="--format",
+        )
+    if fmt == "csv":
+        text = make_template(protocol, device)
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            output.write_text(text, encoding="utf-8")
+        return
+    data = template_xlsx(protocol, device)
+    if output is not None:
+        output.write_bytes(data)
+    elif sys.stdout.isatty():
+        raise typer.BadParameter(
+            "an .xlsx workbook is binary: give --output FILE or redirect stdout to a file",
+            param_hint="--output",
+        )
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
 
 
 DeviceOption = Annotated[
@@ -258,11 +367,13 @@ DeviceOption = Annotated[
 @schedule_app.command("probe")
 def probe_cmd(
     files: Annotated[
-        list[Path], typer.Argument(help="schedule CSV files", metavar="FILE", show_default=False)
+        list[Path],
+        typer.Argument(help="schedule files (CSV or .xlsx)", metavar="FILE", show_default=False),
     ],
     config: ConfigOption = None,
     device: DeviceOption = None,
     as_json: JsonOption = False,
+    sheet: SheetOption = None,
 ) -> None:
     """Read every point of FILE... once and report value, quality and response time.
 
@@ -274,14 +385,18 @@ def probe_cmd(
     from outpost.agent.cli import commissioning as c
 
     cfg = config_or_exit(config, check_files=False)
-    schedule = c.valid_or_exit(list(files), cfg.device_protocols(), EXIT_TROUBLE)
+    schedule, issues = validate_schedule(list(files), cfg.device_protocols(), sheet=sheet)
+    if schedule is None:
+        _print_issues(issues)
+        typer.echo(f"schedule invalid: {sum(i.is_error for i in issues)} problem(s)", err=True)
+        raise typer.Exit(EXIT_TROUBLE)
     if device is not None and device not in schedule.devices:
         raise typer.BadParameter(
             f"no point of these files is on device {device!r}; devices: "
             f"{', '.join(schedule.devices)}",
             param_hint="--device",
         )
-    texts = c.read_texts(list(files))
+    texts = _texts(list(files), sheet)
     report, how = c.run_probe(cfg, schedule, texts, device)
     if as_json:
         typer.echo(json.dumps({**report.to_dict(), "via": how}, indent=2))
@@ -294,7 +409,8 @@ def probe_cmd(
 @schedule_app.command("load")
 def load_cmd(
     files: Annotated[
-        list[Path], typer.Argument(help="schedule CSV files", metavar="FILE", show_default=False)
+        list[Path],
+        typer.Argument(help="schedule files (CSV or .xlsx)", metavar="FILE", show_default=False),
     ],
     config: ConfigOption = None,
     probe: Annotated[
@@ -310,6 +426,8 @@ def load_cmd(
             help="seconds the agent waits for 95% of the points to read good before it rolls back",
         ),
     ] = 60.0,
+    sheet: SheetOption = None,
+    strict: StrictOption = False,
 ) -> None:
     """Validate FILE..., show the diff against the running schedule, optionally probe, then
     apply it to the running agent live and print the old and new version.
@@ -330,8 +448,10 @@ def load_cmd(
         raise typer.BadParameter(
             f"two files are named {twice[0]!r}; file names must differ", param_hint="FILE"
         )
-    texts = c.read_texts(list(files))
-    schedule, issues = validate_schedule(list(files), cfg.device_protocols())
+    texts = _texts(list(files), sheet)
+    schedule, issues = validate_schedule(
+        list(files), cfg.device_protocols(), strict=strict, sheet=sheet
+    )
     if schedule is None:
         _print_issues(issues)
         c.record_refusal(cfg, texts)
@@ -340,6 +460,7 @@ def load_cmd(
             err=True,
         )
         raise typer.Exit(EXIT_INVALID)
+    _print_issues(issues)  # warnings only: the schedule is valid
     old_version, old = c.running_schedule(cfg)
     if old_version == schedule.version:
         typer.echo(f"schedule {schedule.version} is already running")
