@@ -14,6 +14,7 @@ import weakref
 
 from outpost.agent.core.scheduler import (
     Job,
+    RecentValues,
     Scheduler,
     freeze_long_lived,
     next_due,
@@ -210,3 +211,14 @@ def test_freeze_long_lived_keeps_the_schedule_out_of_collections_until_the_next_
         assert ref() is None
     finally:
         gc.unfreeze()
+
+
+def test_recent_values_keeps_the_last_n_oldest_first() -> None:
+    window = RecentValues(4)
+    for v in (1.0, 2.0, 3.0):
+        window.append(v)
+    assert list(window) == [1.0, 2.0, 3.0] and len(window) == 3
+    for v in (4.0, 5.0, 6.0):
+        window.append(v)
+    assert list(window) == [3.0, 4.0, 5.0, 6.0] and len(window) == 4
+    assert sorted(window, reverse=True)[0] == 6.0

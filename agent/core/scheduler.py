@@ -15,8 +15,8 @@ import gc
 import math
 import time
 import zlib
-from collections import deque
-from collections.abc import Awaitable, Callable
+from array import array
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -58,6 +58,33 @@ def next_due(now: float, interval: float, offset: float) -> float:
     return due
 
 
+class RecentValues:
+    """The last ``size`` values, oldest first, in a flat ``array('d')`` ring: 8 bytes a
+    sample where a deque of floats takes 32 (the float object and its slot). Every job keeps
+    2048 jitter samples, so at 500 devices that is 8 MB instead of 32 MB, and the agent's RSS
+    no longer creeps up for the first half hour while the windows fill."""
+
+    __slots__ = ("_data", "_next", "_size")
+
+    def __init__(self, size: int = 2048) -> None:
+        self._data = array("d")
+        self._size = size
+        self._next = 0  # once full: the slot of the oldest value, overwritten next
+
+    def append(self, value: float) -> None:
+        if len(self._data) < self._size:
+            self._data.append(value)
+        else:
+            self._data[self._next] = value
+            self._next = (self._next + 1) % self._size
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._data[self._next :] + self._data[: self._next])
+
+
 @dataclass(slots=True)
 class JobStats:
     polls: int = 0
@@ -67,7 +94,7 @@ class JobStats:
     last_start: float | None = None
     last_done: float | None = None
     last_duration_s: float | None = None
-    jitter_s: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+    jitter_s: RecentValues = field(default_factory=RecentValues)
 
     def count_crash(self, exc: BaseException) -> None:
         self.errors += 1
