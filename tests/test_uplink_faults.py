@@ -312,10 +312,15 @@ async def test_receiver_sigkilled_mid_sync(receiver_process, receiver_dsn, tmp_p
                FROM readings r JOIN points p ON p.key = r.point_key WHERE p.gateway_id = $1""",
             GW,
         )
+        event_rows = await conn.fetch(
+            "SELECT event_id FROM events WHERE gateway_id = $1 ORDER BY event_id", GW
+        )
     finally:
         await conn.close()
     received = [(r["point_id"], r["ts_ms"], r["value"], r["quality"]) for r in rows]
     assert_identical(buffer_rows(tmp_path / "buffer.db"), received)
+    event_ids = [r["event_id"] for r in event_rows]
+    assert event_ids and event_ids == buffer_event_ids(tmp_path / "buffer.db")
 
 
 @pytest.mark.parametrize("layout", ["rows", "columnar"])
