@@ -27,7 +27,9 @@ Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 ROLE_RANK: dict[str, int] = {"viewer": 1, "operator": 2, "admin": 3}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
-SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# Sites are the free text of `[agent] site` ("Demo data hall"): no control characters, no
+# comma (the CLI's --sites list separator), no slash (a site is a URL path segment).
+SITE_PATTERN = r"^[^\s,/\x00-\x1f\x7f][^,/\x00-\x1f\x7f]{0,255}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 _SITE_RE = re.compile(SITE_PATTERN)
 MIN_PASSWORD = 8

@@ -75,7 +75,9 @@ ALARM_STATES = (
 CONSOLE_ROWS = 200
 GwPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
 PointPath = Annotated[str, Path(pattern=ID_PATTERN, max_length=256)]
-SitePath = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+# A site is the free text of `[agent] site` (e.g. "Demo data hall"): anything but a slash or a
+# control character; links carry it URL-encoded.
+SitePath = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^/\x00-\x1f\x7f]+$")]
 OptStr = Annotated[str | None, Query(max_length=128)]
 # module level: with postponed annotations FastAPI resolves these names in the module globals
 RangeQ = Annotated[Literal["1h", "24h", "7d", "30d", "custom"], Query(alias="range")]
