@@ -91,7 +91,11 @@ class DriverContext:
 
 @dataclass(slots=True)
 class Backoff:
-    """The one reconnect policy of the drivers: a capped, doubling delay.
+    """The one retry policy of the agent side: a capped, doubling delay.
+
+    Used by the drivers' reconnects, the daemon's task supervisor, the uplink, the command
+    channel and the Sparkplug node (the receiver, which may not import agent-side code, uses
+    stamina with the same shape for its LISTEN reconnects).
 
     ``failed()`` after each failed attempt returns how long to wait before the next one:
     ``minimum``, then twice the previous delay, never more than ``maximum``; ``reset()`` after a
@@ -106,10 +110,23 @@ class Backoff:
     jitter: float = 0.0
     delay: float = 0.0  # nominal delay after the last failure; 0 while healthy
     rng: random.Random = field(default_factory=random.Random)
+    #: wait a uniform draw in [minimum, delay] instead of delay ± jitter: a fleet of clients
+    #: that lost one server at the same moment does not come back in lockstep
+    full_jitter: bool = False
+    failures: int = 0  # consecutive failures since the last reset
 
     def failed(self) -> float:
         self.delay = self.minimum if self.delay == 0.0 else min(self.delay * 2, self.maximum)
+        self.failures += 1
         return self.wait()
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        """:meth:`failed`, but never shorter than a server's ``Retry-After`` (itself capped at
+        max(``maximum``, 300 s), so a bogus header cannot park a client for a day)."""
+        wait = self.failed()
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, max(self.maximum, 300.0)))
+        return wait
 
     def hold(self) -> float:
         """A failure that retrying soon will not fix (e.g. rejected credentials): wait longest."""
@@ -118,8 +135,11 @@ class Backoff:
 
     def reset(self) -> None:
         self.delay = 0.0
+        self.failures = 0
 
     def wait(self) -> float:
+        if self.full_jitter:
+            return self.rng.uniform(self.minimum, max(self.minimum, self.delay))
         if not self.jitter:
             return self.delay
         return self.delay * self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)

@@ -444,9 +444,9 @@ async def test_bandwidth_cap(receiver_factory: ReceiverFactory, tmp_path: Path) 
 def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     import random
 
-    from outpost.cloud.uplink.support import Backoff, parse_retry_after
+    from outpost.cloud.uplink.support import parse_retry_after, retry_backoff
 
-    b = Backoff(0.5, 8.0, rng=random.Random(3))
+    b = retry_backoff(0.5, 8.0, rng=random.Random(3))
     delays = [b.next_delay() for _ in range(12)]
     assert all(0.5 <= d <= 8.0 for d in delays)
     assert max(delays[6:]) > 4.0  # it grows towards the cap...

@@ -29,7 +29,7 @@ import structlog
 from pydantic import ValidationError
 
 from outpost.cloud.config import CloudConfig
-from outpost.cloud.uplink.support import Backoff, parse_retry_after, read_token
+from outpost.cloud.uplink.support import parse_retry_after, read_token, retry_backoff
 from outpost.cloud.wire_commands import CommandPoll, CommandResult, CommandSpec, WireCommand
 
 from .executor import CommandExecutor
@@ -141,7 +141,7 @@ class CommandChannel:
 
     async def _poll_loop(self, client: httpx.AsyncClient) -> None:
         cfg = self.config
-        backoff = Backoff(cfg.backoff_min, cfg.backoff_max)
+        backoff = retry_backoff(cfg.backoff_min, cfg.backoff_max)
         url = f"/api/v1/gateways/{self.gateway_id}/commands"
         wait = cfg.command_wait_s
         while True:
@@ -253,7 +253,7 @@ class CommandChannel:
 
     async def _result_loop(self, client: httpx.AsyncClient) -> None:
         cfg = self.config
-        backoff = Backoff(cfg.backoff_min, cfg.backoff_max)
+        backoff = retry_backoff(cfg.backoff_min, cfg.backoff_max)
         while True:
             await self._results_ready.wait()
             self._results_ready.clear()

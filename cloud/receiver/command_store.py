@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from outpost.cloud.receiver.reconnect import until_connected
 from outpost.cloud.wire_commands import (
     DEFAULT_EXPIRY_S,
     CommandPoll,
@@ -125,16 +126,11 @@ class CommandStore:
             self._spawn(self._relisten_loop())
 
     async def _relisten_loop(self) -> None:
-        delay = 0.5
-        while not self._closing and self._listener is None:
-            try:
-                await self._connect_listener()
-                log.info("commands.listener_reconnected")
-                self._wake_all()  # a command may have come meanwhile
-                return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
+        if self._closing or self._listener is not None:
+            return
+        await until_connected(self._connect_listener)  # cancelled by close()
+        log.info("commands.listener_reconnected")
+        self._wake_all()  # a command may have come meanwhile
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         for event in self._waiters.get(payload, ()):

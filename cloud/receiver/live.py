@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
+from outpost.cloud.receiver.reconnect import until_connected
+
 log = structlog.get_logger(__name__)
 
 CHANNEL = "outpost_live"
@@ -168,17 +170,15 @@ class LiveHub:
         self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
-        delay = 0.5
-        while not self._closed:
-            try:
-                async with self._lock:
-                    await self._connect()
-                # updates may have been missed meanwhile: tell pages to re-read
-                self._fan_out(LiveEvent("gateway", "*", '{"t":"gateway","gw":"*"}'))
-                return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
+        async def connect() -> None:
+            async with self._lock:
+                await self._connect()
+
+        if self._closed:
+            return
+        await until_connected(connect)  # cancelled by close()
+        # updates may have been missed meanwhile: tell pages to re-read
+        self._fan_out(LiveEvent("gateway", "*", '{"t":"gateway","gw":"*"}'))
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1

@@ -46,6 +46,7 @@ from outpost.buffer.models import ReadingRows
 from outpost.cloud.sparkplug import payloads as sp
 from outpost.cloud.sparkplug import sparkplug_b_pb2 as pb
 from outpost.cloud.sparkplug.config import SparkplugConfig
+from outpost.drivers.base import Backoff
 from outpost.point_schedules.model import Point
 
 log = structlog.get_logger(__name__)
@@ -226,22 +227,21 @@ class SparkplugNode:
             # First start: what the buffer already holds predates Sparkplug; start at its end
             # unless told to backfill it.
             self._state.cursor = 0 if self.config.backfill_on_first_start else self.source.last_seq
-        delay = self.config.backoff_min
+        backoff = Backoff(self.config.backoff_min, self.config.backoff_max, jitter=0.2)
         while True:
             started = time.monotonic()
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
                 self.counters.last_error = str(exc)
-                log.warning("sparkplug.disconnected", error=str(exc), retry_in_s=delay)
+                log.warning("sparkplug.disconnected", error=str(exc))
             finally:
                 self.counters.connected = False
                 self._client = None
                 await asyncio.to_thread(self._save, False)
-            if time.monotonic() - started > 60:
-                delay = self.config.backoff_min
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.backoff_max)
+            if time.monotonic() - started > 60:  # a session that lasted: start over from short
+                backoff.reset()
+            await asyncio.sleep(backoff.failed())
 
     def _save(self, durable: bool) -> None:
         # Only when something moved: an idle site does not rewrite the file twice a second

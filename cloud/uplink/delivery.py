@@ -20,7 +20,7 @@ Guarantees:
   bisected the same way. A single row or event is dead-lettered for a server error only once
   the receiver has acknowledged other data since the failures began, so a receiver that
   fails every write (but answers the empty batch) costs delay, never data.
-- Retries use one policy (:class:`~outpost.cloud.uplink.support.Backoff`): capped exponential
+- Retries use one policy (:func:`~outpost.cloud.uplink.support.retry_backoff`): capped exponential
   backoff with full jitter, never below the receiver's ``Retry-After``.
 """
 
@@ -39,7 +39,7 @@ from outpost.buffer.source import SyncSource
 from outpost.cloud.uplink.batches import Batch, Planner, split
 from outpost.cloud.uplink.columnar_body import encode_columnar
 from outpost.cloud.uplink.session import Session, describe, detail
-from outpost.cloud.uplink.support import Backoff, parse_retry_after, read_token
+from outpost.cloud.uplink.support import parse_retry_after, read_token, retry_backoff
 from outpost.cloud.wire import (
     COLUMNAR_CONTENT_TYPE,
     IngestAck,
@@ -68,7 +68,7 @@ class Delivery:
         """Send until acknowledged or dead-lettered; only cancellation ends it otherwise."""
         session = self._session
         cfg = session.config
-        backoff = Backoff(cfg.backoff_min, cfg.backoff_max)
+        backoff = retry_backoff(cfg.backoff_min, cfg.backoff_max)
         c = session.counters
         strikes = 0
         while True:

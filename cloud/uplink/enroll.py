@@ -13,7 +13,7 @@ import httpx
 import structlog
 
 from outpost.cloud.uplink.session import Session, UplinkAuthError, describe, detail
-from outpost.cloud.uplink.support import Backoff, read_token, write_token
+from outpost.cloud.uplink.support import read_token, retry_backoff, write_token
 from outpost.cloud.wire import EnrollRequest, EnrollResponse
 
 log = structlog.get_logger(__name__)
@@ -23,7 +23,7 @@ async def ensure_token(session: Session, client: httpx.AsyncClient) -> str:
     """The gateway token: from ``token_file``, or by enrolling (retried until it works)."""
     cfg = session.config
     path = session.token_path
-    backoff = Backoff(cfg.backoff_min, cfg.backoff_max)
+    backoff = retry_backoff(cfg.backoff_min, cfg.backoff_max)
     warned = False
     while True:
         token = await asyncio.to_thread(read_token, path)

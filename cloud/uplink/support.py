@@ -1,4 +1,4 @@
-"""Small pieces the uplink is built from: the backoff policy, bandwidth cap, gateway-token file."""
+"""Small pieces the uplink is built from: the retry policy, bandwidth cap, gateway-token file."""
 
 from __future__ import annotations
 
@@ -12,36 +12,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from outpost.drivers.base import Backoff
 
-class Backoff:
-    """Capped exponential backoff with full jitter.
 
-    Full jitter (a uniform draw in [min, current]) keeps a fleet of gateways that lost the
-    receiver at the same moment from reconnecting in lockstep when it comes back.
-    """
-
-    def __init__(self, minimum: float, maximum: float, *, rng: random.Random | None = None) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self._rng = rng or random.Random()
-        self._attempt = 0
-
-    @property
-    def failures(self) -> int:
-        return self._attempt
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        ceiling = min(self.maximum, self.minimum * (2**self._attempt))
-        self._attempt = min(self._attempt + 1, 62)
-        delay = self._rng.uniform(self.minimum, ceiling)
-        if retry_after is not None:
-            # The server knows its load better than our guess; never go below what it asked,
-            # but don't let a bogus header park the gateway for a day either.
-            delay = max(delay, min(retry_after, max(self.maximum, 300.0)))
-        return delay
+def retry_backoff(minimum: float, maximum: float, *, rng: random.Random | None = None) -> Backoff:
+    """The retry policy of the uplink and the command channel: the agent side's one
+    :class:`~outpost.drivers.base.Backoff`, with full jitter (a fleet of gateways that lost
+    the receiver at the same moment does not reconnect in lockstep when it comes back) and
+    ``next_delay(retry_after)`` honouring the server's ``Retry-After``."""
+    return Backoff(minimum, maximum, rng=rng or random.Random(), full_jitter=True)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
