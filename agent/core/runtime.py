@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import FastAPI
@@ -53,7 +53,6 @@ from outpost.agent.core.scheduler import (
     freeze_long_lived,
     stagger_offset,
 )
-from outpost.agent.core.sparkplug_host import make_node
 from outpost.agent.core.supervise import supervise
 from outpost.agent.core.systemd import SystemdNotifier
 from outpost.buffer.columnar_store import ColumnarBuffer
@@ -65,7 +64,6 @@ from outpost.cloud.commands.schedule_apply import (
     ScheduleApplier,
     pushed_schedule_files,
 )
-from outpost.cloud.sparkplug.node import SparkplugNode
 from outpost.cloud.uplink import Uplink
 from outpost.cloud.wire import PointMeta
 from outpost.cloud.wire_commands import ScheduleApplyArgs, ScheduleApplyCommand, Verification
@@ -75,6 +73,9 @@ from outpost.drivers.registry import driver_class
 from outpost.point_schedules.loader import ScheduleError, load_schedule, parse_schedule
 from outpost.point_schedules.model import Schedule
 from outpost.point_schedules.quality import Quality
+
+if TYPE_CHECKING:
+    from outpost.cloud.sparkplug.node import SparkplugNode
 
 log = structlog.get_logger(__name__)
 
@@ -341,7 +342,11 @@ class Runtime:
                     tg.create_task(supervise("uplink", self.uplink.run), name="uplink")
                 if self.commands is not None:
                     tg.create_task(supervise("commands", self._command_channel), name="commands")
-                self.sparkplug = make_node(self)
+                if self.config.sparkplug is not None:
+                    # imported only when configured: protobuf, aiomqtt and paho cost ~2 MB RSS
+                    from outpost.agent.core.sparkplug_host import make_node
+
+                    self.sparkplug = make_node(self)
                 if self.sparkplug is not None:
                     # births need device health: after the first poll cycle, like commands
                     tg.create_task(
