@@ -391,6 +391,24 @@ async def test_dcmd_write(mosquitto: Mosquitto, tmp_path: Path, allow: bool) -> 
                     await asyncio.sleep(0.05)
                 await until(lambda: "sparkplug.dcmd_write" in agent.log(), 10, "write logged")
                 assert "sparkplug:127.0.0.1" in agent.log()
+                # the same guarded path as every write: outside max, or a read-only point,
+                # is refused and nothing reaches the device
+                temp_alias = next(
+                    m.alias for m in sub.of("DBIRTH")[0].payload.metrics if m.name == "plc.temp"
+                )
+                for target, value in ((alias, 150), (temp_alias, 7)):
+                    bad = pb.Payload(timestamp=int(time.time() * 1000))
+                    bm = bad.metrics.add()
+                    bm.alias, bm.int_value = target, value
+                    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
+                        await c.publish(
+                            f"spBv1.0/{GROUP}/DCMD/{GW}/plc", bad.SerializeToString(), qos=1
+                        )
+                await until(
+                    lambda: agent.log().count("sparkplug.dcmd_refused") >= 2, 15, "refusals"
+                )
+                assert (await server.get("hr", 10, 1))[0] == 42
+                assert (await server.get("hr", 0, 1))[0] == 215
             else:
                 await until(lambda: "sparkplug.dcmd_refused" in agent.log(), 15, "refusal")
                 assert (await server.get("hr", 10, 1))[0] == 20
