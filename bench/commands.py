@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -141,10 +142,11 @@ async def latency(url: str, tmp: Path, count: int, rate: float) -> None:
         executed: list[float] = []
         for x in rows:
             states[x["state"]] = states.get(x["state"], 0) + 1
+            created_ms = _ms(x["created_at"])
             if x["delivered_at"] is not None:
-                delivered.append(x["delivered_at"] - x["created_at"])
+                delivered.append(_ms(x["delivered_at"]) - created_ms)
             if x["result"]:
-                executed.append(x["result"]["executed_at"] - x["created_at"])
+                executed.append(x["result"]["executed_at"] - created_ms)
         print(f"latency over {len(rows)} commands at {rate:g}/s (states {states}):")
         for name, values in (("queued->delivered", delivered), ("queued->executed", executed)):
             print(
@@ -285,3 +287,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _ms(iso: str) -> float:
+    """The API's ISO 8601 times as epoch milliseconds (results carry epoch ms)."""
+    return datetime.fromisoformat(iso).timestamp() * 1000

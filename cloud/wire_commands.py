@@ -23,6 +23,7 @@ This module depends on pydantic and the standard library only (the receiver impo
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
@@ -270,9 +271,11 @@ class CommandView(BaseModel):
     args: dict[str, Any]
     actor: str
     state: CommandState
-    created_at: int
-    expires_at: int
-    delivered_at: int | None = None
-    finished_at: int | None = None
+    # ISO 8601 UTC, like every time the read API answers (the gateway's own protocol,
+    # WireCommand and CommandPoll, keeps epoch ms: it compares them with its clock)
+    created_at: datetime
+    expires_at: datetime
+    delivered_at: datetime | None = None
+    finished_at: datetime | None = None
     result: CommandResult | None = None
     rollout_id: int | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,10 @@ async def test_every_kind_end_to_end(receiver: ReceiverHandle, tmp_path: Path) -
 
         done = await op.run("ack", {"alarm_id": ALARM, "note": "seen from the NOC"})
         assert done["state"] == "succeeded", done
-        assert done["delivered_at"] is not None and done["finished_at"] >= done["delivered_at"]
+        assert done["delivered_at"] is not None
+        assert datetime.fromisoformat(done["finished_at"]) >= datetime.fromisoformat(
+            done["delivered_at"]
+        )
         alarm = (await _alarms(cfg))[ALARM]
         assert alarm["state"] == "ack_active" and alarm["acked_by"] == ACTOR
 

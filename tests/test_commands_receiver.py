@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -99,7 +100,9 @@ async def test_lifecycle_long_poll_result_and_repeat(receiver: ReceiverHandle) -
         )
         assert time.monotonic() - t0 < 15  # woke by NOTIFY, not by the 20 s timeout
         assert created["state"] == "queued" and created["actor"] == "admin-token@fleet"
-        assert created["expires_at"] - created["created_at"] == 300_000
+        assert created["created_at"].endswith("Z")  # ISO 8601 UTC, as the whole read API
+        expiry = _t(created["expires_at"]) - _t(created["created_at"])
+        assert expiry.total_seconds() == 300
         cmds = poll.json()["commands"]
         assert [(c["id"], c["kind"], c["args"], c["actor"]) for c in cmds] == [
             (created["id"], "ack", {"alarm_id": "cdu-01.t:hh", "note": "seen"}, "admin-token@fleet")
@@ -131,7 +134,7 @@ async def test_lifecycle_long_poll_result_and_repeat(receiver: ReceiverHandle) -
         )
         assert r.json()["state"] == "succeeded" and r.json()["result"]["message"] == "acknowledged"
         final = (await admin.get(f"/api/v1/gateways/gw-1/commands/{cid}")).json()
-        assert final["finished_at"] >= final["delivered_at"] >= final["created_at"]
+        assert _t(final["finished_at"]) >= _t(final["delivered_at"]) >= _t(final["created_at"])
         # final commands are never delivered again
         after_final = await gw.get("/api/v1/gateways/gw-1/commands", params={"wait": 0})
         assert after_final.json()["commands"] == []
@@ -264,3 +267,7 @@ async def test_rollout_waves_halt_and_expiry(receiver: ReceiverHandle) -> None:
             json={"files": {"x.csv": "x"}, "gateways": ["gw-z"], "canary": ["gw-c"]},
         )
         assert unknown.status_code == 404 and "gw-z" in unknown.json()["detail"]
+
+
+def _t(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
