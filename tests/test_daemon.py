@@ -92,7 +92,9 @@ async def test_agent_polls_serves_cli_reloads_and_stops_cleanly(tmp_path: Path) 
 
         row = await _until(temp_is_live)
         assert row["value"] == 23.5 and row["units"] == "degC" and row["ts"].endswith("Z")
-        assert set(row) == {"point_id", "device", "value", "quality", "ts", "units"}
+        # the contract's fields, plus last_change (when the value last moved; ISO 8601 UTC)
+        assert set(row) == {"point_id", "device", "value", "quality", "ts", "units", "last_change"}
+        assert row["last_change"].endswith("Z") and row["last_change"] <= row["ts"]
 
         r = await asyncio.to_thread(cli, cfg, "points", "--json")
         assert r.returncode == 0, r.stderr

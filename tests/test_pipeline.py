@@ -228,3 +228,31 @@ def test_block_filter_with_no_change_stores_nothing_and_keeps_the_live_cache() -
     assert pipe.ingest(range(2), _result(101.0, [3.0, 4.0])) == 0
     assert sink.rows == []
     assert table.ts[0] == 101.0 and table.stored_ts[0] == 100.0
+
+
+def test_last_change_is_when_the_value_last_moved_block_and_scattered() -> None:
+    """The status page's "last change": the first reading counts, a repeated value does not,
+    a NaN (bad) reading is not a change of value; both paths agree; a reload keeps it."""
+    for index in ([0, 1], [1, 0]):  # contiguous (block) and scattered
+        table, _, pipe = _table(deadband=0.0)
+
+        def changed(table: PointTable = table) -> list[float | None]:
+            return [table.live(i).changed for i in range(2)]
+
+        assert changed() == [None, None]
+        values = {0: 20.0, 1: 1.0}
+        pipe.ingest(index, _result(100.0, [values[i] for i in index]))
+        assert changed() == [100.0, 100.0]
+        values[0] = 21.0
+        pipe.ingest(index, _result(101.0, [values[i] for i in index]))
+        assert changed() == [101.0, 100.0]
+        values[1] = math.nan  # bad reading: no value change
+        bad = [int(Quality.BAD) if i == 1 else 0 for i in index]
+        pipe.ingest(index, _result(102.0, [values[i] for i in index], bad))
+        assert changed() == [101.0, 100.0]
+        values[1] = 2.0
+        pipe.ingest(index, _result(103.0, [values[i] for i in index]))
+        assert changed() == [101.0, 103.0]
+        reloaded = PointTable(table.schedule, [10, 11])
+        reloaded.carry_over(table)
+        assert [reloaded.live(i).changed for i in range(2)] == [101.0, 103.0]

@@ -161,6 +161,10 @@ async def test_status_page_on_loopback(site: Site, browser: Browser) -> None:
         row = page.locator('tr[data-point="plc.flow"]')
         await expect(row).to_contain_text("120")
         await expect(row).to_contain_text("l/min")
+        # last change: when the value last moved (the first reading counts), ISO 8601 UTC
+        await expect(page.locator("#points-table thead")).to_contain_text("Last change")
+        changed = row.locator('td[title="when the value last moved to a new value"]')
+        await expect(changed).to_have_text(re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"))
         await expect(page.locator('tr[data-point="plc.supply_temp"]')).to_contain_text("HH 40")
         await expect(page.locator("#alarms-table")).to_contain_text("plc.supply_temp:hi")
         await expect(page.locator("#alarms-table")).to_contain_text("plc.return_temp:hi")

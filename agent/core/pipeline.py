@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress
-from operator import ge, gt, ne, or_, sub
+from operator import add, and_, eq, ge, gt, mul, ne, or_, sub
 from typing import Protocol
 
 from outpost.agent.core.points import PointTable
@@ -97,6 +97,14 @@ class Pipeline:
         t = self.table
         b = a + n
         r_ts, r_value, r_quality = result.ts, result.value, result.quality
+        old = t.value[a:b]
+        if old != r_value:
+            # last change: where the value moved to a new real value (a NaN reading is not a
+            # change of value), changed = changed + moved * (ts - changed), C-level passes;
+            # exact, as ts - changed is exact for nearby floats (Sterbenz)
+            c = t.changed_ts[a:b]
+            moved = map(and_, map(ne, r_value, old), map(eq, r_value, r_value))
+            t.changed_ts[a:b] = array("d", map(add, c, map(mul, moved, map(sub, r_ts, c))))
         t.ts[a:b] = r_ts
         t.value[a:b] = r_value
         t.quality[a:b] = r_quality
@@ -153,7 +161,7 @@ class Pipeline:
     ) -> int:
         """The same rule point by point, for any ``index``."""
         t = self.table
-        live_ts, live_value, live_quality = t.ts, t.value, t.quality
+        live_ts, live_value, live_quality, changed = t.ts, t.value, t.quality, t.changed_ts
         s_value, s_ts, s_quality = t.stored_value, t.stored_ts, t.stored_quality
         deadband, heartbeat, keys = t.deadband, t.heartbeat, t.keys
         r_ts, r_value, r_quality = result.ts, result.value, result.quality
@@ -167,6 +175,8 @@ class Pipeline:
             ts = r_ts[j]
             v = r_value[j]
             q = r_quality[j]
+            if count and v == v and v != live_value[i]:  # block fallback: done by the caller
+                changed[i] = ts
             live_ts[i] = ts
             live_value[i] = v
             live_quality[i] = q

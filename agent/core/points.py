@@ -26,6 +26,8 @@ class LiveValue:
     quality: str
     ts: float | None
     units: str
+    #: when the value last moved to a new value (the first reading counts); None: no value yet
+    changed: float | None = None
 
 
 class PointTable:
@@ -40,6 +42,7 @@ class PointTable:
         self.ts = array("d", [math.nan]) * n
         self.value = array("d", [math.nan]) * n
         self.quality = array("B", [NEVER]) * n
+        self.changed_ts = array("d", [0.0]) * n  # 0.0: no value seen yet
         # report-by-exception state
         self.stored_value = array("d", [math.nan]) * n
         self.stored_ts = array("d", [-math.inf]) * n
@@ -60,6 +63,7 @@ class PointTable:
             self.ts[i] = old.ts[j]
             self.value[i] = old.value[j]
             self.quality[i] = old.quality[j]
+            self.changed_ts[i] = old.changed_ts[j]
             if old.points[j] == self.points[i]:
                 self.stored_value[i] = old.stored_value[j]
                 self.stored_ts[i] = old.stored_ts[j]
@@ -85,4 +89,5 @@ class PointTable:
             quality="unknown" if q == NEVER else QUALITY_LABEL[q],
             ts=None if math.isnan(self.ts[i]) else self.ts[i],
             units=p.units,
+            changed=self.changed_ts[i] or None,
         )

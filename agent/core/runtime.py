@@ -991,6 +991,7 @@ def _live_dict(table: PointTable, i: int) -> dict[str, Any]:
         "quality": lv.quality,
         "ts": _iso(lv.ts),
         "units": lv.units,
+        "last_change": _iso(lv.changed),
     }
 
 
