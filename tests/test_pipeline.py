@@ -253,6 +253,14 @@ def test_last_change_is_when_the_value_last_moved_block_and_scattered() -> None:
         values[1] = 2.0
         pipe.ingest(index, _result(103.0, [values[i] for i in index]))
         assert changed() == [101.0, 103.0]
+        pipe.ingest(index, _result(104.0, [values[i] for i in index]))  # nothing moved
+        assert changed() == [101.0, 103.0]
+        values = {0: 22.0, 1: 3.0}  # every value moved (the block's one-pass path)
+        pipe.ingest(index, _result(105.0, [values[i] for i in index]))
+        assert changed() == [105.0, 105.0]
+        values[1] = 4.0
+        pipe.ingest(index, _result(106.0, [values[i] for i in index]))
+        assert changed() == [105.0, 106.0]
         reloaded = PointTable(table.schedule, [10, 11])
         reloaded.carry_over(table)
-        assert [reloaded.live(i).changed for i in range(2)] == [101.0, 103.0]
+        assert [reloaded.live(i).changed for i in range(2)] == [105.0, 106.0]

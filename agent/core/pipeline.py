@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress
-from operator import add, and_, eq, ge, gt, mul, ne, or_, sub
+from operator import add, ge, gt, mul, ne, or_, sub
 from typing import Protocol
 
 from outpost.agent.core.points import PointTable
@@ -98,13 +98,6 @@ class Pipeline:
         b = a + n
         r_ts, r_value, r_quality = result.ts, result.value, result.quality
         old = t.value[a:b]
-        if old != r_value:
-            # last change: where the value moved to a new real value (a NaN reading is not a
-            # change of value), changed = changed + moved * (ts - changed), C-level passes;
-            # exact, as ts - changed is exact for nearby floats (Sterbenz)
-            c = t.changed_ts[a:b]
-            moved = map(and_, map(ne, r_value, old), map(eq, r_value, r_value))
-            t.changed_ts[a:b] = array("d", map(add, c, map(mul, moved, map(sub, r_ts, c))))
         t.ts[a:b] = r_ts
         t.value[a:b] = r_value
         t.quality[a:b] = r_quality
@@ -116,7 +109,19 @@ class Pipeline:
         # NaN has its own rule and inf - inf is NaN: blocks with either go point by point
         total = sum(r_value) + sum(s_value)
         if total - total != 0.0:
+            self._track_changes_nan_aware(a, old, r_value, r_ts)
             return self._ingest_scattered(range(a, b), result, count=False)
+        if old != r_value:
+            # last change. Every value moved (the common case of a busy block): one pass and a
+            # slice copy. Some moved: changed + moved * (ts - changed) in C-level passes, exact
+            # because ts - changed is exact for nearby floats (Sterbenz).
+            if all(map(ne, r_value, old)):
+                t.changed_ts[a:b] = r_ts
+            else:
+                c = t.changed_ts[a:b]
+                t.changed_ts[a:b] = array(
+                    "d", map(add, c, map(mul, map(ne, r_value, old), map(sub, r_ts, c)))
+                )
 
         s_ts = t.stored_ts[a:b]
         heartbeat = t.heartbeat[a:b]
@@ -155,6 +160,15 @@ class Pipeline:
         self.stats.stored += stored
         self.sink.append(out_ts, out_key, out_value, out_quality)
         return stored
+
+    def _track_changes_nan_aware(
+        self, a: int, old: Sequence[float], r_value: Sequence[float], r_ts: Sequence[float]
+    ) -> None:
+        """Last change for a block holding NaN: a NaN reading is not a change of value."""
+        changed = self.table.changed_ts
+        for j, v in enumerate(r_value):
+            if v == v and v != old[j]:
+                changed[a + j] = r_ts[j]
 
     def _ingest_scattered(
         self, index: Sequence[int], result: PollResult, *, count: bool = True
