@@ -10,9 +10,10 @@ import grp
 import os
 import pwd
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 
 class AgentNotRunning(Exception):
@@ -36,6 +37,10 @@ class AgentClient:
         self._timeout = timeout
 
     def _client(self) -> httpx.Client:
+        # imported here: the CLI module that holds this client is also the daemon's entry
+        # point, and `outpost run` never calls its own API (httpx costs the daemon ≈ 2 MB)
+        import httpx
+
         transport = httpx.HTTPTransport(uds=str(self.socket_path))
         return httpx.Client(transport=transport, base_url="http://outpost", timeout=self._timeout)
 
@@ -49,6 +54,8 @@ class AgentClient:
             raise AgentNotRunning(
                 f"no agent running: socket {self.socket_path} not found (start it with `outpost run`)"
             )
+        import httpx
+
         try:
             with self._client() as client:
                 response = client.request(method, path, json=json, params=params)

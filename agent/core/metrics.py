@@ -1,10 +1,10 @@
 """Prometheus metrics of one running agent (``GET /metrics``).
 
-One :class:`AgentMetrics` per ``Runtime``, with its own ``CollectorRegistry`` (never the
-process-global default: two runtimes in one test process must not share series). Nearly
-everything is read at scrape time from the counters the runtime keeps anyway (scheduler job
-stats, pipeline stats, device health, buffer stats, uplink and command-channel status, alarm
-counts, mode) by :class:`_AgentCollector`, so the hot path pays nothing for it. The one
+One :class:`AgentMetrics` per ``Runtime``; prometheus_client and the collector
+(``core.metrics_export``) are imported at the first scrape, with a registry of the agent's own.
+Nearly everything is read at scrape time from the counters the runtime keeps anyway (scheduler
+job stats, pipeline stats, device health, buffer stats, uplink and command-channel status,
+alarm counts, mode) by ``metrics_export.AgentCollector``, so the hot path pays nothing for it. The one
 metric fed as it happens is the poll-duration histogram: one ``observe`` per poll of a device
 (:meth:`AgentMetrics.timed_poll` wraps the scheduler's job action), never per point.
 
@@ -22,28 +22,21 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING
 
 import structlog
 import uvicorn
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from outpost.agent.core.coordinator import DeviceCoordinator
-from outpost.agent.core.pipeline import Pipeline
-from outpost.agent.core.points import PointTable
-from outpost.agent.core.scheduler import Scheduler
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from outpost.agent.core.metrics_export import AgentCollector, MetricsSource
 
 log = structlog.get_logger(__name__)
 
@@ -54,398 +47,70 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class _HasStatus(Protocol):
-    def status(self) -> dict[str, Any]: ...
+class PollDurations:
+    """One device's poll-duration histogram in plain numbers: observing costs a bisect and two
+    additions, and prometheus_client is needed only to render it (``metrics_export``)."""
 
+    __slots__ = ("counts", "created", "total")
 
-class _Alarms(Protocol):
-    def counts(self) -> dict[str, int]: ...
-
-
-class _Control(Protocol):
-    @property
-    def alarms(self) -> _Alarms: ...
-
-    def mode_state(self) -> dict[str, Any]: ...
-
-
-class MetricsSource(Protocol):
-    """What the metrics read of the runtime (``core.runtime.Runtime`` provides it)."""
-
-    @property
-    def started_at(self) -> float: ...
-
-    @property
-    def coordinators(self) -> Mapping[str, DeviceCoordinator]: ...
-
-    @property
-    def scheduler(self) -> Scheduler | None: ...
-
-    @property
-    def pipeline(self) -> Pipeline | None: ...
-
-    @property
-    def table(self) -> PointTable | None: ...
-
-    @property
-    def reloads(self) -> int: ...
-
-    @property
-    def reload_errors(self) -> int: ...
-
-    def metrics_info(self) -> dict[str, str]:
-        """Labels of ``outpost_agent_info``: gateway, version, schedule_version."""
-        ...
-
-    def metrics_parts(
-        self,
-    ) -> tuple[_Control | None, _HasStatus | None, _HasStatus | None, _HasStatus | None]:
-        """Local control, uplink, command channel, Sparkplug node (None when not running)."""
-        ...
-
-    async def buffer_stats(self) -> dict[str, Any] | None: ...
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0.0] * (buckets + 1)
+        self.total = 0.0
+        self.created = time.time()
 
 
 class AgentMetrics:
     def __init__(self, source: MetricsSource) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self._source = source
-        self._collector = _AgentCollector(source)
-        self.registry.register(self._collector)
-        ProcessCollector(registry=self.registry)
-        self._poll_seconds = Histogram(
-            "outpost_poll_duration_seconds",
-            "Duration of one poll of a device's point group (request to decoded values).",
-            ["device"],
-            buckets=POLL_BUCKETS,
-            registry=self.registry,
-        )
+        self._polls: dict[str, PollDurations] = {}
+        self._registry: CollectorRegistry | None = None
+        self._collector: AgentCollector | None = None
         self._lock = asyncio.Lock()
 
     def timed_poll(
         self, device: str, action: Callable[[], Awaitable[None]]
     ) -> Callable[[], Awaitable[None]]:
         """``action`` with its duration observed once per poll (also when it raises)."""
-        child = self._poll_seconds.labels(device)
+        series = self._polls.get(device)
+        if series is None:
+            series = self._polls[device] = PollDurations(len(POLL_BUCKETS))
+        counts = series.counts
 
         async def timed() -> None:
             t0 = time.perf_counter()
             try:
                 await action()
             finally:
-                child.observe(time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                counts[bisect_left(POLL_BUCKETS, elapsed)] += 1
+                series.total += elapsed
 
         return timed
 
     async def render(self) -> bytes:
         """The exposition text. Buffer statistics need SQLite: fetched off the loop first,
         then everything else is read on the loop, where the runtime's objects live."""
+        from outpost.agent.core.metrics_export import AgentCollector, build_registry, exposition
+
         async with self._lock:
+            if self._registry is None or self._collector is None:
+                self._collector = AgentCollector(self._source)
+                self._registry = build_registry(
+                    self._collector,
+                    "outpost_poll_duration_seconds",
+                    "Duration of one poll of a device's point group (request to decoded values).",
+                    POLL_BUCKETS,
+                    self._polls,
+                )
             self._collector.buffer = await self._source.buffer_stats()
             try:
-                return generate_latest(self.registry)
+                return exposition(self._registry)
             finally:
                 self._collector.buffer = None
 
     async def endpoint(self, request: Request) -> Response:
         """Starlette endpoint for ``GET /metrics``."""
         return Response(await self.render(), media_type=CONTENT_TYPE)
-
-
-def _counter(name: str, doc: str, value: float | None) -> Iterator[Metric]:
-    if value is not None:
-        yield CounterMetricFamily(name, doc, value=value)
-
-
-def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
-    if value is not None:
-        yield GaugeMetricFamily(name, doc, value=value)
-
-
-class _AgentCollector(Collector):
-    def __init__(self, source: MetricsSource) -> None:
-        self._source = source
-        self.buffer: dict[str, Any] | None = None
-
-    def describe(self) -> Iterable[Metric]:
-        # The families depend on what runs (uplink, buffer): let the registry skip the
-        # duplicate-name check instead of collecting at registration time.
-        return []
-
-    def collect(self) -> Iterable[Metric]:
-        src = self._source
-        yield InfoMetricFamily("outpost_agent", "The running agent.", value=src.metrics_info())
-        yield GaugeMetricFamily(
-            "outpost_agent_start_time_seconds",
-            "Start time of the agent since the Unix epoch.",
-            value=src.started_at,
-        )
-        yield from self._devices()
-        yield from self._pipeline()
-        yield from _counter(
-            "outpost_schedule_reloads_total", "Schedule reloads that succeeded.", src.reloads
-        )
-        yield from _counter(
-            "outpost_schedule_reload_errors_total",
-            "Schedule reloads refused (the running schedule stayed).",
-            src.reload_errors,
-        )
-        control, uplink, commands, sparkplug = src.metrics_parts()
-        if control is not None:
-            yield from _control(control)
-        if self.buffer is not None:
-            # Edge-only (no [cloud]): nothing is ever "synced", so backlog series would only
-            # grow and trip the backlog alert; leave them out.
-            yield from _buffer(self.buffer, uplink=uplink is not None)
-        if uplink is not None:
-            yield from _uplink(uplink.status())
-        if commands is not None:
-            yield from _commands(commands.status())
-        if sparkplug is not None:
-            yield from _sparkplug(sparkplug.status())
-
-    def _devices(self) -> Iterator[Metric]:
-        src = self._source
-        up = GaugeMetricFamily(
-            "outpost_device_up", "1 if the device's last poll got an answer.", labels=["device"]
-        )
-        failures = GaugeMetricFamily(
-            "outpost_device_consecutive_failures",
-            "Polls in a row that got no answer from the device.",
-            labels=["device"],
-        )
-        points = GaugeMetricFamily(
-            "outpost_points", "Points of the loaded schedule, by device.", labels=["device"]
-        )
-        polls = CounterMetricFamily(
-            "outpost_polls", "Polls of the device's point groups.", labels=["device"]
-        )
-        overruns = CounterMetricFamily(
-            "outpost_poll_overruns",
-            "Poll slots skipped because the previous poll of the group was still running.",
-            labels=["device"],
-        )
-        errors = CounterMetricFamily(
-            "outpost_poll_errors", "Polls that raised (logged as poll.error).", labels=["device"]
-        )
-        for device, coord in src.coordinators.items():
-            up.add_metric([device], 1.0 if coord.health.connected else 0.0)
-            failures.add_metric([device], coord.health.consecutive_failures)
-            points.add_metric([device], sum(len(g.points) for g in coord.groups))
-        per_device: dict[str, list[int]] = {}
-        scheduler = src.scheduler
-        if scheduler is not None:
-            for key, job in scheduler.jobs.items():
-                device = key.rpartition("@")[0] or key
-                acc = per_device.setdefault(device, [0, 0, 0])
-                acc[0] += job.stats.polls
-                acc[1] += job.stats.overruns
-                acc[2] += job.stats.errors
-        for device, (n, over, err) in sorted(per_device.items()):
-            polls.add_metric([device], n)
-            overruns.add_metric([device], over)
-            errors.add_metric([device], err)
-        yield from (up, failures, points, polls, overruns, errors)
-
-    def _pipeline(self) -> Iterator[Metric]:
-        pipeline = self._source.pipeline
-        if pipeline is None:
-            return
-        st = pipeline.stats
-        yield from _counter(
-            "outpost_readings_total",
-            "Readings produced by polls (every point, every poll).",
-            st.readings,
-        )
-        yield from _counter("outpost_readings_bad_total", "Readings of bad quality.", st.bad)
-        yield from _counter(
-            "outpost_readings_stored_total",
-            "Readings handed to the buffer (after report-by-exception).",
-            st.stored,
-        )
-
-
-def _control(control: _Control) -> Iterator[Metric]:
-    counts = dict(control.alarms.counts())
-    unacked = counts.pop("unacked", 0)
-    active = GaugeMetricFamily(
-        "outpost_alarms_active", "Active alarms by priority.", labels=["priority"]
-    )
-    for priority, n in counts.items():
-        active.add_metric([priority], n)
-    yield active
-    yield GaugeMetricFamily(
-        "outpost_alarms_unacked", "Alarms waiting for acknowledgement.", value=unacked
-    )
-    state = control.mode_state()
-    current = state.get("mode")
-    mode = GaugeMetricFamily(
-        "outpost_mode", "The site's operating mode: 1 for the current one.", labels=["mode"]
-    )
-    for name in state.get("modes") or [current]:
-        mode.add_metric([str(name)], 1.0 if name == current else 0.0)
-    yield mode
-
-
-def _buffer(st: Mapping[str, Any], *, uplink: bool) -> Iterator[Metric]:
-    yield from _gauge("outpost_buffer_rows", "Readings held in the buffer.", st.get("rows"))
-    if uplink:
-        yield from _gauge(
-            "outpost_buffer_unsynced_rows",
-            "Readings not yet acknowledged by the receiver.",
-            st.get("unsynced_rows"),
-        )
-        yield GaugeMetricFamily(
-            "outpost_buffer_oldest_unsynced_age_seconds",
-            "Age of the oldest unsynced reading (0 when nothing waits).",
-            value=float(st.get("oldest_unsynced_age_s") or 0.0),
-        )
-        yield from _gauge(
-            "outpost_buffer_unsynced_events", "Events not yet synced.", st.get("unsynced_events")
-        )
-    yield from _gauge("outpost_buffer_bytes", "Size of the buffer file.", st.get("size_bytes"))
-    yield from _gauge(
-        "outpost_buffer_free_bytes",
-        "Free pages inside the buffer file, reusable without growing it.",
-        st.get("free_bytes"),
-    )
-    yield from _gauge(
-        "outpost_buffer_pending_rows",
-        "Readings queued in memory for the next commit.",
-        st.get("pending_rows"),
-    )
-    evicted = CounterMetricFamily(
-        "outpost_buffer_evicted_rows",
-        'Readings removed by the size bound; synced="false" ones were lost.',
-        labels=["synced"],
-    )
-    evicted.add_metric(["true"], st.get("evicted_synced") or 0)
-    evicted.add_metric(["false"], st.get("evicted_unsynced") or 0)
-    yield evicted
-    yield from _counter(
-        "outpost_buffer_expired_rows_total",
-        "Synced readings removed by retention_days.",
-        st.get("expired_rows"),
-    )
-    yield from _counter(
-        "outpost_buffer_dropped_rows_total",
-        "Readings dropped before commit (memory queue full).",
-        st.get("dropped_rows"),
-    )
-    yield from _counter(
-        "outpost_buffer_corrupt_recoveries_total",
-        "Corrupt buffer files moved aside and replaced.",
-        st.get("corrupt_recoveries"),
-    )
-    yield from _counter(
-        "outpost_buffer_rejected_batches_total",
-        "Batches the receiver refused for good (dead letters).",
-        st.get("rejected_batches"),
-    )
-    yield from _gauge(
-        "outpost_buffer_last_seq", "Highest committed sequence number.", st.get("last_seq")
-    )
-
-
-def _uplink(st: Mapping[str, Any]) -> Iterator[Metric]:
-    yield GaugeMetricFamily(
-        "outpost_uplink_connected",
-        "1 if the last exchange with the receiver succeeded.",
-        value=1.0 if st.get("connected") else 0.0,
-    )
-    yield from _counter(
-        "outpost_uplink_batches_total",
-        "Batches acknowledged by the receiver.",
-        st.get("batches_sent"),
-    )
-    yield from _counter(
-        "outpost_uplink_failures_total", "Batches that failed (retried).", st.get("batches_failed")
-    )
-    yield from _counter(
-        "outpost_uplink_bytes_total",
-        "Bytes sent to the receiver (compressed).",
-        st.get("bytes_sent"),
-    )
-    yield from _counter(
-        "outpost_uplink_readings_total",
-        "Readings acknowledged by the receiver.",
-        st.get("readings_sent"),
-    )
-    yield from _counter(
-        "outpost_uplink_events_total", "Events acknowledged by the receiver.", st.get("events_sent")
-    )
-    yield from _counter(
-        "outpost_uplink_heartbeats_total", "Heartbeats sent.", st.get("heartbeats_sent")
-    )
-    yield from _gauge(
-        "outpost_uplink_backlog_rows",
-        "Readings waiting to be sent (as the uplink last saw the buffer).",
-        st.get("backlog_rows"),
-    )
-    yield from _gauge(
-        "outpost_uplink_last_success_timestamp_seconds",
-        "When the receiver last acknowledged something, since the Unix epoch.",
-        st.get("last_success_ts"),
-    )
-
-
-def _commands(st: Mapping[str, Any]) -> Iterator[Metric]:
-    yield GaugeMetricFamily(
-        "outpost_commands_connected",
-        "1 if the command channel's long-poll is connected.",
-        value=1.0 if st.get("connected") else 0.0,
-    )
-    executed = CounterMetricFamily(
-        "outpost_commands_executed",
-        "Commands from the receiver, by outcome (succeeded, failed, refused, expired).",
-        labels=["status"],
-    )
-    by_status: Mapping[str, int] = st.get("executed_by_status") or {}
-    for status in ("succeeded", "failed", "refused", "expired"):
-        executed.add_metric([status], by_status.get(status, 0))
-    for status, n in sorted(by_status.items()):
-        if status not in ("succeeded", "failed", "refused", "expired"):
-            executed.add_metric([status], n)
-    yield executed
-    yield from _gauge(
-        "outpost_commands_pending_results",
-        "Command results not yet confirmed by the receiver.",
-        st.get("pending_results"),
-    )
-
-
-def _sparkplug(st: Mapping[str, Any]) -> Iterator[Metric]:
-    yield GaugeMetricFamily(
-        "outpost_sparkplug_connected",
-        "1 while the Sparkplug edge node is connected to its broker.",
-        value=1.0 if st.get("connected") else 0.0,
-    )
-    yield from _gauge("outpost_sparkplug_bdseq", "bdSeq of the current session.", st.get("bdseq"))
-    yield from _counter(
-        "outpost_sparkplug_sessions_total", "MQTT sessions (each a new bdSeq).", st.get("sessions")
-    )
-    yield from _counter(
-        "outpost_sparkplug_births_total",
-        "NBIRTH messages (sessions and rebirths).",
-        st.get("births"),
-    )
-    yield from _counter(
-        "outpost_sparkplug_messages_total", "Sparkplug messages published.", st.get("messages")
-    )
-    readings = CounterMetricFamily(
-        "outpost_sparkplug_readings",
-        'Readings published as DDATA metrics; historical="true": held during an outage.',
-        labels=["historical"],
-    )
-    readings.add_metric(["false"], st.get("readings_live") or 0)
-    readings.add_metric(["true"], st.get("readings_historical") or 0)
-    yield readings
-    dcmd = CounterMetricFamily(
-        "outpost_sparkplug_dcmd", "DCMD write requests by outcome.", labels=["outcome"]
-    )
-    dcmd.add_metric(["applied"], st.get("dcmd_applied") or 0)
-    dcmd.add_metric(["refused"], st.get("dcmd_refused") or 0)
-    yield dcmd
 
 
 # ---------------------------------------------------------------------- [api] bind

@@ -57,14 +57,11 @@ from outpost.agent.core.supervise import supervise
 from outpost.agent.core.systemd import SystemdNotifier
 from outpost.buffer.columnar_store import ColumnarBuffer
 from outpost.buffer.store import Buffer
-from outpost.cloud.commands.client import CommandChannel
-from outpost.cloud.commands.executor import CommandExecutor, Policy
 from outpost.cloud.commands.schedule_apply import (
     ProbeSnapshot,
     ScheduleApplier,
     pushed_schedule_files,
 )
-from outpost.cloud.uplink import Uplink
 from outpost.cloud.wire import PointMeta
 from outpost.cloud.wire_commands import ScheduleApplyArgs, ScheduleApplyCommand, Verification
 from outpost.drivers.base import Driver, DriverContext, PointGroup
@@ -75,7 +72,9 @@ from outpost.point_schedules.model import Schedule
 from outpost.point_schedules.quality import Quality
 
 if TYPE_CHECKING:
+    from outpost.cloud.commands.client import CommandChannel
     from outpost.cloud.sparkplug.node import SparkplugNode
+    from outpost.cloud.uplink import Uplink
 
 log = structlog.get_logger(__name__)
 
@@ -709,6 +708,9 @@ class Runtime:
     def _make_uplink(self) -> Uplink | None:
         if self.config.cloud is None:
             return None
+        # imported only with [cloud]: httpx and the uplink cost an edge-only agent ≈ 3 MB RSS
+        from outpost.cloud.uplink import Uplink
+
         assert self.buffer is not None
         return Uplink(
             self.config.cloud,
@@ -730,6 +732,9 @@ class Runtime:
         cloud = self.config.cloud
         if cloud is None:
             return None
+        from outpost.cloud.commands.client import CommandChannel
+        from outpost.cloud.commands.executor import CommandExecutor, Policy
+
         assert self.control is not None
         executor = CommandExecutor(
             self.control,
