@@ -11,6 +11,7 @@ import gc
 import heapq
 import itertools
 import weakref
+from collections.abc import Awaitable, Callable
 
 from outpost.agent.core.scheduler import (
     Job,
@@ -222,3 +223,71 @@ def test_recent_values_keeps_the_last_n_oldest_first() -> None:
         window.append(v)
     assert list(window) == [3.0, 4.0, 5.0, 6.0] and len(window) == 4
     assert sorted(window, reverse=True)[0] == 6.0
+
+
+async def test_jobs_due_shortly_after_another_share_its_wake_up() -> None:
+    vt = VirtualTime(6000.0)
+    sleeps = 0
+    starts: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+
+    async def counted_sleep(delay: float) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        await vt.sleep(delay)
+
+    def action(name: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            starts[name].append(vt.now)
+
+        return run
+
+    sched = Scheduler(clock=vt.clock, sleep=counted_sleep)
+    sched.add(Job("a", 1.0, action("a"), offset=0.10))
+    sched.add(Job("b", 1.0, action("b"), offset=0.12))  # 20 ms after a: joins a's wake-up
+    sched.add(Job("c", 1.0, action("c"), offset=0.20))  # 100 ms after a: a wake-up of its own
+    await _run(sched, vt, 3.5)
+    aligned = [6001.10, 6002.10, 6003.10]
+    # after the unaligned first poll: a on its slots, b with a (20 ms early), c on its own
+    assert [round(t, 9) for t in starts["a"][1:]] == aligned
+    assert [round(t, 9) for t in starts["b"][1:]] == aligned
+    assert [round(t, 9) for t in starts["c"][1:]] == [6001.20, 6002.20, 6003.20]
+    # two wake-ups a cycle, not three: the first poll, three aligned ones, the pending next
+    assert sleeps == 2 * 5
+    # jitter is lateness against the wake-up slept on: none in virtual time
+    assert all(j == 0.0 for name in "abc" for j in sched.jobs[name].stats.jitter_s)
+
+
+async def test_without_coalescing_every_due_time_has_its_own_wake_up() -> None:
+    vt = VirtualTime(7000.0)
+    starts: list[float] = []
+
+    async def action() -> None:
+        starts.append(vt.now)
+
+    sched = Scheduler(clock=vt.clock, sleep=vt.sleep, coalesce_s=0.0)
+    sched.add(Job("a", 1.0, action, offset=0.10))
+    sched.add(Job("b", 1.0, action, offset=0.12))
+    await _run(sched, vt, 2.5)
+    assert [round(t, 9) for t in starts[2:]] == [7001.10, 7001.12, 7002.10, 7002.12]
+
+
+async def test_a_stopped_wake_up_leader_sends_its_followers_back_to_wait() -> None:
+    vt = VirtualTime(8000.0)
+    sched = Scheduler(clock=vt.clock, sleep=vt.sleep)
+    leader = asyncio.create_task(sched._wait_until(8001.0, 0.025))
+    await asyncio.sleep(0)
+    follower = asyncio.create_task(sched._wait_until(8001.01, 0.025))
+    await asyncio.sleep(0)
+    follower_2 = asyncio.create_task(sched._wait_until(8001.02, 0.025))
+    await asyncio.sleep(0)
+    follower_2.cancel()  # a follower stopping does not disturb the others
+    await asyncio.gather(follower_2, return_exceptions=True)
+    assert not follower.done() and not leader.done()
+    leader.cancel()
+    await asyncio.gather(leader, return_exceptions=True)
+    # woken, told the wake-up did not happen: the job loop waits again rather than polling
+    assert await follower is None
+    assert sched._wakes == []
+    on_time = asyncio.create_task(sched._wait_until(8001.01, 0.025))
+    await vt.run_for(2.0)
+    assert on_time.result() == 8001.01

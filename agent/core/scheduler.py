@@ -6,6 +6,16 @@ the wall clock every cycle (``k × interval + offset``), never by adding sleeps,
 drift over hours. A poll still running when its next slot comes is not stacked: the slot is
 skipped and counted as an overrun. The very first poll of a job runs at start-up, unaligned,
 so a 60 s group does not leave its points unknown for up to a minute.
+
+Shared wake-ups: every time the process sleeps and wakes costs far more than the Python it
+then runs (54–77 µs a wake-up on the bench VM, plus a loop iteration), and with fifty devices
+staggered across 250 ms each device would wake the loop alone, twice a poll (its timer, then
+its answer). So a job whose due time falls at most ``coalesce_s`` (25 ms, never more than a
+twentieth of its interval) after a wake-up another job has already set joins that wake-up
+instead of setting its own: its poll starts up to 25 ms early. The stagger keeps its purpose
+(fifty devices are spread over about ten wake-ups instead of one millisecond, and their
+answers come back in the same few bursts) at a fifth of the wake-ups. ``jitter`` is measured
+against the wake-up the job slept on, so it still shows how late the event loop was.
 """
 
 from __future__ import annotations
@@ -126,22 +136,40 @@ class Job:
     stats: JobStats = field(default_factory=JobStats)
 
 
+class _Wake:
+    """A wake-up one job sleeps for (the leader); others due shortly after wait on it."""
+
+    __slots__ = ("followers", "when")
+
+    def __init__(self, when: float) -> None:
+        self.when = when
+        self.followers: list[asyncio.Future[bool]] = []
+
+
+COALESCE_S = 0.025
+"""How far after another job's wake-up a job's due time may fall and still share it."""
+
+
 class Scheduler:
     """Runs jobs at aligned wall-clock slots. ``clock`` and ``sleep`` are injectable so tests
-    can run the scheduler in virtual time."""
+    can run the scheduler in virtual time. ``coalesce_s``: see the module docstring (0 gives
+    every due time its own wake-up)."""
 
     def __init__(
         self,
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        coalesce_s: float = COALESCE_S,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
+        self._coalesce_s = coalesce_s
         self.jobs: dict[str, Job] = {}
         self.last_progress = time.monotonic()
         self.first_cycle_done = asyncio.Event()
         self._pending_first: set[str] = set()
+        self._wakes: list[_Wake] = []  # pending wake-ups, a handful per interval
 
     def add(self, job: Job) -> None:
         self.jobs[job.key] = job
@@ -166,10 +194,11 @@ class Scheduler:
             # The first poll runs at once (after the job's small stagger) so values and READY do
             # not wait for a slow group's first aligned slot; from then on slots are aligned.
             due = self._clock() + min(job.offset, 0.25)
+            window = min(self._coalesce_s, job.interval / 20)
             while True:
-                delay = due - self._clock()
-                if delay > 0:
-                    await self._sleep(delay)
+                woke_for = await self._wait_until(due, window)
+                if woke_for is None:
+                    continue  # the wake-up's leader stopped before its time: wait again
                 now = self._clock()
                 if now - due > job.interval:
                     # The loop itself was held up (suspend, clock step): realign, count it.
@@ -185,7 +214,7 @@ class Scheduler:
                         overruns=job.stats.overruns,
                     )
                 else:
-                    job.stats.jitter_s.append(now - due)
+                    job.stats.jitter_s.append(now - woke_for)
                     running = asyncio.create_task(
                         self._run_once(job, now), name=f"poll-once:{job.key}"
                     )
@@ -195,6 +224,32 @@ class Scheduler:
                 running.cancel()
                 with _suppress_cancel():
                     await running
+
+    async def _wait_until(self, due: float, window: float) -> float | None:
+        """Sleep until ``due``, or until a wake-up already set in ``[due - window, due]``;
+        returns the time slept for (``due`` itself when it has passed), None when the
+        wake-up's leader was stopped before its time."""
+        delay = due - self._clock()
+        if delay <= 0:
+            return due
+        for wake in self._wakes:
+            if due - window <= wake.when <= due:
+                # a future of its own: cancelling this job must not cancel the others' wait
+                mine: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                wake.followers.append(mine)
+                return wake.when if await mine else None
+        wake = _Wake(due)
+        self._wakes.append(wake)
+        on_time = False
+        try:
+            await self._sleep(delay)
+            on_time = True
+        finally:
+            self._wakes.remove(wake)
+            for follower in wake.followers:
+                if not follower.done():
+                    follower.set_result(on_time)
+        return due
 
     async def _run_once(self, job: Job, started: float) -> None:
         job.stats.last_start = started
