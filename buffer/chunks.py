@@ -35,9 +35,12 @@ loop per reading except the seconds→milliseconds conversion the row format doe
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
@@ -79,9 +82,10 @@ class Columns:
         return len(self.keys)
 
 
-def _shuffle(raw: bytes, width: int) -> bytes:
-    view = memoryview(raw)
-    return b"".join(bytes(view[i::width]) for i in range(width))
+def _lanes(raw: bytes, width: int) -> list[bytes]:
+    """Byte shuffle: byte 0 of every ``width``-byte element, then byte 1, ... (a strided bytes
+    slice is a C loop, ~0.5 ns per byte)."""
+    return [raw[i::width] for i in range(width)]
 
 
 def _unshuffle(data: memoryview, width: int, n: int) -> bytes:
@@ -91,14 +95,87 @@ def _unshuffle(data: memoryview, width: int, n: int) -> bytes:
     return bytes(out)
 
 
+def _key_lanes(keys: Sequence[int]) -> list[bytes]:
+    """The keys as shuffled uint32 lanes. From int64 arrays (what the pipeline hands over) these
+    are the low four lanes of the int64 bytes once the high four are shown to be zero, with no
+    per-key conversion; anything else goes through ``array("I")``, which refuses (OverflowError)
+    a key that does not fit."""
+    n = len(keys)
+    if (
+        isinstance(keys, array)
+        and keys.itemsize == 8
+        and keys.typecode in "qQ"
+        and sys.byteorder == "little"
+    ):
+        lanes = _lanes(keys.tobytes(), 8)
+        if all(lane.count(0) == n for lane in lanes[4:]):
+            return lanes[:4]
+    return _lanes(array("I", keys).tobytes(), 4)
+
+
+def _typed(col: Sequence[Any], typecode: str) -> array[Any]:
+    if isinstance(col, array) and col.typecode == typecode:
+        return col
+    return array(typecode, col)
+
+
+#: Below this many equal timestamps in a row, :func:`seconds_to_ms` converts one by one.
+_MIN_RUN = 16
+_SCALAR_SPAN = 1024
+
+
+def seconds_to_ms(ts: Sequence[float]) -> tuple[array[int], int, int]:
+    """``round(t * 1000)`` of every timestamp (epoch seconds -> ms), with the min and the max.
+
+    Readings of one device request share their timestamp, so a commit's timestamps are mostly
+    runs of equal values: a run is found by a binary search (checked with a C-level count, so
+    unordered input is still converted exactly), converted once and repeated. Where runs are
+    short or the input is not ordered, the next ``_SCALAR_SPAN`` (at least) are converted one
+    by one. A NaN or infinite timestamp
+    raises ValueError/OverflowError like ``round`` does (the writer drops that batch).
+    """
+    n = len(ts)
+    if n == 0:
+        raise ValueError("seconds_to_ms: no timestamps")
+    out: array[int] = array("q")
+    lo = hi = round(ts[0] * 1000.0)
+    i = 0
+    while i < n:
+        t = ts[i]
+        j = bisect_right(ts, t, i)
+        if j - i < _MIN_RUN:
+            span = _SCALAR_SPAN
+        elif ts[j - 1] == t and ts[i:j].count(t) == j - i:
+            m = round(t * 1000.0)
+            out += array("q", (m,)) * (j - i)
+            lo, hi = min(lo, m), max(hi, m)
+            i = j
+            continue
+        else:
+            # Unordered: the span the failed check covered goes one by one, so the checks
+            # never cost more than the conversion itself.
+            span = max(_SCALAR_SPAN, j - i)
+        part = [round(x * 1000.0) for x in ts[i : i + span]]
+        out.fromlist(part)
+        lo, hi = min(lo, min(part)), max(hi, max(part))
+        i += len(part)
+    return out, lo, hi
+
+
 def encode_chunk(
     first_seq: int,
     ts_ms: Sequence[int],
     keys: Sequence[int],
     values: Sequence[float],
     quality: Sequence[int],
+    *,
+    ts_range: tuple[int, int] | None = None,
 ) -> Chunk:
-    """Pack one commit's readings (columns aligned by index, ``values`` NaN for none)."""
+    """Pack one commit's readings (columns aligned by index, ``values`` NaN for none).
+
+    Typed arrays (``ts_ms`` int64 "q", ``values`` "d", ``quality`` "B", ``keys`` "I" or
+    int64) are used as they are, without a per-reading conversion; ``ts_range`` is
+    (min, max) of ``ts_ms`` if the caller knows it already."""
     n = len(keys)
     if not (len(ts_ms) == len(values) == len(quality) == n):
         raise ValueError(
@@ -107,20 +184,15 @@ def encode_chunk(
         )
     if n == 0:
         raise ValueError("encode_chunk: a chunk holds at least one reading")
-    ts_col = array("q", ts_ms)
-    key_col = array("I", keys)
-    val_col = array("d", values)
-    q_col = array("B", quality)
-    raw = b"".join(
-        (
-            _shuffle(ts_col.tobytes(), 8),
-            _shuffle(key_col.tobytes(), 4),
-            _shuffle(val_col.tobytes(), 8),
-            q_col.tobytes(),
-        )
-    )
+    ts_col = _typed(ts_ms, "q")
+    parts = _lanes(ts_col.tobytes(), 8)
+    parts += _key_lanes(keys)
+    parts += _lanes(_typed(values, "d").tobytes(), 8)
+    parts.append(_typed(quality, "B").tobytes())
+    raw = b"".join(parts)
     blob = _HEADER.pack(CODEC_V1, n) + zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
-    return Chunk(first_seq, n, min(ts_col), max(ts_col), blob)
+    lo, hi = ts_range if ts_range is not None else (min(ts_col), max(ts_col))
+    return Chunk(first_seq, n, lo, hi, blob)
 
 
 def decode_chunk(chunk: Chunk) -> Columns:

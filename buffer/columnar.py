@@ -18,6 +18,7 @@ Guarantees this layer keeps, so the seams above keep theirs:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from outpost.buffer.chunks import Chunk, Columns, decode_chunk, encode_chunk, slice_rows
 
@@ -39,13 +40,16 @@ def create(conn: sqlite3.Connection) -> None:
 def insert(
     conn: sqlite3.Connection,
     first_seq: int,
-    ts_ms: list[int],
-    keys: list[int],
-    values: list[float],
-    quality: list[int],
+    ts_ms: Sequence[int],
+    keys: Sequence[int],
+    values: Sequence[float],
+    quality: Sequence[int],
+    *,
+    ts_range: tuple[int, int] | None = None,
 ) -> int:
-    """Store one commit's readings as a chunk; returns the last seq."""
-    chunk = encode_chunk(first_seq, ts_ms, keys, values, quality)
+    """Store one commit's readings as a chunk; returns the last seq. ``ts_range``: (min, max)
+    of ``ts_ms`` if the caller has it (see :func:`~.chunks.encode_chunk`)."""
+    chunk = encode_chunk(first_seq, ts_ms, keys, values, quality, ts_range=ts_range)
     conn.execute(
         "INSERT INTO chunks(first_seq, n, min_ts, max_ts, blob) VALUES (?, ?, ?, ?, ?)",
         (chunk.first_seq, chunk.n, chunk.min_ts_ms, chunk.max_ts_ms, chunk.blob),

@@ -22,13 +22,14 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from itertools import chain
+from array import array
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
 from outpost.buffer import columnar, schema
-from outpost.buffer.chunks import Columns
+from outpost.buffer.chunks import Columns, seconds_to_ms
 from outpost.buffer.files import BufferFiles
 from outpost.buffer.history import History, _spans
 from outpost.buffer.maintenance import Maintenance, _Step
@@ -43,23 +44,45 @@ log = structlog.get_logger(__name__)
 
 
 def insert_chunk(conn: sqlite3.Connection, batches: list[ReadingBatch], seq: int) -> int:
-    """The writer's insert for the columnar layout: one chunk per call."""
+    """The writer's insert for the columnar layout: one chunk per call.
+
+    The batches' columns (the pipeline's typed arrays) are concatenated by memory copies and
+    handed to the codec as they are; the only per-reading Python work left is converting
+    timestamps that do not come in runs (:func:`~.chunks.seconds_to_ms`)."""
     if not batches:
         return seq
-    ms = [round(t * 1000.0) for t in chain.from_iterable(b.ts for b in batches)]
+    ts_ms, lo, hi = seconds_to_ms(_concat("d", [b.ts for b in batches]))
+    keys = batches[0].keys
+    if len(batches) > 1:
+        keys = _concat(keys.typecode if isinstance(keys, array) else "q", [b.keys for b in batches])
     last = columnar.insert(
         conn,
         seq + 1,
-        ms,
-        list(chain.from_iterable(b.keys for b in batches)),
-        list(chain.from_iterable(b.values for b in batches)),
-        list(chain.from_iterable(b.quality for b in batches)),
+        ts_ms,
+        keys,
+        _concat("d", [b.values for b in batches]),
+        _concat("B", [b.quality for b in batches]),
+        ts_range=(lo, hi),
     )
     conn.execute(
         "INSERT OR REPLACE INTO blocks(first_seq, last_seq, min_ts, max_ts) VALUES (?,?,?,?)",
-        (seq + 1, last, min(ms), max(ms)),
+        (seq + 1, last, lo, hi),
     )
     return last
+
+
+def _concat(typecode: str, cols: list[Sequence[Any]]) -> array[Any]:
+    """One typed array from the batches' columns (a memcpy each where the typecode matches;
+    a column of another kind is converted, and refused like ``array()`` refuses it)."""
+    if len(cols) == 1 and isinstance(cols[0], array) and cols[0].typecode == typecode:
+        return cols[0]
+    out: array[Any] = array(typecode)
+    for c in cols:
+        if isinstance(c, array) and c.typecode != typecode:
+            out.fromlist(c.tolist())
+        else:
+            out.extend(c)
+    return out
 
 
 def _rows(names: PointNames, parts: list[Columns]) -> ReadingRows:

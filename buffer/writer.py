@@ -408,6 +408,13 @@ class Writer:
                 continue
             self._settle(inflight)
             inflight.clear()
+        with self._lock:
+            behind = bool(self._queue)
+        if behind:
+            # The round limit is there so maintenance and the heartbeat get their turn, not to
+            # sleep: without this, a backlog whose producer has stopped appending (a flush
+            # waiting on it) would wait a whole commit_interval per 20 transactions.
+            self._wake.set()
         return True
 
     def _commit_separately(
