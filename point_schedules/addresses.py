@@ -58,6 +58,7 @@ class AddressError(ValueError):
 
 MODBUS_TABLES: tuple[str, ...] = ("hr", "ir", "coil", "di")
 MODBUS_MAX_ADDRESS = 65535
+_MODBUS_TABLE_NAMES = {t: t for t in MODBUS_TABLES}
 
 _MODBUS_RE = re.compile(r"([A-Za-z]+)\s*:\s*([0-9]+)(?:\.([0-9]+))?")
 _MODBUS_SHAPE = "expected TABLE:ADDRESS with TABLE one of hr, ir, coil, di (e.g. hr:40, hr:40.3)"
@@ -81,8 +82,9 @@ def parse_modbus(text: str) -> ModbusAddress:
                     f"{_MODICON_TABLE[mm.group(1)]}:{n - 1} for {s}"
                 )
         raise AddressError(_MODBUS_SHAPE + hint)
-    table = m.group(1).lower()
-    if table not in MODBUS_TABLES:
+    # the module's own table string, not a fresh lower-cased copy kept by every address
+    table = _MODBUS_TABLE_NAMES.get(m.group(1).lower())
+    if table is None:
         raise AddressError(f'unknown table "{m.group(1)}": expected one of hr, ir, coil, di')
     digits = m.group(2)
     if len(digits) > _MAX_DIGITS or int(digits) > MODBUS_MAX_ADDRESS:

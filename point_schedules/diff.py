@@ -6,6 +6,7 @@ location differs; moving a row to another line or file is not a change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 
@@ -93,7 +94,7 @@ def _value(v: object) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
-    if isinstance(v, dict):
+    if isinstance(v, Mapping):
         return ";".join(f"{k}={val}" if val else k for k, val in v.items()) or "(none)"
     if isinstance(v, str):
         return f'"{v}"'

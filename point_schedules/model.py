@@ -8,8 +8,10 @@ also declares which of its fields are point metadata (``METADATA_FIELDS``, the r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 #: A point id: lower-case letters, digits and ``_ . -``, starting with a letter or digit. The
@@ -145,6 +147,13 @@ DEFAULT_HEARTBEAT_S = 300.0
 # agent acquires the value (address, decoding, polling) and stay on the gateway.
 _META: dict[str, Any] = {"role": "meta"}
 _LIMIT: dict[str, Any] = {"role": "limit"}
+# Most points have no tags: they all share this one read-only mapping instead of an empty dict
+# each (64 bytes a point, 6 MB at 100,000 points).
+NO_TAGS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+def _no_tags() -> Mapping[str, str]:
+    return NO_TAGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +200,8 @@ class Point:
     alarm_deadband: float = field(default=0.0, metadata=_LIMIT)
     alarm_delay: float = field(default=0.0, metadata=_LIMIT)
     alarm_clear_delay: float = field(default=0.0, metadata=_LIMIT)
-    # marker tags map to ""
-    tags: dict[str, str] = field(default_factory=dict, metadata=_META)
+    # marker tags map to ""; read-only (the loader shares one mapping between equal tag sets)
+    tags: Mapping[str, str] = field(default_factory=_no_tags, metadata=_META)
     source: SourceRef | None = field(default=None, compare=False)
 
     def to_engineering(self, raw: float) -> float:

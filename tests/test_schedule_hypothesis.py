@@ -337,6 +337,11 @@ def test_workbook_loads_as_its_csv(rows: list[dict[str, str]], typed: bool) -> N
             else:
                 cells.append(text or None)
         sheet.append(cells)
+        for cell in sheet[sheet.max_row]:
+            # openpyxl makes any text starting with "=" a formula (with no computed value):
+            # the cell must hold the text itself, as a cell formatted as text does.
+            if isinstance(cell.value, str) and cell.value.startswith("="):
+                cell.data_type = "s"
     xlsx = io.BytesIO()
     book.save(xlsx)
     from_csv, csv_issues = parse_schedule([("f.csv", out.getvalue().encode())], DEVICES)

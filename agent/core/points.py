@@ -33,7 +33,7 @@ class LiveValue:
 class PointTable:
     def __init__(self, schedule: Schedule, buffer_keys: Sequence[int]) -> None:
         self.schedule = schedule
-        self.points: list[Point] = list(schedule.points)
+        self.points: Sequence[Point] = schedule.points  # the schedule's tuple, not a copy
         self.ids: list[str] = [p.point_id for p in self.points]
         self.index: dict[str, int] = {pid: i for i, pid in enumerate(self.ids)}
         n = len(self.points)
