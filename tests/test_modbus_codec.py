@@ -186,3 +186,23 @@ def test_wire_values_through_the_block_decoder(case: dict) -> None:
         assert value[0] == pytest.approx(case["value"])
     else:
         assert math.isnan(value[0])
+
+
+def test_plan_is_kept_per_request_not_per_point() -> None:
+    from outpost.drivers.base import PollResult
+
+    pts = [mkpoint(f"p{i}", f"hr:{i}") for i in range(125)]
+    pts.append(mkpoint("f", "hr:200", DataType.FLOAT32))
+    plan = build_plan(pts, max_registers=125, max_bits=2000, max_gap=16)
+    first, second = plan.requests
+    # positions in a flat array, 125 equal adjacent fields compiled as one counted run
+    assert isinstance(first.positions, array) and list(first.positions) == list(range(125))
+    (layer,) = first.layers
+    assert layer.st.format == ">125H" and layer.run == 0
+    # the specs the cold paths need are compiled again from the group's points on demand
+    assert [s.point_id for s in second.specs] == ["f"]
+    assert [s.start for s in first.specs] == list(range(125))
+    regs = list(range(1000, 1125))
+    result = PollResult.empty(len(pts))
+    decode_into(first, regs, None, result.value, result.ts, result.quality, 5.0)
+    assert list(result.value[:125]) == [float(r) for r in regs]

@@ -46,11 +46,15 @@ class DeviceCoordinator:
         self.groups: list[PointGroup] = []
         self.health = DeviceHealth()
         self._alarm_positions: dict[int, list[tuple[int, str]]] = {}
+        # per group: its global index as a ``range`` when contiguous (the pipeline's block
+        # path then skips comparing a list of every index on each poll)
+        self._index: dict[int, Sequence[int]] = {}
 
     def set_groups(self, groups: Sequence[PointGroup]) -> None:
         self.groups = list(groups)
         for g in self.groups:
             self.driver.prepare(g)
+        self._index = {id(g): _as_range(g.index) for g in self.groups}
         self.refresh_alarm_positions()
 
     def refresh_alarm_positions(self) -> None:
@@ -59,7 +63,10 @@ class DeviceCoordinator:
     async def poll(self, group: PointGroup) -> None:
         result = await self.driver.read(group)
         self._account(result)
-        self.pipeline.ingest(group.index, result, self._alarm_positions.get(id(group), ()))
+        key = id(group)
+        self.pipeline.ingest(
+            self._index.get(key, group.index), result, self._alarm_positions.get(key, ())
+        )
 
     async def stream(self, group: PointGroup) -> None:
         """Push drivers: run the driver's stream, every update going through ``push``."""
@@ -80,8 +87,8 @@ class DeviceCoordinator:
         if n == 0:
             return
         q = result.quality
-        comms_failed = q.count(Quality.BAD_COMM_FAILURE) + q.count(Quality.BAD_TIMEOUT)
-        if comms_failed == n:
+        # every point failing for comms implies the first one did: one look, not two counts
+        if (q[0] == _COMM or q[0] == _TIMEOUT) and q.count(_COMM) + q.count(_TIMEOUT) == n:
             h.consecutive_failures += 1
             if h.down_since is None:
                 h.down_since = now
@@ -99,3 +106,14 @@ class DeviceCoordinator:
             h.down_since = None
             h.last_ok_ts = now
             h.last_error = None
+
+
+_COMM = int(Quality.BAD_COMM_FAILURE)
+_TIMEOUT = int(Quality.BAD_TIMEOUT)
+
+
+def _as_range(index: Sequence[int]) -> Sequence[int]:
+    n = len(index)
+    if n and index[-1] - index[0] == n - 1 and list(range(index[0], index[0] + n)) == index:
+        return range(index[0], index[0] + n)
+    return index

@@ -31,7 +31,7 @@ import math
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -99,11 +99,23 @@ class _RawRegistersMixin:
     """Response decoding in one step: pymodbus' own ``decode`` unpacks register by register and
     its debug logging formats the whole register list for every response even with debug off
     (together about a third of the client's CPU per request). Keeping the wire bytes also lets
-    the planner's structs read them directly."""
+    the planner's structs read them directly, so the register list is only built when someone
+    asks for it (a write's read-modify-write, a response longer than requested)."""
 
     function_code: int
-    registers: Any
     raw: bytes
+    _registers: list[int] | None = None
+
+    @property
+    def registers(self) -> Sequence[int]:
+        if self._registers is None:
+            raw = getattr(self, "raw", b"")
+            self._registers = list(struct.unpack(f">{len(raw) // 2}H", raw[: len(raw) & ~1]))
+        return self._registers
+
+    @registers.setter
+    def registers(self, value: Sequence[int]) -> None:
+        self._registers = list(value)
 
     def decode(self, data: bytes) -> None:
         count = int(data[0])
@@ -113,7 +125,7 @@ class _RawRegistersMixin:
                 function_code=self.function_code,
             )
         self.raw = bytes(data[1 : 1 + count])
-        self.registers = list(struct.unpack(f">{count // 2}H", self.raw[: count & ~1]))
+        self._registers = None
 
     def __str__(self) -> str:
         return f"{type(self).__name__}(fc={self.function_code}, registers={len(self.registers)})"
@@ -287,6 +299,9 @@ class _Outcome:
     def __init__(self, quality: int | None, stop: bool) -> None:
         self.quality = quality
         self.stop = stop
+
+
+_OK = _Outcome(None, False)  # shared: a successful request allocates no outcome
 
 
 class ModbusDriver(Driver):
@@ -479,20 +494,22 @@ class ModbusDriver(Driver):
             fail_into(req, value, tsa, quality, _DEVICE, ts)
             self._note_failure(req, "exception", exception_text(code))
             return _Outcome(_DEVICE, False)
-        payload = response.bits if req.bits else response.registers
-        if len(payload) < req.count:
-            fail_into(req, value, tsa, quality, _DEVICE, ts)
-            self._note_failure(req, "short_response", f"{len(payload)} of {req.count}")
-            return _Outcome(_DEVICE, False)
-        raw = getattr(response, "raw", None)
-        if raw is not None and len(raw) != 2 * req.count:
-            raw = None  # more registers than asked for: let the register list decide
+        raw = None if req.bits else getattr(response, "raw", None)
+        if raw is not None and len(raw) == 2 * req.count:
+            payload: Any = ()  # decoded from the wire bytes; the register list is not built
+        else:
+            raw = None  # more registers than asked for (or fewer): the register list decides
+            payload = response.bits if req.bits else response.registers
+            if len(payload) < req.count:
+                fail_into(req, value, tsa, quality, _DEVICE, ts)
+                self._note_failure(req, "short_response", f"{len(payload)} of {req.count}")
+                return _Outcome(_DEVICE, False)
         decode_into(req, payload, raw, value, tsa, quality, ts)
         if req.reported:
             log.info("modbus.request_recovered", device=self.device_id, request=req.address_text)
+            req.reported = False
         req.failures = 0
-        req.reported = False
-        return _Outcome(None, False)
+        return _OK
 
     def _note_failure(self, req: Request, kind: str, detail: str) -> None:
         req.failures += 1
@@ -609,7 +626,7 @@ class ModbusDriver(Driver):
             spec = compile_point(0, point)
         except PlanError as exc:
             raise WriteError(f"{point.point_id}: {exc}") from None
-        req = build_request(spec.table, [spec])
+        req = build_request(spec.table, [spec], [point])
         result = PollResult.empty(1)
         await self._connected_for(point)
         outcome = await self._execute(req, result.value, result.ts, result.quality)

@@ -10,6 +10,11 @@ Each request carries precompiled ``struct.Struct`` layers covering its whole blo
 pad bytes, so decoding a response is one ``unpack_from`` per layer (usually one per request)
 plus a loop that drops values into the ``PollResult`` arrays at precomputed positions. Scale,
 offset, float sanity and range checks run only over the points that need them.
+
+A plan is kept per request, not per point: positions in flat ``array('I')``, a struct format
+with runs of equal fields folded (``125H``, one compiled code instead of 125), and no
+``PointSpec`` per point. Specs are compiled again from the group's points (which the group
+holds anyway) only when a request is split, re-merged or named in a log line.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from outpost.point_schedules.quality import Quality
 
 NAN = float("nan")
 INF = float("inf")
+NEG_INF = -INF  # one object: negating INF in a function allocates a new float every call
 
 #: Modbus read function code per table
 READ_FC: dict[str, int] = {"coil": 1, "di": 2, "hr": 3, "ir": 4}
@@ -83,7 +89,7 @@ class Layer:
 
     view: int
     st: struct.Struct
-    positions: list[int]
+    positions: array  # array('I')
     masks: list[tuple[int, int, int]] | None = None
     run: int = -1  # positions are run, run+1, ...: one slice assignment instead of a loop
     has_float: bool = False
@@ -94,8 +100,8 @@ class Request:
     table: str
     start: int
     count: int
-    specs: list[PointSpec]
-    positions: list[int]
+    source: Sequence[Point]  # the group's points (shared by all requests of its plan)
+    positions: array  # array('I'): positions in ``source`` of the request's points, by address
     layers: list[Layer] = field(default_factory=list)
     bits: list[tuple[int, int]] = field(default_factory=list)  # (offset in response, pos)
     need_raw: bool = False
@@ -123,6 +129,11 @@ class Request:
     def address_text(self) -> str:
         return f"{self.table}:{self.start}+{self.count}"
 
+    @property
+    def specs(self) -> list[PointSpec]:
+        """The request's points compiled again (cold paths only: splits, logs, re-planning)."""
+        return [compile_point(pos, self.source[pos]) for pos in self.positions]
+
     def splittable(self) -> bool:
         return len({s.start for s in self.specs}) > 1
 
@@ -146,7 +157,7 @@ def compile_point(pos: int, point: Point) -> PointSpec:
     address = point.address
     if not isinstance(address, ModbusAddress):
         raise PlanError(f"address {address} is not a Modbus address")
-    lo = point.min if point.min is not None else -INF
+    lo = point.min if point.min is not None else NEG_INF
     hi = point.max if point.max is not None else INF
     if address.is_bit_table:
         if address.bit is not None:
@@ -219,30 +230,44 @@ def _run_start(positions: list[int]) -> int:
 
 
 def _struct_over(start: int, fields: list[tuple[int, int, str]], prefix: str) -> struct.Struct:
-    """A struct reading ``fields`` (start, registers, code) of a block beginning at ``start``."""
+    """A struct reading ``fields`` (start, registers, code) of a block beginning at ``start``.
+
+    Adjacent fields of one code are folded into a counted run (``HHH`` → ``3H``): the struct
+    module compiles a counted run to one code, and each separate code costs it ~32 bytes."""
     parts = [prefix]
     cursor = start
+    run_code = ""
+    run = 0
     for fstart, size, code in fields:
-        if fstart > cursor:
-            parts.append(f"{2 * (fstart - cursor)}x")
-        parts.append(code)
+        if fstart == cursor and code == run_code:
+            run += 1
+        else:
+            if run:
+                parts.append(f"{run}{run_code}" if run > 1 else run_code)
+            if fstart > cursor:
+                parts.append(f"{2 * (fstart - cursor)}x")
+            run_code, run = code, 1
         cursor = fstart + size
+    if run:
+        parts.append(f"{run}{run_code}" if run > 1 else run_code)
     return struct.Struct("".join(parts))
 
 
-def build_request(table: str, specs: list[PointSpec]) -> Request:
+def build_request(table: str, specs: list[PointSpec], source: Sequence[Point]) -> Request:
+    """One request over ``specs`` (compiled from ``source``, the group's points)."""
     specs = sorted(specs, key=lambda s: (s.start, s.pos))
     start = specs[0].start
     end = max(s.end for s in specs)
-    req = Request(table, start, end - start, specs, [s.pos for s in specs])
+    positions = [s.pos for s in specs]
+    req = Request(table, start, end - start, source, array("I", positions))
     for s in specs:
         if s.scale != 1.0 or s.offset != 0.0:
             req.scaled.append((s.pos, s.scale, s.offset))
         if s.data_type in FLOAT_TYPES:
             req.floats.append(s.pos)
-        if s.lo != -INF or s.hi != INF:
+        if s.lo != NEG_INF or s.hi != INF:
             req.ranged.append((s.pos, s.lo, s.hi))
-    req.ts_runs = _runs(req.positions)
+    req.ts_runs = _runs(positions)
     if req.ranged:
         ranged_runs = _runs([pos for pos, _, _ in req.ranged])
         if len(ranged_runs) == 1:
@@ -277,7 +302,9 @@ def build_request(table: str, specs: list[PointSpec]) -> Request:
             )
             positions = [s.pos for s in stack]
             has_float = any(s.data_type in FLOAT_TYPES for s in stack)
-            req.layers.append(Layer(view, st, positions, None, _run_start(positions), has_float))
+            req.layers.append(
+                Layer(view, st, array("I", positions), None, _run_start(positions), has_float)
+            )
 
     mask_specs = [s for s in specs if s.mask is not None]
     if mask_specs:
@@ -286,7 +313,7 @@ def build_request(table: str, specs: list[PointSpec]) -> Request:
         view, prefix = NATURAL_LAYOUTS[0]
         st = _struct_over(start, [(r, 1, "H") for r in registers], prefix)
         masks = [(index[s.start], int(s.mask or 0), s.pos) for s in mask_specs]
-        req.layers.append(Layer(view, st, [], masks))
+        req.layers.append(Layer(view, st, array("I"), masks))
     req.need_raw = any(layer.view == RAW for layer in req.layers)
     req.need_swapped = any(layer.view != RAW for layer in req.layers)
     return req
@@ -296,14 +323,16 @@ def split_request(req: Request) -> list[Request]:
     """Two requests covering the specs of ``req``, split between distinct start addresses."""
     starts = sorted({s.start for s in req.specs})
     middle = starts[len(starts) // 2]
-    low = [s for s in req.specs if s.start < middle]
-    high = [s for s in req.specs if s.start >= middle]
-    return [build_request(req.table, low), build_request(req.table, high)]
+    specs = req.specs
+    low = [s for s in specs if s.start < middle]
+    high = [s for s in specs if s.start >= middle]
+    return [build_request(req.table, low, req.source), build_request(req.table, high, req.source)]
 
 
 def group_specs(
     table: str,
     specs: list[PointSpec],
+    source: Sequence[Point],
     max_count: int,
     max_gap: int,
     barriers: Sequence[tuple[int, int]] = (),
@@ -326,11 +355,11 @@ def group_specs(
                 current.append(s)
                 cur_end = new_end
                 continue
-            requests.append(build_request(table, current))
+            requests.append(build_request(table, current, source))
         current = [s]
         cur_start, cur_end = s.start, s.end
     if current:
-        requests.append(build_request(table, current))
+        requests.append(build_request(table, current, source))
     return requests
 
 
@@ -355,9 +384,9 @@ def build_plan(
         if not specs:
             continue
         if table in ("coil", "di"):
-            requests += group_specs(table, specs, max_bits, max_gap * 16)
+            requests += group_specs(table, specs, points, max_bits, max_gap * 16)
         else:
-            requests += group_specs(table, specs, max_registers, max_gap)
+            requests += group_specs(table, specs, points, max_registers, max_gap)
     return ModbusPlan(len(points), requests, errors)
 
 
@@ -380,11 +409,13 @@ def remerge(
         if r.failures == 0:
             specs.setdefault(r.table, []).extend(r.specs)
     out = list(kept)
+    source = requests[0].source if requests else ()
     for table, table_specs in specs.items():
+        bars = barriers.get(table, ())
         if table in ("coil", "di"):
-            out += group_specs(table, table_specs, max_bits, max_gap * 16, barriers.get(table, ()))
+            out += group_specs(table, table_specs, source, max_bits, max_gap * 16, bars)
         else:
-            out += group_specs(table, table_specs, max_registers, max_gap, barriers.get(table, ()))
+            out += group_specs(table, table_specs, source, max_registers, max_gap, bars)
     out.sort(key=lambda r: (_TABLE_ORDER[r.table], r.start))
     return out
 
