@@ -28,8 +28,10 @@ Codec v1 (``CODEC_V1``): four columns, each a plain array (timestamps int64 epoc
 keys uint32, values float64 with NaN for "no value", quality uint8), the multi-byte ones
 byte-shuffled (byte 0 of every element, then byte 1, ...: the high bytes of timestamps,
 keys and similar floats become long runs), concatenated and compressed with zstd. No Python
-loop per reading except the seconds→milliseconds conversion the row format does as well;
-``bench/buffer_chunks.py`` prints bytes per reading and encode/decode rates.
+loop per reading: typed arrays are used as they are, shuffles are strided bytes slices, and
+seconds become milliseconds once per run of equal timestamps (:func:`seconds_to_ms`; one by
+one only where timestamps do not come in runs). ``bench/buffer_chunks.py`` prints bytes per
+reading and encode/decode rates, ``bench/buffer.py`` the writer's append rate.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Guarantees:
 - :meth:`Writer.append` / :meth:`Writer.append_event` never block on I/O: they copy the
   columns into the queue and return. The thread commits the queue every ``commit_interval``
   seconds, or as soon as ``commit_rows`` readings wait, or on flush, and assigns ``seq`` in
-  append order (events keep their place between readings).
+  append order (events keep their place between readings). A backlog is committed back to
+  back (at most 20 transactions between maintenance turns), never waiting for the timer.
 - A flush (:meth:`Writer.flush_future`) resolves once everything appended before it is
   committed (or dropped as malformed); it fails if the writer stops first.
 - A transient SQLite error (locked, I/O, disk full) keeps the queue, in order, and retries
