@@ -435,3 +435,38 @@ async def test_persistent_device_failure_is_split_after_repeated_polls() -> None
     assert failed[-1]["request"] == "hr:50+1"
     await driver.close()
     await server.stop()
+
+
+async def test_tcp_read_is_retried_with_its_transaction_id_when_the_first_goes_unanswered() -> None:
+    """Modbus TCP reads are framed by the driver itself (``ModbusLink.read``): a request the
+    device drops is sent again, same transaction id, and the answer to the retry is used."""
+    import struct
+
+    frames: list[tuple[int, int, int, int, int]] = []
+
+    async def drops_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readexactly(12)
+            except asyncio.IncompleteReadError:
+                return
+            tid, _proto, _length, unit, fc, start, count = struct.unpack(">HHHBBHH", head)
+            frames.append((tid, unit, fc, start, count))
+            if len(frames) % 2:
+                continue  # the first of each pair is dropped
+            body = struct.pack(f">BB{count}H", fc, 2 * count, *range(start + 7, start + 7 + count))
+            writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+            await writer.drain()
+
+    srv = await asyncio.start_server(drops_first, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    driver = ModbusDriver("dev", config(port, timeout=0.2, retries=1, unit_id=5))
+    assert driver.link.lean
+    group = group_of(driver, [mkpoint("a", "hr:10"), mkpoint("b", "hr:11")])
+    result = await driver.read(group)
+    assert list(result.quality) == [Quality.GOOD, Quality.GOOD]
+    assert list(result.value) == [17.0, 18.0]
+    (tid, unit, fc, start, count), again = frames
+    assert again == (tid, unit, fc, start, count) and (unit, fc, start, count) == (5, 3, 10, 2)
+    await driver.close()
+    srv.close()
