@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -153,7 +154,13 @@ def measure_encode(buf: Buffer, batch: int, compression: str) -> None:
     )
 
 
-async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> None:
+async def drain(
+    args: argparse.Namespace,
+    work: Path,
+    url: str,
+    token: str,
+    server: Callable[[], dict[str, float]],
+) -> None:
     layout = ColumnarBuffer if args.layout == "columnar" else Buffer
     buf = layout(work / "agent" / "buffer.db", max_size_mb=4096, quick_check=False)
     buf.open()
@@ -186,6 +193,7 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
         )
         uplink._session.wire = args.wire  # bench knob: the JSON fallback for the before column
         task = asyncio.create_task(uplink.run())
+        srv0 = server()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         first_ack: float | None = None
@@ -200,6 +208,7 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
                 task.result()
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
+        srv1 = server()
         st = uplink.status()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -217,12 +226,43 @@ async def drain(args: argparse.Namespace, work: Path, url: str, token: str) -> N
         f"  agent CPU       {cpu:.1f} s for the uplink process (read, encode, send): "
         f"{sent / max(cpu, 1e-9):,.0f} readings per CPU-second"
     )
+    rx_cpu = srv1["receiver"] - srv0["receiver"]
+    pg_cpu = srv1["postgres"] - srv0["postgres"]
+    print(
+        f"  server CPU      receiver {rx_cpu:.1f} s ({sent / max(rx_cpu, 1e-9):,.0f}/CPU-s), "
+        f"PostgreSQL {pg_cpu:.1f} s ({sent / max(pg_cpu, 1e-9):,.0f}/CPU-s); all three "
+        f"{(cpu + rx_cpu + pg_cpu) / elapsed:.2f} cores over the drain (2-core machine)"
+    )
     print(f"  wire bytes      {st['bytes_sent']:,} bytes ({args.compression}, incl. heartbeats)")
     print(f"  bytes/reading   {st['bytes_sent'] / max(1, sent):.2f}   (target <= 8)")
     print(
         f"  batches         {st['batches_sent']} of <= {args.batch_size} readings, "
         f"failed attempts {st['batches_failed']}, duplicates acked {st['duplicates_acked']}"
     )
+
+
+def server_cpu(rx_pid: int, pgdata: Path) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the receiver process and of this receiver's
+    PostgreSQL (the postmaster in ``pgdata`` and its children; other PostgreSQL servers on
+    the machine are not counted)."""
+    import psutil
+
+    def cpu(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    out = {"receiver": 0.0, "postgres": 0.0}
+    with contextlib.suppress(psutil.Error):
+        out["receiver"] = cpu(psutil.Process(rx_pid))
+    try:
+        pm = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+        procs = [pm, *pm.children()]
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return out
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            out["postgres"] += cpu(p)
+    return out
 
 
 def receiver_times(log_path: Path) -> None:
@@ -299,7 +339,8 @@ def main() -> int:
                 capture_output=True,
                 text=True,
             ).stdout.strip()
-            asyncio.run(drain(args, work, url, token))
+            pgdata = work / "rx" / "pg"
+            asyncio.run(drain(args, work, url, token, lambda: server_cpu(rx.pid, pgdata)))
             receiver_times(work / "receiver.log")
         finally:
             rx.terminate()

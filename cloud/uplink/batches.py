@@ -5,6 +5,12 @@ With a backlog (a full batch came back) fresh batches (the newest unsynced rows,
 ``SyncSource.read_latest``) alternate with backlog batches, so the dashboard stays current
 while history drains; the source keeps the out-of-order acknowledgements as islands.
 
+Backfill: while more than ``BACKFILL_AFTER`` readings wait beyond the read position (and no
+bandwidth cap is set), backlog batches grow to ``BACKFILL_BATCH`` readings. Each batch costs
+a request, a receiver transaction (a commit: an fsync) and an ack commit here whatever its
+size; measured on a 10 M backlog, 50,000-reading batches drain ~1.5x faster than 5,000 ones
+and compress a third smaller (bench/backfill.py). Live batches keep ``batch_size``.
+
 Events ride in at most one batch in flight (their cursor is a single "through id", so their
 acks must stay in order). Point metadata goes along when a point is new or changed.
 
@@ -29,7 +35,7 @@ from pydantic import ValidationError
 
 from outpost.buffer.models import EventRow, ReadingColumns, ReadingRows
 from outpost.buffer.source import SyncSource
-from outpost.cloud.uplink.columnar_body import encode_columnar
+from outpost.cloud.uplink.columnar_body import ColumnarEncoder
 from outpost.cloud.uplink.session import Session
 from outpost.cloud.wire import (
     COLUMNAR_CONTENT_TYPE,
@@ -53,6 +59,11 @@ _META_REFRESH_S = 5.0
 #: Under a bandwidth cap, aim for batches of about this many seconds of link time, so a fresh
 #: batch is never stuck behind minutes of backlog upload and requests stay within timeouts.
 _CAPPED_BATCH_SECONDS = 4.0
+#: Backlog batch size during a backfill, and the backlog (readings beyond the read position)
+#: that makes one. 50,000 readings are ~0.15 MB compressed, 1.5 MB of columns in memory, and
+#: stay within the columnar encoder's fast path (<= 65,536 readings per batch).
+BACKFILL_BATCH = 50_000
+BACKFILL_AFTER = 500_000
 
 
 @dataclass
@@ -114,6 +125,9 @@ class Planner:
         self._source = source
         self._point_metadata = point_metadata
         self._bytes_per_row = 8.0  # running estimate (compressed), sizes batches under a cap
+        self._encoder = ColumnarEncoder()
+        self.backfill_batch = BACKFILL_BATCH
+        self.backfill_after = BACKFILL_AFTER
 
     def row_limit(self) -> int:
         limit = self._session.config.batch_size
@@ -145,8 +159,9 @@ class Planner:
                     rows, kind = fresh, "live"
         if rows is None:
             read = source.read_unsynced_columns if binary else source.read_unsynced
-            rows = read(limit, after_seq=st.pos)
-            st.behind = len(rows) >= limit
+            want = self._backlog_limit(st, limit)
+            rows = read(want, after_seq=st.pos)
+            st.behind = len(rows) >= want
             st.turn_live = True
             if len(rows):
                 st.pos = rows.seq[-1]
@@ -167,6 +182,18 @@ class Planner:
         batch = Batch(kind, rows, events, metas, first, last)
         self.encode(batch)
         return batch
+
+    def _backlog_limit(self, st: ReadState, limit: int) -> int:
+        """``limit``, or the backfill batch size while a large backlog waits (see the module
+        docstring); never under a bandwidth cap, whose batches are sized by link time."""
+        if (
+            st.behind
+            and st.pos is not None
+            and self._session.bucket is None
+            and self._source.last_seq - st.pos > self.backfill_after
+        ):
+            return max(limit, self.backfill_batch)
+        return limit
 
     def _changed_metas(self, st: ReadState) -> list[dict[str, Any]]:
         if self._point_metadata is None:
@@ -231,7 +258,7 @@ class Planner:
             ]
         if batch.metas:
             extras["points"] = batch.metas
-        raw = encode_columnar(
+        raw = self._encoder.encode(
             self._session.gateway_id, batch.first_seq, batch.last_seq, cols, extras
         )
         batch.body, batch.headers = compress_body(

@@ -13,8 +13,8 @@ Guarantees and where they are kept:
 - The heartbeat runs beside the sync and never stops it (:mod:`.heartbeat`).
 
 The uplink reads from a :class:`~outpost.buffer.source.SyncSource` (the agent passes its
-``Buffer``). Up to ``max_in_flight`` batches (default 2) travel at once: the next batch is read
-and encoded in a worker thread, and parsed by the receiver, while the previous one is written.
+``Buffer``). Up to ``max_in_flight`` batches (default 2) travel at once, and one more is read
+and encoded in a worker thread meanwhile, so the receiver is never idle waiting for the agent.
 """
 
 from __future__ import annotations
@@ -196,14 +196,12 @@ class Uplink:
 
         async with asyncio.TaskGroup() as tg:
             while True:
-                await slots.acquire()
-                try:
-                    batch = await asyncio.to_thread(self._planner.prepare, st)
-                except BaseException:
-                    slots.release()
-                    raise
+                # Read and encode the next batch while max_in_flight are out, then wait for a
+                # slot: the worker thread's read + encode overlaps the requests instead of
+                # following each ack. A batch prepared but never sent (cancellation) costs
+                # nothing: the persisted cursor has not moved, a new run() reads it again.
+                batch = await asyncio.to_thread(self._planner.prepare, st)
                 if batch is None:
-                    slots.release()
                     if not inflight:
                         # Idle with nothing in flight: read from the persisted cursor again
                         # (picks up anything an in-memory position skipped, e.g. eviction).
@@ -213,6 +211,12 @@ class Uplink:
                     # Nothing to send: look again after flush_interval.
                     await asyncio.sleep(self.config.flush_interval)
                     continue
+                try:
+                    await slots.acquire()
+                except BaseException:
+                    if batch.events:
+                        st.events_in_flight = False
+                    raise
                 task = tg.create_task(deliver(batch))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
