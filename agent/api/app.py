@@ -7,13 +7,17 @@ methods the control routes call, and the one daemon action, ``request_reload``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from outpost.agent.api.control import add_error_handlers, control_router
-from outpost.agent.api.read import read_router
-from outpost.agent.api.schedule import ScheduleRejected, ScheduleService, schedule_router
+from outpost.agent.api.control import add_error_handlers, control_routes
+from outpost.agent.api.http import json_response
+from outpost.agent.api.read import read_routes
+from outpost.agent.api.schedule import ScheduleRejected, ScheduleService, schedule_routes
 from outpost.agent.api.server import peer_or_page_user, peer_user
 from outpost.agent.api.view import AgentView
 from outpost.agent.control.local import LocalControl
@@ -26,26 +30,18 @@ def create_app(
     request_reload: Callable[[str], None],
     schedules: ScheduleService | None = None,
     gateway: str = "",
-) -> FastAPI:
+) -> Starlette:
     """``request_reload(actor)``: re-read the schedule files, as SIGHUP does. ``schedules``:
     the schedule routes (``api.schedule``); with it ``/reload`` waits for the outcome.
     ``gateway``: the agent's id, named in the ``/live`` stream's messages."""
-    app = FastAPI(
-        title="Outpost agent local API",
-        version="1",
-        description="Live values, status and local control of one Outpost gateway.",
-    )
 
-    # status, points, a point's history, /live: the same routes the status page reads
-    app.include_router(read_router(view, control, gateway=gateway))
-
-    @app.post("/reload")
-    async def reload(actor: Annotated[str, Depends(peer_user)]) -> dict[str, Any]:
+    async def reload(request: Request) -> Response:
+        actor = peer_user(request)
         if schedules is None:
             request_reload(actor)
-            return {"requested": True}
+            return json_response({"requested": True})
         try:
-            return await schedules.reload_schedule(actor)
+            return json_response(await schedules.reload_schedule(actor))
         except ScheduleRejected as exc:
             # one line per loader error, so the CLI prints them as they are
             lines = [
@@ -53,9 +49,14 @@ def create_app(
             ]
             raise HTTPException(409, "\n".join(lines + exc.errors)) from None
 
-    # the status page mounts this same app under /api: actions name its user there
-    app.include_router(control_router(control, lambda: view.events, actor_of=peer_or_page_user))
-    if schedules is not None:
-        app.include_router(schedule_router(schedules))
+    routes = [
+        # status, points, a point's history, /live: the same routes the status page reads
+        *read_routes(view, control, gateway=gateway),
+        Route("/reload", reload, methods=["POST"]),
+        # the status page mounts this same app under /api: actions name its user there
+        *control_routes(control, lambda: view.events, actor_of=peer_or_page_user),
+        *(schedule_routes(schedules) if schedules is not None else []),
+    ]
+    app = Starlette(routes=routes)
     add_error_handlers(app)
     return app

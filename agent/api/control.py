@@ -11,18 +11,25 @@ failed or read back differently is not an HTTP error: the answer is the outcome 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from outpost.agent.api.http import Body, RequestInvalid, http_error, json_response, query
 from outpost.agent.api.server import peer_user
 from outpost.agent.control.events import EventLog, parse_since, recent_events
 from outpost.agent.control.local import ControlRefused, LocalControl
 
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Body(BaseModel):
@@ -135,7 +142,7 @@ def _safe(text: object) -> str | int:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """422 naming each field and what was expected, without echoing the input back: the
     input may be what cannot be encoded (NaN, a lone surrogate)."""
-    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    errors = exc.errors() if isinstance(exc, RequestInvalid) else []
     detail = [
         {"loc": [_safe(part) for part in e["loc"]], "msg": _safe(e["msg"]), "type": e["type"]}
         for e in errors
@@ -143,8 +150,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def add_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation_error)
+def add_error_handlers(app: Starlette) -> None:
+    app.add_exception_handler(RequestInvalid, _validation_error)
+    app.add_exception_handler(HTTPException, http_error)
 
 
 def _http(exc: ControlRefused) -> HTTPException:
@@ -165,28 +173,48 @@ async def _acall(fn: Callable[[], Awaitable[T]]) -> T:
         raise _http(exc) from None
 
 
-def control_router(
+class _AlarmsQuery(BaseModel):
+    all: bool = False
+
+
+class _GraphQuery(BaseModel):
+    format: Literal["text", "mermaid"] = "text"
+
+
+class _EventsQuery(BaseModel):
+    since: str | None = Field(None, description="ISO 8601 or a duration back (2h)")
+    kind: str | None = Field(None, description="kind or kind prefix, e.g. operator")
+    limit: int = Field(200, ge=0, description="the most recent N; 0 = all")
+
+
+def control_routes(
     control: LocalControl,
     events: Callable[[], EventLog | None],
     *,
-    actor_of: Callable[..., str] = peer_user,
-) -> APIRouter:
+    actor_of: Callable[[Request], str] = peer_user,
+) -> list[Route]:
     """``events()``: where the agent records its events (None while the buffer is closed).
-    ``actor_of``: the FastAPI dependency naming who acts; on the Unix socket the peer's user
-    (``server.peer_user``), elsewhere whatever authenticated the request, never the body."""
-    who = Depends(actor_of)
-    router = APIRouter(tags=["local control"])
+    ``actor_of``: who acts; on the Unix socket the peer's user (``server.peer_user``),
+    elsewhere whatever authenticated the request, never the body."""
 
-    @router.get("/alarms", summary="Alarms: active/unacked/shelved, or all with ?all=true")
-    async def list_alarms(all: bool = Query(False)) -> list[dict[str, Any]]:
-        return [v.to_dict() for v in control.list_alarms(include_inactive=all)]
+    async def acting(request: Request, model: type[M]) -> tuple[M, str]:
+        # FastAPI's order, kept: undecodable JSON first, then who asks, then the body's fields
+        body = await Body.read(request)
+        actor = actor_of(request)
+        return body.validate(model), actor
 
-    @router.get("/alarms/{alarm_id}")
-    async def get_alarm(alarm_id: str) -> dict[str, Any]:
-        return _call(lambda: control.get_alarm(alarm_id)).to_dict()
+    async def list_alarms(request: Request) -> Response:
+        """Alarms: active/unacked/shelved, or all with ?all=true."""
+        q = query(request, _AlarmsQuery)
+        return json_response([v.to_dict() for v in control.list_alarms(include_inactive=q.all)])
 
-    @router.post("/alarms/ack", summary="Acknowledge listed alarms, or all waiting (filtered)")
-    async def ack_many(body: AckManyBody, actor: str = who) -> dict[str, Any]:
+    async def get_alarm(request: Request) -> Response:
+        alarm_id = request.path_params["alarm_id"]
+        return json_response(_call(lambda: control.get_alarm(alarm_id)).to_dict())
+
+    async def ack_many(request: Request) -> Response:
+        """Acknowledge listed alarms, or all waiting (filtered)."""
+        body, actor = await acting(request, AckManyBody)
         acked, skipped = control.ack_many(
             body.ids,
             actor=actor,
@@ -194,87 +222,121 @@ def control_router(
             priority=body.priority,
             note=body.note,
         )
-        return {"acked": [v.to_dict() for v in acked], "skipped": skipped}
+        return json_response({"acked": [v.to_dict() for v in acked], "skipped": skipped})
 
-    @router.post("/alarms/{alarm_id}/ack")
-    async def ack(alarm_id: str, body: AckBody, actor: str = who) -> dict[str, Any]:
-        return _call(lambda: control.ack(alarm_id, actor=actor, note=body.note)).to_dict()
+    async def ack(request: Request) -> Response:
+        alarm_id = request.path_params["alarm_id"]
+        body, actor = await acting(request, AckBody)
+        return json_response(
+            _call(lambda: control.ack(alarm_id, actor=actor, note=body.note)).to_dict()
+        )
 
-    @router.post("/alarms/{alarm_id}/shelve")
-    async def shelve(alarm_id: str, body: ShelveBody, actor: str = who) -> dict[str, Any]:
+    async def shelve(request: Request) -> Response:
+        alarm_id = request.path_params["alarm_id"]
+        body, actor = await acting(request, ShelveBody)
         view = _call(
             lambda: control.shelve(
                 alarm_id, actor=actor, duration_s=body.duration_s, note=body.reason or body.note
             )
         )
-        return view.to_dict()
+        return json_response(view.to_dict())
 
-    @router.post("/alarms/{alarm_id}/unshelve")
-    async def unshelve(alarm_id: str, body: UnshelveBody, actor: str = who) -> dict[str, Any]:
-        return _call(lambda: control.unshelve(alarm_id, actor=actor, note=body.note)).to_dict()
+    async def unshelve(request: Request) -> Response:
+        alarm_id = request.path_params["alarm_id"]
+        body, actor = await acting(request, UnshelveBody)
+        return json_response(
+            _call(lambda: control.unshelve(alarm_id, actor=actor, note=body.note)).to_dict()
+        )
 
-    @router.post("/alarms/{alarm_id}/out_of_service")
-    async def out_of_service(
-        alarm_id: str, body: OutOfServiceBody, actor: str = who
-    ) -> dict[str, Any]:
+    async def out_of_service(request: Request) -> Response:
+        alarm_id = request.path_params["alarm_id"]
+        body, actor = await acting(request, OutOfServiceBody)
         view = _call(
             lambda: control.set_out_of_service(alarm_id, body.on, actor=actor, note=body.note)
         )
-        return view.to_dict()
+        return json_response(view.to_dict())
 
-    @router.get("/mode")
-    async def get_mode() -> dict[str, Any]:
-        return control.mode_state()
+    async def get_mode(request: Request) -> Response:
+        return json_response(control.mode_state())
 
-    @router.post("/mode")
-    async def set_mode(body: ModeBody, actor: str = who) -> dict[str, Any]:
-        return await _acall(
-            lambda: control.set_maintenance(
-                body.duration_s, body.reason, actor=actor, scope=body.scope
+    async def set_mode(request: Request) -> Response:
+        body, actor = await acting(request, ModeBody)
+        return json_response(
+            await _acall(
+                lambda: control.set_maintenance(
+                    body.duration_s, body.reason, actor=actor, scope=body.scope
+                )
             )
         )
 
-    @router.post("/mode/clear")
-    async def clear_mode(body: ClearBody, actor: str = who) -> dict[str, Any]:
-        return await _acall(lambda: control.clear_mode(actor=actor, reason=body.reason))
+    async def clear_mode(request: Request) -> Response:
+        body, actor = await acting(request, ClearBody)
+        return json_response(
+            await _acall(lambda: control.clear_mode(actor=actor, reason=body.reason))
+        )
 
-    @router.get("/mode/graph")
-    async def mode_graph(
-        format: Literal["text", "mermaid"] = Query("text"),
-    ) -> dict[str, Any]:
-        return {"format": format, "graph": control.mode_graph(format)}
+    async def mode_graph(request: Request) -> Response:
+        fmt = query(request, _GraphQuery).format
+        return json_response({"format": fmt, "graph": control.mode_graph(fmt)})
 
-    @router.post("/points/{point_id}/write")
-    async def write_point(point_id: str, body: WriteBody, actor: str = who) -> dict[str, Any]:
+    async def write_point(request: Request) -> Response:
+        point_id = request.path_params["point_id"]
+        body, actor = await acting(request, WriteBody)
         outcome = await _acall(
             lambda: control.write(
                 point_id, body.value, actor=actor, priority=body.priority, verify=body.verify
             )
         )
-        return outcome.to_dict()
+        return json_response(outcome.to_dict())
 
-    @router.post("/points/{point_id}/relinquish")
-    async def relinquish_point(
-        point_id: str, body: RelinquishBody, actor: str = who
-    ) -> dict[str, Any]:
+    async def relinquish_point(request: Request) -> Response:
+        point_id = request.path_params["point_id"]
+        body, actor = await acting(request, RelinquishBody)
         outcome = await _acall(
             lambda: control.relinquish(point_id, actor=actor, priority=body.priority)
         )
-        return outcome.to_dict()
+        return json_response(outcome.to_dict())
 
-    @router.get("/events", summary="Recorded events (alarm, mode, operator, write, system)")
-    async def list_events(
-        since: str | None = Query(None, description="ISO 8601 or a duration back (2h)"),
-        kind: str | None = Query(None, description="kind or kind prefix, e.g. operator"),
-        limit: int = Query(200, ge=0, description="the most recent N; 0 = all"),
-    ) -> list[dict[str, Any]]:
+    async def list_events(request: Request) -> Response:
+        """Recorded events (alarm, mode, operator, write, system)."""
+        q = query(request, _EventsQuery)
         log = events()
         if log is None:
             raise HTTPException(503, "the buffer is not open; no events to read")
         try:
-            lower = parse_since(since)
+            lower = parse_since(q.since)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return await recent_events(log, since=lower, kind=kind, limit=limit)
+        return json_response(await recent_events(log, since=lower, kind=q.kind, limit=q.limit))
 
+    return [
+        Route("/alarms", list_alarms, methods=["GET"]),
+        Route("/alarms/ack", ack_many, methods=["POST"]),
+        Route("/alarms/{alarm_id}", get_alarm, methods=["GET"]),
+        Route("/alarms/{alarm_id}/ack", ack, methods=["POST"]),
+        Route("/alarms/{alarm_id}/shelve", shelve, methods=["POST"]),
+        Route("/alarms/{alarm_id}/unshelve", unshelve, methods=["POST"]),
+        Route("/alarms/{alarm_id}/out_of_service", out_of_service, methods=["POST"]),
+        Route("/mode", get_mode, methods=["GET"]),
+        Route("/mode", set_mode, methods=["POST"]),
+        Route("/mode/clear", clear_mode, methods=["POST"]),
+        Route("/mode/graph", mode_graph, methods=["GET"]),
+        Route("/points/{point_id}/write", write_point, methods=["POST"]),
+        Route("/points/{point_id}/relinquish", relinquish_point, methods=["POST"]),
+        Route("/events", list_events, methods=["GET"]),
+    ]
+
+
+def control_router(
+    control: LocalControl,
+    events: Callable[[], EventLog | None],
+    *,
+    actor_of: Callable[[Request], str] = peer_user,
+) -> APIRouter:
+    """The same routes as an ``APIRouter``, for a FastAPI app that includes them (the alarm
+    tests' fixture does); the daemon itself never imports FastAPI for its API."""
+    from fastapi import APIRouter
+
+    router = APIRouter()
+    router.routes.extend(control_routes(control, events, actor_of=actor_of))
     return router

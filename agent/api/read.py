@@ -21,9 +21,13 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
+from outpost.agent.api.http import json_response, query
 from outpost.agent.api.view import AgentView
 from outpost.agent.control.local import LocalControl
 
@@ -145,46 +149,53 @@ async def live_stream(
         await asyncio.sleep(period_s)
 
 
-def read_router(view: AgentView, control: LocalControl, *, gateway: str) -> APIRouter:
-    router = APIRouter(tags=["live values and status"])
+class _PointsQuery(BaseModel):
+    device: str | None = None
 
-    @router.get("/status")
-    async def status() -> dict[str, Any]:
-        return await full_status(view)
 
-    @router.get("/points")
-    async def points(device: str | None = Query(None)) -> list[dict[str, Any]]:
+class _HistoryQuery(BaseModel):
+    hours: float = Field(24.0, gt=0, le=24 * 366, description="how far back")
+
+
+def read_routes(view: AgentView, control: LocalControl, *, gateway: str) -> list[Route]:
+    async def status(request: Request) -> Response:
+        return json_response(await full_status(view))
+
+    async def points(request: Request) -> Response:
+        device = query(request, _PointsQuery).device
         if device is not None and not view.knows_device(device):
             raise HTTPException(404, f"unknown device {device!r}")
-        return view.live_points(device)
+        return json_response(view.live_points(device))
 
-    @router.get("/points/{point_id}")
-    async def point(point_id: str) -> dict[str, Any]:
+    async def point(request: Request) -> Response:
+        point_id = request.path_params["point_id"]
         found = view.live_point(point_id)
         if found is None:
             raise HTTPException(404, f"unknown point {point_id!r}")
-        return found
+        return json_response(found)
 
-    @router.get(
-        "/points/{point_id}/history",
-        summary="A point's readings that the buffer still holds (the kit's chart JSON)",
-    )
-    async def history(
-        point_id: str,
-        hours: float = Query(24.0, gt=0, le=24 * 366, description="how far back"),
-    ) -> dict[str, Any]:
+    async def history(request: Request) -> Response:
+        """A point's readings that the buffer still holds (the kit's chart JSON)."""
+        point_id = request.path_params["point_id"]
+        hours = query(request, _HistoryQuery).hours
         meta = view.point_meta(point_id)
         if meta is None:
             raise HTTPException(404, f"unknown point {point_id!r}")
         rows = await view.point_history(point_id, time.time() - hours * 3600.0, HISTORY_LIMIT)
-        return chart_data(meta, rows)
+        return json_response(chart_data(meta, rows))
 
-    @router.get("/live", summary="Server-Sent Events: live values, alarm changes, status ticks")
-    async def live() -> StreamingResponse:
+    async def live(request: Request) -> Response:
+        """Server-Sent Events: live values, alarm changes, status ticks."""
         return StreamingResponse(
             live_stream(view, control, gateway),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    return router
+    return [
+        Route("/status", status, methods=["GET"]),
+        Route("/points", points, methods=["GET"]),
+        Route("/points/{point_id}", point, methods=["GET"]),
+        Route("/points/{point_id}/history", history, methods=["GET"]),
+        Route("/live", live, methods=["GET"]),
+    ]

@@ -21,11 +21,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
 from pydantic import Field, field_validator
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from outpost.agent.api.control import _Body
+from outpost.agent.api.http import Body, json_response
 from outpost.agent.api.server import peer_user
 
 MAX_FILES = 64
@@ -83,25 +85,29 @@ class LoadBody(_Body):
         return files
 
 
-def schedule_router(
-    service: ScheduleService, *, actor_of: Callable[..., str] = peer_user
-) -> APIRouter:
-    who = Depends(actor_of)
-    router = APIRouter(tags=["schedule"])
+def schedule_routes(
+    service: ScheduleService, *, actor_of: Callable[[Request], str] = peer_user
+) -> list[Route]:
+    async def running(request: Request) -> Response:
+        return json_response(service.running_schedule())
 
-    @router.get("/schedule")
-    async def running() -> dict[str, Any]:
-        return service.running_schedule()
+    async def load(request: Request) -> Response:
+        raw = await Body.read(request)
+        actor = actor_of(request)
+        body = raw.validate(LoadBody)
+        return json_response(
+            await service.load_schedule(body.files, actor=actor, within_s=body.within_s)
+        )
 
-    @router.post("/schedule/load")
-    async def load(body: LoadBody, actor: str = who) -> dict[str, Any]:
-        return await service.load_schedule(body.files, actor=actor, within_s=body.within_s)
-
-    @router.post("/schedule/probe")
-    async def probe(body: ProbeBody) -> StreamingResponse:
+    async def probe(request: Request) -> Response:
+        body = (await Body.read(request)).validate(ProbeBody)
         return StreamingResponse(_probe_stream(service, body), media_type="application/x-ndjson")
 
-    return router
+    return [
+        Route("/schedule", running, methods=["GET"]),
+        Route("/schedule/load", load, methods=["POST"]),
+        Route("/schedule/probe", probe, methods=["POST"]),
+    ]
 
 
 async def _probe_stream(service: ScheduleService, body: ProbeBody) -> AsyncIterator[bytes]:

@@ -17,7 +17,9 @@ from collections.abc import Generator
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 SOCKET_MODE = 0o660
@@ -40,7 +42,7 @@ class _PeerCredProtocol(H11Protocol):
 
 
 def peer_user(request: Request) -> str:
-    """FastAPI dependency: the user name of the process at the other end of the socket."""
+    """The user name of the process at the other end of the socket (who acts)."""
     client = request.client
     if client is None or not client.host.startswith(_PEER_PREFIX):
         raise HTTPException(403, "the caller is unknown: the local API answers on its socket only")
@@ -57,8 +59,8 @@ PAGE_SESSION = "outpost.page_session"
 
 
 def peer_or_page_user(request: Request) -> str:
-    """FastAPI dependency for routes served on both the socket and the status page (the page
-    mounts the socket's app under ``/api``): the page's logged-in user (``<user>@page``), or
+    """Who acts, for routes served on both the socket and the status page (the page mounts
+    the socket's app under ``/api``): the page's logged-in user (``<user>@page``), or
     on the socket the peer's user name."""
     if PAGE_SESSION in request.scope:
         session = request.scope[PAGE_SESSION]
@@ -97,7 +99,7 @@ class _Server(uvicorn.Server):
 class LocalApiServer:
     """The API app served on one Unix socket until cancelled (or ``stop()``)."""
 
-    def __init__(self, app: FastAPI, path: Path) -> None:
+    def __init__(self, app: ASGIApp, path: Path) -> None:
         self.path = path
         self._server = _Server(
             uvicorn.Config(

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from fastapi import FastAPI
 from pydantic import ValidationError
 
 from outpost.agent.api.app import create_app
@@ -72,6 +71,10 @@ from outpost.point_schedules.model import Schedule
 from outpost.point_schedules.quality import Quality
 
 if TYPE_CHECKING:
+    # The local API app (api.app.create_app) is a plain Starlette app; FastAPI is no longer
+    # imported by the daemon. The alias keeps the attribute's annotation valid.
+    from starlette.applications import Starlette as FastAPI
+
     from outpost.cloud.commands.client import CommandChannel
     from outpost.cloud.sparkplug.node import SparkplugNode
     from outpost.cloud.uplink import Uplink
