@@ -196,6 +196,10 @@ def test_empty_single_and_wide_timestamps() -> None:
     assert not COLUMNAR_HEADER.unpack_from(body)[2] & FLAG_TS_I64
     body = _check(_cols([1, 1], [T0 + 2**31, T0], [1.0] * 2, [0] * 2))  # -2**31: i64
     assert COLUMNAR_HEADER.unpack_from(body)[2] & FLAG_TS_I64
+    # timestamps no clock gives (the receiver refuses them) take the encoder's general path
+    for ts in ([-5, 10, 7], [2**62 + 5, 2**62 - 5, 3], [-(2**40), 2**40, 0]):
+        cols = _cols([2, 1, 2], ts, [1.5, 2.5, 3.5], [0, 0, 0])
+        assert encode_columnar(GW, 1, 3, cols) == reference(GW, 1, 3, cols)
 
 
 def test_site_like_batches_and_both_grouping_paths() -> None:
