@@ -39,7 +39,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time
 from pathlib import Path
 from types import MappingProxyType
@@ -47,13 +47,18 @@ from typing import Literal
 
 from outpost.point_schedules.addresses import AddressError, parse_address
 from outpost.point_schedules.model import (
+    DEFAULT_ACQUISITION,
+    NO_LIMITS,
+    NO_TAGS,
     POINT_COLUMNS,
     POINT_ID_MAX_LENGTH,
     POINT_ID_PATTERN,
+    Acquisition,
     Address,
     AlarmPriority,
     ByteOrder,
     DataType,
+    Limits,
     ModbusAddress,
     Point,
     Schedule,
@@ -78,6 +83,9 @@ __all__ = [
 COLUMNS: tuple[str, ...] = POINT_COLUMNS
 REQUIRED_COLUMNS: tuple[str, ...] = ("point_id", "device", "address")
 _COLUMN_SET = frozenset(COLUMNS)
+# the columns each shared part of a Point holds
+_ACQUISITION = tuple(f.name for f in fields(Acquisition))
+_LIMIT_COLUMNS = tuple(f.name for f in fields(Limits))
 
 
 Severity = Literal["error", "warning"]
@@ -433,6 +441,15 @@ class _Shared:
     # addresses built after parsing (a bitN data type moves the bit into the address)
     canonical: dict[ModbusAddress, ModbusAddress] = field(default_factory=dict)
     tags: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = field(default_factory=dict)
+    # seeded with the model's defaults, which points built elsewhere share too
+    acquisitions: dict[Acquisition, Acquisition] = field(
+        default_factory=lambda: {DEFAULT_ACQUISITION: DEFAULT_ACQUISITION}
+    )
+    limits: dict[Limits, Limits] = field(default_factory=lambda: {NO_LIMITS: NO_LIMITS})
+    # the parts by the cell texts they were made from (texts differ where values may not: "1"
+    # and "1.0"; the dicts above still make those one object)
+    acquisition_by_text: dict[tuple[str | None, ...], Acquisition] = field(default_factory=dict)
+    limits_by_text: dict[tuple[str | None, ...], Limits] = field(default_factory=dict)
 
 
 def _violates(constraint: str, value: float) -> bool:
@@ -927,32 +944,46 @@ class _FileParser:
                 kw["alarm_priority"] = p
 
         shared = self.shared
+        tags: Mapping[str, str] = NO_TAGS
         tags_text = get("tags", "")
         if tags_text:
-            tags = self.tags(line, tags_text)
-            if tags:
-                key = tuple(tags.items())
-                kw["tags"] = shared.tags.get(key) or shared.tags.setdefault(
-                    key, MappingProxyType(tags)
+            parsed_tags = self.tags(line, tags_text)
+            if parsed_tags:
+                key = tuple(parsed_tags.items())
+                tags = shared.tags.get(key) or shared.tags.setdefault(
+                    key, MappingProxyType(parsed_tags)
                 )
-
-        strings = shared.strings
-        units = get("units", "")
-        if units:
-            kw["units"] = strings.setdefault(units, units)
-        description = get("description", "")
-        if description:
-            kw["description"] = strings.setdefault(description, description)
 
         if len(self.issues) != n_issues or address is None or not point_id or not device:
             return None
-        return Point(
-            point_id=point_id,
-            device=strings.setdefault(device, device),
-            address=address,
-            data_type=data_type,
-            source=self.source(line) if self.keep_source else None,
-            **kw,  # type: ignore[arg-type]
+        strings = shared.strings
+        units = get("units", "")
+        description = get("description", "")
+        # The same cell texts make the same part: one dict lookup for most rows.
+        acquisition_texts = tuple(map(get, _ACQUISITION))
+        acquisition = shared.acquisition_by_text.get(acquisition_texts)
+        if acquisition is None:
+            # kw holds each column's value, already checked against the column's type
+            acquisition = Acquisition(**{k: v for k, v in kw.items() if k in _ACQUISITION})  # type: ignore[arg-type]
+            acquisition = shared.acquisitions.setdefault(acquisition, acquisition)
+            shared.acquisition_by_text[acquisition_texts] = acquisition
+        limit_texts = tuple(map(get, _LIMIT_COLUMNS))
+        limits = shared.limits_by_text.get(limit_texts)
+        if limits is None:
+            limits = Limits(**{k: v for k, v in kw.items() if k in _LIMIT_COLUMNS})  # type: ignore[arg-type]
+            limits = shared.limits.setdefault(limits, limits)
+            shared.limits_by_text[limit_texts] = limits
+        return Point.from_parts(
+            point_id,
+            strings.setdefault(device, device),
+            address,
+            data_type,
+            strings.setdefault(units, units),
+            strings.setdefault(description, description),
+            tags,
+            shared.acquisitions.setdefault(acquisition, acquisition),
+            shared.limits.setdefault(limits, limits),
+            self.source(line) if self.keep_source else None,
         )
 
     def modbus_checks(

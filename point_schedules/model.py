@@ -9,10 +9,10 @@ also declares which of its fields are point metadata (``METADATA_FIELDS``, the r
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, FrozenInstanceError, dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 #: A point id: lower-case letters, digits and ``_ . -``, starting with a letter or digit. The
 #: loader, the wire models and the receiver all check ids against these two values.
@@ -174,7 +174,11 @@ class SourceRef:
 
 
 @dataclass(frozen=True, slots=True)
-class Point:
+class _Columns:
+    """The declaration of ``Point``'s fields: one per schedule column, in header order, with
+    their roles and defaults. ``dataclasses.fields(Point)`` answers these; ``Point`` stores
+    them compactly (see there)."""
+
     point_id: str
     device: str = field(metadata=_META)
     address: Address = field()
@@ -204,18 +208,337 @@ class Point:
     tags: Mapping[str, str] = field(default_factory=_no_tags, metadata=_META)
     source: SourceRef | None = field(default=None, compare=False)
 
+
+@dataclass(frozen=True, slots=True)
+class Acquisition:
+    """How a point's value is read and when it is stored: one object shared by every point
+    with the same settings (a schedule has a handful of distinct ones)."""
+
+    byte_order: ByteOrder = ByteOrder.ABCD
+    scale: float = 1.0
+    offset: float = 0.0
+    poll_interval: float | None = None
+    deadband: float = 0.0
+    heartbeat: float = DEFAULT_HEARTBEAT_S
+    writable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A point's range and alarm settings, shared like ``Acquisition`` (most points have none
+    and share ``NO_LIMITS``)."""
+
+    min: float | None = None
+    max: float | None = None
+    alarm_hh: float | None = None
+    alarm_h: float | None = None
+    alarm_l: float | None = None
+    alarm_ll: float | None = None
+    alarm_state: float | None = None
+    alarm_priority: AlarmPriority = AlarmPriority.MEDIUM
+    alarm_deadband: float = 0.0
+    alarm_delay: float = 0.0
+    alarm_clear_delay: float = 0.0
+
+
+DEFAULT_ACQUISITION: Final = Acquisition()
+NO_LIMITS: Final = Limits()
+# What a Point stores, in the order of ``Point.from_parts``' parameters.
+_STORED: Final = (
+    "point_id",
+    "device",
+    "address",
+    "data_type",
+    "units",
+    "description",
+    "tags",
+    "acquisition",
+    "limits",
+    "source",
+)
+
+
+class Point:
+    """One point of a schedule, frozen. Behaves as a frozen dataclass with one field per
+    schedule column (``dataclasses.fields(Point)``, keyword or positional construction in
+    column order, equality over every field but ``source``, ``dataclasses.replace``).
+
+    A loaded schedule lives as long as the agent, so a point is stored compactly: its own
+    values (id, device, address, type, units, description, tags) in slots, the rest in two
+    immutable parts that points with equal settings share (``Acquisition``, ``Limits``; the
+    loader shares them, ``Point.from_parts``). 112 bytes a point instead of 248.
+    """
+
+    __slots__ = (
+        "acquisition",
+        "address",
+        "data_type",
+        "description",
+        "device",
+        "limits",
+        "point_id",
+        "source",
+        "tags",
+        "units",
+    )
+    # the declaration is _Columns': what dataclasses.fields/replace/is_dataclass read
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]] = _Columns.__dataclass_fields__
+    __dataclass_params__: ClassVar[Any] = getattr(_Columns, "__dataclass_params__")  # noqa: B009  # not in the typeshed stubs
+    __match_args__ = _Columns.__match_args__
+
+    point_id: str
+    device: str
+    address: Address
+    data_type: DataType | None
+    units: str
+    description: str
+    tags: Mapping[str, str]
+    acquisition: Acquisition
+    limits: Limits
+    source: SourceRef | None
+
+    def __init__(
+        self,
+        point_id: str,
+        device: str,
+        address: Address,
+        data_type: DataType | None = None,
+        byte_order: ByteOrder = ByteOrder.ABCD,
+        scale: float = 1.0,
+        offset: float = 0.0,
+        units: str = "",
+        description: str = "",
+        poll_interval: float | None = None,
+        deadband: float = 0.0,
+        heartbeat: float = DEFAULT_HEARTBEAT_S,
+        writable: bool = False,
+        min: float | None = None,
+        max: float | None = None,
+        alarm_hh: float | None = None,
+        alarm_h: float | None = None,
+        alarm_l: float | None = None,
+        alarm_ll: float | None = None,
+        alarm_state: float | None = None,
+        alarm_priority: AlarmPriority = AlarmPriority.MEDIUM,
+        alarm_deadband: float = 0.0,
+        alarm_delay: float = 0.0,
+        alarm_clear_delay: float = 0.0,
+        tags: Mapping[str, str] = NO_TAGS,
+        source: SourceRef | None = None,
+    ) -> None:
+        acquisition = Acquisition(
+            byte_order, scale, offset, poll_interval, deadband, heartbeat, writable
+        )
+        limits = Limits(
+            min,
+            max,
+            alarm_hh,
+            alarm_h,
+            alarm_l,
+            alarm_ll,
+            alarm_state,
+            alarm_priority,
+            alarm_deadband,
+            alarm_delay,
+            alarm_clear_delay,
+        )
+        self._set(
+            point_id,
+            device,
+            address,
+            data_type,
+            units,
+            description,
+            tags,
+            DEFAULT_ACQUISITION if acquisition == DEFAULT_ACQUISITION else acquisition,
+            NO_LIMITS if limits == NO_LIMITS else limits,
+            source,
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        point_id: str,
+        device: str,
+        address: Address,
+        data_type: DataType | None,
+        units: str,
+        description: str,
+        tags: Mapping[str, str],
+        acquisition: Acquisition,
+        limits: Limits,
+        source: SourceRef | None,
+    ) -> Point:
+        """A point made of parts the caller shares between points (the loader)."""
+        point = object.__new__(cls)
+        # the slots' own setters: __setattr__ refuses, the object being frozen
+        _SET_POINT_ID(point, point_id)
+        _SET_DEVICE(point, device)
+        _SET_ADDRESS(point, address)
+        _SET_DATA_TYPE(point, data_type)
+        _SET_UNITS(point, units)
+        _SET_DESCRIPTION(point, description)
+        _SET_TAGS(point, tags)
+        _SET_ACQUISITION(point, acquisition)
+        _SET_LIMITS(point, limits)
+        _SET_SOURCE(point, source)
+        return point
+
+    def _set(self, *values: object) -> None:
+        for name, value in zip(_STORED, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def _compared(self) -> tuple[object, ...]:
+        return (
+            self.point_id,
+            self.device,
+            self.address,
+            self.data_type,
+            self.units,
+            self.description,
+            self.tags,
+            self.acquisition,
+            self.limits,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Point) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    # Unhashable, as a frozen dataclass with a mapping field is.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(_Columns))
+        return f"Point({shown})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a mappingproxy does not pickle: the tags travel as a dict
+        values = ((name, getattr(self, name)) for name in _STORED)
+        return (_unpickle_point, tuple(dict(v) if n == "tags" else v for n, v in values))
+
+    # -------------------------------------------------------------- the shared parts' fields
+
+    @property
+    def byte_order(self) -> ByteOrder:
+        return self.acquisition.byte_order
+
+    @property
+    def scale(self) -> float:
+        return self.acquisition.scale
+
+    @property
+    def offset(self) -> float:
+        return self.acquisition.offset
+
+    @property
+    def poll_interval(self) -> float | None:
+        return self.acquisition.poll_interval
+
+    @property
+    def deadband(self) -> float:
+        return self.acquisition.deadband
+
+    @property
+    def heartbeat(self) -> float:
+        return self.acquisition.heartbeat
+
+    @property
+    def writable(self) -> bool:
+        return self.acquisition.writable
+
+    @property
+    def min(self) -> float | None:
+        return self.limits.min
+
+    @property
+    def max(self) -> float | None:
+        return self.limits.max
+
+    @property
+    def alarm_hh(self) -> float | None:
+        return self.limits.alarm_hh
+
+    @property
+    def alarm_h(self) -> float | None:
+        return self.limits.alarm_h
+
+    @property
+    def alarm_l(self) -> float | None:
+        return self.limits.alarm_l
+
+    @property
+    def alarm_ll(self) -> float | None:
+        return self.limits.alarm_ll
+
+    @property
+    def alarm_state(self) -> float | None:
+        return self.limits.alarm_state
+
+    @property
+    def alarm_priority(self) -> AlarmPriority:
+        return self.limits.alarm_priority
+
+    @property
+    def alarm_deadband(self) -> float:
+        return self.limits.alarm_deadband
+
+    @property
+    def alarm_delay(self) -> float:
+        return self.limits.alarm_delay
+
+    @property
+    def alarm_clear_delay(self) -> float:
+        return self.limits.alarm_clear_delay
+
+    # ------------------------------------------------------------------------------ behaviour
+
     def to_engineering(self, raw: float) -> float:
-        return raw * self.scale + self.offset
+        acquisition = self.acquisition
+        return raw * acquisition.scale + acquisition.offset
 
     def to_raw(self, engineering: float) -> float:
-        return (engineering - self.offset) / self.scale
+        acquisition = self.acquisition
+        return (engineering - acquisition.offset) / acquisition.scale
 
     @property
     def has_alarms(self) -> bool:
+        limits = self.limits
         return any(
             v is not None
-            for v in (self.alarm_hh, self.alarm_h, self.alarm_l, self.alarm_ll, self.alarm_state)
+            for v in (
+                limits.alarm_hh,
+                limits.alarm_h,
+                limits.alarm_l,
+                limits.alarm_ll,
+                limits.alarm_state,
+            )
         )
+
+
+_SET_POINT_ID = Point.__dict__["point_id"].__set__
+_SET_DEVICE = Point.__dict__["device"].__set__
+_SET_ADDRESS = Point.__dict__["address"].__set__
+_SET_DATA_TYPE = Point.__dict__["data_type"].__set__
+_SET_UNITS = Point.__dict__["units"].__set__
+_SET_DESCRIPTION = Point.__dict__["description"].__set__
+_SET_TAGS = Point.__dict__["tags"].__set__
+_SET_ACQUISITION = Point.__dict__["acquisition"].__set__
+_SET_LIMITS = Point.__dict__["limits"].__set__
+_SET_SOURCE = Point.__dict__["source"].__set__
+
+
+def _unpickle_point(*values: Any) -> Point:
+    stored = dict(zip(_STORED, values, strict=True))
+    stored["tags"] = MappingProxyType(stored["tags"]) if stored["tags"] else NO_TAGS
+    return Point.from_parts(**stored)
 
 
 #: Every schedule column, in the order of a schedule's header: one per ``Point`` field.
