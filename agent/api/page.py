@@ -44,17 +44,21 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import structlog
 import uvicorn
-from fastapi import FastAPI, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from outpost.agent.api.control import add_error_handlers
+from outpost.agent.api.http import RequestInvalid, query
 from outpost.agent.api.read import full_status
 from outpost.agent.api.server import PAGE_SESSION
 from outpost.agent.api.users import UserStore, is_loopback_bind
@@ -273,6 +277,47 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+class _PageQuery(BaseModel):
+    device: str | None = Field(None, max_length=200)
+    quality: str | None = Field(None, max_length=40)
+    q: str | None = Field(None, max_length=200)
+    trend: str | None = Field(None, max_length=300)
+    hours: float = Field(6.0, gt=0, le=24 * 366)
+
+
+class _LoginQuery(BaseModel):
+    next: str | None = None
+
+
+class _LoginForm(BaseModel):
+    username: str = Field("", max_length=64)
+    password: str = Field("", max_length=1024)
+    csrf_token: str = Field("", max_length=200)
+    next: str = Field("/", max_length=2000)
+
+
+class _LogoutForm(BaseModel):
+    csrf_token: str = Field("", max_length=200)
+
+
+_Form = TypeVar("_Form", bound=BaseModel)
+
+
+async def _form(request: Request, model: type[_Form]) -> _Form:
+    """The url-encoded (or multipart) form validated by ``model``; 422 names the field."""
+    async with request.form() as form:
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestInvalid(
+            [
+                {"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]}
+                for e in exc.errors(include_url=False)
+            ]
+        ) from None
+
+
 def create_page_app(
     view: PageView,
     control: LocalControl,
@@ -282,12 +327,13 @@ def create_page_app(
     force_login: bool,
     metrics_app: ASGIApp | None = None,
 ) -> ASGIApp:
-    """The page's ASGI app (``_Guard`` around a FastAPI app). ``api``: the local API app of
+    """The page's ASGI app (``_Guard`` around a Starlette app). ``api``: the local API app of
     the Unix socket (``api.app.create_app``), mounted as it is under ``/api``: one set of
     routes for the CLI and the page, actions named by ``server.peer_or_page_user``."""
     auth = PageAuth(users, force_login)
     env = make_env(TEMPLATES)
-    app = FastAPI(title="Outpost status page", docs_url=None, redoc_url=None, openapi_url=None)
+    app = Starlette()
+    add_error_handlers(app)
     mount_static(app)
     app.mount("/static/page", StaticFiles(directory=STATIC), name="page-static")
     gateway = view.gateway_id
@@ -337,15 +383,10 @@ def create_page_app(
         sid, session = auth.open(LOCAL_USER, "operator", "")
         return session, sid
 
-    @app.get("/", response_class=HTMLResponse)
-    async def page(
-        request: Request,
-        device: str | None = Query(None, max_length=200),
-        quality: str | None = Query(None, max_length=40),
-        q: str | None = Query(None, max_length=200),
-        trend: str | None = Query(None, max_length=300),
-        hours: float = Query(6.0, gt=0, le=24 * 366),
-    ) -> Response:
+    async def page(request: Request) -> Response:
+        params = query(request, _PageQuery)
+        device, quality, q, trend = params.device, params.quality, params.q, params.trend
+        hours = params.hours
         session, new_sid = await ensure_session(request)
         if session is None:
             return RedirectResponse("/login?next=" + quote(str(request.url.path)), 303)
@@ -367,8 +408,8 @@ def create_page_app(
             _set_cookie(response, SESSION_COOKIE, new_sid, int(SESSION_MAX_S))
         return response
 
-    @app.get("/fragments/{part}", response_class=HTMLResponse)
-    async def fragment(request: Request, part: str) -> Response:
+    async def fragment(request: Request) -> Response:
+        part = request.path_params["part"]
         session = _session_of(request)
         assert session is not None  # the guard let only sessions through
         if part not in ("alarms", "overview", "devices", "events"):
@@ -376,8 +417,8 @@ def create_page_app(
         data = await page_data(view, control, device=None, quality=None, q=None)
         return render(f"status_{part}.html", **data, **base_ctx(session))
 
-    @app.get("/login", response_class=HTMLResponse)
-    async def login_form(request: Request, next: str | None = Query(None)) -> Response:
+    async def login_form(request: Request) -> Response:
+        next = query(request, _LoginQuery).next
         if not auth.login_required:
             return RedirectResponse("/", 303)
         token = secrets.token_urlsafe(24)
@@ -387,14 +428,10 @@ def create_page_app(
         _set_cookie(response, LOGIN_COOKIE, token, 3600)
         return response
 
-    @app.post("/login", response_class=HTMLResponse)
-    async def login(
-        request: Request,
-        username: str = Form("", max_length=64),
-        password: str = Form("", max_length=1024),
-        csrf_token: str = Form("", max_length=200),
-        next: str = Form("/", max_length=2000),
-    ) -> Response:
+    async def login(request: Request) -> Response:
+        form = await _form(request, _LoginForm)
+        username, password, csrf_token = form.username, form.password, form.csrf_token
+        next = form.next
         cookie = request.cookies.get(LOGIN_COOKIE, "")
         target = _safe_next(next)
         if not cookie or not hmac.compare_digest(cookie, csrf_token):
@@ -436,8 +473,8 @@ def create_page_app(
         response.delete_cookie(LOGIN_COOKIE, path="/")
         return response
 
-    @app.post("/logout")
-    async def logout(request: Request, csrf_token: str = Form("", max_length=200)) -> Response:
+    async def logout(request: Request) -> Response:
+        csrf_token = (await _form(request, _LogoutForm)).csrf_token
         session = _session_of(request)
         if session is None or not hmac.compare_digest(csrf_token, session.csrf):
             return HTMLResponse("missing or wrong CSRF token", 403)
@@ -446,6 +483,15 @@ def create_page_app(
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
+    app.router.routes.extend(
+        [
+            Route("/", page, methods=["GET"]),
+            Route("/fragments/{part}", fragment, methods=["GET"]),
+            Route("/login", login_form, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout, methods=["POST"]),
+        ]
+    )
     return _Guard(app, auth)
 
 
