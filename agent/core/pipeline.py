@@ -123,20 +123,24 @@ class Pipeline:
                     "d", map(add, c, map(mul, map(ne, r_value, old), map(sub, r_ts, c)))
                 )
 
-        s_ts = t.stored_ts[a:b]
-        heartbeat = t.heartbeat[a:b]
         deadband = t.deadband[a:b]
-        # One mask per clause, each a C-level pass; a clause that cannot fire is skipped.
+        # One mask per clause, each a C-level pass; a clause that cannot fire is skipped. With
+        # no deadband and every value moved (the busy block) every reading is stored whatever
+        # the other clauses say: one short-circuiting pass, no mask at all.
+        mask: list[bool] | None
         if max(deadband) == 0.0:
-            mask = list(map(ne, r_value, s_value))
+            mask = None if all(map(ne, r_value, s_value)) else list(map(ne, r_value, s_value))
         else:
             mask = list(map(gt, map(abs, map(sub, r_value, s_value)), deadband))
-        if r_quality != t.stored_quality[a:b]:
-            mask = list(map(or_, mask, map(ne, r_quality, t.stored_quality[a:b])))
-        if max(r_ts) - min(s_ts) >= min(heartbeat):
-            mask = list(map(or_, mask, map(ge, map(sub, r_ts, s_ts), heartbeat)))
+        if mask is not None:
+            if r_quality != t.stored_quality[a:b]:
+                mask = list(map(or_, mask, map(ne, r_quality, t.stored_quality[a:b])))
+            s_ts = t.stored_ts[a:b]
+            heartbeat = t.heartbeat[a:b]
+            if max(r_ts) - min(s_ts) >= min(heartbeat):
+                mask = list(map(or_, mask, map(ge, map(sub, r_ts, s_ts), heartbeat)))
 
-        if all(mask):
+        if mask is None or all(mask):
             t.stored_value[a:b] = r_value
             t.stored_ts[a:b] = r_ts
             t.stored_quality[a:b] = r_quality

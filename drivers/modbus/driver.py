@@ -128,7 +128,9 @@ class _RawRegistersMixin:
         self._registers = None
 
     def __str__(self) -> str:
-        return f"{type(self).__name__}(fc={self.function_code}, registers={len(self.registers)})"
+        # pymodbus formats every decoded response for its debug log: keep this cheap
+        count = len(getattr(self, "raw", b"")) // 2
+        return f"{type(self).__name__}(fc={self.function_code}, registers={count})"
 
 
 class FastReadHoldingRegistersResponse(_RawRegistersMixin, ReadHoldingRegistersResponse):
