@@ -6,6 +6,10 @@ polling prints the RSS, what tracemalloc sees (Python allocations, by file and b
 the modules imported. RSS minus the traced total is interpreter, shared libraries and C
 allocations (SQLite's cache, OpenSSL, extension modules).
 
+It also walks the objects reachable from the loaded schedule and from the point table
+(``sys.getsizeof`` of each object once, shared objects counted once, classes, modules and
+enum members not counted) and prints their bytes per point.
+
     .venv/bin/python bench/agent_memory.py --devices 50            # 10,000 points
     .venv/bin/python bench/agent_memory.py --devices 500 --top 40  # 100,000 points
 
@@ -16,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import subprocess
 import sys
 import tempfile
 import tracemalloc
+from enum import Enum
 from pathlib import Path
+from types import FunctionType, ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -38,6 +46,37 @@ def _short(path: str) -> str:
         if marker in path:
             return path.split(marker, 1)[1]
     return path
+
+
+def _walk_size(roots: list[Any], seen: set[int]) -> tuple[int, int]:
+    """(bytes, objects) reachable from ``roots`` not in ``seen`` (which it extends)."""
+    total = count = 0
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type | ModuleType | FunctionType | Enum):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        count += 1
+        stack.extend(gc.get_referents(obj))
+    return total, count
+
+
+def _object_sizes(runtime: Any) -> None:
+    if runtime.schedule is None or runtime.table is None:
+        return
+    n = len(runtime.schedule.points) or 1
+    seen: set[int] = set()
+    groups = [g for c in runtime.coordinators.values() for g in c.groups]
+    print("\n-- objects reachable (sys.getsizeof walk, each object once, in this order)")
+    for label, roots in (
+        ("schedule (points and what they hold)", [runtime.schedule]),
+        ("point table (ids, index, arrays)", [runtime.table]),
+        ("point groups (index lists, driver plans)", groups),
+    ):
+        size, count = _walk_size(roots, seen)
+        print(f"{size / 2**20:8.2f} MB {count:9d}  {size / n:7.1f} B/point  {label}")
 
 
 async def _measure(cfg_path: Path, warmup: float, top: int) -> None:
@@ -59,7 +98,9 @@ async def _measure(cfg_path: Path, warmup: float, top: int) -> None:
     points = len(runtime.table) if runtime.table else 0
     print(f"points {points}  readings so far {readings}")
     print(f"RSS {rss:.1f} MB   traced Python allocations {traced / 2**20:.1f} MB")
+    print(f"traced bytes per point: {traced / max(points, 1):.0f} (imports included)")
     print(f"modules imported: {len(sys.modules)}")
+    _object_sizes(runtime)
     print("\n-- by file")
     for stat in snap.statistics("filename")[:top]:
         frame = stat.traceback[0]
