@@ -28,14 +28,17 @@ from typing import Any
 import httpx
 import pytest
 import typer
-from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from outpost.agent.api.client import AgentClient, ApiError
-from outpost.agent.api.control import add_error_handlers, control_router
+from outpost.agent.api.control import add_error_handlers, control_routes
 from outpost.agent.api.server import LocalApiServer
 from outpost.agent.cli.control import register
 from outpost.agent.control.events import parse_since
@@ -142,13 +145,18 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         state_dir=data,
         clock=clock,
     )
-    api = FastAPI()
-    api.include_router(control_router(control, lambda: buffer))
-    add_error_handlers(api)
 
-    @api.get("/points/{point_id}")
-    async def live(point_id: str) -> dict[str, Any]:
-        return {"point_id": point_id, "value": 20.0, "units": "degC"}
+    async def live(request: Request) -> JSONResponse:
+        point_id = request.path_params["point_id"]
+        return JSONResponse({"point_id": point_id, "value": 20.0, "units": "degC"})
+
+    api = Starlette(
+        routes=[
+            *control_routes(control, lambda: buffer),
+            Route("/points/{point_id}", live, methods=["GET"]),
+        ]
+    )
+    add_error_handlers(api)
 
     server_api = LocalApiServer(api, socket)
     task = asyncio.create_task(server_api.serve())

@@ -11,7 +11,7 @@ failed or read back differently is not an HTTP error: the answer is the outcome 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.applications import Starlette
@@ -24,9 +24,6 @@ from outpost.agent.api.http import Body, RequestInvalid, http_error, json_respon
 from outpost.agent.api.server import peer_user
 from outpost.agent.control.events import EventLog, parse_since, recent_events
 from outpost.agent.control.local import ControlRefused, LocalControl
-
-if TYPE_CHECKING:
-    from fastapi import APIRouter
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -325,18 +322,3 @@ def control_routes(
         Route("/points/{point_id}/relinquish", relinquish_point, methods=["POST"]),
         Route("/events", list_events, methods=["GET"]),
     ]
-
-
-def control_router(
-    control: LocalControl,
-    events: Callable[[], EventLog | None],
-    *,
-    actor_of: Callable[[Request], str] = peer_user,
-) -> APIRouter:
-    """The same routes as an ``APIRouter``, for a FastAPI app that includes them (the alarm
-    tests' fixture does); the daemon itself never imports FastAPI for its API."""
-    from fastapi import APIRouter
-
-    router = APIRouter()
-    router.routes.extend(control_routes(control, events, actor_of=actor_of))
-    return router
