@@ -195,6 +195,7 @@ class Scheduler:
             # not wait for a slow group's first aligned slot; from then on slots are aligned.
             due = self._clock() + min(job.offset, 0.25)
             window = min(self._coalesce_s, job.interval / 20)
+            task_name = f"poll-once:{job.key}"  # formatted once, not every poll
             while True:
                 woke_for = await self._wait_until(due, window)
                 if woke_for is None:
@@ -215,9 +216,7 @@ class Scheduler:
                     )
                 else:
                     job.stats.jitter_s.append(now - woke_for)
-                    running = asyncio.create_task(
-                        self._run_once(job, now), name=f"poll-once:{job.key}"
-                    )
+                    running = asyncio.create_task(self._run_once(job, now), name=task_name)
                 due = next_due(max(now, due), job.interval, job.offset)
         finally:
             if running is not None and not running.done():
