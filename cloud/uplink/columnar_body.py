@@ -170,7 +170,7 @@ def _encode(
     payload = list(map(_PAYLOAD, classified))
     dec = list(compress(payload, kinds.translate(_IS_DEC)))
     dm = list(map(sub, dec, chain((0,), dec)))
-    zigzag = array("Q", map(xor, map(lshift, dm, repeat(1)), map(rshift, dm, repeat(63))))
+    zigzag = _zigzag(dm)
     f32 = list(compress(payload, kinds.translate(_IS_F32)))
     raw = list(compress(payload, kinds.translate(_IS_RAW)))
     quality = bytes(gather(cols.quality))
@@ -199,7 +199,7 @@ def _encode(
             _shuffled(counts),
             delta_col,
             kinds,
-            _shuffled(zigzag),
+            zigzag,
             _shuffled(array("I", map(xor, f32, chain((0,), f32)))),
             _shuffled(array("Q", map(xor, raw, chain((0,), raw)))),
             quality,
@@ -278,6 +278,29 @@ def _deltas(ts: array[int], ts0: int) -> tuple[int, bytes]:
     if n and max(max(deltas), -min(deltas)) > _I32:
         return FLAG_TS_I64, _shuffled(deltas)
     return 0, _shuffled(array("i", deltas))
+
+
+_LANE_NO_BIT0 = b"\xfe" + b"\xff" * 7
+
+
+def _zigzag(dm: list[int]) -> bytes:
+    """The shuffled u64 zigzag column ``(d << 1) ^ (d >> 63)`` of the mantissa differences
+    (abs(d) < 2**54). Little-endian hosts take the whole column as one big integer: one shift
+    and one XOR with the lanes' sign masks (each lane's top byte, spread over its 8 bytes)."""
+    n = len(dm)
+    if not n or not _LITTLE:
+        return _shuffled(
+            array("Q", map(xor, map(lshift, dm, repeat(1)), map(rshift, dm, repeat(63))))
+        )
+    data = array("q", dm).tobytes()
+    signs = bytearray(8 * n)
+    fill = data[7::8].translate(_SIGN_FILL)
+    for j in range(8):
+        signs[j::8] = fill
+    whole = int.from_bytes(data, "little")
+    shifted = (whole << 1) & int.from_bytes(_LANE_NO_BIT0 * n, "little")
+    lanes = (shifted ^ int.from_bytes(signs, "little")).to_bytes(8 * n, "little")
+    return b"".join([lanes[j::8] for j in range(8)])
 
 
 def _shuffled(col: array[Any]) -> bytes:
