@@ -1002,8 +1002,8 @@ class _FileParser:
             strings.setdefault(units, units),
             strings.setdefault(description, description),
             tags,
-            shared.acquisitions.setdefault(acquisition, acquisition),
-            shared.limits.setdefault(limits, limits),
+            acquisition,
+            limits,
             self.source(line) if self.keep_source else None,
         )
 
