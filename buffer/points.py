@@ -38,8 +38,9 @@ class PointNames:
             conn.executemany(
                 "INSERT OR IGNORE INTO points(point_id) VALUES (?)", [(p,) for p in point_ids]
             )
-            known = dict(conn.execute("SELECT point_id, key FROM points").fetchall())
-            names = schema.point_names(conn)
+            # the caller keeps these id strings for its lifetime: hold the same objects
+            names = schema.point_names(conn, share=point_ids)
+        known = {pid: key for key, pid in enumerate(names) if pid is not None}
         with self._lock:
             self._names = names
         return [known[p] for p in point_ids]
@@ -55,7 +56,7 @@ class PointNames:
         with self._lock:
             conn = self._files.query()
             with self._files.query_lock:
-                self._names = names = schema.point_names(conn)
+                self._names = names = schema.point_names(conn, share=names)
         size = len(names)
         return [n if k < size and (n := names[k]) is not None else f"#{k}" for k in keys]
 
