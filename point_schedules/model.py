@@ -8,7 +8,7 @@ also declares which of its fields are point metadata (``METADATA_FIELDS``, the r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import Field, FrozenInstanceError, dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
@@ -560,9 +560,24 @@ class Schedule:
     points: tuple[Point, ...]
     version: str
     files: tuple[str, ...] = ()
+    # built on first use and shared by every holder: at 100,000 points a second id dict costs
+    # ≈ 4 MB for the agent's lifetime
+    _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def by_id(self) -> dict[str, Point]:
         return {p.point_id: p for p in self.points}
+
+    def index(self) -> dict[str, int]:
+        """point_id -> position in ``points``; one dict per schedule, built once (read-only)."""
+        index = self._index
+        if index is None:
+            index = {p.point_id: i for i, p in enumerate(self.points)}
+            object.__setattr__(self, "_index", index)
+        return index
+
+    def points_by_id(self) -> PointsById:
+        """A read-only point_id -> Point view over ``points`` through :meth:`index`."""
+        return PointsById(self.points, self.index())
 
     def for_device(self, device: str) -> list[Point]:
         return [p for p in self.points if p.device == device]
@@ -570,3 +585,22 @@ class Schedule:
     @property
     def devices(self) -> list[str]:
         return sorted({p.device for p in self.points})
+
+
+class PointsById(Mapping[str, Point]):
+    """point_id -> Point without a dict of its own: the schedule's tuple through its index."""
+
+    __slots__ = ("_index", "_points")
+
+    def __init__(self, points: tuple[Point, ...], index: Mapping[str, int]) -> None:
+        self._points = points
+        self._index = index
+
+    def __getitem__(self, point_id: str) -> Point:
+        return self._points[self._index[point_id]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)

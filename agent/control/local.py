@@ -108,7 +108,11 @@ class LocalControl:
             devices=self._enabled_devices(),
         )
         self.writes = WriteService(
-            schedule.by_id(), drivers, emit=emit, device_up=self._device_up, clock=self._clock
+            schedule.points_by_id(),
+            drivers,
+            emit=emit,
+            device_up=self._device_up,
+            clock=self._clock,
         )
         self.modes = ModeMachine(
             modes_config,
@@ -125,7 +129,7 @@ class LocalControl:
     def on_schedule(self, schedule: Schedule) -> None:
         """A reloaded schedule: alarms keep the state of definitions that still exist."""
         self.alarms.reload(schedule.points, self._enabled_devices())
-        self.writes.set_points(schedule.by_id())
+        self.writes.set_points(schedule.points_by_id())
 
     async def run(self) -> None:
         """The 1 s tick: comms health → alarm timers → mode decision. Runs until cancelled;

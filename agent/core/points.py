@@ -35,7 +35,7 @@ class PointTable:
         self.schedule = schedule
         self.points: Sequence[Point] = schedule.points  # the schedule's tuple, not a copy
         self.ids: list[str] = [p.point_id for p in self.points]
-        self.index: dict[str, int] = {pid: i for i, pid in enumerate(self.ids)}
+        self.index: dict[str, int] = schedule.index()  # shared with the write service
         n = len(self.points)
         self.keys = array("q", buffer_keys)
         # live cache
