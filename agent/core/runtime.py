@@ -71,9 +71,7 @@ from outpost.point_schedules.model import Schedule
 from outpost.point_schedules.quality import Quality
 
 if TYPE_CHECKING:
-    # The local API app (api.app.create_app) is a plain Starlette app; FastAPI is no longer
-    # imported by the daemon. The alias keeps the attribute's annotation valid.
-    from starlette.applications import Starlette as FastAPI
+    from starlette.applications import Starlette
 
     from outpost.cloud.commands.client import CommandChannel
     from outpost.cloud.sparkplug.node import SparkplugNode
@@ -133,7 +131,7 @@ class Runtime:
         self.last_reload_error: list[str] | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._api: FastAPI | None = None
+        self._api: Starlette | None = None
         # per-job poll counters outlive a schedule reload (Prometheus counters never go back)
         self._job_stats: dict[str, JobStats] = {}
         self.metrics = AgentMetrics(self)
@@ -795,7 +793,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ API
 
-    def _api_app(self) -> FastAPI:
+    def _api_app(self) -> Starlette:
         """The local API app: served on the Unix socket, and mounted by the status page under
         ``/api`` (one app, so the page can do nothing the CLI cannot)."""
         if self._api is None:
