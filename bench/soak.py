@@ -184,6 +184,10 @@ def _slope_mb_per_h(points: list[tuple[float, float]]) -> float:
     return sum((t - mt) * (v - mv) for t, v in points) / var * 3600
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def _stop_on_sigterm() -> Iterator[threading.Event]:
     """SIGTERM/SIGINT end the sampling early; the summary of what was sampled still prints."""
@@ -245,6 +249,9 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="use this directory, keep it")
     args = ap.parse_args()
     probe = args.probe or bool(args.trace_every) or bool(args.trim_every)
+    # SIGTERM before the sampling starts (nohup runs get stopped that way): unwind through
+    # the ``finally`` below so the agent and the responder do not outlive this process
+    signal.signal(signal.SIGTERM, _exit_on_signal)
 
     with contextlib.ExitStack() as stack:
         if args.keep is not None:
@@ -268,6 +275,8 @@ def main() -> None:
             stdout=subprocess.PIPE,
             text=True,
         )
+        stack.callback(sim.wait)
+        stack.callback(sim.kill)  # no-op once the finally below has ended it
         assert sim.stdout is not None
         if sim.stdout.readline().strip() != "ready":
             raise SystemExit("responder failed to start")
