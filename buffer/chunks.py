@@ -29,8 +29,9 @@ keys uint32, values float64 with NaN for "no value", quality uint8), the multi-b
 byte-shuffled (byte 0 of every element, then byte 1, ...: the high bytes of timestamps,
 keys and similar floats become long runs), concatenated and compressed with zstd. No Python
 loop per reading: typed arrays are used as they are, shuffles are strided bytes slices, and
-seconds become milliseconds once per run of equal timestamps (:func:`seconds_to_ms`; one by
-one only where timestamps do not come in runs). ``bench/buffer_chunks.py`` prints bytes per
+seconds become milliseconds once per run of equal timestamps, found forward from each run's
+start because a commit's polls interleave (:func:`seconds_to_ms`; one by one only where
+timestamps do not come in runs). ``bench/buffer_chunks.py`` prints bytes per
 reading and encode/decode rates, ``bench/buffer.py`` the writer's append rate.
 """
 
@@ -39,7 +40,6 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,44 +123,73 @@ def _typed(col: Sequence[Any], typecode: str) -> array[Any]:
 
 #: Below this many equal timestamps in a row, :func:`seconds_to_ms` converts one by one.
 _MIN_RUN = 16
-_SCALAR_SPAN = 1024
+#: One-by-one spans start this long and double (to ``_MAX_SPAN``) while no run turns up, so
+#: run-free input pays the run search rarely and a short run costs little of the next long one.
+_MIN_SPAN = 32
+_MAX_SPAN = 1024
 
 
 def seconds_to_ms(ts: Sequence[float]) -> tuple[array[int], int, int]:
     """``round(t * 1000)`` of every timestamp (epoch seconds -> ms), with the min and the max.
 
-    Readings of one device request share their timestamp, so a commit's timestamps are mostly
-    runs of equal values: a run is found by a binary search (checked with a C-level count, so
-    unordered input is still converted exactly), converted once and repeated. Where runs are
-    short or the input is not ordered, the next ``_SCALAR_SPAN`` (at least) are converted one
-    by one. A NaN or infinite timestamp
-    raises ValueError/OverflowError like ``round`` does (the writer drops that batch).
+    Readings of one device request share their timestamp (125 registers a request), so a
+    commit's timestamps are runs of equal values, but not in order: each poll's batch is
+    ordered, the batches of many devices interleave. Runs are therefore found forward from
+    where they start, never by searching the whole commit: the lengths of the last two runs
+    are tried first (a device's requests repeat: 125, 75, 125, ...), else a galloping search
+    for the first different value. A run is then checked exactly with one C-level comparison
+    of the raw bytes (element k equal to element k + 1 throughout), converted once and
+    repeated; whatever fails the check, or runs shorter than ``_MIN_RUN``, is converted one by
+    one. Exact for any input. A NaN or infinite timestamp raises ValueError/OverflowError like
+    ``round`` does (the writer drops that batch).
     """
-    n = len(ts)
+    col = ts if isinstance(ts, array) and ts.typecode == "d" else array("d", ts)
+    n = len(col)
     if n == 0:
         raise ValueError("seconds_to_ms: no timestamps")
+    raw = col.tobytes()
     out: array[int] = array("q")
-    lo = hi = round(ts[0] * 1000.0)
+    lo = hi = round(col[0] * 1000.0)
     i = 0
+    last = before = 0  # the lengths of the last two runs
+    span = _MIN_SPAN
     while i < n:
-        t = ts[i]
-        j = bisect_right(ts, t, i)
-        if j - i < _MIN_RUN:
-            span = _SCALAR_SPAN
-        elif ts[j - 1] == t and ts[i:j].count(t) == j - i:
+        t = col[i]
+        for guess in (last, before):
+            j = i + guess
+            if guess and j <= n and col[j - 1] == t and (j == n or col[j] != t):
+                break
+        else:
+            # Gallop: col[a - 1] == t, and the run ends in [a, b] if the run is contiguous
+            # (the byte check below decides; the probes only place its end).
+            k = 1
+            while i + 2 * k <= n and col[i + 2 * k - 1] == t:
+                k *= 2
+            a, b = i + k, min(n, i + 2 * k - 1)
+            while a < b:
+                mid = (a + b) // 2
+                if col[mid] == t:
+                    a = mid + 1
+                else:
+                    b = mid
+            j = a
+        size = j - i
+        if size >= _MIN_RUN and raw[8 * i : 8 * j - 8] == raw[8 * i + 8 : 8 * j]:
             m = round(t * 1000.0)
-            out += array("q", (m,)) * (j - i)
-            lo, hi = min(lo, m), max(hi, m)
+            out += array("q", (m,)) * size
+            if m < lo:
+                lo = m
+            elif m > hi:
+                hi = m
+            last, before = size, last
+            span = _MIN_SPAN
             i = j
             continue
-        else:
-            # Unordered: the span the failed check covered goes one by one, so the checks
-            # never cost more than the conversion itself.
-            span = max(_SCALAR_SPAN, j - i)
-        part = [round(x * 1000.0) for x in ts[i : i + span]]
+        part = [round(x * 1000.0) for x in col[i : i + max(size, span)]]
         out.fromlist(part)
         lo, hi = min(lo, min(part)), max(hi, max(part))
         i += len(part)
+        span = min(2 * span, _MAX_SPAN)
     return out, lo, hi
 
 

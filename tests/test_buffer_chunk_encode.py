@@ -40,6 +40,44 @@ def test_seconds_to_ms_is_round_of_every_timestamp() -> None:
         assert (lo, hi) == (min(want), max(want)), i
 
 
+def _polls_interleaved(rng: random.Random, devices: int, batch: int) -> list[float]:
+    """A commit as the agent hands it over: each device poll's batch in order (one timestamp
+    per 125-register request), the batches of many devices interleaved by completion time."""
+    polls = []
+    for _ in range(devices):
+        t1 = 1_763_900_000.0 + rng.random()
+        polls.append((t1 + rng.uniform(0.001, 0.01), t1))
+    polls.sort()
+    out: list[float] = []
+    for t2, t1 in polls:
+        first = min(125, batch)
+        out += [t1] * first + [t2] * (batch - first)
+    return out
+
+
+def test_seconds_to_ms_is_exact_where_runs_only_look_alike() -> None:
+    rng = random.Random(11)
+    t, u = 1_763_900_000.125, 1_763_900_000.5
+    cases: list[list[float]] = [
+        _polls_interleaved(rng, 250, 200),
+        _polls_interleaved(rng, 40, 130) + _polls_interleaved(rng, 40, 10),
+        # Strays inside runs where neither the guessed lengths nor the galloping probes look:
+        # only the byte check of the whole run sees them.
+        [t] * 200 + [u] * 75 + [t] * 125 + [u] * 75 + [t] * 60 + [u] + [t] * 64 + [u] * 75,
+        [t] * 100 + [u] + [t] * 27 + [u] * 300,
+        # 0.0 == -0.0 but their bytes differ: both convert to 0 whichever path takes them.
+        [0.0] * 40 + [-0.0] * 40 + [0.0, -0.0] * 30,
+    ]
+    for i, ts in enumerate(cases):
+        want = [round(x * 1000.0) for x in ts]
+        for col in (ts, array("d", ts)):
+            ms, lo, hi = seconds_to_ms(col)
+            assert list(ms) == want, i
+            assert (lo, hi) == (min(want), max(want)), i
+    ints = [1_763_900_000] * 50 + [1_763_900_001] * 3
+    assert list(seconds_to_ms(ints)[0]) == [x * 1000 for x in ints]
+
+
 def test_seconds_to_ms_refuses_what_round_refuses() -> None:
     with pytest.raises(ValueError, match="NaN"):
         seconds_to_ms(array("d", [1.0] * 100 + [math.nan] + [1.0] * 100))
