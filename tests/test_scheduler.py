@@ -223,6 +223,12 @@ def test_recent_values_keeps_the_last_n_oldest_first() -> None:
         window.append(v)
     assert list(window) == [3.0, 4.0, 5.0, 6.0] and len(window) == 4
     assert sorted(window, reverse=True)[0] == 6.0
+    assert list(window.newest(2)) == [5.0, 6.0] and list(window.newest(9)) == [3.0, 4.0, 5.0, 6.0]
+    assert list(window.newest(0)) == []
+    partial = RecentValues(8)
+    for v in (1.0, 2.0, 3.0):
+        partial.append(v)
+    assert list(partial.newest(2)) == [2.0, 3.0] and list(partial.newest(5)) == [1.0, 2.0, 3.0]
 
 
 async def test_jobs_due_shortly_after_another_share_its_wake_up() -> None:

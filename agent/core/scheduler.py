@@ -68,6 +68,10 @@ def next_due(now: float, interval: float, offset: float) -> float:
     return due
 
 
+#: How many poll-jitter samples the site-wide summary sorts at most (≈ 2 MB of floats).
+SUMMARY_SAMPLES = 65536
+
+
 class RecentValues:
     """The last ``size`` values, oldest first, in a flat ``array('d')`` ring: 8 bytes a
     sample where a deque of floats takes 32 (the float object and its slot). Every job keeps
@@ -93,6 +97,14 @@ class RecentValues:
 
     def __iter__(self) -> Iterator[float]:
         return iter(self._data[self._next :] + self._data[: self._next])
+
+    def newest(self, n: int) -> array[float]:
+        """The last ``n`` values (fewer if fewer were kept), oldest first."""
+        data = self._data
+        if len(data) < self._size:
+            return data[-n:] if n > 0 else array("d")
+        ordered = data[self._next :] + data[: self._next]
+        return ordered[-n:] if n > 0 else array("d")
 
 
 @dataclass(slots=True)
@@ -271,7 +283,11 @@ class Scheduler:
                     self.first_cycle_done.set()
 
     def summary(self) -> dict[str, object]:
-        jitter = sorted(x for j in self.jobs.values() for x in j.stats.jitter_s)
+        # The site-wide percentiles come from each job's newest samples, at most
+        # SUMMARY_SAMPLES in all: sorting every kept sample (2048 a job, a million at 500
+        # devices) made a 40 MB list of floats per `outpost status` that the RSS then kept.
+        per_job = max(16, SUMMARY_SAMPLES // max(1, len(self.jobs)))
+        jitter = sorted(x for j in self.jobs.values() for x in j.stats.jitter_s.newest(per_job))
 
         def pct(p: float) -> float | None:
             return (
