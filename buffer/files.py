@@ -39,8 +39,11 @@ class BufferFiles:
         """Use ``writer`` (already checked and initialised) and open the reader connections."""
         self.tune_writer(writer)
         self.writer = writer
-        self._sync = schema.connect(self.path, cache_mb=4)
-        self._query = schema.connect(self.path, cache_mb=2)
+        # Small page caches: SQLite keeps every page it touched up to cache_size, so larger
+        # caches only made the RSS climb for minutes (bench/soak.py); append and drain rates
+        # were the same with these (bench/buffer.py).
+        self._sync = schema.connect(self.path, cache_mb=1)
+        self._query = schema.connect(self.path, cache_mb=1)
 
     def tune_writer(self, conn: sqlite3.Connection) -> None:
         page = conn.execute("PRAGMA page_size").fetchone()[0]

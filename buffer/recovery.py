@@ -40,7 +40,7 @@ def open_checked(path: Path, *, quick_check: bool) -> tuple[sqlite3.Connection, 
     if reason is None:
         conn: sqlite3.Connection | None = None
         try:
-            conn = schema.connect(path, cache_mb=8)
+            conn = schema.connect(path, cache_mb=2)
             reason = schema.check_database(conn, quick_check=quick_check)
             if reason is None:
                 # Only read by a file without any table yet (a first start or a reset).
@@ -63,7 +63,7 @@ def open_checked(path: Path, *, quick_check: bool) -> tuple[sqlite3.Connection, 
     # Seq and event ids must never repeat: continue after the old file's when readable,
     # otherwise start above anything it can have held (wall-clock microseconds).
     seq_base, event_base = old if old is not None else (_id_floor(),) * 2
-    conn = schema.connect(path, cache_mb=8)
+    conn = schema.connect(path, cache_mb=2)
     schema.init_schema(conn, seq_base=seq_base, event_base=event_base, corrupt_recoveries=count)
     return conn, moved_to
 
@@ -91,7 +91,7 @@ def replace_running(
     with files.sync_lock, files.query_lock:
         files.close_all()
         moved, count = schema.move_aside(files.path, reason)
-        conn = schema.connect(files.path, cache_mb=8)
+        conn = schema.connect(files.path, cache_mb=2)
         schema.init_schema(
             conn, seq_base=last_seq, event_base=last_event_id, corrupt_recoveries=count
         )
