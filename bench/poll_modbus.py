@@ -134,6 +134,21 @@ def _write_site(
     return path
 
 
+def responder_command(devices: int, points: int, kind: str, base_port: int) -> list[str]:
+    """The command line of ``bench/modbus_responder.py`` serving ``_layout(points, kind)``."""
+    registers = _layout(points, kind)[-1][1] + 2
+    return [
+        sys.executable,
+        str(ROOT / "bench" / "modbus_responder.py"),
+        "--devices",
+        str(devices),
+        "--registers",
+        str(registers),
+        "--base-port",
+        str(base_port),
+    ]
+
+
 def _cpu_seconds(pid: int) -> float:
     user, system = _cpu_split(pid)
     return user + system
@@ -213,18 +228,8 @@ def main() -> None:
             args.buffer_layout,
             args.stagger,
         )
-        nregs = _layout(args.points, args.kind)[-1][1] + 2
         if args.server == "responder":
-            sim_cmd = [
-                sys.executable,
-                str(ROOT / "bench" / "modbus_responder.py"),
-                "--devices",
-                str(args.devices),
-                "--registers",
-                str(nregs),
-                "--base-port",
-                str(args.base_port),
-            ]
+            sim_cmd = responder_command(args.devices, args.points, args.kind, args.base_port)
         else:
             sim_cmd = [
                 sys.executable,

@@ -216,7 +216,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--agent-probe"]:
         _agent_probe(sys.argv[2:])
         return
-    from poll_modbus import _cpu_seconds, _layout, _write_site
+    from poll_modbus import _cpu_seconds, _write_site, responder_command
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -260,18 +260,8 @@ def main() -> None:
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="outpost-soak-")))
         cfg = _write_site(tmp, args.devices, args.points, args.base_port, args.interval, args.kind)
-        nregs = _layout(args.points, args.kind)[-1][1] + 2
         sim = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "modbus_responder.py"),
-                "--devices",
-                str(args.devices),
-                "--registers",
-                str(nregs),
-                "--base-port",
-                str(args.base_port),
-            ],
+            responder_command(args.devices, args.points, args.kind, args.base_port),
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -4,21 +4,18 @@ and a small backlog keep ``batch_size``."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from pathlib import Path
 
 from tests.receiver_fixtures import ReceiverHandle
 from tests.uplink_harness import (
     Writer,
-    all_synced,
     assert_identical,
     buffer_rows,
     cloud_config,
     make_uplink,
     open_buffer,
-    wait_for,
+    run_until_synced,
 )
 
 pytest_plugins = ("tests.receiver_fixtures",)
@@ -44,13 +41,7 @@ async def test_large_backlog_goes_in_backfill_batches_exactly_once(
         # thresholds scaled down from 50,000 / 500,000 so that a test-sized backlog qualifies
         uplink._planner.backfill_batch = 4000
         uplink._planner.backfill_after = 6000
-        task = asyncio.create_task(uplink.run())
-        try:
-            await wait_for(lambda: asyncio.to_thread(all_synced, buf), 60, "the backlog synced")
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await run_until_synced(uplink, buf, 60, "the backlog synced")
     finally:
         buf.close()
     assert_identical(buffer_rows(tmp_path / "buffer.db"), await receiver.readings(GW))

@@ -8,6 +8,7 @@ receiver stored for the gateway, and the counts must match (no duplicates on eit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import io
 import json
@@ -87,6 +88,17 @@ async def wait_for(
 def all_synced(buf: Buffer) -> bool:
     st = buf.stats()
     return st.pending_rows == 0 and st.unsynced_rows == 0 and st.unsynced_events == 0
+
+
+async def run_until_synced(uplink: Uplink, buf: Buffer, within: float, what: str) -> None:
+    """Run ``uplink`` until everything in ``buf`` is synced, then stop it."""
+    task = asyncio.create_task(uplink.run())
+    try:
+        await wait_for(lambda: asyncio.to_thread(all_synced, buf), within, what)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Writer:
