@@ -377,11 +377,25 @@ def _as_user(uid: int, gid: int, *cmd: str, env: dict[str, str] | None = None) -
     )
 
 
+def _let_others_traverse(*paths: Path) -> list[tuple[Path, int]]:
+    """Give other users search (x) permission on each ancestor of ``paths`` lacking it (a
+    checkout under ``mktemp -d`` is 0700), returning what to restore afterwards."""
+    changed: list[tuple[Path, int]] = []
+    for path in paths:
+        for directory in (path, *path.parents):
+            mode = stat.S_IMODE(directory.stat().st_mode)
+            if not mode & stat.S_IXOTH and all(d != directory for d, _ in changed):
+                directory.chmod(mode | stat.S_IXOTH)
+                changed.append((directory, mode))
+    return changed
+
+
 def _cli_as(uid: int, gid: int, config: Path, *args: str) -> Any:
     """`outpost ARGS` as another user: the system's python of our version, reading the
     package through a link tree and the venv's site-packages (the venv's own interpreter
     lives under /root, which other users cannot enter)."""
     tree = Path(tempfile.mkdtemp(prefix="op-tree-", dir="/tmp"))
+    opened = _let_others_traverse(ROOT, Path(sys.prefix))
     try:
         tree.chmod(0o755)
         (tree / "outpost").mkdir(mode=0o755)
@@ -404,6 +418,8 @@ def _cli_as(uid: int, gid: int, config: Path, *args: str) -> Any:
             env={"PYTHONPATH": f"{tree}:{site_packages}"},
         )
     finally:
+        for path, mode in opened:
+            path.chmod(mode)
         shutil.rmtree(tree, ignore_errors=True)
 
 
